@@ -1,0 +1,1 @@
+"""The embedding job: command line, options, pipeline graph and training commands."""

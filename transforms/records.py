@@ -1,0 +1,118 @@
+"""The records that flow between stages, and the Parquet schemas they end up in.
+
+Every value that leaves a stage carries the record's id, so that an embedding or an error can
+always be traced back to its input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Sequence
+
+import pyarrow as pa
+
+__all__ = [
+    "TEXT",
+    "IMAGE",
+    "MODALITIES",
+    "STAGES",
+    "ImageRef",
+    "ErrorRecord",
+    "embedding_schema",
+    "ERROR_SCHEMA",
+    "error_table",
+]
+
+TEXT = "text"
+IMAGE = "image"
+MODALITIES = (TEXT, IMAGE)
+STAGES = ("read", "decode", "preprocess", "embed", "write")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """An image to embed: where its bytes are and what to call it."""
+
+    id: str
+    uri: str
+    passthrough: Mapping[str, Optional[str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRecord:
+    """A record that could not be embedded, and why (one row of `DIR/errors/`)."""
+
+    id: str
+    modality: str
+    source: str
+    stage: str
+    error_type: str
+    message: str
+
+    def __post_init__(self):
+        if self.modality not in MODALITIES:
+            raise ValueError(f"unknown modality {self.modality!r}")
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}")
+
+    @classmethod
+    def from_exception(
+        cls, id: str, modality: str, source: str, stage: str, exc: BaseException
+    ) -> "ErrorRecord":
+        """One clear line from an exception: its type and first line of message, no traceback."""
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        if len(message) > 500:
+            message = message[:497] + "..."
+        return cls(id, modality, source, stage, type(exc).__name__, message)
+
+
+ERROR_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("modality", pa.string()),
+        ("source", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+
+
+def error_table(errors: Sequence[ErrorRecord]) -> pa.Table:
+    """A batch of error records as a table in ERROR_SCHEMA."""
+    columns = {name: [getattr(e, name) for e in errors] for name in ERROR_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=ERROR_SCHEMA)
+
+
+def embedding_schema(
+    modality: str,
+    dimension: int,
+    passthrough: Sequence[str] = (),
+    metadata: Optional[Mapping[str, str]] = None,
+) -> pa.Schema:
+    """The one explicit schema of `DIR/text/` or `DIR/image/`.
+
+    Passthrough columns are stored as nullable strings: inputs disagree on types (a CSV has none),
+    and a string column never fails a write halfway through a run.
+    """
+    if dimension <= 0:
+        raise ValueError(f"embedding dimension must be positive, got {dimension}")
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+    ]
+    if modality == TEXT:
+        fields.append(pa.field("line", pa.int64()))
+    fields += [
+        pa.field("content_sha256", pa.string()),
+        pa.field("embedding", pa.list_(pa.float32(), dimension)),
+        pa.field("model", pa.string()),
+        pa.field("model_sha256", pa.string()),
+    ]
+    reserved = {f.name for f in fields}
+    for name in passthrough:
+        if name in reserved:
+            raise ValueError(f"passthrough column {name!r} clashes with an output column")
+        fields.append(pa.field(name, pa.string()))
+    meta = {k.encode(): v.encode() for k, v in (metadata or {}).items()}
+    return pa.schema(fields, metadata=meta or None)
