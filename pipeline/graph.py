@@ -1,0 +1,162 @@
+"""The pipeline graph: read -> embed -> write for each modality, dead letters, then the manifest.
+
+`build_pipeline` only wires transforms together; it is called by `pipeline.run` and by the tests
+with a `TestPipeline`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.io import fileio as beam_fileio
+
+from transforms import fileio
+from transforms.embed import ERRORS, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
+from transforms.records import IMAGE, TEXT, ErrorRecord, embedding_schema
+from transforms.text_read import ReadTextFileFn
+from transforms.write import WriteErrors, WriteManifestFn, WriteTables
+
+from pipeline.options import JobConfig
+
+__all__ = ["ModelInfo", "build_pipeline"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the launcher learnt by loading a model once: its identity and output size."""
+
+    name: str
+    sha256: str
+    dimension: int
+    details: dict = dataclasses.field(default_factory=dict)
+
+
+def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
+    return pcoll | label >> beam.Map(lambda element, n=name: (n, per_element(element)))
+
+
+def _unexpected_failures(label: str, modality: str, stage: str, failed):
+    """Turn Beam's dead letters of a crashed element into ErrorRecords (a bug, but still accounted)."""
+
+    def to_error(bad):
+        element, (exc_type, message, _traceback) = bad
+        ident = getattr(element, "id", None) or (str(element)[:200] if not hasattr(element, "num_rows") else "batch")
+        return ErrorRecord(ident, modality, str(ident), stage, getattr(exc_type, "__name__", str(exc_type)), str(message).splitlines()[0][:500] if message else "")
+
+    return failed | label >> beam.Map(to_error)
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    config: JobConfig,
+    models: dict[str, ModelInfo],
+    started_at: str,
+    text_batch_rows: int = 4096,
+) -> dict:
+    """Wire the job into `p`; returns the main PCollections (for tests) by name."""
+    counts, files, errors = [], [], []
+    out: dict = {}
+
+    if config.has_text:
+        info = models[TEXT]
+        schema = embedding_schema(
+            TEXT, info.dimension, config.passthrough,
+            metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
+        )
+        paths = (
+            p
+            | "TextInputPatterns" >> beam.Create(list(config.text_inputs))
+            | "MatchTextFiles" >> beam_fileio.MatchAll()
+            | "TextFilePaths" >> beam.Map(lambda metadata: metadata.path)
+            | "DedupTextFiles" >> beam.Distinct()
+            | "SpreadTextFiles" >> beam.Reshuffle()
+        )
+        read = paths | "ReadTextRecords" >> beam.ParDo(
+            ReadTextFileFn(config.text_field, config.text_id_field, config.passthrough, config.text_encoding, text_batch_rows)
+        ).with_outputs(ERRORS, main="records")
+        embedded = read.records | "EmbedText" >> beam.ParDo(
+            EmbedTextBatchesFn(config.text_model, schema, config.normalize)
+        ).with_outputs(ERRORS, main="tables")
+        written = embedded.tables | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
+        files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))
+        counts += [
+            _count("CountTextRead", "text_read", read.records, lambda t: t.num_rows),
+            _count("CountTextReadErrors", "text_read", read[ERRORS]),
+            _count("CountTextEmbedded", "text_embedded", embedded.tables, lambda t: t.num_rows),
+        ]
+        errors += [read[ERRORS], embedded[ERRORS]]
+        out.update(text_tables=embedded.tables, text_errors=(read[ERRORS], embedded[ERRORS]))
+
+    if config.has_images:
+        info = models[IMAGE]
+        schema = embedding_schema(
+            IMAGE, info.dimension, config.passthrough,
+            metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
+        )
+        manifests = [i for i in config.image_inputs if is_manifest(i)]
+        globs = [i for i in config.image_inputs if not is_manifest(i)]
+        ref_parts = []
+        read_errors = []
+        if globs:
+            ref_parts.append(
+                p
+                | "ImageInputPatterns" >> beam.Create(globs)
+                | "MatchImageFiles" >> beam_fileio.MatchAll()
+                | "ImageRefs" >> beam.Map(lambda metadata: image_ref_from_path(metadata.path))
+            )
+        if manifests:
+            listed = (
+                p
+                | "ImageManifests" >> beam.Create(manifests)
+                | "ReadImageManifests" >> beam.ParDo(
+                    ReadImageManifestFn(config.image_uri_field, config.image_id_field, config.passthrough)
+                ).with_outputs(ERRORS, main="refs")
+            )
+            ref_parts.append(listed.refs)
+            read_errors.append(listed[ERRORS])
+        refs = ref_parts | "AllImageRefs" >> beam.Flatten() if len(ref_parts) > 1 else ref_parts[0]
+        batch = config.image_model.batch_size
+        embedded = (
+            refs
+            | "SpreadImages" >> beam.Reshuffle()
+            | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch, max_batch_size=batch * 8)
+            | "EmbedImages" >> beam.ParDo(
+                EmbedImageBatchesFn(config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads)
+            ).with_outputs(ERRORS, main="tables")
+        )
+        written = embedded.tables | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
+        files.append(written | "ImageFileNames" >> beam.Map(lambda path: ("image", path)))
+        counts += [_count("CountImagesListed", "image_read", refs)]
+        counts += [_count(f"CountImageReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
+        counts += [_count("CountImagesEmbedded", "image_embedded", embedded.tables, lambda t: t.num_rows)]
+        errors += read_errors + [embedded[ERRORS]]
+        out.update(image_tables=embedded.tables, image_errors=tuple(read_errors) + (embedded[ERRORS],))
+
+    all_errors = errors | "AllErrors" >> beam.Flatten()
+    error_files = all_errors | "WriteErrors" >> WriteErrors(fileio.join(config.output, "errors"))
+    files.append(error_files | "ErrorFileNames" >> beam.Map(lambda path: ("errors", path)))
+    counts.append(all_errors | "CountFailed" >> beam.Map(lambda e: (f"{e.modality}_failed", 1)))
+    totals = counts | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
+
+    static = {
+        "run_id": config.run_id,
+        "started_at": started_at,
+        "output": config.output,
+        "models": {m: dataclasses.asdict(i) for m, i in models.items()},
+        "options": config.describe(),
+        "normalized": config.normalize,
+    }
+    manifest = (
+        p
+        | "ManifestTrigger" >> beam.Create([None])
+        | "WriteManifest" >> beam.ParDo(
+            WriteManifestFn(config.output, static),
+            counts=beam.pvalue.AsDict(totals),
+            files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),
+        )
+    )
+    out.update(errors=all_errors, counts=totals, manifest=manifest)
+    return out

@@ -1,0 +1,124 @@
+"""`python -m pipeline run`: validate flags and models up front, run the job, print a summary."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from pipeline.graph import ModelInfo, build_pipeline
+from pipeline.options import (
+    ConfigError,
+    EmbeddingJobOptions,
+    JobConfig,
+    check_output_writable,
+    check_unknown_flags,
+    config_from_options,
+)
+from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
+from transforms.records import IMAGE, TEXT
+from transforms.write import clear_previous_output, read_manifest
+
+__all__ = ["run", "inspect_models", "format_summary", "main"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
+    """Load each model once in the launcher: proves it is usable and learns its dimension and sha256."""
+    models = {}
+    if config.text_model is not None:
+        embedder = load_text_embedder(config.text_model)
+        models[TEXT] = ModelInfo(
+            embedder.model_name, embedder.model_sha256, embedder.dimension,
+            {"path": config.text_model.path, "sequence_length": embedder.sequence_length},
+        )
+    if config.image_model is not None:
+        embedder = load_image_embedder(config.image_model)
+        spec = config.image_model
+        models[IMAGE] = ModelInfo(
+            embedder.model_name, embedder.model_sha256, embedder.dimension,
+            {"model": spec.model, "weights": spec.weights, "input_size": list(embedder.input_size),
+             "layer": spec.layer, "alpha": spec.alpha},
+        )
+    return models
+
+
+def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
+    """The end-of-run table: counts, throughput and where the output went."""
+    lines = [f"Run {manifest['run_id']} finished in {elapsed:.1f} s -> {manifest['output']}"]
+    lines.append(f"{'modality':<10}{'read':>10}{'embedded':>10}{'failed':>10}{'skipped':>10}{'rec/s':>10}  check")
+    for modality, c in manifest["counts"].items():
+        rate = c["embedded"] / elapsed if elapsed > 0 else 0.0
+        check = "ok" if c["balanced"] else "COUNTS DO NOT ADD UP"
+        lines.append(
+            f"{modality:<10}{c['read']:>10}{c['embedded']:>10}{c['failed']:>10}{c['skipped']:>10}{rate:>10.1f}  {check}"
+        )
+    for folder, paths in manifest["files"].items():
+        lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
+    if any(c["failed"] for c in manifest["counts"].values()):
+        lines.append(f"  dead letters (id, stage, reason): {manifest['output']}/errors/")
+    if model_loads:
+        lines.append("  model loads: " + ", ".join(f"{k}={v}" for k, v in sorted(model_loads.items())))
+    lines.append(f"  manifest: {manifest['output']}/_MANIFEST.json")
+    return "\n".join(lines)
+
+
+def _model_loads(result) -> dict:
+    try:
+        metrics = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("embeddings"))
+    except Exception:  # noqa: BLE001 - not every runner reports metrics
+        return {}
+    loads = {}
+    for counter in metrics["counters"]:
+        if counter.key.metric.name.endswith("_model_loads"):
+            name = counter.key.metric.name
+            loads[name] = loads.get(name, 0) + (counter.committed or counter.attempted or 0)
+    return loads
+
+
+def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, test_pipeline=None) -> dict:
+    """Run the job; returns the manifest (for a runner that waits) or {} for a submitted job."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_unknown_flags(argv)
+    options = PipelineOptions(argv)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    config = config_from_options(options)
+    models = inspect_models(config)
+    check_output_writable(config.output)
+    cleared = clear_previous_output(config.output)
+    if cleared:
+        _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    start = time.monotonic()
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build_pipeline(pipeline, config, models, started_at)
+    result = pipeline.run()
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if "Dataflow" in str(runner) and not getattr(result, "wait_until_finish", None):
+        return {}
+    result.wait_until_finish()
+    elapsed = time.monotonic() - start
+    try:
+        manifest = read_manifest(config.output)
+    except Exception:  # noqa: BLE001 - e.g. a template run: nothing ran here
+        return {}
+    print(format_summary(manifest, elapsed, _model_loads(result)))
+    manifest["model_loads"] = _model_loads(result)
+    return manifest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry: exit 0 on success, 2 on a bad flag or model, 1 on a failed run."""
+    try:
+        run(argv)
+    except (ConfigError, ModelConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

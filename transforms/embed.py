@@ -1,0 +1,270 @@
+"""Batched embedding DoFns: text tables and image batches in, output tables and dead letters out.
+
+Each DoFn acquires its model through `shared.Shared` in `setup`, so every thread of a worker
+process shares one copy that is loaded once. A batch that fails inside the model is split and
+retried until the failing records are isolated: only they become dead letters.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+from typing import Callable, Iterator, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.utils import shared
+
+from transforms import decode, fileio
+from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms.records import IMAGE, TEXT, ErrorRecord, ImageRef
+
+__all__ = [
+    "ERRORS",
+    "COUNTS",
+    "EmbedTextBatchesFn",
+    "EmbedImageBatchesFn",
+    "embed_isolating_failures",
+    "NonFiniteEmbedding",
+    "EmptyText",
+]
+
+ERRORS = "errors"
+COUNTS = "counts"
+METRICS_NAMESPACE = "embeddings"
+
+
+class NonFiniteEmbedding(ValueError):
+    """The model produced NaN or infinity for this record."""
+
+
+class EmptyText(ValueError):
+    """The text is empty or only whitespace: there is nothing to embed."""
+
+
+def embed_isolating_failures(
+    embed: Callable[[Sequence], np.ndarray], items: Sequence
+) -> tuple[np.ndarray, list[Optional[BaseException]]]:
+    """Embed `items`; when a batch fails, split it and retry the halves until the failing items are
+    isolated. Returns the vectors (rows of failed items are undefined) and a per-item error or None."""
+    errors: list[Optional[BaseException]] = [None] * len(items)
+    vectors: Optional[np.ndarray] = None
+
+    def run(lo: int, hi: int) -> None:
+        nonlocal vectors
+        try:
+            result = np.asarray(embed(items[lo:hi]), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - any model failure is isolated, then reported
+            if hi - lo == 1:
+                errors[lo] = exc
+                return
+            mid = (lo + hi) // 2
+            run(lo, mid)
+            run(mid, hi)
+            return
+        if vectors is None:
+            vectors = np.zeros((len(items), result.shape[1]), dtype=np.float32)
+        vectors[lo:hi] = result
+        bad = ~np.isfinite(result).all(axis=1)
+        for offset in np.flatnonzero(bad):
+            errors[lo + offset] = NonFiniteEmbedding("the model returned NaN or infinity for this record")
+
+    if items:
+        run(0, len(items))
+    if vectors is None:
+        vectors = np.zeros((len(items), 0), dtype=np.float32)
+    return vectors, errors
+
+
+def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.divide(vectors, norms, out=vectors, where=norms > 0)
+    return vectors
+
+
+def _output_table(
+    base: pa.Table, keep: np.ndarray, vectors: np.ndarray, model_name: str, model_sha256: str, schema: pa.Schema
+) -> pa.Table:
+    """Rows `keep` of `base` with their embeddings and the model identity, in the output schema."""
+    rows = base.take(pa.array(keep, type=pa.int64()))
+    dimension = schema.field("embedding").type.list_size
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    columns = {}
+    for field in schema:
+        if field.name == "embedding":
+            columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dimension)
+        elif field.name == "model":
+            columns["model"] = pa.array([model_name] * len(keep), pa.string())
+        elif field.name == "model_sha256":
+            columns["model_sha256"] = pa.array([model_sha256] * len(keep), pa.string())
+        else:
+            columns[field.name] = rows.column(field.name).cast(field.type)
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+class _SharedModelDoFn(beam.DoFn):
+    """Acquires one embedder per worker process (shared by its threads) and counts real loads."""
+
+    def __init__(self, spec, loader: Callable, modality: str):
+        self._spec = spec
+        self._loader = loader
+        self._modality = modality
+        self._shared = shared.Shared()
+        self._model_loads = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{modality}_model_loads")
+        self._pending_load_count = 0
+
+    def setup(self):
+        def load():
+            self._pending_load_count += 1  # only the DoFn instance that really loaded counts it
+            return self._loader(self._spec)
+
+        self._embedder = self._shared.acquire(load, tag=self._spec.cache_key())
+
+    def _report_loads(self):
+        if self._pending_load_count:
+            self._model_loads.inc(self._pending_load_count)
+            self._pending_load_count = 0
+
+
+class EmbedTextBatchesFn(_SharedModelDoFn):
+    """Embeds a table of text records (id, source, line, text, content_sha256, passthrough...)."""
+
+    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False):
+        super().__init__(spec, load_text_embedder, TEXT)
+        self._schema = schema
+        self._normalize = normalize
+        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_embedded")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_failed")
+
+    def process(self, table: pa.Table) -> Iterator:
+        self._report_loads()
+        texts = table.column("text").to_pylist()
+        ids = table.column("id").to_pylist()
+        sources = table.column("source").to_pylist()
+        candidates, failures = [], 0
+        for i, text in enumerate(texts):
+            if not text or not text.strip():
+                failures += 1
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS,
+                    ErrorRecord.from_exception(ids[i], TEXT, sources[i], "preprocess", EmptyText("text is empty or only whitespace")),
+                )
+            else:
+                candidates.append(i)
+        vectors, errors = embed_isolating_failures(self._embedder.embed, [texts[i] for i in candidates])
+        keep = []
+        for position, error in zip(candidates, errors):
+            if error is None:
+                keep.append(position)
+            else:
+                failures += 1
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS, ErrorRecord.from_exception(ids[position], TEXT, sources[position], "embed", error)
+                )
+        good = np.array([e is None for e in errors], dtype=bool)
+        vectors = vectors[good] if len(candidates) else vectors
+        if self._normalize:
+            vectors = _l2_normalize(vectors)
+        self._failed.inc(failures)
+        if keep:
+            self._embedded.inc(len(keep))
+            yield _output_table(
+                table, np.array(keep), vectors, self._embedder.model_name, self._embedder.model_sha256, self._schema
+            )
+
+
+def _load_image(ref: ImageRef, size: tuple[int, int], max_pixels: int):
+    """(pixels, sha256) or (None, ErrorRecord) for one image: read its bytes, then decode."""
+    try:
+        data = fileio.read_bytes(ref.uri)
+    except Exception as exc:  # noqa: BLE001 - missing file, permission, network: a dead letter
+        message = "file not found" if "not found" in str(exc).lower() or isinstance(exc, FileNotFoundError) else None
+        error = ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "read", exc)
+        if message:
+            error = ErrorRecord(ref.id, IMAGE, ref.uri, "read", "FileNotFoundError", f"{message}: {ref.uri}")
+        return None, error
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return decode.decode_image(data, size, max_pixels), digest
+    except Exception as exc:  # noqa: BLE001 - every decode failure is this record's, not the job's
+        return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "decode", exc)
+
+
+class EmbedImageBatchesFn(_SharedModelDoFn):
+    """Reads, decodes and embeds a list of ImageRefs; decoding runs in threads ahead of inference."""
+
+    def __init__(
+        self,
+        spec: ImageModelSpec,
+        schema: pa.Schema,
+        normalize: bool = False,
+        max_pixels: int = decode.DEFAULT_MAX_IMAGE_PIXELS,
+        decode_threads: Optional[int] = None,
+    ):
+        super().__init__(spec, load_image_embedder, IMAGE)
+        self._schema = schema
+        self._normalize = normalize
+        self._max_pixels = max_pixels
+        self._decode_threads = decode_threads
+        self._passthrough = [f.name for f in schema][schema.names.index("model_sha256") + 1 :]
+        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "image_embedded")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "image_failed")
+
+    def setup(self):
+        super().setup()
+        threads = self._decode_threads or max(2, os.cpu_count() or 2)
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+    def teardown(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def process(self, refs: Sequence[ImageRef]) -> Iterator:
+        self._report_loads()
+        embedder = self._embedder
+        size = embedder.input_size
+        futures = [self._pool.submit(_load_image, ref, size, self._max_pixels) for ref in refs]
+        batch = embedder.spec.batch_size
+        for start in range(0, len(refs), batch):  # infer on one batch while later ones decode
+            chunk_refs = refs[start : start + batch]
+            ok_refs, pixels, digests = [], [], []
+            for ref, future in zip(chunk_refs, futures[start : start + batch]):
+                value, extra = future.result()
+                if value is None:
+                    self._failed.inc()
+                    yield beam.pvalue.TaggedOutput(ERRORS, extra)
+                else:
+                    ok_refs.append(ref)
+                    pixels.append(value)
+                    digests.append(extra)
+            if not ok_refs:
+                continue
+            stacked = np.stack(pixels)
+            vectors, errors = embed_isolating_failures(lambda idx: embedder.embed(stacked[list(idx)]), range(len(ok_refs)))
+            keep = [i for i, e in enumerate(errors) if e is None]
+            for i, error in enumerate(errors):
+                if error is not None:
+                    self._failed.inc()
+                    yield beam.pvalue.TaggedOutput(
+                        ERRORS, ErrorRecord.from_exception(ok_refs[i].id, IMAGE, ok_refs[i].uri, "embed", error)
+                    )
+            if not keep:
+                continue
+            vectors = vectors[keep]
+            if self._normalize:
+                vectors = _l2_normalize(vectors)
+            base = {
+                "id": [ok_refs[i].id for i in keep],
+                "source": [ok_refs[i].uri for i in keep],
+                "content_sha256": [digests[i] for i in keep],
+            }
+            for name in self._passthrough:
+                base[name] = [ok_refs[i].passthrough.get(name) for i in keep]
+            table = pa.table({k: pa.array(v, pa.string()) for k, v in base.items()})
+            self._embedded.inc(len(keep))
+            yield _output_table(
+                table, np.arange(len(keep)), vectors, embedder.model_name, embedder.model_sha256, self._schema
+            )

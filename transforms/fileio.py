@@ -1,0 +1,90 @@
+"""File access for local paths and `gs://` alike, through Beam's `FileSystems`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+from typing import Iterable
+
+from apache_beam.io.filesystems import FileSystems
+
+__all__ = [
+    "has_glob",
+    "is_remote",
+    "join",
+    "match_paths",
+    "read_bytes",
+    "sha256_of_file",
+    "local_copy",
+    "resolve_relative",
+]
+
+_GLOB_CHARS = set("*?[")
+_CHUNK = 1 << 20
+
+
+def has_glob(path: str) -> bool:
+    """Whether a path is a glob pattern rather than one file."""
+    return any(c in _GLOB_CHARS for c in path)
+
+
+def is_remote(path: str) -> bool:
+    """Whether a path has a scheme (gs://, s3://, ...) rather than being a local path."""
+    return "://" in path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path components for local or remote paths."""
+    return FileSystems.join(base, *parts)
+
+
+def match_paths(patterns: Iterable[str]) -> list[str]:
+    """Every file that a list of globs/paths matches, sorted; a pattern that matches nothing is skipped."""
+    found: set[str] = set()
+    for pattern in patterns:
+        for result in FileSystems.match([pattern]):
+            for metadata in result.metadata_list:
+                found.add(metadata.path)
+    return sorted(found)
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole content of a file."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read()
+
+
+def sha256_of_file(path: str) -> str:
+    """Hex sha256 of a file's bytes, streamed."""
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_copy(path: str, directory: str | None = None) -> str:
+    """A local path for `path`: itself if local, else a copy in a temp dir (TensorFlow's gs:// reader
+    ignores the storage emulator and needs credentials of its own; Beam's FileSystems does not)."""
+    if not is_remote(path):
+        return path
+    directory = directory or tempfile.mkdtemp(prefix="embeddings-model-")
+    target = os.path.join(directory, posixpath.basename(path.rstrip("/")) or "model")
+    with FileSystems.open(path, compression_type="uncompressed") as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, _CHUNK)
+    return target
+
+
+def resolve_relative(uri: str, base_file: str) -> str:
+    """A manifest's uri, resolved against the manifest's own folder when it is relative."""
+    if is_remote(uri) or os.path.isabs(uri):
+        return uri
+    if is_remote(base_file):
+        return posixpath.join(posixpath.dirname(base_file), uri)
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(base_file)), uri))

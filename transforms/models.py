@@ -1,0 +1,372 @@
+"""Model specs and loading: the text model's pooled Embedding layer and headless image CNNs.
+
+Loading lives here and only here. A spec is a small frozen, picklable description of a model;
+`load_text_embedder` / `load_image_embedder` turn it into an embedder that runs fixed-shape
+batches through a `tf.function`. The Beam DoFns acquire embedders through `shared.Shared`, so
+every thread of a worker process uses one copy, loaded once (see `transforms.embed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import threading
+from typing import Callable, Optional
+
+import numpy as np
+
+from transforms import fileio
+
+__all__ = [
+    "ModelConfigError",
+    "NETWORKS",
+    "Network",
+    "TextModelSpec",
+    "ImageModelSpec",
+    "TextEmbedder",
+    "ImageEmbedder",
+    "load_text_embedder",
+    "load_image_embedder",
+    "TEXT_EMBEDDING_LAYER",
+]
+
+TEXT_EMBEDDING_LAYER = "text_embedding"
+WORD_EMBEDDING_LAYER = "embedding"
+
+
+class ModelConfigError(ValueError):
+    """A model flag whose value cannot work; the message names the flag and the value."""
+
+    def __init__(self, flag: str, value: object, reason: str):
+        self.flag, self.value = flag, value
+        super().__init__(f"{flag} {value!r}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A Keras Applications network: how to build it and how to feed it."""
+
+    name: str
+    module: str  # keras.applications submodule holding preprocess_input
+    default_size: int
+    has_alpha: bool = False
+    fixed_size: bool = False  # NASNetMobile only takes its own size with imagenet weights
+
+    def builder(self) -> Callable:
+        import keras
+
+        return getattr(keras.applications, self.name)
+
+    def preprocess(self) -> Callable:
+        import keras
+
+        return getattr(keras.applications, self.module).preprocess_input
+
+
+NETWORKS: dict[str, Network] = {
+    n.name: n
+    for n in [
+        Network("MobileNet", "mobilenet", 224, has_alpha=True),
+        Network("MobileNetV2", "mobilenet_v2", 224, has_alpha=True),
+        Network("MobileNetV3Small", "mobilenet_v3", 224, has_alpha=True),
+        Network("MobileNetV3Large", "mobilenet_v3", 224, has_alpha=True),
+        Network("ResNet50", "resnet50", 224),
+        Network("ResNet101", "resnet", 224),
+        Network("ResNet152", "resnet", 224),
+        Network("ResNet50V2", "resnet_v2", 224),
+        Network("VGG16", "vgg16", 224),
+        Network("VGG19", "vgg19", 224),
+        Network("InceptionV3", "inception_v3", 299),
+        Network("InceptionResNetV2", "inception_resnet_v2", 299),
+        Network("Xception", "xception", 299),
+        Network("DenseNet121", "densenet", 224),
+        Network("EfficientNetB0", "efficientnet", 224),
+        Network("EfficientNetB1", "efficientnet", 240),
+        Network("EfficientNetB2", "efficientnet", 260),
+        Network("EfficientNetB3", "efficientnet", 300),
+        Network("EfficientNetV2B0", "efficientnet_v2", 224),
+        Network("ConvNeXtTiny", "convnext", 224),
+        Network("NASNetMobile", "nasnet", 224, fixed_size=True),
+    ]
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextModelSpec:
+    """A text model trained by `train-text`: a `.keras` file (local or gs://)."""
+
+    path: str
+    batch_size: int = 256
+    unsafe_loading: bool = False
+
+    def cache_key(self) -> str:
+        return f"text:{self.path}:{self.batch_size}:{self.unsafe_loading}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageModelSpec:
+    """A headless image network: a Keras Applications name, or a user's `.keras` classifier."""
+
+    model: str  # network name (see NETWORKS) or path to a .keras file
+    weights: str = "imagenet"  # imagenet | none | path to a weights file (networks only)
+    image_size: Optional[int] = None
+    alpha: Optional[float] = None
+    layer: Optional[str] = None  # user models: the layer whose output is the embedding
+    preprocess: Optional[str] = None  # user models: a network name whose preprocess_input to apply
+    batch_size: int = 32
+    unsafe_loading: bool = False
+    seed: int = 0  # random initialisation when weights == "none", so every worker agrees
+
+    @property
+    def is_network(self) -> bool:
+        return self.model in NETWORKS
+
+    def cache_key(self) -> str:
+        return "image:" + repr(dataclasses.astuple(self))
+
+
+def _weights_fingerprint(model) -> str:
+    """sha256 over every weight array: the model's identity when there is no file to hash."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.asarray(weight.numpy())
+        digest.update(str(value.shape).encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def _load_keras_file(path: str, flag: str, unsafe: bool):
+    import keras
+
+    if not path.endswith(".keras") and not path.endswith(".h5"):
+        raise ModelConfigError(flag, path, "expected a Keras model file ending in .keras (or .h5)")
+    try:
+        local = fileio.local_copy(path)
+    except Exception as exc:  # missing file, unreadable bucket
+        raise ModelConfigError(flag, path, f"cannot read the model file ({type(exc).__name__}: {exc})") from exc
+    if not os.path.exists(local):
+        raise ModelConfigError(flag, path, "no such file")
+    try:
+        return keras.saving.load_model(local, compile=False, safe_mode=not unsafe)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower() or "lambda" in str(exc).lower():
+            raise ModelConfigError(
+                flag, path,
+                "the model contains custom Python code, which safe mode does not load; "
+                "pass --unsafe-model-loading only if you trust this file",
+            ) from exc
+        raise ModelConfigError(flag, path, f"not a loadable Keras model ({exc})") from exc
+    except Exception as exc:
+        raise ModelConfigError(flag, path, f"not a loadable Keras model ({type(exc).__name__}: {exc})") from exc
+
+
+class TextEmbedder:
+    """Raw strings in, pooled Embedding-layer vectors out, in fixed-size batches."""
+
+    def __init__(self, spec: TextModelSpec, model, model_sha256: str):
+        import keras
+        import tensorflow as tf
+
+        self.spec = spec
+        self.model_sha256 = model_sha256
+        self.model_name = os.path.basename(spec.path)
+        self.full_model = model
+        layer = model.get_layer(TEXT_EMBEDDING_LAYER)
+        self._embedding_model = keras.Model(model.inputs, layer.output, name="text_embedder")
+        self.dimension = int(layer.output.shape[-1])
+        vectorize = next((l for l in model.layers if type(l).__name__ == "TextVectorization"), None)
+        self.sequence_length = getattr(vectorize, "_output_sequence_length", None) if vectorize else None
+        input_shape = model.inputs[0].shape
+        self._input_rank = len(input_shape)
+        shape = [spec.batch_size] + ([1] if self._input_rank == 2 else [])
+        signature = [tf.TensorSpec(shape, tf.string)]
+        self._forward = tf.function(
+            lambda x: self._embedding_model(x, training=False), input_signature=signature
+        )
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings (len(texts), dimension) float32; batches longer than batch_size are split."""
+        import tensorflow as tf
+
+        size = self.spec.batch_size
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), size):
+            chunk = list(texts[start : start + size])
+            n = len(chunk)
+            chunk += [""] * (size - n)  # fixed shape: no retracing for a short last batch
+            array = np.array(chunk, dtype=object)
+            if self._input_rank == 2:
+                array = array.reshape(-1, 1)
+            out[start : start + n] = self._forward(tf.constant(array)).numpy()[:n]
+        return out
+
+
+class ImageEmbedder:
+    """uint8 RGB pixel batches in, headless-network vectors out, in fixed-size batches."""
+
+    def __init__(self, spec: ImageModelSpec, model, preprocess: Optional[Callable], model_name: str, model_sha256: str):
+        import keras
+        import tensorflow as tf
+
+        self.spec = spec
+        self.model_name = model_name
+        self.model_sha256 = model_sha256
+        shape = model.inputs[0].shape
+        self.input_size = (int(shape[1]), int(shape[2]))
+        output = model.outputs[0]
+        if len(output.shape) == 4:  # a feature map: pool it to one vector per image
+            output = keras.layers.GlobalAveragePooling2D(name="embedding_pool")(output)
+            model = keras.Model(model.inputs, output)
+        elif len(output.shape) != 2:
+            raise ModelConfigError("--image-layer", spec.layer, f"output has shape {tuple(output.shape)}; expected (batch, dim) or a feature map")
+        self.dimension = int(output.shape[-1])
+        self._model = model
+
+        def forward(pixels):
+            x = tf.cast(pixels, tf.float32)
+            if preprocess is not None:
+                x = preprocess(x)
+            return model(x, training=False)
+
+        signature = [tf.TensorSpec([spec.batch_size, *self.input_size, 3], tf.uint8)]
+        self._forward = tf.function(forward, input_signature=signature)
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Embeddings (n, dimension) float32 for a uint8 batch (n, h, w, 3)."""
+        size = self.spec.batch_size
+        n = len(pixels)
+        out = np.empty((n, self.dimension), dtype=np.float32)
+        for start in range(0, n, size):
+            chunk = pixels[start : start + size]
+            m = len(chunk)
+            if m < size:  # fixed shape: no retracing for a short last batch
+                padded = np.zeros((size, *chunk.shape[1:]), dtype=np.uint8)
+                padded[:m] = chunk
+                chunk = padded
+            out[start : start + m] = self._forward(chunk).numpy()[:m]
+        return out
+
+
+def load_text_embedder(spec: TextModelSpec) -> TextEmbedder:
+    """Load a `train-text` model and check that it is one (has the pooled `text_embedding` layer)."""
+    model = _load_keras_file(spec.path, "--text-model", spec.unsafe_loading)
+    names = {layer.name for layer in model.layers}
+    if TEXT_EMBEDDING_LAYER not in names:
+        raise ModelConfigError(
+            "--text-model", spec.path,
+            f"has no layer named {TEXT_EMBEDDING_LAYER!r}; is it a text model made by `train-text`? "
+            f"(layers: {', '.join(sorted(names))[:200]})",
+        )
+    if not model.inputs or "string" not in str(model.inputs[0].dtype):
+        raise ModelConfigError("--text-model", spec.path, "does not take strings as input; is it an image model?")
+    return TextEmbedder(spec, model, fileio.sha256_of_file(spec.path))
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def _build_network(spec: ImageModelSpec):
+    import keras
+
+    network = NETWORKS[spec.model]
+    size = spec.image_size or network.default_size
+    if network.fixed_size and size != network.default_size:
+        raise ModelConfigError("--image-size", size, f"{network.name} only takes {network.default_size}")
+    kwargs = dict(input_shape=(size, size, 3), include_top=False, pooling="avg")
+    if spec.alpha is not None:
+        if not network.has_alpha:
+            raise ModelConfigError("--image-alpha", spec.alpha, f"{network.name} has no alpha (width multiplier)")
+        kwargs["alpha"] = spec.alpha
+    weights = spec.weights
+    weights_sha256 = None
+    if weights == "imagenet":
+        kwargs["weights"] = "imagenet"  # Keras downloads and caches the file on a machine with internet
+    elif weights == "none":
+        kwargs["weights"] = None
+    else:
+        try:
+            local = fileio.local_copy(weights)
+        except Exception as exc:
+            raise ModelConfigError("--image-weights", weights, f"cannot read the weights file ({exc})") from exc
+        if not os.path.exists(local):
+            raise ModelConfigError("--image-weights", weights, "no such file")
+        kwargs["weights"] = local
+        weights_sha256 = fileio.sha256_of_file(weights)
+    with _BUILD_LOCK:  # seeding is process-global: build one network at a time
+        keras.utils.set_random_seed(spec.seed)
+        try:
+            model = network.builder()(**kwargs)
+        except ValueError as exc:
+            flag = "--image-weights" if "weights" in str(exc).lower() else "--image-model"
+            raise ModelConfigError(flag, spec.weights if flag == "--image-weights" else spec.model, str(exc).splitlines()[0]) from exc
+        except Exception as exc:
+            if weights == "imagenet":
+                raise ModelConfigError(
+                    "--image-weights", "imagenet",
+                    f"could not download ImageNet weights ({type(exc).__name__}); without internet access, "
+                    "pass a local or gs:// weights file instead",
+                ) from exc
+            raise
+    sha = weights_sha256 or _weights_fingerprint(model)
+    params = [f"size={size}"] + ([f"alpha={spec.alpha}"] if spec.alpha is not None else [])
+    params.append(f"weights={os.path.basename(weights) if weights not in ('imagenet', 'none') else weights}")
+    name = f"keras.applications.{network.name}({', '.join(params)})"
+    return model, network.preprocess(), name, sha
+
+
+def _default_embedding_layer(model):
+    """The layer feeding the final classification layer of a user's classifier."""
+    last = model.layers[-1]
+    inbound = last.input
+    if isinstance(inbound, (list, tuple)):
+        raise ModelConfigError("--image-layer", None, "the final layer has several inputs; name the layer to use")
+    for layer in model.layers[::-1][1:]:
+        if layer.output is inbound:
+            return layer
+    return model.layers[-2]
+
+
+def _build_user_model(spec: ImageModelSpec):
+    import keras
+
+    model = _load_keras_file(spec.model, "--image-model", spec.unsafe_loading)
+    if not model.inputs or "string" in str(model.inputs[0].dtype) or len(model.inputs[0].shape) != 4:
+        raise ModelConfigError(
+            "--image-model", spec.model,
+            f"takes input of shape {tuple(model.inputs[0].shape) if model.inputs else '?'}, not images "
+            "(batch, height, width, 3); is it a text model?",
+        )
+    if spec.layer:
+        try:
+            layer = model.get_layer(spec.layer)
+        except ValueError:
+            names = [l.name for l in model.layers]
+            raise ModelConfigError(
+                "--image-layer", spec.layer, f"no such layer in {spec.model}; layers are: {', '.join(names)[:400]}"
+            ) from None
+    else:
+        layer = _default_embedding_layer(model)
+    headless = keras.Model(model.inputs, layer.output, name="headless")
+    preprocess = None
+    if spec.preprocess:
+        if spec.preprocess not in NETWORKS:
+            raise ModelConfigError("--image-preprocess", spec.preprocess, f"unknown network; one of {', '.join(NETWORKS)}")
+        preprocess = NETWORKS[spec.preprocess].preprocess()
+    name = f"{os.path.basename(spec.model)}#{layer.name}"
+    return headless, preprocess, name, fileio.sha256_of_file(spec.model)
+
+
+def load_image_embedder(spec: ImageModelSpec) -> ImageEmbedder:
+    """Build or load the headless image network a spec describes."""
+    if spec.is_network:
+        model, preprocess, name, sha = _build_network(spec)
+    elif spec.model.endswith((".keras", ".h5")) or "/" in spec.model:
+        if spec.weights not in ("imagenet", "none") and spec.weights:
+            raise ModelConfigError("--image-weights", spec.weights, "only applies to a named network, not a .keras file")
+        model, preprocess, name, sha = _build_user_model(spec)
+    else:
+        raise ModelConfigError(
+            "--image-model", spec.model, f"unknown network; expected a .keras file or one of: {', '.join(NETWORKS)}"
+        )
+    return ImageEmbedder(spec, model, preprocess, name, sha)

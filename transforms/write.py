@@ -1,0 +1,190 @@
+"""Writing the run's output: Parquet tables, dead letters, and `_MANIFEST.json` last of all.
+
+A run's folder is complete only when `_MANIFEST.json` exists: it is deleted first when a run
+starts and written by the pipeline's final step, after every Parquet file has been finalised.
+`read_manifest` and `read_embeddings` refuse a folder without it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from typing import Iterable, Optional, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquetBatched
+
+from transforms import fileio
+from transforms.records import ERROR_SCHEMA, MODALITIES, ErrorRecord, error_table
+
+__all__ = [
+    "MANIFEST_NAME",
+    "OUTPUT_FOLDERS",
+    "IncompleteOutputError",
+    "clear_previous_output",
+    "WriteTables",
+    "WriteErrors",
+    "WriteManifestFn",
+    "read_manifest",
+    "read_embeddings",
+    "read_errors",
+]
+
+MANIFEST_NAME = "_MANIFEST.json"
+OUTPUT_FOLDERS = ("text", "image", "errors")
+
+
+class IncompleteOutputError(RuntimeError):
+    """An output folder without `_MANIFEST.json`: its run did not finish."""
+
+
+def clear_previous_output(output: str) -> list[str]:
+    """Delete an earlier run's manifest, then its Parquet files, so a rerun leaves no leftovers.
+
+    Only the job's own files are touched: `_MANIFEST.json` and `text/`, `image/`, `errors/`.
+    """
+    manifest = fileio.join(output, MANIFEST_NAME)
+    deleted = []
+    if FileSystems.exists(manifest):
+        FileSystems.delete([manifest])  # first: from here on the folder reads as unfinished
+        deleted.append(manifest)
+    for folder in OUTPUT_FOLDERS:
+        base = fileio.join(output, folder)
+        matched = fileio.match_paths([fileio.join(base, "*"), fileio.join(base, ".temp*", "*")])
+        if matched:
+            FileSystems.delete(matched)
+            deleted += matched
+    return deleted
+
+
+class WriteTables(beam.PTransform):
+    """pyarrow tables of one schema to `folder/part-SSSSS-of-NNNNN.parquet` (each table one row group); emits the file names."""
+
+    def __init__(self, folder: str, schema: pa.Schema):
+        super().__init__()
+        self._folder = folder
+        self._schema = schema
+
+    def expand(self, tables):
+        return tables | "WriteParquet" >> WriteToParquetBatched(
+            fileio.join(self._folder, "part"),
+            self._schema,
+            codec="snappy",
+            file_name_suffix=".parquet",
+        )
+
+
+class WriteErrors(beam.PTransform):
+    """ErrorRecords to `errors/` as Parquet (an empty file when the run had none)."""
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self._folder = folder
+
+    def expand(self, errors):
+        return (
+            errors
+            | "BatchErrors" >> beam.BatchElements(min_batch_size=1, max_batch_size=4096)
+            | "ToTable" >> beam.Map(error_table)
+            | "WriteErrorParquet" >> WriteTables(self._folder, ERROR_SCHEMA)
+        )
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version(), "apache_beam": beam.__version__, "pyarrow": pa.__version__}
+    try:
+        import tensorflow as tf
+        import keras
+
+        versions.update(tensorflow=tf.__version__, keras=keras.__version__)
+    except ImportError:  # pragma: no cover - the job always has them
+        pass
+    return versions
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class WriteManifestFn(beam.DoFn):
+    """The final step: writes `_MANIFEST.json` once every output file exists (they arrive as side inputs)."""
+
+    def __init__(self, output: str, static: dict):
+        self._output = output
+        self._static = static
+
+    def process(self, _, counts: dict, files: Iterable[tuple[str, str]]):
+        by_modality = {}
+        for modality in MODALITIES:
+            if modality not in self._static["models"]:
+                continue
+            read = counts.get(f"{modality}_read", 0)
+            embedded = counts.get(f"{modality}_embedded", 0)
+            failed = counts.get(f"{modality}_failed", 0)
+            skipped = counts.get(f"{modality}_skipped", 0)
+            by_modality[modality] = {
+                "read": read,
+                "embedded": embedded,
+                "failed": failed,
+                "skipped": skipped,
+                "balanced": read == embedded + failed + skipped,
+            }
+        grouped: dict[str, list[str]] = {}
+        prefix = self._output.rstrip("/") + "/"
+        for folder, path in files:  # relative paths: the folder can be moved or copied whole
+            grouped.setdefault(folder, []).append(path[len(prefix):] if path.startswith(prefix) else path)
+        manifest = dict(self._static)
+        manifest.update(
+            status="complete",
+            finished_at=_now(),
+            counts=by_modality,
+            files={k: sorted(v) for k, v in sorted(grouped.items())},
+            versions=_versions(),
+        )
+        target = fileio.join(self._output, MANIFEST_NAME)
+        with FileSystems.create(target, mime_type="application/json") as handle:
+            handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+        yield target
+
+
+def read_manifest(output: str) -> dict:
+    """The manifest of a finished run; IncompleteOutputError when the run did not finish."""
+    path = fileio.join(output, MANIFEST_NAME)
+    if not FileSystems.exists(path):
+        raise IncompleteOutputError(
+            f"{output} has no {MANIFEST_NAME}: the run that wrote it did not finish (or it is not a job "
+            "output folder); rerun the same command to complete it"
+        )
+    return json.loads(fileio.read_bytes(path))
+
+
+def _read_tables(paths: Sequence[str], schema: Optional[pa.Schema] = None) -> pa.Table:
+    tables = []
+    for path in paths:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            tables.append(pq.read_table(pa.BufferReader(handle.read())))
+    if not tables:
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables(tables)
+
+
+def _absolute(output: str, paths: Sequence[str]) -> list[str]:
+    return [p if fileio.is_remote(p) or p.startswith("/") else fileio.join(output, p) for p in paths]
+
+
+def read_embeddings(output: str, modality: str) -> pa.Table:
+    """All embeddings of one modality of a finished run, as one table (refuses an unfinished run)."""
+    manifest = read_manifest(output)
+    if modality not in manifest.get("models", {}):
+        raise ValueError(f"{output}: the run embedded no {modality} (it has: {', '.join(manifest.get('models', {}))})")
+    return _read_tables(_absolute(output, manifest["files"].get(modality, [])))
+
+
+def read_errors(output: str) -> pa.Table:
+    """The dead letters of a finished run."""
+    manifest = read_manifest(output)
+    return _read_tables(_absolute(output, manifest["files"].get("errors", [])), ERROR_SCHEMA)
