@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.io import fileio as beam_fileio
 
 from transforms import fileio
+from transforms.dedup import FindDuplicateIds
 from transforms.embed import ERRORS, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
 from transforms.records import IMAGE, TEXT, ErrorRecord, embedding_schema
@@ -77,8 +78,16 @@ def build_pipeline(
         read = paths | "ReadTextRecords" >> beam.ParDo(
             ReadTextFileFn(config.text_field, config.text_id_field, config.passthrough, config.text_encoding, text_batch_rows)
         ).with_outputs(ERRORS, main="records")
+        side = {}
+        if not config.allow_duplicate_ids:
+            duplicates = (
+                read.records
+                | "TextIdOccurrences" >> beam.Map(lambda t: (t.column("id").to_pylist(), t.column("source").to_pylist(), t.column("line").to_pylist()))
+                | "FindDuplicateTextIds" >> FindDuplicateIds()
+            )
+            side["duplicates"] = beam.pvalue.AsDict(duplicates)
         embedded = read.records | "EmbedText" >> beam.ParDo(
-            EmbedTextBatchesFn(config.text_model, schema, config.normalize)
+            EmbedTextBatchesFn(config.text_model, schema, config.normalize), **side
         ).with_outputs(ERRORS, main="tables")
         written = embedded.tables | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
         files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))
@@ -105,7 +114,9 @@ def build_pipeline(
                 p
                 | "ImageInputPatterns" >> beam.Create(globs)
                 | "MatchImageFiles" >> beam_fileio.MatchAll()
-                | "ImageRefs" >> beam.Map(lambda metadata: image_ref_from_path(metadata.path))
+                | "ImagePaths" >> beam.Map(lambda metadata: metadata.path)
+                | "DedupImageFiles" >> beam.Distinct()
+                | "ImageRefs" >> beam.Map(image_ref_from_path)
             )
         if manifests:
             listed = (
@@ -119,12 +130,22 @@ def build_pipeline(
             read_errors.append(listed[ERRORS])
         refs = ref_parts | "AllImageRefs" >> beam.Flatten() if len(ref_parts) > 1 else ref_parts[0]
         batch = config.image_model.batch_size
+        side = {}
+        if not config.allow_duplicate_ids:
+            duplicates = (
+                refs
+                | "BatchImageIds" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+                | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
+                | "FindDuplicateImageIds" >> FindDuplicateIds()
+            )
+            side["duplicates"] = beam.pvalue.AsDict(duplicates)
         embedded = (
             refs
             | "SpreadImages" >> beam.Reshuffle()
             | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch, max_batch_size=batch * 8)
             | "EmbedImages" >> beam.ParDo(
-                EmbedImageBatchesFn(config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads)
+                EmbedImageBatchesFn(config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads),
+                **side,
             ).with_outputs(ERRORS, main="tables")
         )
         written = embedded.tables | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)

@@ -61,6 +61,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label).")
         _flag(parser, "--normalize", action="store_true", default=False, help="L2-normalise embeddings.")
         _flag(parser, "--unsafe-model-loading", action="store_true", default=False, help="Allow .keras models with custom Python code (only for files you trust).")
+        _flag(parser, "--allow-duplicate-ids", action="store_true", default=False, help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
 
 
@@ -83,6 +84,7 @@ class JobConfig:
     decode_threads: Optional[int] = None
     passthrough: tuple[str, ...] = ()
     normalize: bool = False
+    allow_duplicate_ids: bool = False
 
     @property
     def has_text(self) -> bool:
@@ -220,6 +222,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         decode_threads=o.decode_threads,
         passthrough=passthrough,
         normalize=o.normalize,
+        allow_duplicate_ids=o.allow_duplicate_ids,
     )
     if check_paths:
         _check_inputs("--text-input", text_inputs)

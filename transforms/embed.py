@@ -18,6 +18,7 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from transforms import decode, fileio
+from transforms.dedup import duplicate_reason
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT, ErrorRecord, ImageRef
 
@@ -138,14 +139,21 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_embedded")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_failed")
 
-    def process(self, table: pa.Table) -> Iterator:
+    def process(self, table: pa.Table, duplicates: Optional[dict] = None) -> Iterator:
         self._report_loads()
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
+        lines = table.column("line").to_pylist() if duplicates else None
         candidates, failures = [], 0
         for i, text in enumerate(texts):
-            if not text or not text.strip():
+            reason = duplicates and duplicate_reason(ids[i], (sources[i], lines[i]), duplicates)
+            if reason:
+                failures += 1
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS, ErrorRecord(ids[i], TEXT, f"{sources[i]}:{lines[i]}", "read", "DuplicateId", reason)
+                )
+            elif not text or not text.strip():
                 failures += 1
                 yield beam.pvalue.TaggedOutput(
                     ERRORS,
@@ -158,11 +166,16 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         for position, error in zip(candidates, errors):
             if error is None:
                 keep.append(position)
-            else:
-                failures += 1
-                yield beam.pvalue.TaggedOutput(
-                    ERRORS, ErrorRecord.from_exception(ids[position], TEXT, sources[position], "embed", error)
+                continue
+            failures += 1
+            stage = "embed"
+            if isinstance(error, NonFiniteEmbedding):  # the pooled mean of zero tokens is 0/0
+                stage, error = "preprocess", EmptyText(
+                    "text has no words left after the model's standardization (e.g. only punctuation)"
                 )
+            yield beam.pvalue.TaggedOutput(
+                ERRORS, ErrorRecord.from_exception(ids[position], TEXT, sources[position], stage, error)
+            )
         good = np.array([e is None for e in errors], dtype=bool)
         vectors = vectors[good] if len(candidates) else vectors
         if self._normalize:
@@ -222,8 +235,18 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         if pool is not None:
             pool.shutdown(wait=False)
 
-    def process(self, refs: Sequence[ImageRef]) -> Iterator:
+    def process(self, refs: Sequence[ImageRef], duplicates: Optional[dict] = None) -> Iterator:
         self._report_loads()
+        if duplicates:
+            unique = []
+            for ref in refs:
+                reason = duplicate_reason(ref.id, (ref.uri, ref.line), duplicates)
+                if reason:
+                    self._failed.inc()
+                    yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason))
+                else:
+                    unique.append(ref)
+            refs = unique
         embedder = self._embedder
         size = embedder.input_size
         futures = [self._pool.submit(_load_image, ref, size, self._max_pixels) for ref in refs]

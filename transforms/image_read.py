@@ -62,4 +62,5 @@ class ReadImageManifestFn(beam.DoFn):
                     id=image_id,
                     uri=fileio.resolve_relative(uri.strip(), manifest),
                     passthrough={name: passthrough_value(record.get(name)) for name in self._passthrough},
+                    line=parsed.line,
                 )

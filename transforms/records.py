@@ -36,6 +36,7 @@ class ImageRef:
     id: str
     uri: str
     passthrough: Mapping[str, Optional[str]] = dataclasses.field(default_factory=dict)
+    line: Optional[int] = None  # the manifest row it came from (None when found by a glob)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,15 +62,32 @@ def detect_format(path: str) -> str:
     return "lines"
 
 
+def _raw_lines(binary: IO[bytes]) -> Iterator[bytes]:
+    """Lines of a binary file; Beam's CompressedFile (.gz, ...) has readline but is not iterable."""
+    if hasattr(binary, "__iter__") and not type(binary).__name__ == "CompressedFile":
+        yield from binary
+        return
+    while True:
+        line = binary.readline()
+        if not line:
+            return
+        yield line
+
+
 def _decoded_lines(binary: IO[bytes], encoding: str) -> Iterator[tuple[int, Optional[str], Optional[Exception]]]:
-    """(line number, text, error) for each line; a line that does not decode is an error, not a stop."""
-    for number, raw in enumerate(binary, start=1):
+    """(line number, text, error) for each line; a line that does not decode is an error, not a stop.
+
+    A UTF-8 byte-order mark at the start of the file is dropped (spreadsheet exports often have one).
+    """
+    for number, raw in enumerate(_raw_lines(binary), start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf") and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+            raw = raw[3:]
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
             yield number, None, RecordError(
                 f"line is not valid {encoding} (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); "
-                f"set --text-encoding if the file uses another encoding"
+                f"is the file in another encoding? (see the encoding flag)"
             )
             continue
         if "\x00" in text:
