@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -13,6 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from pipeline.graph import ModelInfo, build_pipeline
+from pipeline.loopback import loopback_only_servers
 from pipeline.options import (
     ConfigError,
     EmbeddingJobOptions,
@@ -48,6 +50,22 @@ def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
              "layer": spec.layer, "alpha": spec.alpha},
         )
     return models
+
+
+def local_runner(options: PipelineOptions):
+    """Beam's FnApiRunner, which the DirectRunner picks for batch pipelines like this one.
+
+    Chosen explicitly because the DirectRunner of Beam 2.77 first tries the Prism runner, which
+    downloads a binary from the internet: a local run must make no network call. The FnApiRunner
+    still honours --direct_num_workers and --direct_running_mode.
+    """
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)
 
 
 def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
@@ -97,13 +115,15 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
+    pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
     build_pipeline(pipeline, config, models, started_at)
-    result = pipeline.run()
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if "Dataflow" in str(runner) and not getattr(result, "wait_until_finish", None):
-        return {}
-    result.wait_until_finish()
+    with loopback_only_servers() if local else contextlib.nullcontext():
+        result = pipeline.run()
+        if "Dataflow" in runner and not getattr(result, "wait_until_finish", None):
+            return {}
+        result.wait_until_finish()
     elapsed = time.monotonic() - start
     try:
         manifest = read_manifest(config.output)

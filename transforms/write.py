@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
+import shutil
 from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
@@ -54,10 +56,15 @@ def clear_previous_output(output: str) -> list[str]:
         deleted.append(manifest)
     for folder in OUTPUT_FOLDERS:
         base = fileio.join(output, folder)
-        matched = fileio.match_paths([fileio.join(base, "*"), fileio.join(base, ".temp*", "*")])
+        # finished shards, and the temp files of a run killed before it finalised them
+        matched = fileio.match_paths([fileio.join(base, "*"), fileio.join(base, "beam-temp-*", "*")])
         if matched:
             FileSystems.delete(matched)
             deleted += matched
+        if not fileio.is_remote(base) and os.path.isdir(base):
+            for name in os.listdir(base):  # local temp folders are real directories
+                if name.startswith("beam-temp-"):
+                    shutil.rmtree(os.path.join(base, name), ignore_errors=True)
     return deleted
 
 

@@ -1,0 +1,180 @@
+"""Issue 3, sections 4-5: repeatable and atomic output, loopback-only local workers, safe loading."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.run import main, run
+from tests_support import PROJECT_ROOT
+from transforms.write import MANIFEST_NAME, read_embeddings
+
+
+def _listening_sockets(root_pid: int) -> set[str]:
+    """Local addresses of the TCP sockets in LISTEN state owned by `root_pid` or its descendants."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    family = {root_pid}
+    changed = True
+    while changed:
+        new = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= new
+        changed = bool(new)
+    inodes = set()
+    for pid in family:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A" and parts[9] in inodes:
+                    found.add(parts[1])
+    return found
+
+
+def _is_loopback(hex_address: str) -> bool:
+    host = hex_address.split(":")[0]
+    if len(host) == 8:  # IPv4, little-endian: 127.x.x.x ends in 7F
+        return host.endswith("7F")
+    return host in ("00000000000000000000000001000000",) or host.startswith("0000000000000000FFFF0000") and host.endswith("7F")
+
+
+def _inputs(root: pathlib.Path) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "a.jsonl", "w") as f:
+        for i in range(60):
+            f.write(json.dumps({"id": f"r{i}", "text": f"good film {i}" if i % 3 else f"awful plot {i}"}) + "\n")
+    images = root / "img"
+    images.mkdir()
+    rng = np.random.RandomState(3)
+    for i in range(12):
+        Image.fromarray((rng.rand(48, 40, 3) * 255).astype("uint8")).save(images / f"{i}.png")
+    return ["--text-input", str(root / "a.jsonl"), "--image-input", str(images / "*.png")]
+
+
+def _by_id(out: pathlib.Path, modality: str) -> dict:
+    table = read_embeddings(str(out), modality)
+    return dict(zip(table.column("id").to_pylist(), (np.array(v, dtype=np.float32) for v in table.column("embedding").to_pylist())))
+
+
+@pytest.mark.slow
+def test_two_workers_give_bit_identical_embeddings_and_listen_on_loopback_only(tmp_path, tiny_text_model, tiny_image_model):
+    inputs = _inputs(tmp_path / "in")
+    models = ["--text-model", str(tiny_text_model), "--image-model", str(tiny_image_model)]
+    run(["--output", str(tmp_path / "one")] + inputs + models)
+    run(["--output", str(tmp_path / "again")] + inputs + models)
+
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.update(_listening_sockets(os.getpid()))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run(["--output", str(tmp_path / "two"), "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"] + inputs + models)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen, "the multi-processing run opened no server at all: the check saw nothing"
+    exposed = {a for a in seen if not _is_loopback(a)}
+    assert not exposed, f"servers listening beyond loopback: {exposed}"
+    for modality in ("text", "image"):
+        one, again, two = (_by_id(tmp_path / d, modality) for d in ("one", "again", "two"))
+        assert one.keys() == two.keys() == again.keys()
+        for key in one:
+            assert one[key].tobytes() == again[key].tobytes() == two[key].tobytes(), key
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path, tiny_text_model):
+    data = tmp_path / "big.jsonl"
+    with open(data, "w") as f:
+        for i in range(200_000):
+            f.write(json.dumps({"id": f"r{i}", "text": f"good film number {i}"}) + "\n")
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "pipeline", "run", "--output", str(out), "--text-input", str(data),
+            "--text-model", str(tiny_text_model)]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    process = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((out / "text").glob("beam-temp-*")):
+        time.sleep(0.05)  # wait until Parquet is being written, then kill the whole process group
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert any((out / "text").glob("beam-temp-*")), "the run was killed before it wrote anything"
+    assert not (out / MANIFEST_NAME).exists()
+    with pytest.raises(Exception, match="did not finish"):
+        read_embeddings(str(out), "text")
+    result = run(argv[4:])
+    ids = read_embeddings(str(out), "text").column("id").to_pylist()
+    assert len(ids) == 200_000 and len(set(ids)) == 200_000
+    assert result["counts"]["text"]["embedded"] == 200_000
+    assert not list((out / "text").glob("beam-temp-*")), "temp files of the killed run survived"
+
+
+def _lambda_model(path: pathlib.Path) -> pathlib.Path:
+    import keras
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="custom_code")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    out = keras.layers.Dense(2, name="classes")(x)
+    keras.Model(inp, out).save(path)
+    return path
+
+
+def test_models_with_custom_code_need_the_unsafe_flag(tmp_path, capsys):
+    model = _lambda_model(tmp_path / "lambda.keras")
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / "a.png")
+    argv = ["--output", str(tmp_path / "out"), "--image-input", str(tmp_path / "a.png"), "--image-model", str(model)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--unsafe-model-loading" in err and "lambda.keras" in err
+    assert not (tmp_path / "out").exists()
+    result = run(argv + ["--unsafe-model-loading"])
+    assert result["counts"]["image"]["embedded"] == 1
+
+
+def test_credentials_never_reach_the_logs(tmp_path, tiny_text_model):
+    secret = "ya29.SECRET-TOKEN-do-not-print"
+    credentials = tmp_path / "creds.json"
+    credentials.write_text(json.dumps({"type": "authorized_user", "client_id": "id", "client_secret": "s3cr3t-client",
+                                       "refresh_token": "r3fresh", "token": secret}))
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"id": "a", "text": "good"}) + "\n")
+    env = dict(os.environ, GOOGLE_APPLICATION_CREDENTIALS=str(credentials), PYTHONPATH=str(PROJECT_ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--verbose", "--output", str(tmp_path / "out"),
+         "--text-input", str(data), "--text-model", str(tiny_text_model)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    logs = done.stdout + done.stderr + (tmp_path / "out" / MANIFEST_NAME).read_text()
+    for value in (secret, "s3cr3t-client", "r3fresh"):
+        assert value not in logs
+    assert "Run " in done.stdout  # the summary was printed, so the logs were really captured
