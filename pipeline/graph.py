@@ -14,7 +14,8 @@ from apache_beam.io import fileio as beam_fileio
 
 from transforms import fileio
 from transforms.dedup import FindDuplicateIds
-from transforms.embed import ERRORS, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.embed import ERRORS, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.incremental import ReadPriorKeys
 from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
 from transforms.records import IMAGE, TEXT, ErrorRecord, embedding_schema
 from transforms.text_read import ReadTextFileFn
@@ -56,9 +57,14 @@ def build_pipeline(
     models: dict[str, ModelInfo],
     started_at: str,
     text_batch_rows: int = 4096,
+    prior_files: Optional[dict[str, list[str]]] = None,
 ) -> dict:
-    """Wire the job into `p`; returns the main PCollections (for tests) by name."""
+    """Wire the job into `p`; returns the main PCollections (for tests) by name.
+
+    `prior_files` ({modality: Parquet paths of earlier runs}) turns on incremental skipping.
+    """
     counts, files, errors = [], [], []
+    prior_files = prior_files or {}
     out: dict = {}
 
     if config.has_text:
@@ -86,15 +92,18 @@ def build_pipeline(
                 | "FindDuplicateTextIds" >> FindDuplicateIds()
             )
             side["duplicates"] = beam.pvalue.AsDict(duplicates)
+        if prior_files.get(TEXT):
+            side["prior"] = beam.pvalue.AsSingleton(p | "PriorTextEmbeddings" >> ReadPriorKeys(prior_files[TEXT]))
         embedded = read.records | "EmbedText" >> beam.ParDo(
             EmbedTextBatchesFn(config.text_model, schema, config.normalize), **side
-        ).with_outputs(ERRORS, main="tables")
+        ).with_outputs(ERRORS, SKIPPED, main="tables")
         written = embedded.tables | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
         files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))
         counts += [
             _count("CountTextRead", "text_read", read.records, lambda t: t.num_rows),
             _count("CountTextReadErrors", "text_read", read[ERRORS]),
             _count("CountTextEmbedded", "text_embedded", embedded.tables, lambda t: t.num_rows),
+            _count("CountTextSkipped", "text_skipped", embedded[SKIPPED], lambda n: n),
         ]
         errors += [read[ERRORS], embedded[ERRORS]]
         out.update(text_tables=embedded.tables, text_errors=(read[ERRORS], embedded[ERRORS]))
@@ -139,6 +148,8 @@ def build_pipeline(
                 | "FindDuplicateImageIds" >> FindDuplicateIds()
             )
             side["duplicates"] = beam.pvalue.AsDict(duplicates)
+        if prior_files.get(IMAGE):
+            side["prior"] = beam.pvalue.AsSingleton(p | "PriorImageEmbeddings" >> ReadPriorKeys(prior_files[IMAGE]))
         embedded = (
             refs
             | "SpreadImages" >> beam.Reshuffle()
@@ -146,13 +157,14 @@ def build_pipeline(
             | "EmbedImages" >> beam.ParDo(
                 EmbedImageBatchesFn(config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads),
                 **side,
-            ).with_outputs(ERRORS, main="tables")
+            ).with_outputs(ERRORS, SKIPPED, main="tables")
         )
         written = embedded.tables | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
         files.append(written | "ImageFileNames" >> beam.Map(lambda path: ("image", path)))
         counts += [_count("CountImagesListed", "image_read", refs)]
         counts += [_count(f"CountImageReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
         counts += [_count("CountImagesEmbedded", "image_embedded", embedded.tables, lambda t: t.num_rows)]
+        counts += [_count("CountImagesSkipped", "image_skipped", embedded[SKIPPED], lambda n: n)]
         errors += read_errors + [embedded[ERRORS]]
         out.update(image_tables=embedded.tables, image_errors=tuple(read_errors) + (embedded[ERRORS],))
 
@@ -169,6 +181,7 @@ def build_pipeline(
         "models": {m: dataclasses.asdict(i) for m, i in models.items()},
         "options": config.describe(),
         "normalized": config.normalize,
+        "incremental_from": list(config.incremental_from),
     }
     manifest = (
         p

@@ -62,6 +62,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--normalize", action="store_true", default=False, help="L2-normalise embeddings.")
         _flag(parser, "--unsafe-model-loading", action="store_true", default=False, help="Allow .keras models with custom Python code (only for files you trust).")
         _flag(parser, "--allow-duplicate-ids", action="store_true", default=False, help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
+        _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
 
 
@@ -85,6 +86,7 @@ class JobConfig:
     passthrough: tuple[str, ...] = ()
     normalize: bool = False
     allow_duplicate_ids: bool = False
+    incremental_from: tuple[str, ...] = ()
 
     @property
     def has_text(self) -> bool:
@@ -223,7 +225,10 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         passthrough=passthrough,
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
+        incremental_from=tuple(d.rstrip("/") for d in (o.incremental_from or ())),
     )
+    if config.output in config.incremental_from:
+        raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")
     if check_paths:
         _check_inputs("--text-input", text_inputs)
         _check_inputs("--image-input", image_inputs)

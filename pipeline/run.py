@@ -68,6 +68,22 @@ def local_runner(options: PipelineOptions):
     return fn_runner.FnApiRunner(provision_info=info)
 
 
+def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
+    """The Parquet files of the earlier runs named by --incremental-from, by modality."""
+    files: dict[str, list[str]] = {}
+    for folder in config.incremental_from:
+        try:
+            manifest = read_manifest(folder)
+        except Exception as exc:  # noqa: BLE001 - missing folder, unfinished run
+            raise ConfigError(f"--incremental-from {folder!r}: {exc}") from exc
+        for modality in (TEXT, IMAGE):
+            for path in manifest.get("files", {}).get(modality, []):
+                files.setdefault(modality, []).append(
+                    path if "://" in path or path.startswith("/") else f"{folder}/{path}"
+                )
+    return files
+
+
 def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
     """The end-of-run table: counts, throughput and where the output went."""
     lines = [f"Run {manifest['run_id']} finished in {elapsed:.1f} s -> {manifest['output']}"]
@@ -108,6 +124,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
     config = config_from_options(options)
+    prior = prior_embedding_files(config)
     models = inspect_models(config)
     check_output_writable(config.output)
     cleared = clear_previous_output(config.output)
@@ -118,7 +135,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
     local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
     pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
-    build_pipeline(pipeline, config, models, started_at)
+    build_pipeline(pipeline, config, models, started_at, prior_files=prior)
     with loopback_only_servers() if local else contextlib.nullcontext():
         result = pipeline.run()
         if "Dataflow" in runner and not getattr(result, "wait_until_finish", None):

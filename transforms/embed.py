@@ -19,11 +19,13 @@ from apache_beam.utils import shared
 
 from transforms import decode, fileio
 from transforms.dedup import duplicate_reason
+from transforms.incremental import contains, record_key, record_keys
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT, ErrorRecord, ImageRef
 
 __all__ = [
     "ERRORS",
+    "SKIPPED",
     "COUNTS",
     "EmbedTextBatchesFn",
     "EmbedImageBatchesFn",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 ERRORS = "errors"
+SKIPPED = "skipped"  # tagged output: how many records of a batch an earlier run already embedded
 COUNTS = "counts"
 METRICS_NAMESPACE = "embeddings"
 
@@ -139,8 +142,14 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_embedded")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_failed")
 
-    def process(self, table: pa.Table, duplicates: Optional[dict] = None) -> Iterator:
+    def process(self, table: pa.Table, duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
         self._report_loads()
+        if prior is not None and len(prior):
+            keys = record_keys(table.column("id").to_pylist(), table.column("content_sha256").to_pylist(), self._embedder.model_sha256)
+            unchanged = contains(prior, keys)
+            if unchanged.any():
+                yield beam.pvalue.TaggedOutput(SKIPPED, int(unchanged.sum()))
+                table = table.filter(pa.array(~unchanged))
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
@@ -188,8 +197,11 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
             )
 
 
-def _load_image(ref: ImageRef, size: tuple[int, int], max_pixels: int):
-    """(pixels, sha256) or (None, ErrorRecord) for one image: read its bytes, then decode."""
+_SKIP = object()
+
+
+def _load_image(ref: ImageRef, size: tuple[int, int], max_pixels: int, prior=None, model_sha256: str = ""):
+    """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes."""
     try:
         data = fileio.read_bytes(ref.uri)
     except Exception as exc:  # noqa: BLE001 - missing file, permission, network: a dead letter
@@ -199,6 +211,10 @@ def _load_image(ref: ImageRef, size: tuple[int, int], max_pixels: int):
             error = ErrorRecord(ref.id, IMAGE, ref.uri, "read", "FileNotFoundError", f"{message}: {ref.uri}")
         return None, error
     digest = hashlib.sha256(data).hexdigest()
+    if prior is not None and len(prior):
+        key = np.frombuffer(record_key(ref.id, digest, model_sha256), dtype=prior.dtype)
+        if contains(prior, key)[0]:
+            return _SKIP, None
     try:
         return decode.decode_image(data, size, max_pixels), digest
     except Exception as exc:  # noqa: BLE001 - every decode failure is this record's, not the job's
@@ -235,7 +251,7 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         if pool is not None:
             pool.shutdown(wait=False)
 
-    def process(self, refs: Sequence[ImageRef], duplicates: Optional[dict] = None) -> Iterator:
+    def process(self, refs: Sequence[ImageRef], duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
         self._report_loads()
         if duplicates:
             unique = []
@@ -249,14 +265,19 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             refs = unique
         embedder = self._embedder
         size = embedder.input_size
-        futures = [self._pool.submit(_load_image, ref, size, self._max_pixels) for ref in refs]
+        futures = [
+            self._pool.submit(_load_image, ref, size, self._max_pixels, prior, embedder.model_sha256) for ref in refs
+        ]
+        skipped = 0
         batch = embedder.spec.batch_size
         for start in range(0, len(refs), batch):  # infer on one batch while later ones decode
             chunk_refs = refs[start : start + batch]
             ok_refs, pixels, digests = [], [], []
             for ref, future in zip(chunk_refs, futures[start : start + batch]):
                 value, extra = future.result()
-                if value is None:
+                if value is _SKIP:
+                    skipped += 1
+                elif value is None:
                     self._failed.inc()
                     yield beam.pvalue.TaggedOutput(ERRORS, extra)
                 else:
@@ -291,3 +312,5 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             yield _output_table(
                 table, np.arange(len(keep)), vectors, embedder.model_name, embedder.model_sha256, self._schema
             )
+        if skipped:
+            yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
