@@ -23,6 +23,7 @@ from pipeline.options import (
     check_unknown_flags,
     config_from_options,
 )
+from transforms import progress
 from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
 from transforms.write import clear_previous_output, read_manifest
@@ -130,6 +131,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     cleared = clear_previous_output(config.output)
     if cleared:
         _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+    progress.reset()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
     runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
@@ -146,6 +148,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         manifest = read_manifest(config.output)
     except Exception:  # noqa: BLE001 - e.g. a template run: nothing ran here
         return {}
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")  # end the live progress line
     print(format_summary(manifest, elapsed, _model_loads(result)))
     manifest["model_loads"] = _model_loads(result)
     return manifest

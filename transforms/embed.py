@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from transforms import decode, fileio
+from transforms import decode, fileio, progress
 from transforms.dedup import duplicate_reason
 from transforms.incremental import contains, record_key, record_keys
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
@@ -144,11 +144,13 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
 
     def process(self, table: pa.Table, duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
         self._report_loads()
+        unchanged_ids = ()
         if prior is not None and len(prior):
             keys = record_keys(table.column("id").to_pylist(), table.column("content_sha256").to_pylist(), self._embedder.model_sha256)
             unchanged = contains(prior, keys)
             if unchanged.any():
-                yield beam.pvalue.TaggedOutput(SKIPPED, int(unchanged.sum()))
+                unchanged_ids = range(int(unchanged.sum()))
+                yield beam.pvalue.TaggedOutput(SKIPPED, len(unchanged_ids))
                 table = table.filter(pa.array(~unchanged))
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
@@ -190,6 +192,7 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         if self._normalize:
             vectors = _l2_normalize(vectors)
         self._failed.inc(failures)
+        progress.add(TEXT, embedded=len(keep), failed=failures, skipped=len(unchanged_ids))
         if keep:
             self._embedded.inc(len(keep))
             yield _output_table(
@@ -279,6 +282,7 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
                     skipped += 1
                 elif value is None:
                     self._failed.inc()
+                    progress.add(IMAGE, failed=1)
                     yield beam.pvalue.TaggedOutput(ERRORS, extra)
                 else:
                     ok_refs.append(ref)
@@ -292,6 +296,7 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             for i, error in enumerate(errors):
                 if error is not None:
                     self._failed.inc()
+                    progress.add(IMAGE, failed=1)
                     yield beam.pvalue.TaggedOutput(
                         ERRORS, ErrorRecord.from_exception(ok_refs[i].id, IMAGE, ok_refs[i].uri, "embed", error)
                     )
@@ -309,8 +314,10 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
                 base[name] = [ok_refs[i].passthrough.get(name) for i in keep]
             table = pa.table({k: pa.array(v, pa.string()) for k, v in base.items()})
             self._embedded.inc(len(keep))
+            progress.add(IMAGE, embedded=len(keep))
             yield _output_table(
                 table, np.arange(len(keep)), vectors, embedder.model_name, embedder.model_sha256, self._schema
             )
         if skipped:
             yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
+        progress.add(IMAGE, skipped=skipped)
