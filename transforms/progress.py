@@ -16,7 +16,7 @@ __all__ = ["add", "reset"]
 
 _LOGGER = logging.getLogger("embeddings.progress")
 _LOCK = threading.Lock()
-_STATE = {"start": None, "last": 0.0, "counts": {}}
+_STATE = {"start": None, "last": float("-inf"), "counts": {}}
 TERMINAL_INTERVAL = 0.5
 LOG_INTERVAL = 30.0
 
@@ -24,7 +24,7 @@ LOG_INTERVAL = 30.0
 def reset() -> None:
     """Start counting afresh (a new run in the same process)."""
     with _LOCK:
-        _STATE.update(start=None, last=0.0, counts={})
+        _STATE.update(start=None, last=float("-inf"), counts={})
 
 
 def _line(now: float) -> str:
