@@ -16,6 +16,7 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS = {
     "run": ("pipeline.run", "Embed text and/or image records into Parquet (a Beam pipeline)."),
     "train-text": ("pipeline.train_text", "Train the Embedding-layer text model on labelled records."),
+    "demo": ("pipeline.demo", "Generate the embedded demo data, or show a run's nearest neighbours."),
 }
 
 

@@ -106,7 +106,7 @@ def _iter_jsonl(binary: IO[bytes], encoding: str, text_field: str) -> Iterator[P
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            yield ParsedLine(number, None, RecordError(f"malformed JSON: {exc.msg} at column {exc.colno}"))
+            yield ParsedLine(number, None, RecordError(f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"))
             continue
         if not isinstance(value, dict):
             yield ParsedLine(number, None, RecordError(f"JSON line is a {type(value).__name__}, not an object"))
