@@ -1,0 +1,67 @@
+"""What the tool commands share: their error class, output writing and plain-text tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from typing import Callable, Mapping, Sequence
+
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.models import ModelConfigError
+from transforms.write import IncompleteOutputError
+
+__all__ = ["ToolError", "run_command", "write_bytes", "copy_local_file", "format_table", "print_json_lines"]
+
+
+class ToolError(ValueError):
+    """A user-facing failure of a tool command: bad flag values or unusable input. The message says what to do."""
+
+
+def run_command(command: str, body: Callable[[], int]) -> int:
+    """Run a command's body; a known failure becomes one line on stderr and exit code 2 (bad input) or 1."""
+    try:
+        return body()
+    except (ToolError, ModelConfigError) as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 2
+    except IncompleteOutputError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Write a whole file, local (missing folders are created) or gs://."""
+    with FileSystems.create(path, mime_type=mime_type) as handle:
+        handle.write(data)
+
+
+def copy_local_file(local_path: str, destination: str) -> None:
+    """Copy a local file to a local or gs:// destination."""
+    with open(local_path, "rb") as source, FileSystems.create(destination) as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("\t", " ").replace("\n", " ")
+
+
+def format_table(rows: Sequence[Mapping], columns: Sequence[str], max_width: int = 60) -> str:
+    """Rows as an aligned plain-text table with a header; long cells are cut to `max_width`."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[c if len(c) <= max_width else c[: max_width - 3] + "..." for c in line] for line in cells]
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    return "\n".join(out)
+
+
+def print_json_lines(rows: Sequence[Mapping]) -> None:
+    """One JSON object per line on stdout."""
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))

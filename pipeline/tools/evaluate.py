@@ -1,0 +1,228 @@
+"""The `evaluate` command: how well a run's embeddings separate the labels of a passthrough column.
+
+Two measures, printed as JSON:
+
+- leave-one-out precision@1 and precision@k (cosine kNN): for each labelled row, the fraction of
+  its k nearest other rows that share its label, averaged over rows. Chance is about
+  sum over labels of share**2 (`chance_precision`).
+- a linear probe: a softmax (multinomial logistic) regression trained with NumPy on a seeded,
+  stratified split of the rows, and its accuracy on the held-out part (beside the majority-label
+  accuracy).
+
+The vectors of the evaluated rows are held in memory (n x dimension float32); the n x n
+similarities are computed in blocks of `--block-rows` rows. Rows without a label or with an
+unusable (null, non-finite or zero) vector are left out and counted. kNN costs n**2 x dimension:
+`--max-rows` evaluates a seeded random sample of a very large run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Optional
+
+import numpy as np
+
+from pipeline.tools.common import ToolError, run_command
+from pipeline.tools.knn import leave_one_out_neighbours, precision_at_k
+from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
+
+__all__ = [
+    "LabelledVectors",
+    "load_labelled_vectors",
+    "knn_precision",
+    "linear_probe",
+    "evaluate_embeddings",
+    "add_arguments",
+    "main_from_args",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledVectors:
+    """The usable rows: their vectors as stored, labels as class numbers, and the label names."""
+
+    vectors: np.ndarray  # (n, d) float32
+    labels: np.ndarray  # (n,) int64 into `classes`
+    classes: list[str]
+    ids: list[str]
+    rows: int  # rows in the run
+    skipped_unlabelled: int
+    skipped_invalid: int
+
+
+def load_labelled_vectors(
+    embeddings: EmbeddingSet, label_field: str, max_rows: Optional[int] = None, seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> LabelledVectors:
+    """The labelled rows with usable vectors (a seeded sample of `max_rows` of them when given)."""
+    if label_field not in embeddings.passthrough:
+        raise ToolError(
+            f"--label-field {label_field!r} is not a column of the {embeddings.modality} embeddings "
+            f"(passthrough columns: {', '.join(embeddings.passthrough) or 'none'}; run the job with --passthrough {label_field})"
+        )
+    vectors, labels, ids = [], [], []
+    rows = unlabelled = invalid = 0
+    for batch in embeddings.vector_batches(batch_rows, columns=[label_field]):
+        rows += len(batch.ids)
+        names = batch.columns[label_field]
+        labelled = np.array([v is not None and v != "" for v in names], dtype=bool)
+        usable = unit_rows(batch.vectors, batch.valid)[1]
+        unlabelled += int((~labelled).sum())
+        invalid += int((labelled & ~usable).sum())
+        keep = np.flatnonzero(labelled & usable)
+        vectors.append(batch.vectors[keep])
+        labels += [names[i] for i in keep]
+        ids += [batch.ids[i] for i in keep]
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, embeddings.dimension), np.float32)
+    if max_rows is not None and len(labels) > max_rows:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(labels), max_rows, replace=False))
+        matrix = matrix[chosen]
+        labels = [labels[i] for i in chosen]
+        ids = [ids[i] for i in chosen]
+    classes, codes = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    return LabelledVectors(matrix, codes.astype(np.int64), [str(c) for c in classes], ids, rows, unlabelled, invalid)
+
+
+def knn_precision(vectors: np.ndarray, labels: np.ndarray, k: int = 10, block_rows: int = 1024) -> dict:
+    """Leave-one-out cosine kNN precision@1 and precision@k, and what chance would give."""
+    n = len(labels)
+    if n < 2:
+        raise ToolError(f"need at least 2 labelled rows for kNN, got {n}")
+    unit = unit_rows(vectors)[0]
+    neighbours = leave_one_out_neighbours(unit, max(k, 1), block_rows)
+    counts = np.bincount(labels)
+    chance = float(((counts * (counts - 1)).sum()) / (n * (n - 1)))  # a random other row shares the label
+    return {
+        "precision_at_1": precision_at_k(neighbours, labels, 1),
+        f"precision_at_{k}": precision_at_k(neighbours, labels, k),
+        "k": int(min(k, n - 1)),
+        "chance_precision": chance,
+    }
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(len(members) * test_fraction))
+        n_test = min(max(n_test, 1), len(members) - 1) if len(members) >= 2 else 0
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def linear_probe(
+    vectors: np.ndarray, labels: np.ndarray, test_fraction: float = 0.2, seed: int = 0, steps: int = 300,
+    learning_rate: float = 0.05, l2: float = 1e-4,
+) -> dict:
+    """Held-out accuracy of a softmax regression on standardised vectors (full-batch Adam; deterministic)."""
+    if not 0 < test_fraction < 1:
+        raise ToolError(f"--test-fraction must be in (0, 1), got {test_fraction}")
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    train, test = _stratified_split(labels, test_fraction, seed)
+    if len(test) == 0 or len(np.unique(labels[train])) < 2:
+        raise ToolError("the linear probe needs two labels with at least two rows each")
+    x = np.asarray(vectors, dtype=np.float64)
+    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
+    std[std < 1e-8] = 1.0
+    x = (x - mean) / std
+    xt, yt = x[train], np.eye(classes)[labels[train]]
+    weights = np.zeros((x.shape[1], classes))
+    bias = np.zeros(classes)
+    params = [weights, bias]
+    moments = [np.zeros_like(p) for p in params]
+    squares = [np.zeros_like(p) for p in params]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for step in range(1, steps + 1):
+        error = (_softmax(xt @ weights + bias) - yt) / len(train)
+        grads = [xt.T @ error + l2 * weights, error.sum(axis=0)]
+        for p, g, m, v in zip(params, grads, moments, squares):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * g * g
+            p -= learning_rate * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + eps)
+    predicted = np.argmax(x[test] @ weights + bias, axis=1)
+    train_predicted = np.argmax(xt @ weights + bias, axis=1)
+    majority = np.bincount(labels[train], minlength=classes).argmax()
+    return {
+        "accuracy": float((predicted == labels[test]).mean()),
+        "train_accuracy": float((train_predicted == labels[train]).mean()),
+        "majority_accuracy": float((labels[test] == majority).mean()),
+        "train_rows": int(len(train)),
+        "test_rows": int(len(test)),
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "steps": steps,
+        "l2": l2,
+    }
+
+
+def evaluate_embeddings(
+    embeddings: EmbeddingSet, label_field: str, k: int = 10, test_fraction: float = 0.2, seed: int = 0,
+    max_rows: Optional[int] = None, block_rows: int = 1024, batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> dict:
+    """Every measure of one modality of a run, as a JSON-able dict."""
+    if k < 1:
+        raise ToolError(f"-k must be at least 1, got {k}")
+    data = load_labelled_vectors(embeddings, label_field, max_rows, seed, batch_rows)
+    if len(data.classes) < 2:
+        raise ToolError(f"--label-field {label_field!r}: needs at least two different labels, found {len(data.classes)}")
+    report = {
+        "embeddings": embeddings.output,
+        "modality": embeddings.modality,
+        "model": embeddings.model.get("name"),
+        "label_field": label_field,
+        "rows": data.rows,
+        "evaluated": int(len(data.labels)),
+        "skipped_unlabelled": data.skipped_unlabelled,
+        "skipped_invalid": data.skipped_invalid,
+        "classes": len(data.classes),
+        "class_counts": dict(zip(data.classes, np.bincount(data.labels).tolist())) if len(data.classes) <= 100 else None,
+    }
+    report.update(knn_precision(data.vectors, data.labels, k, block_rows))
+    report["linear_probe"] = linear_probe(data.vectors, data.labels, test_fraction, seed)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline evaluate`."""
+    parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
+    parser.add_argument("--label-field", required=True, help="Passthrough column holding each row's label.")
+    parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
+    parser.add_argument("-k", "--k", type=int, default=10, help="k of precision@k, besides precision@1 (default: %(default)s).")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="Rows held out from the linear probe's training (default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the probe's split and of --max-rows' sample (default: %(default)s).")
+    parser.add_argument("--max-rows", type=int, help="Evaluate a seeded random sample of this many labelled rows (default: all).")
+    parser.add_argument("--block-rows", type=int, default=1024, help="Query rows per block of the similarity computation (default: %(default)s).")
+    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s).")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `evaluate`: the JSON report on stdout."""
+
+    def body() -> int:
+        if args.max_rows is not None and args.max_rows < 2:
+            raise ToolError(f"--max-rows must be at least 2, got {args.max_rows}")
+        if args.block_rows < 1:
+            raise ToolError(f"--block-rows must be at least 1, got {args.block_rows}")
+        embeddings = open_embeddings(args.embeddings, args.modality)
+        report = evaluate_embeddings(embeddings, args.label_field, args.k, args.test_fraction, args.seed,
+                                     args.max_rows, args.block_rows, args.batch_rows)
+        print(json.dumps(report, indent=2))
+        return 0
+
+    return run_command("evaluate", body)

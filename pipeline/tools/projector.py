@@ -1,0 +1,255 @@
+"""The `export-projector` command: TensorBoard Embedding Projector files and a 2-D PCA scatter plot.
+
+Writes to `--out` (local or gs://):
+
+- `vectors.tsv`: one row of tab-separated values per point, no header (the projector's format).
+- `metadata.tsv`: the id and the passthrough columns (the label first); a header row when there is
+  more than one column, none when there is one (the projector's rule). Tabs and newlines inside
+  values become spaces.
+- `projector_config.pbtxt`: points TensorBoard's projector at the two files (`--logdir DIR2`), or
+  load the two TSVs at projector.tensorflow.org.
+- `pca.png`: the points on their first two principal components, coloured by `--label-field`
+  (the 20 commonest labels get a colour of their own, the rest are grey).
+
+At most `--max-points` rows are exported: a seeded uniform sample, chosen from the Parquet footers'
+row counts and then read in one streamed pass (the projector itself slows beyond ~10,000 points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+from collections import Counter
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pipeline.tools.common import ToolError, run_command, write_bytes
+from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
+from transforms import fileio
+
+__all__ = [
+    "DEFAULT_MAX_POINTS",
+    "ProjectorPoints",
+    "sample_points",
+    "pca_2d",
+    "draw_scatter",
+    "export_projector",
+    "add_arguments",
+    "main_from_args",
+]
+
+DEFAULT_MAX_POINTS = 10_000
+VECTORS_NAME = "vectors.tsv"
+METADATA_NAME = "metadata.tsv"
+CONFIG_NAME = "projector_config.pbtxt"
+PLOT_NAME = "pca.png"
+
+# Colour-blind-friendly categorical colours (Tableau 20 order); unplaced labels are grey.
+_PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (219, 219, 141),
+    (158, 218, 229), (57, 59, 121),
+]
+_OTHER = (190, 190, 190)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectorPoints:
+    """The exported rows: vectors (n, d) and the metadata columns, in the run's order."""
+
+    vectors: np.ndarray
+    metadata: dict[str, list]
+    skipped_invalid: int
+    total_rows: int
+
+
+def sample_points(
+    embeddings: EmbeddingSet, columns: Sequence[str], max_points: Optional[int], seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> ProjectorPoints:
+    """A seeded uniform sample of at most `max_points` rows with usable vectors, read in one streamed pass."""
+    total = embeddings.num_rows()
+    chosen = None
+    if max_points is not None and total > max_points:
+        chosen = np.sort(np.random.default_rng(seed).choice(total, max_points, replace=False))
+    vectors, metadata = [], {c: [] for c in columns}
+    skipped = 0
+    for batch in embeddings.vector_batches(batch_rows, columns=[c for c in columns if c != "id"]):
+        local = np.arange(len(batch.ids))
+        if chosen is not None:
+            lo, hi = np.searchsorted(chosen, [batch.start, batch.start + len(batch.ids)])
+            local = chosen[lo:hi] - batch.start
+        usable = unit_rows(batch.vectors, batch.valid)[1]
+        skipped += int((~usable[local]).sum())
+        local = local[usable[local]]
+        vectors.append(batch.vectors[local])
+        for c in columns:
+            values = batch.ids if c == "id" else batch.columns[c]
+            metadata[c] += [values[i] for i in local]
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, embeddings.dimension), np.float32)
+    return ProjectorPoints(matrix, metadata, skipped, total)
+
+
+def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points on their first two principal components, and the share of variance each explains."""
+    x = np.asarray(vectors, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    covariance = x.T @ x / max(len(x) - 1, 1)
+    values, vectors_ = np.linalg.eigh(covariance)  # ascending
+    order = np.argsort(values)[::-1][:2]
+    components = vectors_[:, order]
+    for j in range(components.shape[1]):  # a fixed sign: the largest loading is positive
+        if components[np.argmax(np.abs(components[:, j])), j] < 0:
+            components[:, j] *= -1
+    total = values.sum()
+    explained = values[order] / total if total > 0 else np.zeros(len(order))
+    projected = x @ components
+    if projected.shape[1] < 2:  # one-dimensional embeddings: a flat second axis
+        projected = np.column_stack([projected, np.zeros(len(x))])
+        explained = np.append(explained, 0.0)
+    return projected, explained
+
+
+def draw_scatter(
+    points: np.ndarray, labels: Optional[Sequence[str]], title: str, explained: Sequence[float], seed: int = 0,
+    size: tuple[int, int] = (1000, 760),
+) -> bytes:
+    """A PNG scatter plot of 2-D points coloured by label, with a legend, drawn with Pillow."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = size
+    left, top, right, bottom = 70, 50, width - 230, height - 60
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=14)
+    small = ImageFont.load_default(size=12)
+    draw.text((left, 15), title, fill="black", font=font)
+    draw.rectangle([left, top, right, bottom], outline=(80, 80, 80))
+    draw.text(((left + right) // 2 - 60, bottom + 25), f"PC1 ({100 * explained[0]:.1f}% of variance)", fill="black", font=small)
+    axis = Image.new("RGBA", (200, 20), (255, 255, 255, 0))
+    ImageDraw.Draw(axis).text((0, 0), f"PC2 ({100 * explained[1]:.1f}% of variance)", fill="black", font=small)
+    image.paste(axis.rotate(90, expand=True), (20, (top + bottom) // 2 - 100), axis.rotate(90, expand=True))
+
+    names = [str(v) if v is not None else "(none)" for v in labels] if labels is not None else ["all"] * len(points)
+    ranked = [name for name, _ in sorted(Counter(names).items(), key=lambda item: (-item[1], item[0]))]
+    colours = {name: _PALETTE[i] if i < len(_PALETTE) else _OTHER for i, name in enumerate(ranked)}
+    if len(points):
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        span = np.where(hi - lo > 0, hi - lo, 1.0)
+        pad = 8
+        xs = left + pad + (points[:, 0] - lo[0]) / span[0] * (right - left - 2 * pad)
+        ys = bottom - pad - (points[:, 1] - lo[1]) / span[1] * (bottom - top - 2 * pad)
+        radius = 3 if len(points) <= 2000 else 2
+        for i in np.random.default_rng(seed).permutation(len(points)):  # no label drawn wholly on top
+            x, y = float(xs[i]), float(ys[i])
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colours[names[i]])
+    y = top
+    for name in ranked[: len(_PALETTE)]:
+        draw.ellipse([right + 20, y + 4, right + 30, y + 14], fill=colours[name])
+        draw.text((right + 38, y), name[:24], fill="black", font=small)
+        y += 20
+    if len(ranked) > len(_PALETTE):
+        draw.ellipse([right + 20, y + 4, right + 30, y + 14], fill=_OTHER)
+        draw.text((right + 38, y), f"{len(ranked) - len(_PALETTE)} other labels", fill="black", font=small)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _tsv_cell(value) -> str:
+    if value is None:
+        return ""
+    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def _pbtxt_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a valid protobuf text-format string
+
+
+def export_projector(
+    embeddings: EmbeddingSet, out: str, label_field: Optional[str] = None, max_points: Optional[int] = DEFAULT_MAX_POINTS,
+    seed: int = 0, batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> dict:
+    """Write the projector files and the PCA plot to `out`; returns a summary."""
+    if max_points is not None and max_points < 1:
+        raise ToolError(f"--max-points must be at least 1, got {max_points}")
+    passthrough = list(embeddings.passthrough)
+    if label_field is not None:
+        if label_field not in passthrough:
+            raise ToolError(
+                f"--label-field {label_field!r} is not a column of the {embeddings.modality} embeddings "
+                f"(passthrough columns: {', '.join(passthrough) or 'none'})"
+            )
+        passthrough.remove(label_field)
+        passthrough.insert(0, label_field)
+    columns = ["id", *passthrough]
+    points = sample_points(embeddings, columns, max_points, seed, batch_rows)
+    n, d = points.vectors.shape
+    if n == 0:
+        raise ToolError(f"{embeddings.output}: no {embeddings.modality} row has a usable embedding to export")
+
+    vectors_tsv = io.StringIO()
+    np.savetxt(vectors_tsv, points.vectors, fmt="%.9g", delimiter="\t")
+    metadata_lines = ["\t".join(columns)] if len(columns) > 1 else []
+    metadata_lines += ["\t".join(_tsv_cell(points.metadata[c][i]) for c in columns) for i in range(n)]
+    tensor_name = f"{embeddings.modality} ({embeddings.model.get('name')})"
+    config = (
+        "embeddings {\n"
+        f"  tensor_name: {_pbtxt_string(tensor_name)}\n"
+        f"  tensor_shape: {n}\n"
+        f"  tensor_shape: {d}\n"
+        f"  tensor_path: {_pbtxt_string(VECTORS_NAME)}\n"
+        f"  metadata_path: {_pbtxt_string(METADATA_NAME)}\n"
+        "}\n"
+    )
+    projected, explained = pca_2d(points.vectors)
+    labels = points.metadata[label_field] if label_field else None
+    title = f"{embeddings.modality} embeddings, {n} points, PCA" + (f", coloured by {label_field}" if label_field else "")
+    png = draw_scatter(projected, labels, title, explained, seed)
+
+    paths = {name: fileio.join(out, name) for name in (VECTORS_NAME, METADATA_NAME, CONFIG_NAME, PLOT_NAME)}
+    write_bytes(paths[VECTORS_NAME], vectors_tsv.getvalue().encode("utf-8"), "text/tab-separated-values")
+    write_bytes(paths[METADATA_NAME], ("\n".join(metadata_lines) + "\n").encode("utf-8"), "text/tab-separated-values")
+    write_bytes(paths[CONFIG_NAME], config.encode("utf-8"), "text/plain")
+    write_bytes(paths[PLOT_NAME], png, "image/png")
+    return {
+        "points": n,
+        "dimension": d,
+        "rows": points.total_rows,
+        "skipped_invalid": points.skipped_invalid,
+        "metadata_columns": columns,
+        "pca_explained_variance": [float(v) for v in explained],
+        "files": paths,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline export-projector`."""
+    parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
+    parser.add_argument("--out", required=True, metavar="DIR2", help="Folder for the projector files and pca.png (local or gs://).")
+    parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
+    parser.add_argument("--label-field", help="Passthrough column to colour the plot by (also the first metadata column).")
+    parser.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
+                        help="Export a seeded random sample of at most this many rows (default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the sample (default: %(default)s).")
+    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s).")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `export-projector`: a JSON summary on stdout."""
+
+    def body() -> int:
+        embeddings = open_embeddings(args.embeddings, args.modality)
+        summary = export_projector(embeddings, args.out, args.label_field, args.max_points, args.seed, args.batch_rows)
+        print(json.dumps(summary, indent=2))
+        return 0
+
+    return run_command("export-projector", body)

@@ -1,0 +1,82 @@
+"""The `similar-words` command: the words whose vectors in a text model are closest (cosine) to a word's.
+
+The word is standardised and tokenised by the model's own `vectorize` layer (so `Great!` finds
+`great`); a word outside the vocabulary is an error that suggests close spellings. Padding and
+`[UNK]` are never answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+
+import numpy as np
+
+from pipeline.tools.common import ToolError, format_table, print_json_lines, run_command
+from pipeline.tools.knn import top_k
+from pipeline.tools.store import unit_rows
+from pipeline.tools.word_vectors import OOV_INDEX, PADDING_INDEX, WordVectors, load_word_vectors
+
+__all__ = ["UnknownWordError", "word_index", "similar_words", "add_arguments", "main_from_args"]
+
+
+class UnknownWordError(ToolError):
+    """The word is not in the model's vocabulary."""
+
+
+def word_index(words: WordVectors, word: str) -> int:
+    """The model's token id of one word; errors for none, several, or an out-of-vocabulary word."""
+    ids = words.token_ids(word)
+    if not ids:
+        raise ToolError(f"--word {word!r} has no word once lower-cased and stripped of punctuation")
+    if len(ids) > 1:
+        raise ToolError(f"--word {word!r} is {len(ids)} words to this model; give one word")
+    if ids[0] == OOV_INDEX:
+        close = difflib.get_close_matches(word.lower(), words.vocabulary[OOV_INDEX + 1:], n=5)
+        hint = f"; close words in the vocabulary: {', '.join(close)}" if close else ""
+        raise UnknownWordError(
+            f"--word {word!r} is not in the model's vocabulary ({len(words.vocabulary) - 2} words){hint}"
+        )
+    return ids[0]
+
+
+def similar_words(words: WordVectors, word: str, k: int = 10) -> list[dict]:
+    """The k words most similar to `word`, best first: rank, word, score, index."""
+    if k < 1:
+        raise ToolError(f"-k must be at least 1, got {k}")
+    index = word_index(words, word)
+    unit, valid = unit_rows(words.vectors)
+    if not valid[index]:
+        raise ToolError(f"--word {word!r}: its vector is zero, so it has no direction to compare")
+    scores = (unit @ unit[index]).astype(np.float64)
+    scores[~valid] = -np.inf
+    scores[[PADDING_INDEX, OOV_INDEX, index]] = -np.inf
+    best = top_k(scores, k)
+    return [
+        {"rank": rank, "word": words.vocabulary[i], "score": float(scores[i]), "index": int(i)}
+        for rank, i in enumerate(best, start=1)
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline similar-words`."""
+    parser.add_argument("--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://).")
+    parser.add_argument("--word", required=True, help="The word to find neighbours of.")
+    parser.add_argument("-k", "--k", type=int, default=10, help="How many words (default: %(default)s).")
+    parser.add_argument("--json", action="store_true", help="One JSON object per word instead of a table.")
+    parser.add_argument("--unsafe-model-loading", action="store_true", help="Allow .keras models with custom Python code (only for files you trust).")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `similar-words`: a table (or JSON lines) on stdout."""
+
+    def body() -> int:
+        words = load_word_vectors(args.text_model, args.unsafe_model_loading)
+        rows = similar_words(words, args.word, args.k)
+        if args.json:
+            print_json_lines(rows)
+        else:
+            print(format_table(rows, ["rank", "word", "score"]))
+        return 0
+
+    return run_command("similar-words", body)

@@ -1,0 +1,538 @@
+"""The `train-image` command: transfer-learn an image classifier whose `embedding` layer the job then uses.
+
+The saved `.keras` file is a functional model with built-in layers only (safe-mode loadable):
+
+    pixels (h, w, 3) float, 0..255
+      -> preprocess: the base network's own `preprocess_input`, as built-in layers (Rescaling,
+         Normalization, or a fixed 1x1 Conv2D for the RGB->BGR "caffe" networks), so the model
+         takes raw pixels and `run --image-model MODEL.keras` needs no --image-preprocess
+      -> base: a headless Keras Applications network with average pooling (called in inference
+         mode, so its BatchNormalization statistics never move)
+      -> dropout -> embedding (Dense, ReLU) -> classes (Dense, softmax)
+
+`run --image-model MODEL.keras` embeds with the layer that feeds the last one: `embedding`.
+
+Training runs in two phases. First the base is frozen: its pooled features are computed once per
+image and the head (dropout, embedding, classes) is trained on them, with early stopping on the
+validation loss. Then, with `--fine-tune-layers N`, the top N layers of the base (its
+BatchNormalization layers excepted) are unfrozen and the whole model is trained end to end on the
+pixels, with random horizontal flips, at the low `--fine-tune-learning-rate`; if that ends with
+a higher validation loss than before it, the model from before it is kept (and the report says so).
+
+Input: a folder of class subfolders (the label is the subfolder's name; local or gs://), or a
+manifest (.csv, .tsv, .jsonl, .parquet) with a uri and a label column (relative uris are resolved
+against the manifest's folder). Images are decoded exactly as the job decodes them
+(`transforms.decode.decode_image`: upright, RGB, stretched to the input size) and held in memory
+as uint8. The split is stratified and seeded. The report, with the validation accuracy, goes
+beside the model as `MODEL.training.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.tools.common import ToolError, copy_local_file, run_command
+from transforms import fileio
+from transforms.models import NETWORKS, Network
+from transforms.text_formats import detect_format, iter_records
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PREPROCESS_MODES",
+    "ImageTrainingConfig",
+    "LabelledImages",
+    "list_labelled_images",
+    "load_labelled_images",
+    "preprocessing_layers",
+    "build_base_network",
+    "report_path_for",
+    "train_image_model",
+    "add_arguments",
+    "config_from_args",
+    "main_from_args",
+]
+
+_LOG = logging.getLogger(__name__)
+
+MODEL_SUFFIX = ".keras"
+REPORT_SUFFIX = ".training.json"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+EMBEDDING_LAYER = "embedding"
+CLASSES_LAYER = "classes"
+_MAX_BAD_EXAMPLES = 10
+
+# What each Keras Applications module's preprocess_input does to 0..255 RGB pixels.
+PREPROCESS_MODES = {
+    "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf", "inception_resnet_v2": "tf",
+    "xception": "tf", "nasnet": "tf", "resnet_v2": "tf",  # x / 127.5 - 1
+    "resnet50": "caffe", "resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe",  # RGB->BGR, minus ImageNet means
+    "densenet": "torch",  # x / 255, minus ImageNet means, over ImageNet stds
+    "mobilenet_v3": "none", "efficientnet": "none", "efficientnet_v2": "none", "convnext": "none",  # built in
+}
+_CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEANS = (0.485, 0.456, 0.406)
+_TORCH_STDS = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTrainingConfig:
+    """Validated settings of one `train-image` run."""
+
+    input: str
+    base: str
+    output: str
+    base_weights: str = "imagenet"
+    image_size: Optional[int] = None
+    alpha: Optional[float] = None
+    embedding_dim: int = 128
+    dropout: float = 0.2
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    patience: int = 3
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-4
+    batch_size: int = 32
+    validation_split: float = 0.2
+    seed: int = 0
+    flip: bool = True
+    uri_field: str = "uri"
+    label_field: str = "label"
+    max_bad_fraction: float = 0.1
+    verbose: int = 2
+
+    def __post_init__(self):
+        if not self.output.endswith(MODEL_SUFFIX):
+            raise ToolError(f"--output must end in {MODEL_SUFFIX} (the Keras 3 format), got {self.output!r}")
+        if self.base not in NETWORKS:
+            raise ToolError(f"--base {self.base!r}: unknown network; one of {', '.join(NETWORKS)}")
+        network = NETWORKS[self.base]
+        if network.module not in PREPROCESS_MODES:
+            raise ToolError(f"--base {self.base}: no known preprocessing for keras.applications.{network.module}")
+        if self.alpha is not None and not network.has_alpha:
+            raise ToolError(f"--alpha: {self.base} has no width multiplier")
+        if self.image_size is not None and self.image_size < 32:
+            raise ToolError(f"--image-size must be at least 32, got {self.image_size}")
+        if network.fixed_size and self.image_size not in (None, network.default_size):
+            raise ToolError(f"--image-size: {self.base} only takes {network.default_size}")
+        if not self.base_weights:
+            raise ToolError("--base-weights must be imagenet or a weights file")
+        for flag, value, minimum in (("--embedding-dim", self.embedding_dim, 1), ("--epochs", self.epochs, 1),
+                                     ("--patience", self.patience, 0), ("--fine-tune-layers", self.fine_tune_layers, 0),
+                                     ("--fine-tune-epochs", self.fine_tune_epochs, 1), ("--batch-size", self.batch_size, 1),
+                                     ("--seed", self.seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ToolError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+        if not 0 < self.validation_split < 1:
+            raise ToolError(f"--validation-split must be in (0, 1), got {self.validation_split}")
+        if not 0 <= self.dropout < 1:
+            raise ToolError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for flag, value in (("--learning-rate", self.learning_rate), ("--fine-tune-learning-rate", self.fine_tune_learning_rate)):
+            if not value > 0:
+                raise ToolError(f"{flag} must be positive, got {value}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ToolError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+    @property
+    def network(self) -> Network:
+        return NETWORKS[self.base]
+
+    @property
+    def size(self) -> int:
+        return self.image_size or self.network.default_size
+
+    @property
+    def report_path(self) -> str:
+        return report_path_for(self.output)
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def report_path_for(model_path: str) -> str:
+    """`MODEL.keras` -> `MODEL.training.json`."""
+    return model_path[: -len(MODEL_SUFFIX)] + REPORT_SUFFIX
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the labelled images
+
+
+def _is_manifest(path: str) -> bool:
+    return detect_format(path) in ("csv", "tsv", "jsonl", "parquet") and not path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "label") -> list[tuple[str, str]]:
+    """(uri, label) of every image of a class-folder tree or a manifest, in a stable order."""
+    if _is_manifest(path):
+        if not FileSystems.exists(path):
+            raise ToolError(f"--input {path!r}: no such manifest")
+        items, bad = [], []
+        with FileSystems.open(path) as handle:
+            for parsed in iter_records(handle, detect_format(path), "utf-8", uri_field):
+                record = parsed.record or {}
+                uri, label = record.get(uri_field), record.get(label_field)
+                if parsed.error is not None or not isinstance(uri, str) or not uri.strip() or label in (None, ""):
+                    bad.append(parsed.line)
+                    continue
+                items.append((fileio.resolve_relative(uri.strip(), path), str(label)))
+        if bad:
+            _LOG.warning("%s: %d rows without a %r and a %r value were skipped (first: line %s)",
+                         path, len(bad), uri_field, label_field, bad[0])
+        if not items:
+            raise ToolError(f"--input {path!r}: no row has both a {uri_field!r} and a {label_field!r} value "
+                            "(set --uri-field / --label-field)")
+        return items
+    base = path.rstrip("/")
+    matched = fileio.match_paths([fileio.join(base, "*", "*")])
+    items = []
+    for uri in matched:
+        if not uri.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        label = uri[len(base) + 1:].replace("\\", "/").split("/")[0]
+        items.append((uri, label))
+    if not items:
+        raise ToolError(
+            f"--input {path!r}: no images in class subfolders (expected DIR/<label>/<image>.jpg, or a manifest .csv with "
+            f"{uri_field},{label_field})"
+        )
+    return items
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledImages:
+    """Decoded images (uint8, n x h x w x 3), their class numbers, the class names and what failed."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    uris: list[str]
+    bad: list[str]  # "uri: reason" of images that could not be read or decoded
+
+
+def load_labelled_images(items: Sequence[tuple[str, str]], size: int, threads: Optional[int] = None) -> LabelledImages:
+    """Decode every image as the job does; failures are collected, not raised."""
+    from transforms.decode import decode_image
+
+    def load(item):
+        uri, _ = item
+        try:
+            return decode_image(fileio.read_bytes(uri), (size, size)), None
+        except Exception as exc:  # noqa: BLE001 - a bad image is counted, not fatal
+            return None, f"{uri}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(load, items))
+    kept = [(item, pixels) for item, (pixels, _) in zip(items, results) if pixels is not None]
+    bad = [reason for _, reason in results if reason is not None]
+    classes = sorted({label for (_, label), _ in kept})
+    code = {name: i for i, name in enumerate(classes)}
+    pixels = np.stack([p for _, p in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
+    labels = np.array([code[label] for (_, label), _ in kept], dtype=np.int64)
+    return LabelledImages(pixels, labels, classes, [uri for (uri, _), _ in kept], bad)
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: `fraction` of each class (at least one, when it has two) held out."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = min(max(int(round(len(members) * fraction)), 1), len(members) - 1) if len(members) >= 2 else 0
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return rng.permutation(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def preprocessing_layers(network: Network) -> list:
+    """Built-in Keras layers computing `network`'s preprocess_input on 0..255 RGB float pixels."""
+    import keras
+
+    mode = PREPROCESS_MODES[network.module]
+    if mode == "tf":
+        return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")]
+    if mode == "torch":
+        means = [255.0 * m for m in _TORCH_MEANS]
+        variances = [(255.0 * s) ** 2 for s in _TORCH_STDS]
+        return [keras.layers.Normalization(mean=means, variance=variances, name="preprocess")]
+    if mode == "caffe":
+        # Channel c of the output is input channel 2 - c (RGB -> BGR), minus the ImageNet mean of that BGR channel.
+        kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
+        for c in range(3):
+            kernel[0, 0, 2 - c, c] = 1.0
+        layer = keras.layers.Conv2D(
+            3, 1, name="preprocess", trainable=False,
+            kernel_initializer=keras.initializers.Constant(kernel),
+            bias_initializer=keras.initializers.Constant(-np.asarray(_CAFFE_MEANS_BGR, dtype=np.float32)),
+        )
+        return [layer]
+    return []
+
+
+def build_base_network(config: ImageTrainingConfig):
+    """The headless, average-pooled base network with its pretrained weights (imagenet, or a local/gs:// file)."""
+    kwargs = dict(input_shape=(config.size, config.size, 3), include_top=False, pooling="avg")
+    if config.alpha is not None:
+        kwargs["alpha"] = config.alpha
+    if config.base_weights == "imagenet":
+        kwargs["weights"] = "imagenet"
+    else:
+        try:
+            local = fileio.local_copy(config.base_weights)
+        except Exception as exc:  # noqa: BLE001 - missing bucket, no permission
+            raise ToolError(f"--base-weights {config.base_weights!r}: cannot read ({type(exc).__name__}: {exc})") from exc
+        if not os.path.exists(local):
+            raise ToolError(f"--base-weights {config.base_weights!r}: no such file")
+        kwargs["weights"] = local
+    try:
+        return config.network.builder()(**kwargs)
+    except ValueError as exc:
+        raise ToolError(f"--base {config.base} / --base-weights {config.base_weights!r}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:
+        if config.base_weights == "imagenet":
+            raise ToolError(
+                f"--base-weights imagenet: could not download the ImageNet weights ({type(exc).__name__}); without "
+                "internet access pass a local or gs:// weights file"
+            ) from exc
+        raise
+
+
+def _head_layers(config: ImageTrainingConfig, classes: int) -> list:
+    import keras
+
+    layers = [keras.layers.Dropout(config.dropout, name="dropout")] if config.dropout else []
+    return layers + [
+        keras.layers.Dense(config.embedding_dim, activation="relu", name=EMBEDDING_LAYER),
+        keras.layers.Dense(classes, activation="softmax", name=CLASSES_LAYER),
+    ]
+
+
+def _apply(layers: Sequence, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def _unfreeze_top(base, count: int) -> int:
+    """Make the top `count` layers of the base trainable (BatchNormalization never); returns how many have weights."""
+    import keras
+
+    base.trainable = True  # a frozen parent hides every child's weights; freeze children one by one instead
+    for layer in base.layers:
+        layer.trainable = False
+    unfrozen = 0
+    for layer in base.layers[-count:] if count else []:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        layer.trainable = True
+        unfrozen += bool(layer.weights)
+    return unfrozen
+
+
+def _pixel_dataset(pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: Optional[int], flip: bool):
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((pixels, labels))
+    if seed is not None:
+        data = data.shuffle(len(pixels), seed=seed, reshuffle_each_iteration=True)
+
+    def prepare(image, label):
+        image = tf.cast(image, tf.float32)
+        if flip:
+            image = tf.image.random_flip_left_right(image, seed=seed)
+        return image, label
+
+    return data.map(prepare).batch(batch_size).prefetch(2)
+
+
+def train_image_model(config: ImageTrainingConfig) -> dict:
+    """Read, split, train the head then optionally fine-tune, save `config.output` and its report; the report."""
+    import keras
+    import tensorflow as tf
+
+    started = time.monotonic()
+    items = list_labelled_images(config.input, config.uri_field, config.label_field)
+    images = load_labelled_images(items, config.size)
+    bad_fraction = len(images.bad) / len(items)
+    if bad_fraction > config.max_bad_fraction:
+        raise ToolError(
+            f"--input {config.input!r}: {len(images.bad)} of {len(items)} images could not be read or decoded "
+            f"(more than --max-bad-fraction {config.max_bad_fraction}); first: {images.bad[0]}"
+        )
+    counts = np.bincount(images.labels, minlength=len(images.classes))
+    if len(images.classes) < 2 or (counts >= 2).sum() < 2:
+        raise ToolError(f"--input {config.input!r}: needs at least two labels with two images each, found {dict(zip(images.classes, counts.tolist()))}")
+    train, val = _stratified_split(images.labels, config.validation_split, config.seed)
+
+    keras.utils.set_random_seed(config.seed)
+    base = build_base_network(config)
+    base.trainable = False
+    pixels_in = keras.Input(shape=(config.size, config.size, 3), dtype="float32", name="pixels")
+    features = base(_apply(preprocessing_layers(config.network), pixels_in), training=False)
+    feature_model = keras.Model(pixels_in, features, name="features")
+    head = _head_layers(config, len(images.classes))
+
+    # Phase 1: the base is frozen, so each image's features are computed once and the head trains on them.
+    all_features = feature_model.predict(
+        tf.data.Dataset.from_tensor_slices(images.pixels).map(lambda x: tf.cast(x, tf.float32)).batch(64),
+        verbose=0,
+    )
+    feature_in = keras.Input(shape=(all_features.shape[1],), name="features")
+    head_model = keras.Model(feature_in, _apply(head, feature_in), name="head")
+    head_model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    head_history = head_model.fit(
+        all_features[train], images.labels[train], validation_data=(all_features[val], images.labels[val]),
+        epochs=config.epochs, batch_size=config.batch_size, shuffle=True, callbacks=[stopper], verbose=config.verbose,
+    )
+    _, head_val_accuracy = head_model.evaluate(all_features[val], images.labels[val], verbose=0)
+
+    # The classifier on pixels: preprocessing, base and the trained head, sharing the head's layers.
+    model = keras.Model(pixels_in, _apply(head, features), name=f"{config.base.lower()}_classifier")
+    report_fine_tune = None
+    unfrozen = _unfreeze_top(base, config.fine_tune_layers) if config.fine_tune_layers else 0
+    model.compile(optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    val_data = _pixel_dataset(images.pixels[val], images.labels[val], 64, None, False)
+    val_loss, val_accuracy = model.evaluate(val_data, verbose=0)
+    if config.fine_tune_layers:
+        before = model.get_weights()
+        fine_stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+        fine_history = model.fit(
+            _pixel_dataset(images.pixels[train], images.labels[train], config.batch_size, config.seed, config.flip),
+            validation_data=val_data, epochs=config.fine_tune_epochs, shuffle=False, callbacks=[fine_stopper],
+            verbose=config.verbose,
+        )
+        tuned_loss, tuned_accuracy = model.evaluate(val_data, verbose=0)
+        kept = bool(tuned_loss <= val_loss)
+        if kept:
+            val_loss, val_accuracy = tuned_loss, tuned_accuracy
+        else:  # fine-tuning made validation worse (too high a learning rate?): keep the frozen-base model
+            model.set_weights(before)
+            _LOG.warning("fine-tuning raised the validation loss from %.4f to %.4f; kept the model before it",
+                         val_loss, tuned_loss)
+        report_fine_tune = {
+            "layers": config.fine_tune_layers,
+            "layers_with_weights_unfrozen": unfrozen,
+            "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+            "epochs_run": len(fine_history.history["loss"]),
+            "val_accuracy": float(tuned_accuracy),
+            "val_loss": float(tuned_loss),
+            "kept": kept,
+            "history": {k: [float(v) for v in values] for k, values in fine_history.history.items()},
+        }
+        base.trainable = False
+
+    with tempfile.TemporaryDirectory(prefix="train-image-") as scratch:
+        local_model = os.path.join(scratch, "model.keras")
+        keras.Model(pixels_in, model.output, name=model.name).save(local_model)  # uncompiled: no optimizer state
+        copy_local_file(local_model, config.output)
+        report = {
+            "model": config.output,
+            "val_accuracy": float(val_accuracy),
+            "val_loss": float(val_loss),
+            "head_val_accuracy": float(head_val_accuracy),
+            "fine_tune": report_fine_tune,
+            "classes": images.classes,
+            "class_counts": dict(zip(images.classes, counts.tolist())),
+            "train_images": int(len(train)),
+            "val_images": int(len(val)),
+            "bad_images": len(images.bad),
+            "bad_examples": images.bad[:_MAX_BAD_EXAMPLES],
+            "input_size": [config.size, config.size],
+            "embedding_layer": EMBEDDING_LAYER,
+            "embedding_dim": config.embedding_dim,
+            "preprocessing": PREPROCESS_MODES[config.network.module],
+            "head_epochs_run": len(head_history.history["loss"]),
+            "head_history": {k: [float(v) for v in values] for k, values in head_history.history.items()},
+            "settings": config.describe(),
+            "elapsed_seconds": round(time.monotonic() - started, 3),
+            "keras_version": keras.__version__,
+            "tensorflow_version": tf.__version__,
+        }
+        local_report = os.path.join(scratch, "report.json")
+        with open(local_report, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        copy_local_file(local_report, config.report_path)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline train-image`."""
+    d = ImageTrainingConfig.__dataclass_fields__
+    parser.add_argument("--input", required=True, metavar="DIR_OR_MANIFEST",
+                        help="A folder of class subfolders (label = subfolder name), or a manifest .csv/.jsonl/.parquet with uri and label columns.")
+    parser.add_argument("--base", required=True, metavar="NAME", help=f"Keras Applications network: {', '.join(NETWORKS)}.")
+    parser.add_argument("--output", required=True, metavar="MODEL.keras",
+                        help="Where to save the model (local or gs://); the report goes to MODEL.training.json.")
+    parser.add_argument("--base-weights", default=d["base_weights"].default,
+                        help="imagenet (Keras download) or a no-top weights file, local or gs:// (default: %(default)s).")
+    parser.add_argument("--image-size", type=int, help="Input size in pixels (default: the network's own, e.g. 224).")
+    parser.add_argument("--alpha", type=float, help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.")
+    parser.add_argument("--embedding-dim", type=int, default=d["embedding_dim"].default, help="Size of the `embedding` layer (default: %(default)s).")
+    parser.add_argument("--dropout", type=float, default=d["dropout"].default, help="Dropout on the base's features; 0 for none (default: %(default)s).")
+    parser.add_argument("--epochs", type=int, default=d["epochs"].default, help="Most epochs of the head (frozen base); stops early (default: %(default)s).")
+    parser.add_argument("--learning-rate", type=float, default=d["learning_rate"].default, help="Adam learning rate of the head (default: %(default)s).")
+    parser.add_argument("--patience", type=int, default=d["patience"].default, help="Epochs without a better validation loss before stopping (default: %(default)s).")
+    parser.add_argument("--fine-tune-layers", type=int, default=d["fine_tune_layers"].default,
+                        help="Then unfreeze this many top layers of the base and train end to end; 0: no fine-tuning (default: %(default)s).")
+    parser.add_argument("--fine-tune-epochs", type=int, default=d["fine_tune_epochs"].default, help="Most fine-tuning epochs (default: %(default)s).")
+    parser.add_argument("--fine-tune-learning-rate", type=float, default=d["fine_tune_learning_rate"].default,
+                        help="Adam learning rate while fine-tuning: keep it low (default: %(default)s).")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="Training batch size (default: %(default)s).")
+    parser.add_argument("--validation-split", type=float, default=d["validation_split"].default, help="Held-out fraction of each class (default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=d["seed"].default, help="Seed of the split, shuffling, flips and initial weights (default: %(default)s).")
+    parser.add_argument("--no-flip", action="store_true", help="No random horizontal flips while fine-tuning.")
+    parser.add_argument("--uri-field", default=d["uri_field"].default, help="Manifest column of the image uri (default: %(default)s).")
+    parser.add_argument("--label-field", default=d["label_field"].default, help="Manifest column of the label (default: %(default)s).")
+    parser.add_argument("--max-bad-fraction", type=float, default=d["max_bad_fraction"].default,
+                        help="Fail when more than this fraction of the images cannot be decoded (default: %(default)s).")
+
+
+def config_from_args(args: argparse.Namespace) -> ImageTrainingConfig:
+    """Validated settings from parsed flags (raises ToolError naming the flag)."""
+    return ImageTrainingConfig(
+        input=args.input, base=args.base, output=args.output, base_weights=args.base_weights,
+        image_size=args.image_size, alpha=args.alpha, embedding_dim=args.embedding_dim, dropout=args.dropout,
+        epochs=args.epochs, learning_rate=args.learning_rate, patience=args.patience,
+        fine_tune_layers=args.fine_tune_layers, fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_learning_rate=args.fine_tune_learning_rate, batch_size=args.batch_size,
+        validation_split=args.validation_split, seed=args.seed, flip=not args.no_flip,
+        uri_field=args.uri_field, label_field=args.label_field, max_bad_fraction=args.max_bad_fraction,
+    )
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `train-image`: Keras' progress on stderr, the report alone on stdout."""
+
+    def body() -> int:
+        config = config_from_args(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            report = train_image_model(config)
+        print(json.dumps(report, indent=2))
+        return 0
+
+    return run_command("train-image", body)

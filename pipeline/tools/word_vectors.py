@@ -1,0 +1,144 @@
+"""Word vectors of a `train-text` model, and the `export-word-vectors` command.
+
+A text model's `embedding` layer holds one learnt vector per token of its `vectorize`
+(TextVectorization) vocabulary: row i is the vector of vocabulary entry i. Row 0 is the padding
+token (masked, never learnt) and is left out; row 1 is `[UNK]`, the vector shared by every word
+outside the vocabulary. Rows past the end of the vocabulary (when `--vocab-size` was larger than
+the words seen) are never used and are left out too.
+
+`export-word-vectors` writes them as Parquet: `token` (string), `index` (int32, the token's id
+in the model, i.e. its row of the Embedding weights) and `vector` (fixed_size_list<float32>[d]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.tools.common import ToolError, run_command, write_bytes
+
+__all__ = [
+    "PADDING_INDEX",
+    "OOV_INDEX",
+    "WordVectors",
+    "load_word_vectors",
+    "word_vector_schema",
+    "word_vector_table",
+    "add_arguments",
+    "main_from_args",
+]
+
+PADDING_INDEX = 0
+OOV_INDEX = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class WordVectors:
+    """A text model's vocabulary and the matching rows of its Embedding weights."""
+
+    model_path: str
+    model_sha256: str
+    vocabulary: list[str]  # index -> token, padding ("") and "[UNK]" included
+    vectors: np.ndarray  # (len(vocabulary), d) float32: row i is token i
+    vectorize: object  # the model's TextVectorization layer, to tokenise a query word the same way
+
+    @property
+    def dimension(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def token_ids(self, text: str) -> list[int]:
+        """The ids the model gives the words of `text` (after its own standardisation), padding dropped."""
+        import tensorflow as tf
+
+        ids = np.asarray(self.vectorize(tf.constant([text]))).reshape(-1)
+        return [int(i) for i in ids if i != PADDING_INDEX]
+
+
+def _layer_of_type(model, name: str, type_name: str):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        pass
+    for layer in model.layers:
+        if type(layer).__name__ == type_name:
+            return layer
+    raise ToolError(f"--text-model: the model has no {type_name} layer (looked for one named {name!r})")
+
+
+def load_word_vectors(model_path: str, unsafe: bool = False) -> WordVectors:
+    """The vocabulary and word vectors of a `train-text` model (local or gs://)."""
+    from transforms.models import TextModelSpec, load_text_embedder
+
+    embedder = load_text_embedder(TextModelSpec(model_path, batch_size=1, unsafe_loading=unsafe))
+    model = embedder.full_model
+    vectorize = _layer_of_type(model, "vectorize", "TextVectorization")
+    embedding = _layer_of_type(model, "embedding", "Embedding")
+    vocabulary = [str(t) for t in vectorize.get_vocabulary()]
+    weights = np.asarray(embedding.embeddings.numpy(), dtype=np.float32)
+    rows = min(len(vocabulary), weights.shape[0])
+    return WordVectors(model_path, embedder.model_sha256, vocabulary[:rows], weights[:rows], vectorize)
+
+
+def word_vector_schema(dimension: int, metadata: dict | None = None) -> pa.Schema:
+    """The Parquet schema of exported word vectors."""
+    return pa.schema(
+        [
+            pa.field("token", pa.string(), nullable=False),
+            pa.field("index", pa.int32(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dimension), nullable=False),
+        ],
+        metadata={k.encode(): v.encode() for k, v in (metadata or {}).items()} or None,
+    )
+
+
+def word_vector_table(words: WordVectors) -> pa.Table:
+    """Every token but padding, with its index and vector, in index order."""
+    indices = np.arange(PADDING_INDEX + 1, len(words.vocabulary), dtype=np.int32)
+    flat = pa.array(words.vectors[indices].reshape(-1), type=pa.float32())
+    schema = word_vector_schema(
+        words.dimension,
+        {"model": words.model_path, "model_sha256": words.model_sha256, "dimension": str(words.dimension)},
+    )
+    return pa.Table.from_arrays(
+        [
+            pa.array([words.vocabulary[i] for i in indices], type=pa.string()),
+            pa.array(indices, type=pa.int32()),
+            pa.FixedSizeListArray.from_arrays(flat, words.dimension),
+        ],
+        schema=schema,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline export-word-vectors`."""
+    parser.add_argument("--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://).")
+    parser.add_argument("--out", required=True, metavar="FILE.parquet", help="Where to write the word vectors (local or gs://).")
+    parser.add_argument("--unsafe-model-loading", action="store_true", help="Allow .keras models with custom Python code (only for files you trust).")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `export-word-vectors`: a JSON summary on stdout."""
+
+    def body() -> int:
+        if not args.out.endswith(".parquet"):
+            raise ToolError(f"--out must end in .parquet, got {args.out!r}")
+        words = load_word_vectors(args.text_model, args.unsafe_model_loading)
+        table = word_vector_table(words)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="snappy")
+        write_bytes(args.out, buffer.getvalue())
+        print(json.dumps({"out": args.out, "tokens": table.num_rows, "dimension": words.dimension,
+                          "model": args.text_model, "model_sha256": words.model_sha256}, indent=2))
+        return 0
+
+    return run_command("export-word-vectors", body)
