@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from pipeline.tools import TOOL_COMMANDS
+
 __all__ = ["main", "COMMANDS"]
 
 # command -> (module, one-line help). Modules are imported only when their command runs,
@@ -18,6 +20,7 @@ COMMANDS = {
     "train-text": ("pipeline.train_text", "Train the Embedding-layer text model on labelled records."),
     "demo": ("pipeline.demo", "Generate the embedded demo data, or show a run's nearest neighbours."),
 }
+COMMANDS.update(TOOL_COMMANDS)  # neighbors, build-index, evaluate, export-projector, ... (issue 6)
 
 
 def _usage() -> str:
