@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import posixpath
 import shutil
 import tempfile
-from typing import Iterable
+from typing import IO, Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -51,16 +53,37 @@ def match_paths(patterns: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
+def _is_not_found(exc: BaseException) -> bool:
+    try:
+        from google.api_core.exceptions import NotFound
+    except ImportError:  # pragma: no cover - the gcp extras are always installed
+        return False
+    return isinstance(exc, NotFound)
+
+
+@contextlib.contextmanager
+def _open_raw(path: str) -> Iterator[IO[bytes]]:
+    """A file's raw bytes; a missing gs:// object raises FileNotFoundError as a missing local file
+    does (GCS raises google.api_core's NotFound, whose message does not say so)."""
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            yield handle
+    except Exception as exc:
+        if _is_not_found(exc):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
+        raise
+
+
 def read_bytes(path: str) -> bytes:
     """The whole content of a file."""
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
+    with _open_raw(path) as handle:
         return handle.read()
 
 
 def sha256_of_file(path: str) -> str:
     """Hex sha256 of a file's bytes, streamed."""
     digest = hashlib.sha256()
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
+    with _open_raw(path) as handle:
         while True:
             chunk = handle.read(_CHUNK)
             if not chunk:
@@ -76,7 +99,7 @@ def local_copy(path: str, directory: str | None = None) -> str:
         return path
     directory = directory or tempfile.mkdtemp(prefix="embeddings-model-")
     target = os.path.join(directory, posixpath.basename(path.rstrip("/")) or "model")
-    with FileSystems.open(path, compression_type="uncompressed") as source, open(target, "wb") as out:
+    with _open_raw(path) as source, open(target, "wb") as out:
         shutil.copyfileobj(source, out, _CHUNK)
     return target
 
