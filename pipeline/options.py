@@ -25,6 +25,17 @@ class ConfigError(ValueError):
     """A flag whose value cannot work. Raised before the pipeline starts; the message names the flag."""
 
 
+def parse_bool(value: str) -> bool:
+    """A boolean flag's value: `--normalize`, `--normalize=true` and `--normalize=false` all work
+    (Dataflow flex templates pass every parameter as --name=value)."""
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):
+        return True
+    if text in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _flag(parser, name: str, **kwargs) -> None:
     dest = name.lstrip("-").replace("-", "_")
     spellings = [name] + ([f"--{dest}"] if "-" in name.lstrip("-") else [])
@@ -59,9 +70,9 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--decode-threads", type=int, help="Threads decoding images per worker process (default: number of CPUs).")
         # Both
         _flag(parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label).")
-        _flag(parser, "--normalize", action="store_true", default=False, help="L2-normalise embeddings.")
-        _flag(parser, "--unsafe-model-loading", action="store_true", default=False, help="Allow .keras models with custom Python code (only for files you trust).")
-        _flag(parser, "--allow-duplicate-ids", action="store_true", default=False, help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
+        _flag(parser, "--normalize", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="L2-normalise embeddings.")
+        _flag(parser, "--unsafe-model-loading", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Allow .keras models with custom Python code (only for files you trust).")
+        _flag(parser, "--allow-duplicate-ids", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
         _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
 

@@ -11,7 +11,13 @@ import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    TestOptions,
+)
 
 from pipeline.graph import ModelInfo, build_pipeline
 from pipeline.loopback import loopback_only_servers
@@ -127,10 +133,12 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     config = config_from_options(options)
     prior = prior_embedding_files(config)
     models = inspect_models(config)
-    check_output_writable(config.output)
-    cleared = clear_previous_output(config.output)
-    if cleared:
-        _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+    builds_only = bool(options.view_as(GoogleCloudOptions).template_location) or bool(options.view_as(TestOptions).dry_run)
+    if not builds_only:  # a template or dry run executes nothing now: leave any earlier output alone
+        check_output_writable(config.output)
+        cleared = clear_previous_output(config.output)
+        if cleared:
+            _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
     progress.reset()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
@@ -140,7 +148,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     build_pipeline(pipeline, config, models, started_at, prior_files=prior)
     with loopback_only_servers() if local else contextlib.nullcontext():
         result = pipeline.run()
-        if "Dataflow" in runner and not getattr(result, "wait_until_finish", None):
+        if builds_only:
             return {}
         result.wait_until_finish()
     elapsed = time.monotonic() - start

@@ -191,11 +191,6 @@ def test_setup_py_package_is_staged_with_the_pipeline(template):
         assert f"{root}/{module}" in names, module
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="setup.py reads requirements.txt, which the sdist leaves out: `pip install workflow.tar.gz` on a "
-    "worker fails (fix: a MANIFEST.in with `include requirements.txt`)",
-)
 def test_staged_package_installs_like_on_a_worker(template, tmp_path):
     """Dataflow workers `pip install` the staged sdist; --no-deps keeps this offline."""
     tarball = tmp_path / "workflow.tar.gz"
@@ -209,11 +204,6 @@ def test_staged_package_installs_like_on_a_worker(template, tmp_path):
     assert (tmp_path / "site" / "transforms" / "embed.py").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run() clears the output folder before it builds the job, even for --template_location/--dry_run "
-    "(fix: skip check_output_writable/clear_previous_output when nothing runs now)",
-)
 def test_building_a_template_leaves_an_earlier_output_alone(template):
     from apache_beam.io.filesystems import FileSystems
 
@@ -346,11 +336,6 @@ def test_flex_template_regexes_accept_the_defaults():
             assert re.match(regex, value), (action.dest, value, regex)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the flex-template launcher passes every parameter as --name=value; argparse's store_true "
-    "rejects --normalize=true (fix: boolean flags that take an optional true/false value)",
-)
 @pytest.mark.parametrize("name", [a.dest for a in _run_flags() if isinstance(a.default, bool)])
 def test_flex_template_boolean_parameters_parse_as_name_equals_value(name):
     from apache_beam.options.pipeline_options import PipelineOptions
