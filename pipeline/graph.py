@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.io import fileio as beam_fileio
 
 from transforms import fileio
-from transforms.dedup import FindDuplicateIds
+from transforms.dedup import FindDuplicateIdHashes, FindDuplicateIds, id_hashes, occurrences
 from transforms.embed import ERRORS, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.incremental import ReadPriorKeys
 from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
@@ -73,6 +73,7 @@ def build_pipeline(
             TEXT, info.dimension, config.passthrough,
             metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
         )
+        text_files = fileio.match_paths(config.text_inputs)  # sorted: file order for "first occurrence"
         paths = (
             p
             | "TextInputPatterns" >> beam.Create(list(config.text_inputs))
@@ -86,16 +87,28 @@ def build_pipeline(
         ).with_outputs(ERRORS, main="records")
         side = {}
         if not config.allow_duplicate_ids:
+            # A separate, lighter read of the ids: embedding then streams instead of waiting, with
+            # every record held in memory, for the duplicate check over the whole input.
+            # Only 16 bytes a record (an id hash and where it was read) reach the check.
+            file_index = {path: i for i, path in enumerate(text_files)}
+            # Its own source, not a sibling of ReadTextRecords: the runner would otherwise fuse the two
+            # reads and hold every record in memory until the check is done.
             duplicates = (
-                read.records
-                | "TextIdOccurrences" >> beam.Map(lambda t: (t.column("id").to_pylist(), t.column("source").to_pylist(), t.column("line").to_pylist()))
-                | "FindDuplicateTextIds" >> FindDuplicateIds()
+                p
+                | "TextIdFiles" >> beam.Create(text_files)
+                | "ReadTextIds" >> beam.ParDo(
+                    ReadTextFileFn(config.text_field, config.text_id_field, (), config.text_encoding, text_batch_rows, ids_only=True)
+                )
+                | "HashTextIds" >> beam.Map(
+                    lambda b: (id_hashes(b[0]), occurrences(file_index.get(b[1][0], len(file_index)), b[2]))
+                )
+                | "FindDuplicateTextIds" >> FindDuplicateIdHashes()
             )
-            side["duplicates"] = beam.pvalue.AsDict(duplicates)
+            side["duplicates"] = beam.pvalue.AsSingleton(duplicates)
         if prior_files.get(TEXT):
             side["prior"] = beam.pvalue.AsSingleton(p | "PriorTextEmbeddings" >> ReadPriorKeys(prior_files[TEXT]))
         embedded = read.records | "EmbedText" >> beam.ParDo(
-            EmbedTextBatchesFn(config.text_model, schema, config.normalize), **side
+            EmbedTextBatchesFn(config.text_model, schema, config.normalize, text_files), **side
         ).with_outputs(ERRORS, SKIPPED, main="tables")
         written = embedded.tables | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
         files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))

@@ -18,7 +18,7 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from transforms import decode, fileio, progress
-from transforms.dedup import duplicate_reason
+from transforms.dedup import duplicate_reason, id_hashes, occurrences, split_occurrence
 from transforms.incremental import contains, record_key, record_keys
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT, ErrorRecord, ImageRef
@@ -135,12 +135,29 @@ class _SharedModelDoFn(beam.DoFn):
 class EmbedTextBatchesFn(_SharedModelDoFn):
     """Embeds a table of text records (id, source, line, text, content_sha256, passthrough...)."""
 
-    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False):
+    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False, files: Sequence[str] = ()):
         super().__init__(spec, load_text_embedder, TEXT)
         self._schema = schema
         self._normalize = normalize
+        self._files = list(files)  # sorted input files: an occurrence's file index points here
+        self._file_index = {path: i for i, path in enumerate(self._files)}
         self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_embedded")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_failed")
+
+    def _later_occurrences(self, ids, sources, lines, first_by_hash: dict) -> dict[int, str]:
+        """{row: reason} for rows whose id occurred earlier (by file, then line) in the input."""
+        hashes = id_hashes(ids)
+        reasons = {}
+        for i, h in enumerate(hashes.tolist()):
+            first = first_by_hash.get(h)
+            if first is None:
+                continue
+            index = self._file_index.get(sources[i], len(self._files))
+            if int(occurrences(index, [lines[i]])[0]) != first:
+                file_index, line = split_occurrence(first)
+                where = f"{self._files[file_index]}:{line}" if file_index < len(self._files) else "another file"
+                reasons[i] = f"id {ids[i]!r} was already used at {where}; the first occurrence is embedded"
+        return reasons
 
     def process(self, table: pa.Table, duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
         self._report_loads()
@@ -156,9 +173,10 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
         lines = table.column("line").to_pylist() if duplicates else None
+        later = self._later_occurrences(ids, sources, lines, duplicates) if duplicates else {}
         candidates, failures = [], 0
         for i, text in enumerate(texts):
-            reason = duplicates and duplicate_reason(ids[i], (sources[i], lines[i]), duplicates)
+            reason = later.get(i)
             if reason:
                 failures += 1
                 yield beam.pvalue.TaggedOutput(
