@@ -54,7 +54,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--text-field", default="text", help="Field/column holding the text (default: text).")
         _flag(parser, "--text-id-field", default="id", help="Field/column holding the record id (default: id; file:line where absent).")
         _flag(parser, "--text-encoding", default="utf-8", help="Encoding of text files (default: utf-8; e.g. cp1252).")
-        _flag(parser, "--text-batch-size", type=int, default=256, help="Texts per model call (default: 256).")
+        _flag(parser, "--text-batch-size", type=int, default=1024, help="Texts per model call (default: 1024).")
         # Images
         _flag(parser, "--image-input", action="append", help="Glob of image files, or a manifest (.csv, .jsonl, .parquet) with a uri column. Repeatable.")
         _flag(parser, "--image-model", help=f"A Keras Applications network ({', '.join(NETWORKS)}) or a .keras classifier.")

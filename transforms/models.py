@@ -97,7 +97,7 @@ class TextModelSpec:
     """A text model trained by `train-text`: a `.keras` file (local or gs://)."""
 
     path: str
-    batch_size: int = 256
+    batch_size: int = 1024
     unsafe_loading: bool = False
 
     def cache_key(self) -> str:

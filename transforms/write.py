@@ -18,7 +18,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.io import filebasedsink
+from apache_beam.io.parquetio import _ParquetSink
 
 from transforms import fileio
 from transforms.records import ERROR_SCHEMA, MODALITIES, ErrorRecord, error_table
@@ -68,21 +69,72 @@ def clear_previous_output(output: str) -> list[str]:
     return deleted
 
 
-class WriteTables(beam.PTransform):
-    """pyarrow tables of one schema to `folder/part-SSSSS-of-NNNNN.parquet` (each table one row group); emits the file names."""
+class _BufferedWriter:
+    """A ParquetWriter that gathers small tables into row groups of about `row_group_rows` rows."""
 
-    def __init__(self, folder: str, schema: pa.Schema):
+    def __init__(self, writer: pq.ParquetWriter, row_group_rows: int):
+        self.writer = writer
+        self.row_group_rows = row_group_rows
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        if self.rows >= self.row_group_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=max(self.rows, 1))
+            self.pending, self.rows = [], 0
+
+
+class _EmbeddingParquetSink(_ParquetSink):
+    """Beam's batched Parquet sink, with row groups of a useful size and dictionary encoding only
+    where it pays (ids, paths and model names repeat; float vectors and hashes do not)."""
+
+    def __init__(self, file_path_prefix: str, schema: pa.Schema, row_group_rows: int):
+        super().__init__(
+            file_path_prefix, schema, "snappy", False, False, ".parquet", 0, None, "application/x-parquet", 60
+        )
+        self._row_group_rows = row_group_rows
+        self._dictionary_columns = [f.name for f in schema if pa.types.is_string(f.type) and f.name != "content_sha256"]
+
+    def open(self, temp_path):
+        self._file_handle = filebasedsink.FileBasedSink.open(self, temp_path)
+        writer = pq.ParquetWriter(
+            self._file_handle, self._schema, compression=self._codec, use_dictionary=self._dictionary_columns
+        )
+        return _BufferedWriter(writer, self._row_group_rows)
+
+    def write_record(self, writer: _BufferedWriter, table: pa.Table):
+        writer.add(table)
+
+    def close(self, writer: _BufferedWriter):
+        writer.flush()
+        writer.writer.close()
+        if self._file_handle:
+            self._file_handle.close()
+            self._file_handle = None
+
+
+class WriteTables(beam.PTransform):
+    """pyarrow tables of one schema to `folder/part-SSSSS-of-NNNNN.parquet`; emits the file names.
+
+    Row groups hold about `row_group_rows` rows (64k: 16 MB of 64-d float32 vectors), whatever
+    the size of the batches that arrive.
+    """
+
+    def __init__(self, folder: str, schema: pa.Schema, row_group_rows: int = 65536):
         super().__init__()
         self._folder = folder
         self._schema = schema
+        self._row_group_rows = row_group_rows
 
     def expand(self, tables):
-        return tables | "WriteParquet" >> WriteToParquetBatched(
-            fileio.join(self._folder, "part"),
-            self._schema,
-            codec="snappy",
-            file_name_suffix=".parquet",
-        )
+        sink = _EmbeddingParquetSink(fileio.join(self._folder, "part"), self._schema, self._row_group_rows)
+        return tables | "WriteParquet" >> beam.io.iobase.Write(sink)
 
 
 class WriteErrors(beam.PTransform):
