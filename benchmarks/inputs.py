@@ -96,7 +96,7 @@ def make_photos(shared: pathlib.Path, work: pathlib.Path, count: int) -> list[pa
     for i in range(count):
         path = folder / f"img-{i:05d}.jpg"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             _augment(sources[i % len(sources)], i).save(tmp, format="JPEG", quality=JPEG_QUALITY)
             os.replace(tmp, path)
         paths.append(path)
@@ -113,7 +113,10 @@ def image_set(shared: pathlib.Path, work: pathlib.Path, count: int) -> str:
         for old in folder.glob("*.jpg"):
             old.unlink()
         for photo in photos:
-            (folder / photo.name).symlink_to(photo)
+            try:
+                (folder / photo.name).symlink_to(photo)
+            except FileExistsError:  # made by another invocation meanwhile
+                pass
         _write_marker(folder, params)
     return str(folder / "*.jpg")
 
@@ -144,8 +147,11 @@ def text_set(shared: pathlib.Path, work: pathlib.Path, count: int, shards: int =
             old.unlink()
         words = [s.split() for s in rt_polarity_sentences(shared)]
         for k, (lo, hi) in enumerate(_shard_bounds(count, shards)):
-            with open(folder / f"part-{k:02d}-of-{shards:02d}.jsonl", "w", encoding="utf-8") as out:
+            target = folder / f"part-{k:02d}-of-{shards:02d}.jsonl"
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # another invocation may be writing too
+            with open(tmp, "w", encoding="utf-8") as out:
                 for i in range(lo, hi):
                     out.write(json.dumps({"id": f"rt-{i:08d}", "text": _short_text(words, i)}, ensure_ascii=False) + "\n")
+            os.replace(tmp, target)
         _write_marker(folder, params)
     return str(folder / "*.jsonl")

@@ -95,6 +95,29 @@ def _load_image_spans(function):
     return wrapper
 
 
+_WRAPPED: list[str] = []
+_MISSING: list[str] = []
+
+
+def _wrap(owner, attribute: str, wrapper) -> None:
+    """Replace owner.attribute by wrapper(it); the job's code changes, so a missing name is only noted."""
+    label = f"{getattr(owner, '__name__', owner)}.{attribute}"
+    original = getattr(owner, attribute, None)
+    if original is None:
+        _MISSING.append(label)
+        return
+    setattr(owner, attribute, wrapper(original))
+    _WRAPPED.append(label)
+
+
+def _rows(*args, **kwargs):
+    """Rows of the element a DoFn's process or a function got (a table, or a list)."""
+    element = args[1] if len(args) > 1 else None
+    if element is None:
+        return None
+    return element.num_rows if hasattr(element, "num_rows") else len(element)
+
+
 def install() -> None:
     """Wrap the job's functions in this process (idempotent)."""
     global _INSTALLED
@@ -105,23 +128,15 @@ def install() -> None:
 
     from transforms import embed, models, text_read
 
-    def rows(_self, element, *a, **k):
-        return element.num_rows if hasattr(element, "num_rows") else len(element)
-
-    text_read.ReadTextFileFn.process = _timed_generator("ReadTextFileFn.process (per file)", lambda *a, **k: 1)(
-        text_read.ReadTextFileFn.process)
-    embed.EmbedTextBatchesFn.process = _timed_generator("EmbedTextBatchesFn.process", rows)(
-        embed.EmbedTextBatchesFn.process)
-    embed.EmbedImageBatchesFn.process = _timed_generator("EmbedImageBatchesFn.process", rows)(
-        embed.EmbedImageBatchesFn.process)
-    models.TextEmbedder.embed = _timed("TextEmbedder.embed", lambda _s, texts: len(texts))(models.TextEmbedder.embed)
-    models.ImageEmbedder.embed = _timed("ImageEmbedder.embed", lambda _s, pixels: len(pixels))(models.ImageEmbedder.embed)
-    embed._output_table = _timed("_output_table", lambda base, keep, *a, **k: len(keep))(embed._output_table)
-    embed._load_image = _load_image_spans(embed._load_image)
-    parquetio._ParquetSink.write_record = _timed("parquet write_record (one row group)",
-                                                 lambda _s, _w, table: table.num_rows)(parquetio._ParquetSink.write_record)
-    text_read.ReadTextFileFn._table = _timed("ReadTextFileFn._table (pydict -> arrow)",
-                                             lambda _s, columns: len(columns["id"]))(text_read.ReadTextFileFn._table)
+    _wrap(text_read.ReadTextFileFn, "process", _timed_generator("ReadTextFileFn.process (per file)", lambda *a, **k: 1))
+    _wrap(embed.EmbedTextBatchesFn, "process", _timed_generator("EmbedTextBatchesFn.process", _rows))
+    _wrap(embed.EmbedImageBatchesFn, "process", _timed_generator("EmbedImageBatchesFn.process", _rows))
+    _wrap(models.TextEmbedder, "embed", _timed("TextEmbedder.embed", _rows))
+    _wrap(models.ImageEmbedder, "embed", _timed("ImageEmbedder.embed", _rows))
+    _wrap(embed, "_output_table", _timed("_output_table", lambda *a, **k: len(a[1])))
+    _wrap(embed, "_load_image", _load_image_spans)
+    _wrap(parquetio._ParquetSink, "write_record",
+          _timed("parquet write_record (one row group)", lambda *a, **k: a[2].num_rows))
 
 
 def _spread(values) -> dict:
@@ -148,7 +163,7 @@ def _union_seconds(spans: list[tuple[float, float]]) -> float:
 
 def report() -> dict:
     """Everything recorded, summed: seconds and sizes per wrapped function, image-load concurrency."""
-    out = {"functions": {}}
+    out = {"wrapped": list(_WRAPPED), "not_found_in_this_version": list(_MISSING), "functions": {}}
     for name, durations in sorted(_DURATIONS.items()):
         out["functions"][name] = {"seconds": _spread(durations), "sizes": _spread(_SIZES.get(name, []))}
         sizes = _SIZES.get(name, [])

@@ -23,14 +23,20 @@ class WorkerFailed(RuntimeError):
     """A worker process exited non-zero; the message ends with its log's last lines."""
 
 
-def worker_env(work: pathlib.Path, tf_threads: Optional[int] = None) -> dict:
-    """The same environment for every measured process (threads included)."""
+def worker_env(work: pathlib.Path, tf_threads: Optional[int] = None, job_root: Optional[pathlib.Path] = None) -> dict:
+    """The same environment for every measured process (threads included).
+
+    `job_root` is a folder holding the job's `pipeline/` and `transforms/` to measure instead of
+    this checkout's (e.g. an earlier commit's); the workers start there, so it comes first on sys.path.
+    """
     env = dict(os.environ)
+    roots = ([str(job_root)] if job_root else []) + [str(PROJECT_ROOT)]
     env.update(
         TF_CPP_MIN_LOG_LEVEL="2",
         KERAS_HOME=str(work / "keras-home"),
-        PYTHONPATH=str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        PYTHONPATH=os.pathsep.join(roots + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
         PYTHONUNBUFFERED="1",
+        BENCH_JOB_ROOT=roots[0],
     )
     if tf_threads:
         env.update(TF_NUM_INTRAOP_THREADS=str(tf_threads), TF_NUM_INTEROP_THREADS=str(tf_threads))
@@ -107,10 +113,10 @@ class _TreeWatcher(threading.Thread):
         self.join()
 
 
-def run_worker(spec: dict, label: str, work: pathlib.Path, env: dict, watch_sockets: bool = False,
+def run_worker(spec: dict, label: str, folder: pathlib.Path, env: dict, watch_sockets: bool = False,
                wrap: Optional[list[str]] = None) -> dict:
-    """Run `benchmarks.worker` on `spec` in a fresh process; its result plus what was seen from outside."""
-    folder = work / "runs"
+    """Run `benchmarks.worker` on `spec` in a fresh process (its spec, log and result in `folder`);
+    its result plus what was seen from outside."""
     folder.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = (folder / f"{label}.{ext}" for ext in ("spec.json", "result.json", "log"))
     spec_path.write_text(json.dumps(spec, indent=2))
@@ -119,7 +125,7 @@ def run_worker(spec: dict, label: str, work: pathlib.Path, env: dict, watch_sock
     cmd = list(wrap or []) + [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(result_path)]
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(cmd, cwd=env.get("BENCH_JOB_ROOT", PROJECT_ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
         watcher = _TreeWatcher(process.pid, sockets_after=8.0 if watch_sockets else None)
         watcher.start()

@@ -114,23 +114,29 @@ def _text_steps(shard: str, model_path: Optional[str]) -> dict:
         chunk = texts[:256]
         out["np.array(chunk, dtype=object).reshape + tf.constant (per record)"] = per_item_us(
             lambda: (tf.constant(np.array(chunk, dtype=object).reshape(-1, 1)), 256)[1])
-        out["tf.constant(table column as numpy) (per record)"] = per_item_us(
-            lambda: (tf.constant(table.column("text").to_numpy(zero_copy_only=False)[:256].reshape(-1, 1)), 256)[1])
+        out["tf.constant(256 rows of the arrow column via to_numpy) (per record)"] = per_item_us(
+            lambda: (tf.constant(table.column("text").slice(0, 256).to_numpy(zero_copy_only=False).reshape(-1, 1)), 256)[1])
         out["job: TextEmbedder.embed(list of 4096)"] = per_item_us(lambda: (embedder.embed(texts[:4096]), 4096)[1], 3.0)
         vectors = embedder.embed(texts[:4096])
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         emb = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
         small = table.slice(0, 4096).append_column("embedding", emb)
         sink = io.BytesIO
-
-        def write(rows_per_group):
+        written = small.drop_columns(["text"])  # the job's output columns
+        variants = {
+            "job (WriteToParquetBatched): snappy, dictionary on every column": dict(compression="snappy"),
+            "alternative: dictionary only on source/model/model_sha256": dict(
+                compression="snappy", use_dictionary=["source", "model", "model_sha256"]),
+            "alternative: + zstd, BYTE_STREAM_SPLIT embeddings": dict(
+                compression="zstd", use_dictionary=["source", "model", "model_sha256"],
+                column_encoding={"embedding.list.item": "BYTE_STREAM_SPLIT"}),
+        }
+        for name, options in variants.items():
             buffer = sink()
-            pq.write_table(small, buffer, compression="snappy", row_group_size=rows_per_group)
-            return 4096
-
-        out["Parquet write (snappy) of 4096 rows incl. text"] = per_item_us(lambda: write(4096))
-        out["Parquet write without the text column"] = per_item_us(
-            lambda: (pq.write_table(small.drop_columns(["text"]), sink(), compression="snappy"), 4096)[1])
+            pq.write_table(written, buffer, **options)
+            size = len(buffer.getvalue()) / written.num_rows
+            out[f"Parquet write, 4096 rows, {name} ({size:.0f} bytes/row)"] = per_item_us(
+                lambda options=options: (pq.write_table(written, sink(), **options), 4096)[1])
     return out
 
 

@@ -78,7 +78,14 @@ def save_headless_text_model(source: str, output: str) -> None:
     import keras
 
     model = keras.saving.load_model(source, compile=False)
-    keras.Model(model.inputs, model.get_layer("text_embedding").output, name="text_embedder").save(output)
+    _save_atomically(keras.Model(model.inputs, model.get_layer("text_embedding").output, name="text_embedder"), output)
+
+
+def _save_atomically(model, output: str) -> None:
+    """Save under a temporary name, then rename: another invocation may be making the same file."""
+    tmp = f"{output}.{os.getpid()}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, output)
 
 
 def save_peer_image_model(network: str, size: int, alpha: Optional[float], weights: str, output: str) -> None:
@@ -95,4 +102,4 @@ def save_peer_image_model(network: str, size: int, alpha: Optional[float], weigh
     base = getattr(keras.applications, network)(**kwargs)
     pixels = keras.Input((size, size, 3), name="pixels")
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(pixels)
-    keras.Model(pixels, base(scaled), name=f"peer_{network}").save(output)
+    _save_atomically(keras.Model(pixels, base(scaled), name=f"peer_{network}"), output)

@@ -56,8 +56,11 @@ def parse_collapsed(path: pathlib.Path) -> list[tuple[str, list[tuple[str, str, 
     return stacks
 
 
+_SOURCE_ROOTS = [inputs.PROJECT_ROOT]  # where project frames' files are looked up (the job's code first)
+
+
 def _source_line(file: str, line: int) -> str:
-    for candidate in (file, str(inputs.PROJECT_ROOT / file)):
+    for candidate in ([file] if file.startswith("/") else []) + [str(root / file) for root in _SOURCE_ROOTS]:
         text = linecache.getline(candidate, line)
         if text:
             return text.strip()
@@ -223,8 +226,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="The quick mode's large size.")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default: 100).")
     parser.add_argument("--no-py-spy", action="store_true", help="Only the instrumented run.")
+    parser.add_argument("--resummarise", action="store_true",
+                        help="Run nothing: summarise the last profile's saved stacks again (after changing the categories).")
     parser.add_argument("--text-model", help="Use this train-text .keras model instead of training one.")
     parser.add_argument("--tf-threads", type=int)
+    parser.add_argument("--job-ref", help="Profile the job as committed at this git ref instead of the working tree.")
     parser.add_argument("--work-dir", default=str(inputs.DEFAULT_WORK_DIR))
     parser.add_argument("--results-dir", default=str(inputs.PROJECT_ROOT / "benchmarks" / "results"))
     parser.add_argument("--shared-data", default=str(inputs.DEFAULT_SHARED_DATA))
@@ -234,36 +240,54 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     mode = "quick" if args.quick else "full"
+    results = pathlib.Path(args.results_dir)
+    base = results / f"profile-{args.scenario}-{mode}"
+    if args.resummarise:
+        return _resummarise(base, args.rate)
     ctx = make_context(args, mode)
+    _SOURCE_ROOTS.insert(0, pathlib.Path(ctx.env["BENCH_JOB_ROOT"]))
     sc = SCENARIOS[args.scenario]
     count = args.count or MODES[mode][sc.key][2]
     made = prepare(ctx, [sc])
-    output = str(ctx.work / "out" / f"{sc.key}-profile")
+    output = str(ctx.run_dir / "out" / f"{sc.key}-profile")
     run = {"label": "profile", "count": count, "argv": job_argv(ctx, sc, made, count, output), "output": output}
     spec = {"kind": "job", "modality": sc.modality, "runs": [run]}
 
     ctx.log(f"[{sc.key}] instrumented job run, {count:,} records")
-    instrumented = run_worker(dict(spec, instrument=True), f"{sc.key}-profile-instrumented", ctx.work, ctx.env)
-    report = {"scenario": sc.key, "count": count, "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    instrumented = run_worker(dict(spec, instrument=True), f"{sc.key}-profile-instrumented", ctx.run_dir, ctx.env)
+    report = {"scenario": sc.key, "count": count, "job_code": ctx.env["BENCH_JOB_ROOT"], "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "instrumented": {"run": instrumented["runs"][0], "functions": instrumented["instrumentation"]}}
     summary, sampled_run = {}, instrumented["runs"][0]
     if not args.no_py_spy:
         py_spy = shutil.which("py-spy") or str(pathlib.Path(sys.executable).parent / "py-spy")
-        raw = ctx.work / "runs" / f"{sc.key}-profile.collapsed.txt"
+        raw = ctx.run_dir / f"{sc.key}-profile.collapsed.txt"
         wrap = [py_spy, "record", "--threads", "--idle", "--rate", str(args.rate), "--format", "raw", "-o", str(raw), "--"]
         ctx.log(f"[{sc.key}] py-spy job run -> {raw}")
-        sampled = run_worker(spec, f"{sc.key}-profile-py-spy", ctx.work, ctx.env, wrap=wrap)
+        sampled = run_worker(spec, f"{sc.key}-profile-py-spy", ctx.run_dir, ctx.env, wrap=wrap)
         sampled_run = sampled["runs"][0]
         summary = summarise_samples(parse_collapsed(raw), args.rate)
         report["py_spy"] = {"run": sampled_run, "summary": summary, "collapsed_stacks": str(raw)}
     text = _format(summary or {"groups": {}, "rate_hz": args.rate}, report["instrumented"]["functions"], sampled_run, sc.key)
     print(text)
-    results = pathlib.Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    base = results / f"profile-{sc.key}-{mode}"
+    _write(base, report, text)
+    return 0
+
+
+def _write(base: pathlib.Path, report: dict, text: str) -> None:
+    base.parent.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     base.with_suffix(".txt").write_text(text + "\n")
     print(f"\nwrote {base}.json and {base}.txt")
+
+
+def _resummarise(base: pathlib.Path, rate: int) -> int:
+    report = json.loads(base.with_suffix(".json").read_text())
+    _SOURCE_ROOTS.insert(0, pathlib.Path(report["job_code"]))
+    spied = report["py_spy"]
+    spied["summary"] = summarise_samples(parse_collapsed(pathlib.Path(spied["collapsed_stacks"])), rate)
+    text = _format(spied["summary"], report["instrumented"]["functions"], spied["run"], report["scenario"])
+    print(text)
+    _write(base, report, text)
     return 0
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -81,6 +82,10 @@ def marginal(small: dict, large: dict) -> Optional[float]:
 
 @dataclasses.dataclass
 class Context:
+    """Settings of one invocation. Inputs and models in `work` are shared and reused; everything a
+    run writes (specs, logs, results, outputs) goes to its own `run_dir`, so that two invocations
+    on one work folder never touch each other's files."""
+
     shared: pathlib.Path
     work: pathlib.Path
     env: dict
@@ -89,6 +94,8 @@ class Context:
     workers2: bool
     text_model: Optional[str]
     log: callable
+    run_dir: pathlib.Path = None
+    keep_outputs: bool = False
 
 
 def _image_model_files(ctx: Context, sc: Scenario) -> tuple[str, str]:
@@ -130,7 +137,7 @@ def prepare(ctx: Context, scenarios: Sequence[Scenario]) -> dict:
             spec["headless_text_model"] = {"source": made["text_model"]["path"],
                                            "output": str(models_dir / f"text-embedding-{_file_tag(made['text_model']['path'])}.keras")}
             made["peer_text_model"] = spec["headless_text_model"]["output"]
-    run_worker(spec, "prepare", ctx.work, ctx.env)
+    run_worker(spec, "prepare", ctx.run_dir, ctx.env)
     return made
 
 
@@ -154,18 +161,18 @@ def _run_sized(ctx: Context, sc: Scenario, thing: str, make_run, base_spec: dict
     items = [make_run(label, n) for label, n in sizes]
     if ctx.in_process:
         spec = dict(base_spec, runs=items)
-        result = run_worker(spec, f"{sc.key}-{thing}", ctx.work, ctx.env, watch_sockets)
+        result = run_worker(spec, f"{sc.key}-{thing}", ctx.run_dir, ctx.env, watch_sockets)
         runs = {r["label"]: dict(r, outside=result["outside"]) for r in result["runs"]}
         entry = {"runs": runs, "processes": "one process for all sizes"}
     else:
         runs = {}
         for (label, _), item in zip(sizes, items):
             spec = dict(base_spec, runs=[item])
-            result = run_worker(spec, f"{sc.key}-{thing}-{label}", ctx.work, ctx.env, watch_sockets)
+            result = run_worker(spec, f"{sc.key}-{thing}-{label}", ctx.run_dir, ctx.env, watch_sockets)
             runs[label] = dict(result["runs"][0], outside=result["outside"])
         entry = {"runs": runs, "processes": "one process per size"}
     inspected = run_worker({"kind": "inspect", "folder": runs["large"]["output"]}, f"{sc.key}-{thing}-inspect",
-                           ctx.work, ctx.env)
+                           ctx.run_dir, ctx.env)
     entry["output"] = {"parquet": inspected["parquet"], "read_back": dict(
         inspected["read_back"], process_peak_rss_mb=inspected["process"]["vmhwm_mb"])}
     return entry
@@ -192,7 +199,7 @@ def _limit(ctx: Context, sc: Scenario, made: dict) -> dict:
     else:
         spec = {"kind": "limit_text", "model": made["text_model"]["path"], "batch": sc.batch,
                 "texts": _pattern(ctx, sc, large), "counts": [small, large]}
-    result = run_worker(spec, f"{sc.key}-limit", ctx.work, ctx.env)
+    result = run_worker(spec, f"{sc.key}-limit", ctx.run_dir, ctx.env)
     runs = {"small": result["runs"][0], "large": result["runs"][1]}
     for r in runs.values():
         r["outside"] = result["outside"]
@@ -200,6 +207,9 @@ def _limit(ctx: Context, sc: Scenario, made: dict) -> dict:
              "model_load_seconds": result["model_load_seconds"], "dimension": result["dimension"]}
     if "decode_images_per_second" in result:
         entry["decode_images_per_second"] = result["decode_images_per_second"]
+    if "two_concurrent_callers" in result:
+        two = result["two_concurrent_callers"]
+        entry["two_concurrent_callers_per_second"] = two["count"] / two["seconds"]
     if "embedder_embed_runs" in result:
         e = result["embedder_embed_runs"]
         entry["embedder_embed_marginal_per_second"] = marginal(e[0], e[1])
@@ -224,7 +234,7 @@ def _job(ctx: Context, sc: Scenario, made: dict, workers: int) -> dict:
     tag = f"job-w{workers}"
 
     def make_run(label: str, n: int) -> dict:
-        out = str(ctx.work / "out" / f"{sc.key}-{tag}-{label}")
+        out = str(ctx.run_dir / "out" / f"{sc.key}-{tag}-{label}")
         return {"label": label, "count": n, "argv": job_argv(ctx, sc, made, n, out, workers), "output": out}
 
     entry = _run_sized(ctx, sc, tag, make_run, {"kind": "job", "modality": sc.modality}, watch_sockets=(workers == 2))
@@ -246,7 +256,7 @@ def _peer(ctx: Context, sc: Scenario, made: dict, dimension: int) -> dict:
 
     def make_run(label: str, n: int) -> dict:
         return {"label": label, "count": n, "pattern": _pattern(ctx, sc, n),
-                "output": str(ctx.work / "out" / f"{sc.key}-peer-{label}")}
+                "output": str(ctx.run_dir / "out" / f"{sc.key}-peer-{label}")}
 
     return _summarise(_run_sized(ctx, sc, "peer", make_run, base))
 
@@ -384,6 +394,14 @@ def format_table(report: dict) -> str:
         if cmp_.get("common_ids"):
             lines.append(f"same model ({key}): {cmp_['common_ids']} ids in both outputs, max |job - peer| = "
                          f"{cmp_['max_abs_diff']:.2e} (values up to {cmp_['max_abs_value']:.3g})")
+        limit_entry = sc["limit"]
+        if "decode_images_per_second" in limit_entry:
+            d = limit_entry["decode_images_per_second"]
+            lines.append(f"limit ({key}): job's decode_image alone {d['1_thread']:,.0f} img/s on 1 thread, {d['2_threads']:,.0f} on 2; "
+                         f"model with 2 concurrent callers {_fmt(limit_entry.get('two_concurrent_callers_per_second'))} img/s")
+        if limit_entry.get("embedder_embed_marginal_per_second"):
+            lines.append(f"limit ({key}): the job's TextEmbedder.embed on ready lists of str: "
+                         f"{limit_entry['embedder_embed_marginal_per_second']:,.0f} rec/s")
         mem = job["peak_rss_mb"]
         lines.append(f"memory ({key}) job peak RSS by size: " + ", ".join(
             f"{label} {sc['sizes'][label]:,} -> {mb:,.0f} MB" for label, mb in mem.items()) +
@@ -395,13 +413,6 @@ def format_table(report: dict) -> str:
 
 
 def _environment(ctx: Context) -> dict:
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=inputs.PROJECT_ROOT, capture_output=True, text=True,
-                                  timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
     cpu_model = None
     try:
         for line in open("/proc/cpuinfo"):
@@ -415,12 +426,38 @@ def _environment(ctx: Context) -> dict:
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model,
         "loadavg_at_start": os.getloadavg(),
-        "git_head": git("rev-parse", "HEAD"),
-        "job_files_changed_since_head": (git("status", "--porcelain", "--", "transforms", "pipeline") or "").splitlines(),
+        "git_head": _git("rev-parse", "HEAD"),
+        "job_code": ctx.env["BENCH_JOB_ROOT"],
+        "job_code_commit": (pathlib.Path(ctx.env["BENCH_JOB_ROOT"]) / ".done").read_text().strip()
+        if (pathlib.Path(ctx.env["BENCH_JOB_ROOT"]) / ".done").exists() else "working tree",
+        "job_files_changed_since_head": (_git("status", "--porcelain", "--", "transforms", "pipeline") or "").splitlines(),
         "thread_settings": {k: ctx.env.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
                                                        "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")},
         "decode_threads": "job default (max(2, cpu_count))",
     }
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        done = subprocess.run(["git", *args], cwd=inputs.PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _job_tree(work: pathlib.Path, ref: str) -> pathlib.Path:
+    """`pipeline/` and `transforms/` as committed at `ref`, extracted (git archive) under the work folder."""
+    sha = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    if not sha:
+        raise SystemExit(f"--job-ref {ref!r}: not a commit of this repository")
+    folder = work / "job-trees" / sha[:12]
+    if not (folder / ".done").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "pipeline", "transforms"], cwd=inputs.PROJECT_ROOT,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        (folder / ".done").write_text(sha + "\n")
+    return folder
 
 
 def make_context(args: argparse.Namespace, mode: str) -> Context:
@@ -436,8 +473,13 @@ def make_context(args: argparse.Namespace, mode: str) -> Context:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     workers2 = getattr(args, "workers2", None)
-    return Context(shared, work, worker_env(work, args.tf_threads), mode, in_process=(mode != "full"),
-                   workers2=workers2 if workers2 is not None else mode == "full", text_model=args.text_model, log=log)
+    job_root = _job_tree(work, args.job_ref) if getattr(args, "job_ref", None) else None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_dir = work / "sessions" / f"{mode}-{stamp}-{os.getpid()}"
+    run_dir.mkdir(parents=True)
+    return Context(shared, work, worker_env(work, args.tf_threads, job_root), mode, in_process=(mode != "full"),
+                   workers2=workers2 if workers2 is not None else mode == "full", text_model=args.text_model, log=log,
+                   run_dir=run_dir, keep_outputs=getattr(args, "keep_outputs", False))
 
 
 def run_benchmarks(args: argparse.Namespace) -> dict:
@@ -449,12 +491,16 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
     report = {"mode": mode, "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "environment": _environment(ctx), "scenarios": {}}
     report["prepared"] = prepare(ctx, scenarios)
+    report["environment"]["run_dir"] = str(ctx.run_dir)
     for sc in scenarios:
         try:
             report["scenarios"][sc.key] = _scenario(ctx, sc, report["prepared"])
         except WorkerFailed as exc:
-            log(str(exc))
+            ctx.log(str(exc))
             report["scenarios"][sc.key] = {"error": str(exc)}
+        if not ctx.keep_outputs:
+            for folder in (ctx.run_dir / "out").glob(f"{sc.key}-*"):
+                shutil.rmtree(folder, ignore_errors=True)
     report["environment"]["loadavg_at_end"] = os.getloadavg()
     report["total_seconds"] = time.perf_counter() - started
     return report
@@ -470,6 +516,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(each such run starts 2 worker processes that import TensorFlow: ~25 s of start-up).")
     parser.add_argument("--text-model", help="Use this train-text .keras model instead of training one.")
     parser.add_argument("--tf-threads", type=int, help="Set TF intra/inter-op threads for every measured process.")
+    parser.add_argument("--keep-outputs", action="store_true", help="Keep the Parquet outputs (default: deleted per scenario).")
+    parser.add_argument("--job-ref", help="Measure the job as committed at this git ref (e.g. HEAD, a tag) instead of "
+                        "the working tree's pipeline/ and transforms/.")
     parser.add_argument("--work-dir", default=str(inputs.DEFAULT_WORK_DIR), help="Derived inputs and outputs (default: benchmarks/work).")
     parser.add_argument("--results-dir", default=str(inputs.PROJECT_ROOT / "benchmarks" / "results"), help="Where the JSON and table go.")
     parser.add_argument("--shared-data", default=str(inputs.DEFAULT_SHARED_DATA), help="The shared data folder.")

@@ -127,7 +127,14 @@ def _limit_image(spec: dict) -> dict:
     batch = spec["batch"]
     batches = [np.ascontiguousarray(pool[(np.arange(batch) + k * batch) % len(pool)]) for k in range(8)]
     runs = _loop_rate(lambda i: embedder.embed(batches[i % len(batches)]), batch, spec["counts"], 5)
-    return {"runs": runs, "model_load_seconds": load_seconds, "dimension": embedder.dimension,
+    # Two Python threads calling the same model at once (TF releases the GIL): does one process
+    # get more than one model call's worth of the cores?
+    calls = max(1, spec["counts"][-1] // batch)
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        list(executor.map(lambda i: embedder.embed(batches[i % len(batches)]), range(4)))
+        two = _timed("two concurrent callers", calls * batch, lambda: list(
+            executor.map(lambda i: embedder.embed(batches[i % len(batches)]), range(calls))) and None)
+    return {"runs": runs, "two_concurrent_callers": two, "model_load_seconds": load_seconds, "dimension": embedder.dimension,
             "model": embedder.model_name,
             "decode_images_per_second": {"1_thread": decode_one_thread, "2_threads": decode_two_threads}}
 
