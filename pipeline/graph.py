@@ -166,7 +166,7 @@ def build_pipeline(
         embedded = (
             refs
             | "SpreadImages" >> beam.Reshuffle()
-            | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch, max_batch_size=batch * 8)
+            | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch * 8, max_batch_size=batch * 8)
             | "EmbedImages" >> beam.ParDo(
                 EmbedImageBatchesFn(config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads),
                 **side,

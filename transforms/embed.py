@@ -7,6 +7,7 @@ retried until the failing records are isolated: only they become dead letters.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import os
@@ -289,6 +290,27 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         futures = [
             self._pool.submit(_load_image, ref, size, self._max_pixels, prior, embedder.model_sha256) for ref in refs
         ]
+        # Keep one element decoding in the threads while the model works on the one before it.
+        self._pending.append((refs, futures))
+        while len(self._pending) > 1:
+            yield from self._embed_decoded(*self._pending.popleft())
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        while self._pending:
+            for item in self._embed_decoded(*self._pending.popleft()):
+                if isinstance(item, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(item.tag, GlobalWindows.windowed_value(item.value))
+                else:
+                    yield GlobalWindows.windowed_value(item)
+
+    def _embed_decoded(self, refs: Sequence[ImageRef], futures: Sequence[concurrent.futures.Future]) -> Iterator:
+        """Embed one element's images as their decoding finishes, batch by batch."""
+        embedder = self._embedder
         skipped = 0
         batch = embedder.spec.batch_size
         for start in range(0, len(refs), batch):  # infer on one batch while later ones decode
