@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import os
 from typing import Callable, Iterator, Optional, Sequence
@@ -243,8 +244,24 @@ def _load_image(ref: ImageRef, size: tuple[int, int], max_pixels: int, prior=Non
         return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "decode", exc)
 
 
+@dataclasses.dataclass
+class _ImageBatchResult:
+    """What one batch of images became; counted and emitted by the DoFn's own thread."""
+
+    table: Optional[pa.Table] = None
+    errors: list = dataclasses.field(default_factory=list)
+    skipped: int = 0
+
+
 class EmbedImageBatchesFn(_SharedModelDoFn):
-    """Reads, decodes and embeds a list of ImageRefs; decoding runs in threads ahead of inference."""
+    """Reads, decodes and embeds a list of ImageRefs.
+
+    Each batch of `batch_size` images is read, decoded and embedded by one task of a small thread
+    pool (one thread per CPU by default), and a few tasks are kept in flight across elements: while
+    one thread decodes (Pillow releases the GIL), another runs the model (so does TensorFlow), so
+    both cores stay busy. Results are emitted in order by the DoFn's own thread, which also does
+    all metric counting (Beam's metrics are per thread).
+    """
 
     def __init__(
         self,
@@ -265,13 +282,16 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
 
     def setup(self):
         super().setup()
-        threads = self._decode_threads or max(2, os.cpu_count() or 2)
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._threads = self._decode_threads or max(2, os.cpu_count() or 2)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="embed-images")
 
     def teardown(self):
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False)
+
+    def start_bundle(self):
+        self._pending = collections.deque()
 
     def process(self, refs: Sequence[ImageRef], duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
         self._report_loads()
@@ -280,84 +300,76 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             for ref in refs:
                 reason = duplicate_reason(ref.id, (ref.uri, ref.line), duplicates)
                 if reason:
-                    self._failed.inc()
-                    yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason))
+                    yield from self._emit(_ImageBatchResult(errors=[ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason)]))
                 else:
                     unique.append(ref)
             refs = unique
-        embedder = self._embedder
-        size = embedder.input_size
-        futures = [
-            self._pool.submit(_load_image, ref, size, self._max_pixels, prior, embedder.model_sha256) for ref in refs
-        ]
-        # Keep one element decoding in the threads while the model works on the one before it.
-        self._pending.append((refs, futures))
-        while len(self._pending) > 1:
-            yield from self._embed_decoded(*self._pending.popleft())
-
-    def start_bundle(self):
-        self._pending = collections.deque()
+        batch = self._embedder.spec.batch_size
+        for start in range(0, len(refs), batch):
+            self._pending.append(self._pool.submit(self._embed_batch, list(refs[start : start + batch]), prior))
+            while len(self._pending) > self._threads + 1:
+                yield from self._emit(self._pending.popleft().result())
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindows
 
         while self._pending:
-            for item in self._embed_decoded(*self._pending.popleft()):
+            for item in self._emit(self._pending.popleft().result()):
                 if isinstance(item, beam.pvalue.TaggedOutput):
                     yield beam.pvalue.TaggedOutput(item.tag, GlobalWindows.windowed_value(item.value))
                 else:
                     yield GlobalWindows.windowed_value(item)
 
-    def _embed_decoded(self, refs: Sequence[ImageRef], futures: Sequence[concurrent.futures.Future]) -> Iterator:
-        """Embed one element's images as their decoding finishes, batch by batch."""
+    def _emit(self, result: _ImageBatchResult) -> Iterator:
+        """Count a finished batch and hand its outputs to Beam (in the DoFn's thread)."""
+        if result.errors:
+            self._failed.inc(len(result.errors))
+        embedded = result.table.num_rows if result.table is not None else 0
+        if embedded:
+            self._embedded.inc(embedded)
+        progress.add(IMAGE, embedded=embedded, failed=len(result.errors), skipped=result.skipped)
+        for error in result.errors:
+            yield beam.pvalue.TaggedOutput(ERRORS, error)
+        if result.skipped:
+            yield beam.pvalue.TaggedOutput(SKIPPED, result.skipped)
+        if embedded:
+            yield result.table
+
+    def _embed_batch(self, refs: list[ImageRef], prior: Optional[np.ndarray]) -> _ImageBatchResult:
+        """Read, decode and embed one batch (runs in a pool thread)."""
         embedder = self._embedder
-        skipped = 0
-        batch = embedder.spec.batch_size
-        for start in range(0, len(refs), batch):  # infer on one batch while later ones decode
-            chunk_refs = refs[start : start + batch]
-            ok_refs, pixels, digests = [], [], []
-            for ref, future in zip(chunk_refs, futures[start : start + batch]):
-                value, extra = future.result()
-                if value is _SKIP:
-                    skipped += 1
-                elif value is None:
-                    self._failed.inc()
-                    progress.add(IMAGE, failed=1)
-                    yield beam.pvalue.TaggedOutput(ERRORS, extra)
-                else:
-                    ok_refs.append(ref)
-                    pixels.append(value)
-                    digests.append(extra)
-            if not ok_refs:
-                continue
-            stacked = np.stack(pixels)
-            vectors, errors = embed_isolating_failures(lambda idx: embedder.embed(stacked[list(idx)]), range(len(ok_refs)))
-            keep = [i for i, e in enumerate(errors) if e is None]
-            for i, error in enumerate(errors):
-                if error is not None:
-                    self._failed.inc()
-                    progress.add(IMAGE, failed=1)
-                    yield beam.pvalue.TaggedOutput(
-                        ERRORS, ErrorRecord.from_exception(ok_refs[i].id, IMAGE, ok_refs[i].uri, "embed", error)
-                    )
-            if not keep:
-                continue
-            vectors = vectors[keep]
-            if self._normalize:
-                vectors = _l2_normalize(vectors)
-            base = {
-                "id": [ok_refs[i].id for i in keep],
-                "source": [ok_refs[i].uri for i in keep],
-                "content_sha256": [digests[i] for i in keep],
-            }
-            for name in self._passthrough:
-                base[name] = [ok_refs[i].passthrough.get(name) for i in keep]
-            table = pa.table({k: pa.array(v, pa.string()) for k, v in base.items()})
-            self._embedded.inc(len(keep))
-            progress.add(IMAGE, embedded=len(keep))
-            yield _output_table(
-                table, np.arange(len(keep)), vectors, embedder.model_name, embedder.model_sha256, self._schema
-            )
-        if skipped:
-            yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
-        progress.add(IMAGE, skipped=skipped)
+        result = _ImageBatchResult()
+        ok_refs, pixels, digests = [], [], []
+        for ref in refs:
+            value, extra = _load_image(ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256)
+            if value is _SKIP:
+                result.skipped += 1
+            elif value is None:
+                result.errors.append(extra)
+            else:
+                ok_refs.append(ref)
+                pixels.append(value)
+                digests.append(extra)
+        if not ok_refs:
+            return result
+        stacked = np.stack(pixels)
+        vectors, errors = embed_isolating_failures(lambda idx: embedder.embed(stacked[list(idx)]), range(len(ok_refs)))
+        keep = [i for i, e in enumerate(errors) if e is None]
+        for i, error in enumerate(errors):
+            if error is not None:
+                result.errors.append(ErrorRecord.from_exception(ok_refs[i].id, IMAGE, ok_refs[i].uri, "embed", error))
+        if not keep:
+            return result
+        vectors = vectors[keep]
+        if self._normalize:
+            vectors = _l2_normalize(vectors)
+        base = {
+            "id": [ok_refs[i].id for i in keep],
+            "source": [ok_refs[i].uri for i in keep],
+            "content_sha256": [digests[i] for i in keep],
+        }
+        for name in self._passthrough:
+            base[name] = [ok_refs[i].passthrough.get(name) for i in keep]
+        table = pa.table({k: pa.array(v, pa.string()) for k, v in base.items()})
+        result.table = _output_table(table, np.arange(len(keep)), vectors, embedder.model_name, embedder.model_sha256, self._schema)
+        return result
