@@ -137,6 +137,14 @@ def install() -> None:
     _wrap(embed, "_load_image", _load_image_spans)
     _wrap(parquetio._ParquetSink, "write_record",
           _timed("parquet write_record (one row group)", lambda *a, **k: a[2].num_rows))
+    from transforms import write
+
+    # The job's own sink, where it has one (it buffers tables into bigger row groups).
+    for name in ("_EmbeddingParquetSink", "EmbeddingParquetSink"):
+        if hasattr(write, name):
+            _wrap(getattr(write, name), "write_record", _timed(f"{name}.write_record", lambda *a, **k: a[2].num_rows))
+    if hasattr(write, "_BufferedWriter"):
+        _wrap(write._BufferedWriter, "flush", _timed("_BufferedWriter.flush (Parquet row-group write)", lambda *a, **k: None))
 
 
 def _spread(values) -> dict:

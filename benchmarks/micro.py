@@ -124,8 +124,10 @@ def _text_steps(shard: str, model_path: Optional[str]) -> dict:
         sink = io.BytesIO
         written = small.drop_columns(["text"])  # the job's output columns
         variants = {
-            "job (WriteToParquetBatched): snappy, dictionary on every column": dict(compression="snappy"),
-            "alternative: dictionary only on source/model/model_sha256": dict(
+            "Beam WriteToParquetBatched default: snappy, dictionary on every column": dict(compression="snappy"),
+            "dictionary on id/source/model/model_sha256 (the job since 84bbdc7)": dict(
+                compression="snappy", use_dictionary=["id", "source", "model", "model_sha256"]),
+            "dictionary only on source/model/model_sha256": dict(
                 compression="snappy", use_dictionary=["source", "model", "model_sha256"]),
             "alternative: + zstd, BYTE_STREAM_SPLIT embeddings": dict(
                 compression="zstd", use_dictionary=["source", "model", "model_sha256"],

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 from benchmarks import inputs
 from benchmarks.measure import run_worker
-from benchmarks.run import MODES, SCENARIOS, job_argv, make_context, prepare
+from benchmarks.run import MODES, SCENARIOS, _with_batch, job_argv, make_context, prepare
 
 __all__ = ["main", "categorise", "parse_collapsed", "summarise_samples"]
 
@@ -230,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="Run nothing: summarise the last profile's saved stacks again (after changing the categories).")
     parser.add_argument("--text-model", help="Use this train-text .keras model instead of training one.")
     parser.add_argument("--tf-threads", type=int)
+    parser.add_argument("--image-batch-size", type=int, help="Images per model call (default: 32).")
+    parser.add_argument("--text-batch-size", type=int, help="Texts per model call (default: 256).")
     parser.add_argument("--job-ref", help="Profile the job as committed at this git ref instead of the working tree.")
     parser.add_argument("--work-dir", default=str(inputs.DEFAULT_WORK_DIR))
     parser.add_argument("--results-dir", default=str(inputs.PROJECT_ROOT / "benchmarks" / "results"))
@@ -246,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _resummarise(base, args.rate)
     ctx = make_context(args, mode)
     _SOURCE_ROOTS.insert(0, pathlib.Path(ctx.env["BENCH_JOB_ROOT"]))
-    sc = SCENARIOS[args.scenario]
+    sc = _with_batch(SCENARIOS[args.scenario], args)
     count = args.count or MODES[mode][sc.key][2]
     made = prepare(ctx, [sc])
     output = str(ctx.run_dir / "out" / f"{sc.key}-profile")

@@ -96,6 +96,7 @@ class Context:
     log: callable
     run_dir: pathlib.Path = None
     keep_outputs: bool = False
+    repeat: int = 1
 
 
 def _image_model_files(ctx: Context, sc: Scenario) -> tuple[str, str]:
@@ -159,23 +160,33 @@ def _run_sized(ctx: Context, sc: Scenario, thing: str, make_run, base_spec: dict
     """Run a thing at the small and large sizes (one process each, or one for all in-process)."""
     sizes = _sizes(ctx, sc)
     items = [make_run(label, n) for label, n in sizes]
-    if ctx.in_process:
-        spec = dict(base_spec, runs=items)
-        result = run_worker(spec, f"{sc.key}-{thing}", ctx.run_dir, ctx.env, watch_sockets)
-        runs = {r["label"]: dict(r, outside=result["outside"]) for r in result["runs"]}
-        entry = {"runs": runs, "processes": "one process for all sizes"}
-    else:
-        runs = {}
-        for (label, _), item in zip(sizes, items):
-            spec = dict(base_spec, runs=[item])
-            result = run_worker(spec, f"{sc.key}-{thing}-{label}", ctx.run_dir, ctx.env, watch_sockets)
-            runs[label] = dict(result["runs"][0], outside=result["outside"])
-        entry = {"runs": runs, "processes": "one process per size"}
+    tries: dict[str, list[dict]] = {label: [] for label, _ in sizes}
+    for attempt in range(ctx.repeat):
+        suffix = f"-r{attempt + 1}" if ctx.repeat > 1 else ""
+        if ctx.in_process:
+            spec = dict(base_spec, runs=items)
+            result = run_worker(spec, f"{sc.key}-{thing}{suffix}", ctx.run_dir, ctx.env, watch_sockets)
+            for r in result["runs"]:
+                tries[r["label"]].append(dict(r, outside=result["outside"]))
+        else:
+            for (label, _), item in zip(sizes, items):
+                spec = dict(base_spec, runs=[item])
+                result = run_worker(spec, f"{sc.key}-{thing}-{label}{suffix}", ctx.run_dir, ctx.env, watch_sockets)
+                tries[label].append(dict(result["runs"][0], outside=result["outside"]))
+    runs = {label: _median_run(found) for label, found in tries.items()}
+    entry = {"runs": runs, "processes": "one process for all sizes" if ctx.in_process else "one process per size",
+             "repeats": ctx.repeat}
     inspected = run_worker({"kind": "inspect", "folder": runs["large"]["output"]}, f"{sc.key}-{thing}-inspect",
                            ctx.run_dir, ctx.env)
     entry["output"] = {"parquet": inspected["parquet"], "read_back": dict(
         inspected["read_back"], process_peak_rss_mb=inspected["process"]["vmhwm_mb"])}
     return entry
+
+
+def _median_run(found: list[dict]) -> dict:
+    """The run of median seconds among repeats of one size (all their seconds kept beside it)."""
+    ordered = sorted(found, key=lambda r: r["seconds"])
+    return dict(ordered[(len(ordered) - 1) // 2], seconds_all_repeats=[r["seconds"] for r in found])
 
 
 def _summarise(entry: dict) -> dict:
@@ -199,10 +210,11 @@ def _limit(ctx: Context, sc: Scenario, made: dict) -> dict:
     else:
         spec = {"kind": "limit_text", "model": made["text_model"]["path"], "batch": sc.batch,
                 "texts": _pattern(ctx, sc, large), "counts": [small, large]}
-    result = run_worker(spec, f"{sc.key}-limit", ctx.run_dir, ctx.env)
-    runs = {"small": result["runs"][0], "large": result["runs"][1]}
-    for r in runs.values():
-        r["outside"] = result["outside"]
+    results = [run_worker(spec, f"{sc.key}-limit" + (f"-r{i + 1}" if ctx.repeat > 1 else ""), ctx.run_dir, ctx.env)
+               for i in range(ctx.repeat)]
+    result = results[0]
+    runs = {label: _median_run([dict(r["runs"][i], outside=r["outside"]) for r in results])
+            for i, label in enumerate(("small", "large"))}
     entry = {"runs": runs, "processes": "one process, both sizes after a warm-up",
              "model_load_seconds": result["model_load_seconds"], "dimension": result["dimension"]}
     if "decode_images_per_second" in result:
@@ -360,6 +372,8 @@ def format_table(report: dict) -> str:
                 f"{entry['cpu_utilisation_large']:>6.2f}  {loads_text}"
             )
     lines.append("")
+    lines.append(f"batch sizes: " + ", ".join(f"{k} {sc['scenario']['batch']}" for k, sc in report["scenarios"].items()
+                                              if "scenario" in sc) + f"; repeats per measurement: {report.get('repeat', 1)} (median)")
     for key, sc in report["scenarios"].items():
         if "target" not in sc:
             continue
@@ -479,7 +493,14 @@ def make_context(args: argparse.Namespace, mode: str) -> Context:
     run_dir.mkdir(parents=True)
     return Context(shared, work, worker_env(work, args.tf_threads, job_root), mode, in_process=(mode != "full"),
                    workers2=workers2 if workers2 is not None else mode == "full", text_model=args.text_model, log=log,
-                   run_dir=run_dir, keep_outputs=getattr(args, "keep_outputs", False))
+                   run_dir=run_dir, keep_outputs=getattr(args, "keep_outputs", False),
+                   repeat=max(1, getattr(args, "repeat", 1) or 1))
+
+
+def _with_batch(sc: Scenario, args: argparse.Namespace) -> Scenario:
+    """The scenario with the batch size given on the command line, if any (same for limit, peer and job)."""
+    batch = args.image_batch_size if sc.modality == "image" else args.text_batch_size
+    return dataclasses.replace(sc, batch=batch) if batch else sc
 
 
 def run_benchmarks(args: argparse.Namespace) -> dict:
@@ -487,8 +508,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     ctx = make_context(args, mode)
     keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
-    scenarios = [SCENARIOS[k] for k in keys]
-    report = {"mode": mode, "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    scenarios = [_with_batch(SCENARIOS[k], args) for k in keys]
+    report = {"mode": mode, "repeat": ctx.repeat, "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "environment": _environment(ctx), "scenarios": {}}
     report["prepared"] = prepare(ctx, scenarios)
     report["environment"]["run_dir"] = str(ctx.run_dir)
@@ -516,6 +537,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(each such run starts 2 worker processes that import TensorFlow: ~25 s of start-up).")
     parser.add_argument("--text-model", help="Use this train-text .keras model instead of training one.")
     parser.add_argument("--tf-threads", type=int, help="Set TF intra/inter-op threads for every measured process.")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="Run every measured process this many times and keep the median (the machine is shared).")
+    parser.add_argument("--image-batch-size", type=int, help="Images per model call for limit, peer and job (default: 32).")
+    parser.add_argument("--text-batch-size", type=int, help="Texts per model call for limit, peer and job (default: 256).")
     parser.add_argument("--keep-outputs", action="store_true", help="Keep the Parquet outputs (default: deleted per scenario).")
     parser.add_argument("--job-ref", help="Measure the job as committed at this git ref (e.g. HEAD, a tag) instead of "
                         "the working tree's pipeline/ and transforms/.")
