@@ -168,7 +168,10 @@ def build_pipeline(
             | "SpreadImages" >> beam.Reshuffle()
             | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch * 8, max_batch_size=batch * 8)
             | "EmbedImages" >> beam.ParDo(
-                EmbedImageBatchesFn(config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads),
+                EmbedImageBatchesFn(
+                    config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads,
+                    config.max_image_bytes,
+                ),
                 **side,
             ).with_outputs(ERRORS, SKIPPED, main="tables")
         )

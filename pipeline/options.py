@@ -67,6 +67,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--image-id-field", help="Manifest column holding the image id (default: the uri as written).")
         _flag(parser, "--image-batch-size", type=int, default=32, help="Images per model call (default: 32).")
         _flag(parser, "--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help=f"Reject images declaring more pixels than this, before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,}).")
+        _flag(parser, "--max-image-bytes", type=int, default=256 << 20, help="Image files larger than this are dead letters, never read whole (default: 268,435,456 = 256 MiB).")
         _flag(parser, "--decode-threads", type=int, help="Threads decoding images per worker process (default: number of CPUs).")
         # Both
         _flag(parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label).")
@@ -93,6 +94,7 @@ class JobConfig:
     image_uri_field: str = "uri"
     image_id_field: Optional[str] = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_bytes: int = 256 << 20
     decode_threads: Optional[int] = None
     passthrough: tuple[str, ...] = ()
     normalize: bool = False
@@ -177,7 +179,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         raise ConfigError("--image-input needs --image-model (a network name or a .keras classifier)")
     if o.image_model and not image_inputs:
         raise ConfigError("--image-model is set but no --image-input was given")
-    for name in ("text_batch_size", "image_batch_size", "max_image_pixels", "decode_threads", "image_size"):
+    for name in ("text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size"):
         _positive("--" + name.replace("_", "-"), getattr(o, name))
     if o.image_alpha is not None and o.image_alpha <= 0:
         raise ConfigError(f"--image-alpha must be positive, got {o.image_alpha}")
@@ -232,6 +234,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         image_uri_field=o.image_uri_field,
         image_id_field=o.image_id_field,
         max_image_pixels=o.max_image_pixels,
+        max_image_bytes=o.max_image_bytes,
         decode_threads=o.decode_threads,
         passthrough=passthrough,
         normalize=o.normalize,

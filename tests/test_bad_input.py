@@ -173,3 +173,18 @@ def test_one_failing_record_in_a_real_model_batch_is_isolated_in_the_job(tmp_pat
     assert sorted(read_embeddings(str(out), "text").column("id").to_pylist()) == sorted(f"r{i}" for i in range(20) if i != 5)
     errors = read_errors(str(out)).to_pylist()
     assert [(e["id"], e["stage"], e["message"]) for e in errors] == [("r5", "embed", "cannot embed kaboom")]
+
+
+def test_an_oversized_image_file_is_a_dead_letter_not_read_whole(tmp_path, tiny_image_model):
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "small.png")
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50_000)
+    out = tmp_path / "out"
+    result = run(["--output", str(out), "--image-input", str(folder / "*"), "--image-model", str(tiny_image_model),
+                  "--max-image-bytes", "10000"])
+    assert read_embeddings(str(out), "image").column("id").to_pylist() == [str(folder / "small.png")]
+    (error,) = read_errors(str(out)).to_pylist()
+    assert error["id"] == str(folder / "huge.png") and error["stage"] == "read" and error["error_type"] == "FileTooLarge"
+    assert "10,000 bytes" in error["message"] and "--max-image-bytes" in error["message"]
+    assert result["counts"]["image"]["balanced"]

@@ -223,11 +223,19 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
 _SKIP = object()
 
 
-def _load_image(ref: ImageRef, size: tuple[int, int], max_pixels: int, prior=None, model_sha256: str = ""):
+DEFAULT_MAX_IMAGE_BYTES = 256 << 20
+
+
+def _load_image(
+    ref: ImageRef, size: tuple[int, int], max_pixels: int, prior=None, model_sha256: str = "",
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+):
     """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes."""
     try:
-        data = fileio.read_bytes(ref.uri)
+        data = fileio.read_bytes(ref.uri, limit=max_bytes)
     except Exception as exc:  # noqa: BLE001 - missing file, permission, network: a dead letter
+        if isinstance(exc, fileio.FileTooLarge):
+            return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "read", exc)
         message = "file not found" if "not found" in str(exc).lower() or isinstance(exc, FileNotFoundError) else None
         error = ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "read", exc)
         if message:
@@ -270,11 +278,13 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         normalize: bool = False,
         max_pixels: int = decode.DEFAULT_MAX_IMAGE_PIXELS,
         decode_threads: Optional[int] = None,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ):
         super().__init__(spec, load_image_embedder, IMAGE)
         self._schema = schema
         self._normalize = normalize
         self._max_pixels = max_pixels
+        self._max_bytes = max_bytes
         self._decode_threads = decode_threads
         self._passthrough = [f.name for f in schema][schema.names.index("model_sha256") + 1 :]
         self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "image_embedded")
@@ -341,7 +351,9 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         result = _ImageBatchResult()
         ok_refs, pixels, digests = [], [], []
         for ref in refs:
-            value, extra = _load_image(ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256)
+            value, extra = _load_image(
+                ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256, self._max_bytes
+            )
             if value is _SKIP:
                 result.skipped += 1
             elif value is None:

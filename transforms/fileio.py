@@ -74,10 +74,19 @@ def _open_raw(path: str) -> Iterator[IO[bytes]]:
         raise
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole content of a file."""
+class FileTooLarge(ValueError):
+    """A file larger than the caller is willing to hold in memory."""
+
+
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """The whole content of a file; FileTooLarge past `limit` bytes (read no further than that)."""
     with _open_raw(path) as handle:
-        return handle.read()
+        if limit is None:
+            return handle.read()
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(f"file is larger than {limit:,} bytes; not read (see --max-image-bytes)")
+    return data
 
 
 def sha256_of_file(path: str) -> str:
