@@ -345,7 +345,11 @@ def format_table(report: dict) -> str:
     """The printed table: one row per measured thing, then the targets."""
     head = (f"{'scen':<5}{'thing':<14}{'n small':>10}{'n large':>10}{'t small':>9}{'t large':>9}"
             f"{'marginal/s':>12}{'e2e/s':>10}{'x limit':>8}{'x peer':>8}{'RSS MB':>9}{'tree MB':>9}{'CPU':>6}  loads")
-    lines = [head, "-" * len(head)]
+    env = report.get("environment", {})
+    load = env.get("loadavg_at_start", [None])[0], env.get("loadavg_at_end", [None])[0]
+    lines = [f"{report['mode']} run of {report.get('started_at', '?')}: job code {str(env.get('job_code_commit', '?'))[:12]}, "
+             f"{env.get('cpus')} CPUs ({env.get('cpu_model')}), 1-min load average {_fmt(load[0], '.1f')} at start, "
+             f"{_fmt(load[1], '.1f')} at end", head, "-" * len(head)]
     for key, sc in report["scenarios"].items():
         if "error" in sc:
             lines.append(f"{key:<5}ERROR: {sc['error'].splitlines()[0]}")
@@ -537,6 +541,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(each such run starts 2 worker processes that import TensorFlow: ~25 s of start-up).")
     parser.add_argument("--text-model", help="Use this train-text .keras model instead of training one.")
     parser.add_argument("--tf-threads", type=int, help="Set TF intra/inter-op threads for every measured process.")
+    parser.add_argument("--table", metavar="RESULTS.json", help="Run nothing: print (and rewrite the .txt of) an earlier result.")
     parser.add_argument("--repeat", type=int, default=1,
                         help="Run every measured process this many times and keep the median (the machine is shared).")
     parser.add_argument("--image-batch-size", type=int, help="Images per model call for limit, peer and job (default: 32).")
@@ -552,6 +557,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.table:
+        path = pathlib.Path(args.table)
+        table = format_table(json.loads(path.read_text()))
+        path.with_suffix(".txt").write_text(table + "\n")
+        print(table)
+        return 0
     report = run_benchmarks(args)
     table = format_table(report)
     print(table)
