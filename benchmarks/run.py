@@ -69,7 +69,7 @@ SCENARIOS = {
 # (warm-up, small, large) records per scenario; the warm-up only runs in the in-process modes.
 MODES = {
     "full": {"a": (32, 600, 3000), "b": (32, 300, 1500), "c": (4096, 200_000, 1_000_000)},
-    "quick": {"a": (32, 160, 640), "b": (32, 64, 192), "c": (1024, 10_000, 50_000)},
+    "quick": {"a": (32, 128, 512), "b": (16, 48, 128), "c": (1024, 8_000, 32_000)},
     "tiny": {"a": (32, 32, 96), "b": (32, 32, 64), "c": (256, 1024, 4096)},
 }
 
@@ -176,6 +176,13 @@ def _run_sized(ctx: Context, sc: Scenario, thing: str, make_run, base_spec: dict
     runs = {label: _median_run(found) for label, found in tries.items()}
     entry = {"runs": runs, "processes": "one process for all sizes" if ctx.in_process else "one process per size",
              "repeats": ctx.repeat}
+    if ctx.in_process:  # the quick modes save a process start: read back here (no reader memory figure)
+        from benchmarks import outputs
+
+        files = outputs.parquet_files(runs["large"]["output"])
+        entry["output"] = {"parquet": outputs.describe_parquet(files),
+                           "read_back": dict(outputs.read_back_seconds(files), process_peak_rss_mb=None)}
+        return entry
     inspected = run_worker({"kind": "inspect", "folder": runs["large"]["output"]}, f"{sc.key}-{thing}-inspect",
                            ctx.run_dir, ctx.env)
     entry["output"] = {"parquet": inspected["parquet"], "read_back": dict(
@@ -206,10 +213,10 @@ def _limit(ctx: Context, sc: Scenario, made: dict) -> dict:
         weights, _ = _image_model_files(ctx, sc)
         spec = {"kind": "limit_image", "network": sc.network, "alpha": sc.alpha, "weights": weights,
                 "size": sc.size, "batch": sc.batch, "images": _pattern(ctx, sc, max(small, 128)),
-                "counts": [small, large]}
+                "counts": [small, large], "extras": not ctx.in_process}
     else:
         spec = {"kind": "limit_text", "model": made["text_model"]["path"], "batch": sc.batch,
-                "texts": _pattern(ctx, sc, large), "counts": [small, large]}
+                "texts": _pattern(ctx, sc, large), "counts": [small, large], "extras": not ctx.in_process}
     results = [run_worker(spec, f"{sc.key}-limit" + (f"-r{i + 1}" if ctx.repeat > 1 else ""), ctx.run_dir, ctx.env)
                for i in range(ctx.repeat)]
     result = results[0]
@@ -395,7 +402,7 @@ def format_table(report: dict) -> str:
             f"output ({key}) job: {pq['files']} file(s), {pq['file_bytes'].get('total', 0) / 1e6:.1f} MB, "
             f"{rg.get('count', 0)} row groups of {rg.get('min', 0)}..{rg.get('max', 0)} rows (median {rg.get('median', 0):.0f}); "
             f"read back into one matrix {out['read_back']['shape']} in {out['read_back']['seconds_best'] * 1000:.0f} ms "
-            f"(reader's peak RSS {out['read_back']['process_peak_rss_mb']:,.0f} MB)"
+            f"(reader's peak RSS {_fmt(out['read_back']['process_peak_rss_mb'])} MB)"
         )
         peer_out = sc["peer"].get("output")
         if "error" in sc["peer"]:
@@ -415,7 +422,7 @@ def format_table(report: dict) -> str:
         limit_entry = sc["limit"]
         if "decode_images_per_second" in limit_entry:
             d = limit_entry["decode_images_per_second"]
-            lines.append(f"limit ({key}): job's decode_image alone {d['1_thread']:,.0f} img/s on 1 thread, {d['2_threads']:,.0f} on 2; "
+            lines.append(f"limit ({key}): job's decode_image alone {d['1_thread']:,.0f} img/s on 1 thread, {_fmt(d.get('2_threads'))} on 2; "
                          f"model with 2 concurrent callers {_fmt(limit_entry.get('two_concurrent_callers_per_second'))} img/s")
         if limit_entry.get("embedder_embed_marginal_per_second"):
             lines.append(f"limit ({key}): the job's TextEmbedder.embed on ready lists of str: "

@@ -120,23 +120,25 @@ def _limit_image(spec: dict) -> dict:
     start = time.perf_counter()
     pool = np.stack([decode.decode_image(b, size, decode.DEFAULT_MAX_IMAGE_PIXELS) for b in blobs])
     decode_one_thread = len(blobs) / (time.perf_counter() - start)
-    with concurrent.futures.ThreadPoolExecutor(2) as executor:
-        start = time.perf_counter()
-        list(executor.map(lambda b: decode.decode_image(b, size, decode.DEFAULT_MAX_IMAGE_PIXELS), blobs))
-        decode_two_threads = len(blobs) / (time.perf_counter() - start)
     batch = spec["batch"]
     batches = [np.ascontiguousarray(pool[(np.arange(batch) + k * batch) % len(pool)]) for k in range(8)]
     runs = _loop_rate(lambda i: embedder.embed(batches[i % len(batches)]), batch, spec["counts"], 5)
+    result = {"runs": runs, "model_load_seconds": load_seconds, "dimension": embedder.dimension,
+              "model": embedder.model_name, "decode_images_per_second": {"1_thread": decode_one_thread}}
+    if not spec.get("extras", True):
+        return result
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        start = time.perf_counter()
+        list(executor.map(lambda b: decode.decode_image(b, size, decode.DEFAULT_MAX_IMAGE_PIXELS), blobs))
+        result["decode_images_per_second"]["2_threads"] = len(blobs) / (time.perf_counter() - start)
     # Two Python threads calling the same model at once (TF releases the GIL): does one process
     # get more than one model call's worth of the cores?
     calls = max(1, spec["counts"][-1] // batch)
     with concurrent.futures.ThreadPoolExecutor(2) as executor:
         list(executor.map(lambda i: embedder.embed(batches[i % len(batches)]), range(4)))
-        two = _timed("two concurrent callers", calls * batch, lambda: list(
+        result["two_concurrent_callers"] = _timed("two concurrent callers", calls * batch, lambda: list(
             executor.map(lambda i: embedder.embed(batches[i % len(batches)]), range(calls))) and None)
-    return {"runs": runs, "two_concurrent_callers": two, "model_load_seconds": load_seconds, "dimension": embedder.dimension,
-            "model": embedder.model_name,
-            "decode_images_per_second": {"1_thread": decode_one_thread, "2_threads": decode_two_threads}}
+    return result
 
 
 def _limit_text(spec: dict) -> dict:
@@ -166,9 +168,11 @@ def _limit_text(spec: dict) -> dict:
                           input_signature=[tf.TensorSpec([batch, 1], tf.string)])
     tensors = [tf.constant([[t] for t in chunk]) for chunk in chunks]
     compiled = _loop_rate(lambda i: forward(tensors[i % len(tensors)]).numpy(), batch, spec["counts"], 20)
-    via_embed = _loop_rate(lambda i: embedder.embed(chunks[i % len(chunks)]), batch, spec["counts"], 20)
-    return {"runs": compiled, "embedder_embed_runs": via_embed, "model_load_seconds": load_seconds,
-            "dimension": embedder.dimension, "model": embedder.model_name}
+    result = {"runs": compiled, "model_load_seconds": load_seconds, "dimension": embedder.dimension,
+              "model": embedder.model_name}
+    if spec.get("extras", True):
+        result["embedder_embed_runs"] = _loop_rate(lambda i: embedder.embed(chunks[i % len(chunks)]), batch, spec["counts"], 20)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------
