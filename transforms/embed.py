@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import threading
 from typing import Callable, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -252,6 +253,9 @@ def _load_image(
         return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "decode", exc)
 
 
+_MODEL_LOCKS: dict[str, threading.Lock] = {}  # one per shared model in this process
+
+
 @dataclasses.dataclass
 class _ImageBatchResult:
     """What one batch of images became; counted and emitted by the DoFn's own thread."""
@@ -293,6 +297,8 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
     def setup(self):
         super().setup()
         self._threads = self._decode_threads or max(2, os.cpu_count() or 2)
+        # Two model calls at once are no faster than one and hold twice the activations.
+        self._model_lock = _MODEL_LOCKS.setdefault(self._spec.cache_key(), threading.Lock())
         self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="embed-images")
 
     def teardown(self):
@@ -365,7 +371,10 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         if not ok_refs:
             return result
         stacked = np.stack(pixels)
-        vectors, errors = embed_isolating_failures(lambda idx: embedder.embed(stacked[list(idx)]), range(len(ok_refs)))
+        with self._model_lock:  # one model call at a time: the other threads decode meanwhile
+            vectors, errors = embed_isolating_failures(
+                lambda rows: embedder.embed(stacked[rows.start : rows.stop]), range(len(ok_refs))  # views, no copies
+            )
         keep = [i for i, e in enumerate(errors) if e is None]
         for i, error in enumerate(errors):
             if error is not None:
