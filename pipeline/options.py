@@ -75,6 +75,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--unsafe-model-loading", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Allow .keras models with custom Python code (only for files you trust).")
         _flag(parser, "--allow-duplicate-ids", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
         _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
+        _flag(parser, "--detach", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Submit the job and return without waiting (e.g. from a flex-template launcher); the pipeline still writes _MANIFEST.json when it finishes.")
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
 
 
@@ -100,6 +101,7 @@ class JobConfig:
     normalize: bool = False
     allow_duplicate_ids: bool = False
     incremental_from: tuple[str, ...] = ()
+    detach: bool = False
 
     @property
     def has_text(self) -> bool:
@@ -240,6 +242,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
         incremental_from=tuple(d.rstrip("/") for d in (o.incremental_from or ())),
+        detach=o.detach,
     )
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")

@@ -150,6 +150,9 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         result = pipeline.run()
         if builds_only:
             return {}
+        if config.detach:
+            print(f"Submitted run {config.run_id}; when it finishes, {config.output}/_MANIFEST.json holds its counts.")
+            return {}
         result.wait_until_finish()
     elapsed = time.monotonic() - start
     try:

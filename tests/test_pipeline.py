@@ -216,3 +216,13 @@ def test_unwritable_output_is_a_configuration_error(tmp_path, capsys, tiny_text_
     code = main(["--output", str(blocker / "out"), "--text-input", str(data), "--text-model", str(tiny_text_model)])
     assert code == 2
     assert "--output" in capsys.readouterr().err
+
+
+def test_detached_run_returns_at_once_and_the_pipeline_still_writes_the_manifest(tmp_path, capsys, tiny_text_model):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"id": "a", "text": "good"}) + "\n")
+    out = tmp_path / "out"
+    # The local runner finishes inside run(); what --detach changes is that run() neither waits nor reads back.
+    assert run(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--detach=true"]) == {}
+    assert "Submitted run" in capsys.readouterr().out
+    assert read_manifest(str(out))["counts"]["text"]["embedded"] == 1
