@@ -21,15 +21,15 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import fileio
 from transforms.text_formats import detect_format, iter_records
 
 __all__ = [
@@ -207,20 +207,6 @@ def _resolve_sources(config: TextTrainingConfig) -> list[tuple[str, str, Optiona
     return sources
 
 
-class _IterableFile:
-    """Line iteration over a file from `FileSystems.open`: Beam's `CompressedFile` (.gz, ...) has
-    `readline` but no `__iter__`, which `iter_records` relies on."""
-
-    def __init__(self, handle):
-        self._handle = handle
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._handle.readline, b"")
-
-    def read(self, size: int = -1) -> bytes:
-        return self._handle.read() if size is None or size < 0 else self._handle.read(size)
-
-
 def _has_tokens(texts: Sequence[str]) -> np.ndarray:
     """Whether each text keeps at least one token after the model's own standardisation and split."""
     import keras
@@ -255,7 +241,7 @@ def load_training_records(config: TextTrainingConfig) -> TrainingRecords:
     sources = _resolve_sources(config)
     for path, fmt, fixed_label in sources:
         with FileSystems.open(path) as handle:
-            for parsed in iter_records(_IterableFile(handle), fmt, config.encoding, config.text_field):
+            for parsed in iter_records(handle, fmt, config.encoding, config.text_field):
                 where = f"{path}:{parsed.line}"
                 if parsed.error is not None:
                     reject(where, str(parsed.error))
@@ -356,12 +342,6 @@ def _dataset(texts: Sequence[str], labels: np.ndarray, batch_size: int, shuffle_
     return data.batch(batch_size)
 
 
-def _write_file(local_path: str, destination: str) -> None:
-    """Copy a local file to a local or gs:// destination (Beam creates missing local folders)."""
-    with open(local_path, "rb") as source, FileSystems.create(destination) as target:
-        shutil.copyfileobj(source, target)
-
-
 def train_text_model(config: TextTrainingConfig) -> dict:
     """Read, split, train with early stopping, save `config.output` and its report; the report's dict."""
     import keras
@@ -398,7 +378,7 @@ def train_text_model(config: TextTrainingConfig) -> dict:
         local_model = os.path.join(scratch, "model.keras")
         # An uncompiled view of the same layers: the file holds no optimizer state (a third of the size).
         keras.Model(model.inputs, model.outputs, name=model.name).save(local_model)
-        _write_file(local_model, config.output)
+        fileio.upload(local_model, config.output)
         report = {
             "model": config.output,
             "train_accuracy": float(train_accuracy),
@@ -421,11 +401,7 @@ def train_text_model(config: TextTrainingConfig) -> dict:
             "keras_version": keras.__version__,
             "tensorflow_version": tf.__version__,
         }
-        local_report = os.path.join(scratch, "report.json")
-        with open(local_report, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        _write_file(local_report, config.report_path)
+        fileio.write_bytes(config.report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"), "application/json")
     _LOG.info("saved %s and %s", config.output, config.report_path)
     return report
 

@@ -19,6 +19,8 @@ __all__ = [
     "join",
     "match_paths",
     "read_bytes",
+    "write_bytes",
+    "upload",
     "sha256_of_file",
     "local_copy",
     "resolve_relative",
@@ -87,6 +89,18 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
     if len(data) > limit:
         raise FileTooLarge(f"file is larger than {limit:,} bytes; not read (see --max-image-bytes)")
     return data
+
+
+def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Write a whole file, local (missing folders are created) or gs://."""
+    with FileSystems.create(path, mime_type=mime_type) as handle:
+        handle.write(data)
+
+
+def upload(local_path: str, destination: str) -> None:
+    """Copy a local file to a local or gs:// destination (e.g. a model Keras saved to a temp dir)."""
+    with open(local_path, "rb") as source, FileSystems.create(destination) as target:
+        shutil.copyfileobj(source, target, _CHUNK)
 
 
 def sha256_of_file(path: str) -> str:

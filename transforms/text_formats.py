@@ -63,15 +63,9 @@ def detect_format(path: str) -> str:
 
 
 def _raw_lines(binary: IO[bytes]) -> Iterator[bytes]:
-    """Lines of a binary file; Beam's CompressedFile (.gz, ...) has readline but is not iterable."""
-    if hasattr(binary, "__iter__") and not type(binary).__name__ == "CompressedFile":
-        yield from binary
-        return
-    while True:
-        line = binary.readline()
-        if not line:
-            return
-        yield line
+    """Lines of a binary file by `readline`, which every handle has (Beam's CompressedFile for .gz
+    and friends has no `__iter__`)."""
+    return iter(binary.readline, b"")
 
 
 def _decoded_lines(binary: IO[bytes], encoding: str) -> Iterator[tuple[int, Optional[str], Optional[Exception]]]:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from typing import Callable, Mapping, Sequence
 
-from apache_beam.io.filesystems import FileSystems
-
+from transforms.fileio import upload as copy_local_file, write_bytes  # re-exported for the tools
 from transforms.models import ModelConfigError
 from transforms.write import IncompleteOutputError
 
@@ -29,18 +27,6 @@ def run_command(command: str, body: Callable[[], int]) -> int:
     except IncompleteOutputError as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return 1
-
-
-def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    """Write a whole file, local (missing folders are created) or gs://."""
-    with FileSystems.create(path, mime_type=mime_type) as handle:
-        handle.write(data)
-
-
-def copy_local_file(local_path: str, destination: str) -> None:
-    """Copy a local file to a local or gs:// destination."""
-    with open(local_path, "rb") as source, FileSystems.create(destination) as target:
-        shutil.copyfileobj(source, target, 1 << 20)
 
 
 def _cell(value) -> str:

@@ -44,7 +44,7 @@ from typing import Optional, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, copy_local_file, run_command
+from pipeline.tools.common import ToolError, copy_local_file, run_command, write_bytes
 from transforms import fileio
 from transforms.models import NETWORKS, Network
 from transforms.text_formats import detect_format, iter_records
@@ -468,11 +468,7 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
             "keras_version": keras.__version__,
             "tensorflow_version": tf.__version__,
         }
-        local_report = os.path.join(scratch, "report.json")
-        with open(local_report, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        copy_local_file(local_report, config.report_path)
+        write_bytes(config.report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"), "application/json")
     return report
 
 
