@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import sys
 import time
@@ -23,7 +22,6 @@ from pipeline.graph import ModelInfo, build_pipeline
 from pipeline.loopback import loopback_only_servers
 from pipeline.options import (
     ConfigError,
-    EmbeddingJobOptions,
     JobConfig,
     check_output_writable,
     check_unknown_flags,
@@ -32,7 +30,7 @@ from pipeline.options import (
 from transforms import progress
 from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
-from transforms.write import clear_previous_output, read_manifest
+from transforms.write import clear_previous_output, read_manifest, run_files
 
 __all__ = ["run", "inspect_models", "format_summary", "main"]
 
@@ -84,10 +82,7 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
         except Exception as exc:  # noqa: BLE001 - missing folder, unfinished run
             raise ConfigError(f"--incremental-from {folder!r}: {exc}") from exc
         for modality in (TEXT, IMAGE):
-            for path in manifest.get("files", {}).get(modality, []):
-                files.setdefault(modality, []).append(
-                    path if "://" in path or path.startswith("/") else f"{folder}/{path}"
-                )
+            files.setdefault(modality, []).extend(run_files(folder, manifest, modality))
     return files
 
 
@@ -161,8 +156,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         return {}
     if sys.stderr.isatty():
         sys.stderr.write("\n")  # end the live progress line
-    print(format_summary(manifest, elapsed, _model_loads(result)))
     manifest["model_loads"] = _model_loads(result)
+    print(format_summary(manifest, elapsed, manifest["model_loads"]))
     return manifest
 
 

@@ -22,7 +22,7 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.parquetio import _ParquetSink
 
 from transforms import fileio
-from transforms.records import ERROR_SCHEMA, MODALITIES, ErrorRecord, error_table
+from transforms.records import ERROR_SCHEMA, MODALITIES, error_table
 
 __all__ = [
     "MANIFEST_NAME",
@@ -33,6 +33,7 @@ __all__ = [
     "WriteErrors",
     "WriteManifestFn",
     "read_manifest",
+    "run_files",
     "read_embeddings",
     "read_errors",
 ]
@@ -231,7 +232,10 @@ def _read_tables(paths: Sequence[str], schema: Optional[pa.Schema] = None) -> pa
     return pa.concat_tables(tables)
 
 
-def _absolute(output: str, paths: Sequence[str]) -> list[str]:
+def run_files(output: str, manifest: dict, folder: str) -> list[str]:
+    """A finished run's files of one folder (text, image, errors), as paths to open: the manifest
+    stores them relative to the run's folder so that it can be moved or copied whole."""
+    paths = manifest.get("files", {}).get(folder, [])
     return [p if fileio.is_remote(p) or p.startswith("/") else fileio.join(output, p) for p in paths]
 
 
@@ -240,10 +244,10 @@ def read_embeddings(output: str, modality: str) -> pa.Table:
     manifest = read_manifest(output)
     if modality not in manifest.get("models", {}):
         raise ValueError(f"{output}: the run embedded no {modality} (it has: {', '.join(manifest.get('models', {}))})")
-    return _read_tables(_absolute(output, manifest["files"].get(modality, [])))
+    return _read_tables(run_files(output, manifest, modality))
 
 
 def read_errors(output: str) -> pa.Table:
     """The dead letters of a finished run."""
     manifest = read_manifest(output)
-    return _read_tables(_absolute(output, manifest["files"].get("errors", [])), ERROR_SCHEMA)
+    return _read_tables(run_files(output, manifest, "errors"), ERROR_SCHEMA)

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.tools.common import ToolError
 from transforms import fileio
 from transforms.records import MODALITIES
-from transforms.write import read_manifest
+from transforms.write import read_manifest, run_files
 
 __all__ = [
     "OUTPUT_COLUMNS",
@@ -172,10 +172,6 @@ class EmbeddingSet:
         raise ToolError(f"--id {record_id!r}: no such id in the {self.modality} embeddings of {self.output}")
 
 
-def _absolute(output: str, path: str) -> str:
-    return path if fileio.is_remote(path) or path.startswith("/") else fileio.join(output, path)
-
-
 def resolve_modality(manifest: dict, output: str, modality: Optional[str]) -> str:
     """The modality asked for, or the run's only one; an error naming --modality otherwise."""
     embedded = [m for m in MODALITIES if m in manifest.get("models", {})]
@@ -199,7 +195,7 @@ def open_embeddings(output: str, modality: Optional[str] = None) -> EmbeddingSet
     output = output.rstrip("/") if len(output) > 1 else output
     manifest = read_manifest(output)
     modality = resolve_modality(manifest, output, modality)
-    files = tuple(_absolute(output, p) for p in manifest.get("files", {}).get(modality, []))
+    files = tuple(run_files(output, manifest, modality))
     dimension = int(manifest["models"][modality]["dimension"])
     passthrough = tuple(manifest.get("options", {}).get("passthrough", ()))
     if files:
