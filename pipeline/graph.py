@@ -14,10 +14,10 @@ from apache_beam.io import fileio as beam_fileio
 
 from transforms import fileio
 from transforms.dedup import FindDuplicateIdHashes, FindDuplicateIds, id_hashes, occurrences
-from transforms.embed import ERRORS, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.incremental import ReadPriorKeys
 from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
-from transforms.records import IMAGE, TEXT, ErrorRecord, embedding_schema
+from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.text_read import ReadTextFileFn
 from transforms.write import WriteErrors, WriteManifestFn, WriteTables
 
@@ -38,17 +38,6 @@ class ModelInfo:
 
 def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
     return pcoll | label >> beam.Map(lambda element, n=name: (n, per_element(element)))
-
-
-def _unexpected_failures(label: str, modality: str, stage: str, failed):
-    """Turn Beam's dead letters of a crashed element into ErrorRecords (a bug, but still accounted)."""
-
-    def to_error(bad):
-        element, (exc_type, message, _traceback) = bad
-        ident = getattr(element, "id", None) or (str(element)[:200] if not hasattr(element, "num_rows") else "batch")
-        return ErrorRecord(ident, modality, str(ident), stage, getattr(exc_type, "__name__", str(exc_type)), str(message).splitlines()[0][:500] if message else "")
-
-    return failed | label >> beam.Map(to_error)
 
 
 def build_pipeline(

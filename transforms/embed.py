@@ -24,12 +24,11 @@ from transforms import decode, fileio, progress
 from transforms.dedup import duplicate_reason, id_hashes, occurrences, split_occurrence
 from transforms.incremental import contains, record_key, record_keys
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
-from transforms.records import IMAGE, TEXT, ErrorRecord, ImageRef
+from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
 
 __all__ = [
     "ERRORS",
     "SKIPPED",
-    "COUNTS",
     "EmbedTextBatchesFn",
     "EmbedImageBatchesFn",
     "embed_isolating_failures",
@@ -37,9 +36,7 @@ __all__ = [
     "EmptyText",
 ]
 
-ERRORS = "errors"
 SKIPPED = "skipped"  # tagged output: how many records of a batch an earlier run already embedded
-COUNTS = "counts"
 METRICS_NAMESPACE = "embeddings"
 
 
@@ -164,13 +161,13 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
 
     def process(self, table: pa.Table, duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
         self._report_loads()
-        unchanged_ids = ()
+        skipped = 0
         if prior is not None and len(prior):
             keys = record_keys(table.column("id").to_pylist(), table.column("content_sha256").to_pylist(), self._embedder.model_sha256)
             unchanged = contains(prior, keys)
             if unchanged.any():
-                unchanged_ids = range(int(unchanged.sum()))
-                yield beam.pvalue.TaggedOutput(SKIPPED, len(unchanged_ids))
+                skipped = int(unchanged.sum())
+                yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
                 table = table.filter(pa.array(~unchanged))
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
@@ -213,7 +210,7 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         if self._normalize:
             vectors = _l2_normalize(vectors)
         self._failed.inc(failures)
-        progress.add(TEXT, embedded=len(keep), failed=failures, skipped=len(unchanged_ids))
+        progress.add(TEXT, embedded=len(keep), failed=failures, skipped=skipped)
         if keep:
             self._embedded.inc(len(keep))
             yield _output_table(

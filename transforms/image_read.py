@@ -8,13 +8,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import fileio
-from transforms.records import IMAGE, ErrorRecord, ImageRef
+from transforms.records import ERRORS, IMAGE, ErrorRecord, ImageRef
 from transforms.text_formats import detect_format, iter_records
 from transforms.text_read import passthrough_value
 
 __all__ = ["MANIFEST_FORMATS", "is_manifest", "ReadImageManifestFn", "image_ref_from_path"]
 
-ERRORS = "errors"
 MANIFEST_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
 

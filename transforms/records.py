@@ -16,6 +16,7 @@ __all__ = [
     "IMAGE",
     "MODALITIES",
     "STAGES",
+    "ERRORS",
     "ImageRef",
     "ErrorRecord",
     "embedding_schema",
@@ -27,6 +28,7 @@ TEXT = "text"
 IMAGE = "image"
 MODALITIES = (TEXT, IMAGE)
 STAGES = ("read", "decode", "preprocess", "embed", "write")
+ERRORS = "errors"  # the tagged output every stage sends its ErrorRecords to
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,12 +11,11 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import TEXT, ErrorRecord
-from transforms.text_formats import RecordError, detect_format, iter_records
+from transforms.records import ERRORS, TEXT, ErrorRecord
+from transforms.text_formats import detect_format, iter_records
 
 __all__ = ["ReadTextFileFn", "text_batch_schema", "passthrough_value"]
 
-ERRORS = "errors"
 
 
 def passthrough_value(value) -> Optional[str]:
