@@ -24,6 +24,8 @@ __all__ = [
     "sha256_of_file",
     "local_copy",
     "resolve_relative",
+    "glob_root",
+    "path_id",
 ]
 
 _GLOB_CHARS = set("*?[")
@@ -43,6 +45,37 @@ def is_remote(path: str) -> bool:
 def join(base: str, *parts: str) -> str:
     """Join path components for local or remote paths."""
     return FileSystems.join(base, *parts)
+
+
+def glob_root(pattern: str) -> str:
+    """The fixed folder of a glob or file path: everything up to the last `/` before the first
+    wildcard (`data/2026/*.jsonl` -> `data/2026`, `photos/**/x.jpg` -> `photos`, `a/b.csv` -> `a`)."""
+    cut = min((pattern.index(c) for c in _GLOB_CHARS if c in pattern), default=len(pattern))
+    head = pattern[:cut]
+    slash = head.rfind("/")
+    if slash < 0:
+        return ""
+    return head[:slash]
+
+
+def _canonical_local(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def path_id(path: str, pattern: str) -> str:
+    """The stable id part of a file that `pattern` matched: its path relative to the pattern's fixed
+    folder (`glob_root`), with `/` separators. The same however the pattern is spelled (`data/*.jsonl`,
+    `./data/*.jsonl`, an absolute path) and the same after the folder moves (to another disk, or to a
+    gs:// bucket with the same layout). A file named without wildcards gets its file name."""
+    root = glob_root(pattern)
+    if is_remote(path):
+        prefix = root.rstrip("/") + "/"
+        relative = path[len(prefix):] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+        return posixpath.normpath(relative)
+    relative = os.path.relpath(_canonical_local(path), _canonical_local(root or "."))
+    if relative.startswith(".."):  # not under the root (should not happen for a match): keep it whole
+        return _canonical_local(path).replace(os.sep, "/")
+    return relative.replace(os.sep, "/")
 
 
 def match_paths(patterns: Iterable[str]) -> list[str]:
