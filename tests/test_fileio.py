@@ -27,3 +27,30 @@ def test_path_id_is_the_same_for_three_spellings_of_one_glob(tmp_path, monkeypat
 def test_path_id_survives_a_move_to_gcs():
     assert path_id("photos/2026/a.jpg", "photos/**/*.jpg") == path_id("gs://b/photos/2026/a.jpg", "gs://b/photos/**/*.jpg")
     assert path_id("gs://b/d/f.jpg", "gs://b/d/f.jpg") == "f.jpg"
+
+
+def test_open_input_names_a_truncated_gzip_instead_of_ending_early(tmp_path):
+    import gzip
+
+    from transforms.fileio import TruncatedInput, open_input
+
+    data = b"".join(b"line %d\n" % i for i in range(30000))
+    whole = tmp_path / "whole.txt.gz"
+    whole.write_bytes(gzip.compress(data))
+    with open_input(str(whole)) as handle:
+        assert handle.read() == data
+    cut = tmp_path / "cut.txt.gz"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    lines = []
+    with pytest.raises(TruncatedInput, match="cut.txt.gz is truncated"):
+        with open_input(str(cut)) as handle:
+            for line in iter(handle.readline, b""):
+                lines.append(line)
+    assert 0 < len(lines) < 30000 and all(line.endswith(b"\n") for line in lines)
+
+
+def test_nesting_prescreen_never_under_counts():
+    from transforms.text_formats import nesting_exceeds
+
+    assert nesting_exceeds(b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"\n")
+    assert not nesting_exceeds(b'{"id": "1", "text": "[[fine]]"}\n' * 1000)

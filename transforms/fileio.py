@@ -26,6 +26,8 @@ __all__ = [
     "resolve_relative",
     "glob_root",
     "path_id",
+    "open_input",
+    "TruncatedInput",
 ]
 
 _GLOB_CHARS = set("*?[")
@@ -107,6 +109,65 @@ def _open_raw(path: str) -> Iterator[IO[bytes]]:
         if _is_not_found(exc):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
         raise
+
+
+class TruncatedInput(EOFError):
+    """A compressed input that ends before its end-of-stream marker (a cut or partial upload)."""
+
+
+class _StrictDecompressed:
+    """A `.gz`/`.bz2` stream that raises TruncatedInput (naming the file) where Beam's own
+    CompressedFile would end silently; it closes the underlying handle with itself."""
+
+    def __init__(self, stream, raw, path: str):
+        self._stream, self._raw, self._path = stream, raw, path
+
+    def _guard(self, method, *args):
+        try:
+            return method(*args)
+        except EOFError as exc:
+            raise TruncatedInput(
+                f"{self._path} is truncated: the compressed stream ends before its end marker "
+                f"(records up to the cut were read)"
+            ) from exc
+
+    def read(self, size: int = -1) -> bytes:
+        return self._guard(self._stream.read, size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._guard(self._stream.readline, size)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_input(path: str):
+    """An input file for reading, local or gs://, decompressed by its extension (`.gz`, `.bz2`) with
+    Python's own decoders, which notice a truncated stream (TruncatedInput) instead of ending early;
+    other files open as they are. A missing gs:// object raises FileNotFoundError."""
+    import bz2
+    import gzip
+
+    lower = path.lower()
+    opener = gzip.GzipFile if lower.endswith(".gz") else bz2.BZ2File if lower.endswith(".bz2") else None
+    try:
+        raw = FileSystems.open(path, compression_type="uncompressed")
+    except Exception as exc:
+        if _is_not_found(exc):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
+        raise
+    if opener is None:
+        return raw
+    return _StrictDecompressed(opener(fileobj=raw, mode="rb"), raw, path)
 
 
 class FileTooLarge(ValueError):

@@ -19,6 +19,7 @@ __all__ = [
     "RecordError",
     "detect_format",
     "iter_records",
+    "nesting_exceeds",
 ]
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "lines")
@@ -47,6 +48,22 @@ class ParsedLine:
     line: int
     record: Optional[dict]
     error: Optional[Exception] = None
+
+
+def nesting_exceeds(data: bytes, limit: int = 1000) -> bool:
+    """Whether JSON text may nest deeper than `limit` (`{`/`[` minus `}`/`]`, counted over the whole
+    buffer, strings included): a cheap, vectorised pre-screen before a C++ parser that crashes on deep
+    nesting (pyarrow's JSON reader segfaults at ~20,000 levels). It can over-count (brackets inside
+    strings, unbalanced lines), never under-count; an over-count only sends a block to the careful
+    line-by-line parser."""
+    import numpy as np
+
+    if len(data) <= limit:
+        return False
+    codes = np.frombuffer(data, dtype=np.uint8)
+    step = (codes == 0x7B).astype(np.int32) + (codes == 0x5B)
+    step -= (codes == 0x7D).astype(np.int32) + (codes == 0x5D)
+    return bool(np.cumsum(step).max(initial=0) > limit)
 
 
 def detect_format(path: str) -> str:
