@@ -20,6 +20,7 @@ from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_m
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.text_read import ReadTextFileFn
 from transforms.write import WriteErrors, WriteManifestFn, WriteTables
+from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 
 from pipeline.options import JobConfig
 
@@ -101,6 +102,8 @@ def build_pipeline(
         ).with_outputs(ERRORS, SKIPPED, main="tables")
         written = embedded.tables | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
         files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))
+        if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
+            counts.append(embedded.tables | "WriteTextToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, TEXT, schema, config.run_id))
         counts += [
             _count("CountTextRead", "text_read", read.records, lambda t: t.num_rows),
             _count("CountTextReadErrors", "text_read", read[ERRORS]),
@@ -166,6 +169,8 @@ def build_pipeline(
         )
         written = embedded.tables | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
         files.append(written | "ImageFileNames" >> beam.Map(lambda path: ("image", path)))
+        if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
+            counts.append(embedded.tables | "WriteImagesToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, IMAGE, schema, config.run_id))
         counts += [_count("CountImagesListed", "image_read", refs)]
         counts += [_count(f"CountImageReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
         counts += [_count("CountImagesEmbedded", "image_embedded", embedded.tables, lambda t: t.num_rows)]

@@ -48,6 +48,7 @@ class EmbeddingJobOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         _flag(parser, "--output", help="Output folder (local or gs://): text/, image/, errors/ and _MANIFEST.json.")
+        _flag(parser, "--bigquery-table", help="Also load the embeddings into BigQuery (PROJECT:DATASET.TABLE): text rows go to TABLE_text, image rows to TABLE_image (created if needed, appended to, embedding as ARRAY<FLOAT64>, with a run_id column); needs --temp_location gs://... Dead letters stay in errors/ (Parquet).")
         # Text
         _flag(parser, "--text-input", action="append", help="Glob of text record files (JSONL, CSV, TSV, Parquet, plain lines). Repeatable.")
         _flag(parser, "--text-model", help="The .keras model made by `train-text` (local or gs://).")
@@ -102,6 +103,7 @@ class JobConfig:
     allow_duplicate_ids: bool = False
     incremental_from: tuple[str, ...] = ()
     detach: bool = False
+    bigquery_table: Optional[str] = None
 
     @property
     def has_text(self) -> bool:
@@ -243,9 +245,19 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         allow_duplicate_ids=o.allow_duplicate_ids,
         incremental_from=tuple(d.rstrip("/") for d in (o.incremental_from or ())),
         detach=o.detach,
+        bigquery_table=o.bigquery_table or None,
     )
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")
+    if config.bigquery_table:  # PROJECT:DATASET.TABLE, and a gs:// temp location for the load files
+        from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+        from transforms.bigquery import BigQueryTableError, check_sink
+
+        try:
+            check_sink(config.bigquery_table, options.view_as(GoogleCloudOptions).temp_location)
+        except BigQueryTableError as exc:
+            raise ConfigError(str(exc)) from None
     if check_paths:
         _check_inputs("--text-input", text_inputs)
         _check_inputs("--image-input", image_inputs)
