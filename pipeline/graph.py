@@ -21,6 +21,7 @@ from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.text_read import ReadTextFileFn
 from transforms.write import WriteErrors, WriteManifestFn, WriteTables
 from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
+from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
 
 from pipeline.options import JobConfig
 
@@ -193,6 +194,7 @@ def build_pipeline(
         "normalized": config.normalize,
         "incremental_from": list(config.incremental_from),
     }
+    static["workers"] = requested_workers(p.options)  # accelerator, image, processes per VM, threads
     manifest = (
         p
         | "ManifestTrigger" >> beam.Create([None])

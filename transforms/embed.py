@@ -21,6 +21,7 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from transforms import decode, fileio, progress
+from transforms.devices import log_model_devices
 from transforms.dedup import duplicate_reason, id_hashes, occurrences, split_occurrence
 from transforms.incremental import contains, record_key, record_keys
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
@@ -117,11 +118,14 @@ class _SharedModelDoFn(beam.DoFn):
         self._modality = modality
         self._shared = shared.Shared()
         self._model_loads = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{modality}_model_loads")
+        self._gpu_model_loads = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{modality}_model_loads_on_gpu")
         self._pending_load_count = 0
+        self._pending_gpu_loads = 0  # loads in a process whose TensorFlow sees a GPU (logged at load)
 
     def setup(self):
         def load():
             self._pending_load_count += 1  # only the DoFn instance that really loaded counts it
+            self._pending_gpu_loads += log_model_devices(self._modality)
             return self._loader(self._spec)
 
         self._embedder = self._shared.acquire(load, tag=self._spec.cache_key())
@@ -130,6 +134,9 @@ class _SharedModelDoFn(beam.DoFn):
         if self._pending_load_count:
             self._model_loads.inc(self._pending_load_count)
             self._pending_load_count = 0
+        if self._pending_gpu_loads:
+            self._gpu_model_loads.inc(self._pending_gpu_loads)
+            self._pending_gpu_loads = 0
 
 
 class EmbedTextBatchesFn(_SharedModelDoFn):
