@@ -117,6 +117,13 @@ def test_schema_has_the_embedding_as_repeated_float64_and_a_run_id():
     assert "line" not in [f["name"] for f in image["fields"]]
 
 
+def test_an_output_with_its_own_run_id_column_keeps_it():
+    table = _text_table().append_column("run_id", pa.array(["earlier", "earlier", "now"]))
+    names = [f["name"] for f in bigquery_schema(table.schema)["fields"]]
+    assert names.count("run_id") == 1 and names[-1] == "run_id"
+    assert [r["run_id"] for r in table_rows(table, "now")] == ["earlier", "earlier", "now"]
+
+
 def test_rows_carry_every_column_and_the_exact_float32_values():
     table = _text_table()
     rows = table_rows(table, "run-7")

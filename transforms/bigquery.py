@@ -90,14 +90,14 @@ def _field_type(field: pa.Field) -> tuple[str, str]:
 
 
 def bigquery_schema(schema: pa.Schema) -> dict:
-    """The BigQuery table schema (Beam's dict form) of an embedding Parquet schema, plus `run_id`."""
+    """The BigQuery table schema (Beam's dict form) of an embedding Parquet schema, plus `run_id`
+    (this run's id) unless the output already has such a column."""
     fields = []
     for field in schema:
         kind, mode = _field_type(field)
         fields.append({"name": field.name, "type": kind, "mode": mode})
-    if RUN_ID_COLUMN in schema.names:
-        raise ValueError(f"the output already has a {RUN_ID_COLUMN!r} column")
-    fields.append({"name": RUN_ID_COLUMN, "type": "STRING", "mode": "NULLABLE"})
+    if RUN_ID_COLUMN not in schema.names:  # an output that has its own run_id column keeps it
+        fields.append({"name": RUN_ID_COLUMN, "type": "STRING", "mode": "NULLABLE"})
     return {"fields": fields}
 
 
@@ -107,8 +107,9 @@ def table_rows(table: pa.Table, run_id: str) -> list[dict]:
     float32 values become Python floats (float64) exactly; null passthrough values stay None.
     """
     rows = table.to_pylist()
-    for row in rows:
-        row[RUN_ID_COLUMN] = run_id
+    if RUN_ID_COLUMN not in table.column_names:
+        for row in rows:
+            row[RUN_ID_COLUMN] = run_id
     return rows
 
 
