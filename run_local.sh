@@ -34,7 +34,7 @@ mkdir -p "$KERAS_HOME"
 py() { "$VENV/bin/python" "$@"; }
 
 step "Generating the demo data into $DATA/ (reviews, shape images, and the image model)"
-py -m pipeline.demo data --out "$DATA"
+py -m pipeline.demo data --output "$DATA"
 
 step "Training the demo text model -> $DATA/text_model.keras"
 py -m pipeline train-text --input "$DATA/text/reviews.jsonl" --output "$DATA/text_model.keras" \
@@ -54,7 +54,7 @@ py -m pipeline run --output "$OUT" \
     --passthrough label
 
 step "Nearest neighbours (cosine) in $OUT/"
-py -m pipeline.demo neighbours --output "$OUT" --queries 4
+py -m pipeline.demo neighbors --output "$OUT" --queries 4
 
 printf '\nDone in %d s. Embeddings: %s/text/ and %s/image/, dead letters: %s/errors/, summary: %s/_MANIFEST.json\n' \
     "$((SECONDS - started))" "$OUT" "$OUT" "$OUT" "$OUT"

@@ -204,12 +204,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if "--version" in rest:
+        print(version_line())
+        return 0
     if command == "run":
         if "-h" in rest or "--help" in rest:
             print(run_help())
-            return 0
-        if "--version" in rest:
-            print(version_line())
             return 0
         from pipeline.run import main as run_main
 
