@@ -230,3 +230,18 @@ def test_passthrough_text_is_allowed_and_real_columns_still_clash():
     assert config.passthrough == ("label", "text") and config.text_read_passthrough == ("label",)
     with pytest.raises(ConfigError, match="--passthrough 'embedding'"):
         config_from_options(PipelineOptions(base + ["--passthrough", "embedding"]), check_paths=False)
+
+
+def test_a_relative_model_path_of_an_older_manifest_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from test_tools_support import write_run
+
+    run = write_run(tmp_path / "run", np.eye(3, dtype=np.float32), modality="text")
+    manifest = json.loads((run / "_MANIFEST.json").read_text())
+    manifest["options"]["text_model"] = {"path": "models/text.keras"}  # as runs before absolute paths wrote it
+    (run / "_MANIFEST.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["neighbors", "--embeddings", str(run), "--text", "good"]) == 2
+    err = capsys.readouterr().err
+    assert "'models/text.keras'" in err and "relative" in err and "--text-model" in err
