@@ -56,6 +56,8 @@ def project(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_train_text_and_run_print_no_tensorflow_startup_lines(project):
     _assert_quiet(project["train"])
+    report = json.loads(project["train"].stdout)  # stdout is the report alone; Keras' epoch lines went to stderr
+    assert report["val_accuracy"] >= 0 and "Epoch 1/2" in project["train"].stderr
     _assert_quiet(project["run"])
     assert "finished" in project["run"].stdout and "ok" in project["run"].stdout
 
