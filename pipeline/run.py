@@ -173,8 +173,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         manifest = read_manifest(config.output)
     except Exception:  # noqa: BLE001 - e.g. a template run: nothing ran here
         return {}
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")  # end the live progress line
+    progress.finish()  # the final counts end the live progress line
     manifest["model_loads"] = _model_loads(result)
     print(format_summary(manifest, elapsed, manifest["model_loads"]))
     return manifest

@@ -61,3 +61,16 @@ def test_without_a_total_no_percentage_is_made_up(monkeypatch):
     progress.add("text", embedded=5)
     line = terminal.getvalue().split("\r")[-1]
     assert "%" not in line and "ETA" not in line and "text: 5 embedded" in line
+
+
+def test_finish_ends_the_live_line_with_the_final_counts(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(progress, "TERMINAL_INTERVAL", 3600.0)
+    progress.reset()
+    progress.set_total("image", 30)
+    for _ in range(3):
+        progress.add("image", embedded=10)  # only the first batch is drawn: the interval is long
+    progress.finish()
+    assert terminal.getvalue().endswith("\n")
+    assert "image: 30/30 (100%), 30 embedded" in terminal.getvalue().split("\r")[-1]

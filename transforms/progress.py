@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Optional
 
-__all__ = ["add", "reset", "set_total", "format_duration"]
+__all__ = ["add", "finish", "reset", "set_total", "format_duration"]
 
 _LOGGER = logging.getLogger("embeddings.progress")
 _LOCK = threading.Lock()
@@ -96,3 +96,15 @@ def add(modality: str, embedded: int = 0, failed: int = 0, skipped: int = 0) -> 
         sys.stderr.flush()
     else:
         _LOGGER.info("progress %s", line)
+
+
+def finish() -> None:
+    """End of the run: on a terminal, the final counts replace the live line, and the line ends."""
+    if not sys.stderr.isatty():
+        return
+    with _LOCK:
+        line = _line(time.monotonic()) if _STATE["start"] is not None else ""
+    if line:
+        sys.stderr.write("\r" + line[:200].ljust(100))
+    sys.stderr.write("\n")
+    sys.stderr.flush()

@@ -226,7 +226,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                                               args.allow_model_mismatch), None
         result = find_neighbours(embeddings, query, args.k, exclude, args.batch_rows, use_index=not args.brute_force)
         where = f"{result.method}" + (f"; {result.note}" if result.note else "")
-        print(f"{len(result.rows)} nearest {embeddings.modality} neighbours by cosine ({where})", file=sys.stderr)
+        print(f"{len(result.rows)} nearest {embeddings.modality} neighbors by cosine ({where})", file=sys.stderr)
         if args.json:
             print_json_lines(result.rows)
         else:
