@@ -484,10 +484,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, metavar="NAME", help=f"Keras Applications network: {', '.join(NETWORKS)}.")
     parser.add_argument("--output", required=True, metavar="MODEL.keras",
                         help="Where to save the model (local or gs://); the report goes to MODEL.training.json.")
-    parser.add_argument("--image-weights", "--base-weights", dest="base_weights", default=d["base_weights"].default,
+    parser.add_argument("--image-weights", "--base-weights", dest="base_weights", metavar="WEIGHTS", default=d["base_weights"].default,
                         help="imagenet (Keras download) or a no-top weights file, local or gs:// (default: %(default)s).")
     parser.add_argument("--image-size", type=int, help="Input size in pixels (default: the network's own, e.g. 224).")
-    parser.add_argument("--image-alpha", "--alpha", dest="alpha", type=float, help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.")
+    parser.add_argument("--image-alpha", "--alpha", dest="alpha", metavar="ALPHA", type=float, help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.")
     parser.add_argument("--embedding-dim", type=int, default=d["embedding_dim"].default, help="Size of the `embedding` layer (default: %(default)s).")
     parser.add_argument("--dropout", type=float, default=d["dropout"].default, help="Dropout on the base's features; 0 for none (default: %(default)s).")
     parser.add_argument("--epochs", type=int, default=d["epochs"].default, help="Most epochs of the head (frozen base); stops early (default: %(default)s).")
