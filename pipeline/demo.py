@@ -510,6 +510,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--epochs", type=int, default=30, help="Training epochs of the image model (default: %(default)s).")
     data.add_argument("--seed", type=int, default=0, help="Seed of the data and the model (default: %(default)s).")
     near = commands.add_parser("neighbors", aliases=["neighbours"], help="Print nearest neighbors from a finished run's output.")
+    commands._choices_actions[-1].metavar = "neighbors"  # help shows one spelling; `neighbours` still works
     near.add_argument("--output", required=True, help="The run's --output folder (holding _MANIFEST.json).")
     near.add_argument("--modality", choices=("text", "image"), action="append",
                       help="Modality to search (repeatable; default: every one the run embedded).")
