@@ -247,3 +247,27 @@ def test_a_relative_model_path_of_an_older_manifest_is_a_clear_error(tmp_path, m
     assert cli.main(["neighbors", "--embeddings", str(run), "--text", "good"]) == 2
     err = capsys.readouterr().err
     assert "'models/text.keras'" in err and "relative" in err and "--text-model" in err
+
+
+def test_quiet_stderr_drops_only_the_startup_lines(capfd, monkeypatch):
+    """What C++ writes to fd 2 during the import: the absl lines go, anything else written meanwhile stays."""
+    from transforms import quiet
+
+    monkeypatch.delenv(quiet.VERBOSE_ENV, raising=False)
+    with quiet.quiet_stderr():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1796153109.487435    7182 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"E0000 00:00:1796153109.5 7182 cuda_dnn.cc:8310] Unable to register cuDNN factory\n")
+        os.write(2, b"another thread's warning\n")
+    assert capfd.readouterr().err == "another thread's warning\n"
+
+    with pytest.raises(ImportError):
+        with quiet.quiet_stderr():
+            os.write(2, b"I0000 00:00:1.0 1 port.cc:1] the reason it failed\n")
+            raise ImportError("broken install")
+    assert "the reason it failed" in capfd.readouterr().err  # a failed import shows everything
+
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "1")
+    with quiet.quiet_stderr():
+        os.write(2, b"I0000 00:00:1.0 1 port.cc:1] shown when verbose\n")
+    assert "shown when verbose" in capfd.readouterr().err
