@@ -34,11 +34,11 @@ mkdir -p "$KERAS_HOME"
 py() { "$VENV/bin/python" "$@"; }
 
 step "Generating the demo data into $DATA/ (reviews, shape images, and the image model)"
-py -m pipeline.demo data --out "$DATA"
+py -m pipeline.demo data --output "$DATA"
 
 step "Training the demo text model -> $DATA/text_model.keras"
 py -m pipeline train-text --input "$DATA/text/reviews.jsonl" --output "$DATA/text_model.keras" \
-    --epochs 20 > "$DATA/text_model.train-text.log"
+    --epochs 20 > "$DATA/text_model.train-text.log" 2>&1 || { cat "$DATA/text_model.train-text.log"; exit 1; }
 py - "$DATA/text_model.training.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -54,7 +54,7 @@ py -m pipeline run --output "$OUT" \
     --passthrough label
 
 step "Nearest neighbours (cosine) in $OUT/"
-py -m pipeline.demo neighbours --output "$OUT" --queries 4
+py -m pipeline.demo neighbors --output "$OUT" --queries 4
 
 printf '\nDone in %d s. Embeddings: %s/text/ and %s/image/, dead letters: %s/errors/, summary: %s/_MANIFEST.json\n' \
     "$((SECONDS - started))" "$OUT" "$OUT" "$OUT" "$OUT"

@@ -1,10 +1,16 @@
 """Packaging for local installs and for Dataflow workers (`--setup_file ./setup.py`)."""
 
 import pathlib
+import re
 
 import setuptools
 
 HERE = pathlib.Path(__file__).parent
+
+
+def _version():
+    """`__version__` from pipeline/__init__.py, the one place it is written."""
+    return re.search(r'^__version__ = "([^"]+)"', (HERE / "pipeline" / "__init__.py").read_text(), re.M).group(1)
 
 
 def _requirements():
@@ -14,7 +20,7 @@ def _requirements():
 
 setuptools.setup(
     name="beam-embeddings",
-    version="0.1.0",
+    version=_version(),
     description="Batch text and image embeddings with Apache Beam and Keras, written to Parquet.",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",

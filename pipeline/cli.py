@@ -1,69 +1,219 @@
-"""Command line: `python -m pipeline COMMAND ...` (also installed as `beam-embeddings`)."""
+"""Command line: `python -m pipeline COMMAND ...` (also installed as `beam-embeddings`).
+
+Every command takes `--help`, `--version` and `--verbose`. Quiet by default: TensorFlow's C++
+start-up lines are hidden (`transforms.quiet`), Python logging shows warnings and the job's own
+progress only, and the chatter of Beam's local worker processes is dropped; `--verbose` shows it
+all (INFO logs of every library, TensorFlow's start-up lines, in worker processes too).
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
+from pipeline import __version__
 from pipeline.tools import TOOL_COMMANDS
+from transforms import quiet
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "HelpFormatter", "version_line", "configure_logging", "run_help"]
 
 # command -> (module, one-line help). Modules are imported only when their command runs,
 # so `--help` is quick and a command's heavy imports are paid only by that command.
 COMMANDS = {
     "run": ("pipeline.run", "Embed text and/or image records into Parquet (a Beam pipeline)."),
     "train-text": ("pipeline.train_text", "Train the Embedding-layer text model on labelled records."),
-    "demo": ("pipeline.demo", "Generate the embedded demo data, or show a run's nearest neighbours."),
+    "demo": ("pipeline.demo", "Generate the embedded demo data, or show a run's nearest neighbors."),
 }
 COMMANDS.update(TOOL_COMMANDS)  # neighbors, build-index, evaluate, export-projector, ... (issue 6)
+
+GENERAL_HELP = {
+    "verbose": "Show everything: INFO logs of all libraries and TensorFlow's start-up lines (also in worker processes).",
+    "version": "Print the version and exit.",
+}
+
+
+def version_line() -> str:
+    """What `--version` prints."""
+    return f"beam-embeddings {__version__}"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """One spelling per flag in help: a short form if any, and the first long form.
+
+    Other spellings (`--text_input` for templates, old names such as `--out`) are still accepted.
+    """
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if len(action.option_strings) > 1:
+            shorts = [s for s in action.option_strings if not s.startswith("--")]
+            longs = [s for s in action.option_strings if s.startswith("--")]
+            action = copy.copy(action)
+            action.option_strings = shorts[:1] + longs[:1]
+        return super()._format_action_invocation(action)
 
 
 def _usage() -> str:
     lines = ["usage: python -m pipeline COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<22}{help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `python -m pipeline COMMAND --help` for a command's options."]
+    lines += [
+        "",
+        "options of every command:",
+        f"  {'-h, --help':<22}Show the command's options.",
+        f"  {'--verbose':<22}{GENERAL_HELP['verbose']}",
+        f"  {'--version':<22}{GENERAL_HELP['version']}",
+        "",
+        "Run `python -m pipeline COMMAND --help` for a command's options.",
+    ]
     return "\n".join(lines)
 
 
-def _run_help() -> str:
-    from pipeline.options import EmbeddingJobOptions
+# Beam's own flags shown in `run --help` (they keep Beam's underscore spelling).
+_BEAM_FLAGS = (
+    ("--runner", "RUNNER", "DirectRunner (default: this machine) or DataflowRunner (Google Cloud: every path must then be gs://)."),
+    ("--direct_num_workers", "N", "Local runner: parallel workers (0: one per CPU)."),
+    ("--direct_running_mode", "MODE", "Local runner: in_memory (default), multi_threading or multi_processing."),
+    ("--project", "PROJECT", "Dataflow: the Google Cloud project."),
+    ("--region", "REGION", "Dataflow: the region, e.g. europe-west1."),
+    ("--temp_location", "GS_PATH", "Dataflow: a gs:// folder for temporary files."),
+    ("--staging_location", "GS_PATH", "Dataflow: a gs:// folder for the staged code (default: under --temp_location)."),
+    ("--job_name", "NAME", "Dataflow: the job's name."),
+    ("--max_num_workers", "N", "Dataflow: the most workers autoscaling may start."),
+    ("--machine_type", "TYPE", "Dataflow: the worker machine type, e.g. n2-standard-4."),
+    ("--setup_file", "PATH", "Dataflow: ./setup.py, to install this package on the workers."),
+    ("--sdk_container_image", "IMAGE", "Dataflow: a worker image that already holds this package (see Dockerfile)."),
+)
+
+
+def run_help() -> str:
+    """`python -m pipeline run --help`: the job's flags in groups, then the common Beam/Dataflow flags."""
+    from pipeline.options import FLAG_GROUPS, EmbeddingJobOptions
 
     parser = argparse.ArgumentParser(
         prog="python -m pipeline run",
-        description=COMMANDS["run"][1] + " Standard Beam flags (--runner, --direct_num_workers, "
-        "--project, --region, --temp_location, ...) pass through.",
+        usage="python -m pipeline run --output DIR [--text-input GLOB --text-model MODEL.keras] "
+        "[--image-input GLOB_OR_MANIFEST --image-model NETWORK_OR_MODEL.keras] [options] [Beam/Dataflow flags]",
+        description=COMMANDS["run"][1] + "\nGive text flags, image flags or both; --output is required.",
+        epilog="Every flag is also accepted with underscores (--text_input), as Beam and Dataflow templates write it.\n"
+        "Examples:\n"
+        "  python -m pipeline run --text-input 'data/*.jsonl' --text-model models/text.keras --output out/\n"
+        "  python -m pipeline run --image-input 'photos/*.jpg' --image-model MobileNetV2 --output out/ \\\n"
+        "      --direct_num_workers 2 --direct_running_mode multi_processing",
+        formatter_class=HelpFormatter,
+        add_help=False,
     )
+    general = parser.add_argument_group("General")
+    general.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    general.add_argument("--verbose", action="store_true", help=GENERAL_HELP["verbose"])
+    general.add_argument("--version", action="store_true", help=GENERAL_HELP["version"])
+    parser.embedding_flag_groups = {
+        key: parser.add_argument_group(title, description) for key, (title, description) in FLAG_GROUPS.items()
+    }
     EmbeddingJobOptions._add_argparse_args(parser)
+    for action in parser._actions:
+        if action.dest == "output":
+            action.required = True
+            action.help = "Required. " + action.help
+    beam = parser.add_argument_group(
+        "Beam / Dataflow",
+        "Beam's own flags pass through unchanged (with underscores, as Beam spells them); the common ones:",
+    )
+    for flag, metavar, help_ in _BEAM_FLAGS:
+        beam.add_argument(flag, metavar=metavar, help=help_)
     return parser.format_help()
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The argparse parser of a command other than `run`, with --version and --verbose documented."""
+    module = importlib.import_module(COMMANDS[command][0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipeline {command}", description=COMMANDS[command][1], formatter_class=HelpFormatter
+    )
+    module.add_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help=GENERAL_HELP["verbose"])
+    parser.add_argument("--version", action="version", version=version_line(), help=GENERAL_HELP["version"])
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+
+_WORKER_MESSAGE = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
+_WORKER_NOISE = ("Discarding unparseable args", "No semi_persistent_directory found")
+
+
+class _WorkerLogFilter(logging.Filter):
+    """Beam's local job service re-logs each worker log entry as a whole protobuf: keep its message only.
+
+    Drops the start-up chatter of Beam's worker processes and their INFO lines other than progress.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.args and isinstance(record.args, tuple) and str(record.msg).startswith("Worker:")):
+            return True
+        found = _WORKER_MESSAGE.search(str(record.args[0]))
+        if not found:
+            return record.levelno >= logging.WARNING
+        try:
+            message = ast.literal_eval('b"' + found.group(1) + '"').decode("utf-8", "replace")
+        except (ValueError, SyntaxError):
+            message = found.group(1)
+        if any(noise in message for noise in _WORKER_NOISE):
+            return False
+        if record.levelno < logging.WARNING and not message.startswith("progress "):
+            return False
+        record.msg, record.args = "worker: %s", (message,)
+        return True
+
+
+def configure_logging(verbose: bool) -> None:
+    """Quiet: warnings, plus the job's own INFO lines (progress, cleared files). Verbose: every INFO line."""
+    if verbose:
+        os.environ[quiet.VERBOSE_ENV] = "1"  # Beam's local worker processes inherit it
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    for name in ("embeddings", "pipeline"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    service = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    service.setLevel(logging.INFO)
+    if not any(isinstance(f, _WorkerLogFilter) for f in service.filters):
+        service.addFilter(_WorkerLogFilter())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO if "--verbose" in argv else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
+    configure_logging(verbose)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        print(version_line())
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if "--version" in rest:
+        print(version_line())
+        return 0
     if command == "run":
         if "-h" in rest or "--help" in rest:
-            print(_run_help())
+            print(run_help())
             return 0
         from pipeline.run import main as run_main
 
         return run_main(rest)
     module = importlib.import_module(COMMANDS[command][0])
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline {command}", description=COMMANDS[command][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    args = command_parser(command).parse_args(rest)
     return module.main_from_args(args)

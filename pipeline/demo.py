@@ -15,8 +15,8 @@ Nothing is downloaded and everything is seeded, so the same seed gives the same 
 
 Command line (`python -m pipeline.demo`)::
 
-    python -m pipeline.demo data --out demo_data
-    python -m pipeline.demo neighbours --output demo_output
+    python -m pipeline.demo data --output demo_data
+    python -m pipeline.demo neighbors --output demo_output   # `neighbours` works too
 
 Keras and TensorFlow are imported only inside the functions that train or load a model.
 """
@@ -501,15 +501,16 @@ def format_neighbours(output_dir: str, modality: str, k: int = 3, n_queries: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sub-commands `data` and `neighbours`."""
-    commands = parser.add_subparsers(dest="demo_command", required=True, metavar="{data,neighbours}")
-    data = commands.add_parser("data", help="Write the demo text, images and image model into --out.")
-    data.add_argument("--out", required=True, help="Folder for text/reviews.jsonl, images/ and image_model.keras.")
+    """The sub-commands `data` and `neighbors` (also spelt `neighbours`)."""
+    commands = parser.add_subparsers(dest="demo_command", required=True, metavar="{data,neighbors}")
+    data = commands.add_parser("data", help="Write the demo text, images and image model into --output.")
+    data.add_argument("--output", "--out", dest="out", required=True, help="Folder for text/reviews.jsonl, images/ and image_model.keras.")
     data.add_argument("--reviews", type=int, default=400, help="Good review records (default: %(default)s).")
     data.add_argument("--images-per-class", type=int, default=12, help="Images per shape class (default: %(default)s).")
     data.add_argument("--epochs", type=int, default=30, help="Training epochs of the image model (default: %(default)s).")
     data.add_argument("--seed", type=int, default=0, help="Seed of the data and the model (default: %(default)s).")
-    near = commands.add_parser("neighbours", help="Print nearest neighbours from a finished run's output.")
+    near = commands.add_parser("neighbors", aliases=["neighbours"], help="Print nearest neighbors from a finished run's output.")
+    commands._choices_actions[-1].metavar = "neighbors"  # help shows one spelling; `neighbours` still works
     near.add_argument("--output", required=True, help="The run's --output folder (holding _MANIFEST.json).")
     near.add_argument("--modality", choices=("text", "image"), action="append",
                       help="Modality to search (repeatable; default: every one the run embedded).")
@@ -554,11 +555,21 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m pipeline.demo data|neighbours ...`."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0])
+    """`python -m pipeline.demo data|neighbors ...` (quiet unless --verbose, as `python -m pipeline`)."""
+    from pipeline.cli import GENERAL_HELP, HelpFormatter, configure_logging, version_line
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv:
+        print(version_line())
+        return 0
+    verbose = "--verbose" in argv
+    configure_logging(verbose)
+    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help=GENERAL_HELP["verbose"])
+    parser.add_argument("--version", action="store_true", help=GENERAL_HELP["version"])
     add_arguments(parser)
-    return main_from_args(parser.parse_args(argv))
+    return main_from_args(parser.parse_args([a for a in argv if a != "--verbose"]))
 
 
 if __name__ == "__main__":

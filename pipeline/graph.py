@@ -74,7 +74,7 @@ def build_pipeline(
             | "SpreadTextFiles" >> beam.Reshuffle()
         )
         read = paths | "ReadTextRecords" >> beam.ParDo(
-            ReadTextFileFn(config.text_field, config.text_id_field, config.passthrough, config.text_encoding, text_batch_rows)
+            ReadTextFileFn(config.text_field, config.text_id_field, config.text_read_passthrough, config.text_encoding, text_batch_rows)
         ).with_outputs(ERRORS, main="records")
         side = {}
         if not config.allow_duplicate_ids:

@@ -1,7 +1,14 @@
 """The `run` command's options: a Beam `PipelineOptions` subclass, validated once into a frozen config.
 
 Every flag is accepted with dashes (`--text-input`) and with underscores (`--text_input`): Beam
-re-creates options on workers and in templates from their underscore names.
+re-creates options on workers and in templates from their underscore names. `--help` shows the
+dash spelling only, in groups (`FLAG_GROUPS`): a flag's group comes from `_GROUP_OF` or, failing
+that, from its name (`text_*` -> Text, `image_*` -> Images, anything else -> Behaviour), so a new
+flag needs nothing but its one `_flag(...)` line.
+
+Paths are made absolute (local ones) when the config is built, so that the manifest records
+paths the tools can use from any folder; with `--runner DataflowRunner` every path must be a
+URI (gs://...), checked before anything is submitted.
 """
 
 from __future__ import annotations
@@ -18,7 +25,17 @@ from transforms import fileio
 from transforms.decode import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
 
-__all__ = ["EmbeddingJobOptions", "JobConfig", "ConfigError", "config_from_options", "check_output_writable", "check_unknown_flags"]
+__all__ = [
+    "EmbeddingJobOptions",
+    "JobConfig",
+    "ConfigError",
+    "FLAG_GROUPS",
+    "flag_group",
+    "config_from_options",
+    "check_output_writable",
+    "check_unknown_flags",
+    "check_remote_paths",
+]
 
 
 class ConfigError(ValueError):
@@ -36,10 +53,49 @@ def parse_bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+# Help groups of `run --help`, in the order shown: key -> (title, description).
+FLAG_GROUPS = {
+    "output": ("Output", "Where the results go and what they hold."),
+    "text": ("Text", "Text records, embedded by a model made with `train-text`."),
+    "images": ("Images", "Image files (globs) or manifests, embedded by a headless CNN."),
+    "behaviour": ("Behaviour", None),
+}
+# Flags whose group does not follow from their name.
+_GROUP_OF = {
+    "output": "output", "passthrough": "output", "normalize": "output", "run_id": "output",
+    "max_image_pixels": "images", "max_image_bytes": "images", "decode_threads": "images",
+}
+# Placeholders shown in --help (argparse would show the upper-cased name).
+_METAVARS = {
+    "output": "DIR", "text_input": "GLOB", "image_input": "GLOB_OR_MANIFEST", "text_model": "MODEL.keras",
+    "image_model": "NETWORK_OR_MODEL.keras", "image_weights": "WEIGHTS", "incremental_from": "DIR",
+    "text_field": "FIELD", "text_id_field": "FIELD", "image_uri_field": "FIELD", "image_id_field": "FIELD",
+    "text_encoding": "ENCODING", "passthrough": "FIELD,...", "image_layer": "LAYER", "image_preprocess": "NETWORK",
+    "run_id": "ID", "image_size": "PIXELS", "image_alpha": "ALPHA", "max_image_pixels": "PIXELS",
+    "max_image_bytes": "BYTES", "decode_threads": "N", "text_batch_size": "N", "image_batch_size": "N",
+}
+
+
+def flag_group(dest: str) -> str:
+    """The help group (a key of FLAG_GROUPS) of a `run` flag, by its dest name."""
+    if dest in _GROUP_OF:
+        return _GROUP_OF[dest]
+    if dest.startswith("text_"):
+        return "text"
+    if dest.startswith(("image_", "max_image_")):
+        return "images"
+    return "behaviour"
+
+
 def _flag(parser, name: str, **kwargs) -> None:
+    """Add one `run` flag, with dashes and with underscores; into its help group when `parser` has them."""
     dest = name.lstrip("-").replace("-", "_")
     spellings = [name] + ([f"--{dest}"] if "-" in name.lstrip("-") else [])
-    parser.add_argument(*spellings, dest=dest, **kwargs)
+    if dest in _METAVARS and kwargs.get("action") in (None, "append"):
+        kwargs.setdefault("metavar", _METAVARS[dest])
+    groups = getattr(parser, "embedding_flag_groups", None)  # set by `pipeline.cli` for --help only
+    target = groups[flag_group(dest)] if groups else parser
+    target.add_argument(*spellings, dest=dest, **kwargs)
 
 
 class EmbeddingJobOptions(PipelineOptions):
@@ -113,6 +169,11 @@ class JobConfig:
     def has_images(self) -> bool:
         return bool(self.image_inputs)
 
+    @property
+    def text_read_passthrough(self) -> tuple[str, ...]:
+        """The passthrough fields the text reader copies: `text` is the embedded text itself, always carried."""
+        return tuple(name for name in self.passthrough if name != "text")
+
     def describe(self) -> dict:
         """The settings as plain JSON-able values, for the manifest."""
         return dataclasses.asdict(self)
@@ -155,6 +216,49 @@ def check_output_writable(output: str) -> None:
         raise ConfigError(f"--output {output!r}: not writable ({type(exc).__name__}: {exc})") from exc
 
 
+def _absolute(path: Optional[str]) -> Optional[str]:
+    """A local path made absolute (`~` expanded, a trailing / kept); URIs (gs://...) and None unchanged."""
+    if not path or fileio.is_remote(path):
+        return path
+    absolute = os.path.abspath(os.path.expanduser(path))
+    return absolute + "/" if path.endswith(("/", os.sep)) and not absolute.endswith("/") else absolute
+
+
+def _is_file_path(value: Optional[str], words: Sequence[str] = ()) -> bool:
+    return bool(value) and value not in words
+
+
+_DATAFLOW_RUNNERS = ("DataflowRunner", "dataflow")
+
+
+def check_remote_paths(options: PipelineOptions) -> None:
+    """With `--runner DataflowRunner`, refuse every local path: workers on Google Cloud cannot read this machine.
+
+    Raises ConfigError naming the first local path's flag (before anything is staged or submitted).
+    """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    if name not in _DATAFLOW_RUNNERS:
+        return
+    o = options.view_as(EmbeddingJobOptions)
+    gcp = options.view_as(GoogleCloudOptions)
+    image_model = o.image_model if (o.image_model or "").endswith((".keras", ".h5")) else None
+    checks = [("--output", [o.output]), ("--text-input", o.text_input or []), ("--text-model", [o.text_model]),
+              ("--image-input", o.image_input or []), ("--image-model", [image_model]),
+              ("--image-weights", [o.image_weights if _is_file_path(o.image_weights, ("imagenet", "none")) else None]),
+              ("--incremental-from", o.incremental_from or []),
+              ("--temp_location", [gcp.temp_location]), ("--staging_location", [gcp.staging_location])]
+    for flag, values in checks:
+        for value in values:
+            if value and not fileio.is_remote(value):
+                raise ConfigError(
+                    f"{flag} {value!r}: a local path, but --runner {name} runs on Google Cloud workers that cannot "
+                    "read this machine; copy it to Cloud Storage and give its gs:// path"
+                )
+
+
 def check_unknown_flags(argv: Sequence[str]) -> None:
     """Refuse flags that neither this job nor Beam knows (Beam alone would only log and drop them)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -171,6 +275,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
     o = options.view_as(EmbeddingJobOptions)
     if not o.output:
         raise ConfigError("--output is required (a local folder or gs:// path)")
+    check_remote_paths(options)
     text_inputs = tuple(o.text_input or ())
     image_inputs = tuple(o.image_input or ())
     if not text_inputs and not image_inputs:
@@ -195,7 +300,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         except LookupError:
             raise ConfigError(f"--text-encoding {o.text_encoding!r}: unknown encoding") from None
     passthrough = tuple(p.strip() for p in (o.passthrough or "").split(",") if p.strip())
-    reserved = {"id", "source", "line", "content_sha256", "embedding", "model", "model_sha256", "text"}
+    # `text` is allowed: the embedded text, stored beside its embedding (an image manifest's `text` column for images).
+    reserved = {"id", "source", "line", "content_sha256", "embedding", "model", "model_sha256"}
     for name in passthrough:
         if name in reserved:
             raise ConfigError(f"--passthrough {name!r}: clashes with an output column of the same name")
@@ -215,9 +321,10 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
                 raise ConfigError(f"--image-weights {o.image_weights!r}: applies to a named network, not to a .keras model")
         elif o.image_layer:
             raise ConfigError("--image-layer applies to a .keras classifier, not to a named network")
+        weights = o.image_weights if is_network else "none"
         image_spec = ImageModelSpec(
-            model=o.image_model,
-            weights=o.image_weights if is_network else "none",
+            model=o.image_model if is_network else _absolute(o.image_model),
+            weights=_absolute(weights) if _is_file_path(weights, ("imagenet", "none")) else weights,
             image_size=o.image_size,
             alpha=o.image_alpha,
             layer=o.image_layer,
@@ -225,15 +332,16 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
             batch_size=o.image_batch_size,
             unsafe_loading=o.unsafe_model_loading,
         )
+    output = _absolute(o.output)
     config = JobConfig(
-        output=o.output.rstrip("/") if o.output not in ("/",) else o.output,
+        output=output.rstrip("/") if output not in ("/",) else output,
         run_id=o.run_id or uuid.uuid4().hex[:12],
-        text_inputs=text_inputs,
-        text_model=TextModelSpec(o.text_model, o.text_batch_size, o.unsafe_model_loading) if o.text_model else None,
+        text_inputs=tuple(_absolute(p) for p in text_inputs),
+        text_model=TextModelSpec(_absolute(o.text_model), o.text_batch_size, o.unsafe_model_loading) if o.text_model else None,
         text_field=o.text_field,
         text_id_field=o.text_id_field,
         text_encoding=o.text_encoding,
-        image_inputs=image_inputs,
+        image_inputs=tuple(_absolute(p) for p in image_inputs),
         image_model=image_spec,
         image_uri_field=o.image_uri_field,
         image_id_field=o.image_id_field,
@@ -243,7 +351,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         passthrough=passthrough,
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
-        incremental_from=tuple(d.rstrip("/") for d in (o.incremental_from or ())),
+        incremental_from=tuple(_absolute(d).rstrip("/") for d in (o.incremental_from or ())),
         detach=o.detach,
         bigquery_table=o.bigquery_table or None,
     )
@@ -259,6 +367,6 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         except BigQueryTableError as exc:
             raise ConfigError(str(exc)) from None
     if check_paths:
-        _check_inputs("--text-input", text_inputs)
-        _check_inputs("--image-input", image_inputs)
+        _check_inputs("--text-input", config.text_inputs)
+        _check_inputs("--image-input", config.image_inputs)
     return config

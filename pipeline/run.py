@@ -27,12 +27,12 @@ from pipeline.options import (
     check_unknown_flags,
     config_from_options,
 )
-from transforms import progress
+from transforms import fileio, progress
 from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
 from transforms.write import clear_previous_output, read_manifest, run_files
 
-__all__ = ["run", "inspect_models", "format_summary", "main"]
+__all__ = ["run", "inspect_models", "format_summary", "local_in_process", "known_image_count", "main"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,6 +71,24 @@ def local_runner(options: PipelineOptions):
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
+
+
+def local_in_process(options: PipelineOptions) -> bool:
+    """Whether the DoFns run in this process (the local runner, in memory or threads), so progress can use totals."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
+    return runner in ("DirectRunner", "direct", "SwitchingDirectRunner") and mode != "multi_processing"
+
+
+def known_image_count(config: JobConfig) -> Optional[int]:
+    """How many images the run will see, when every --image-input is a glob (a manifest's rows are not counted)."""
+    from transforms.image_read import is_manifest
+
+    if not config.has_images or any(is_manifest(i) for i in config.image_inputs):
+        return None
+    return len(fileio.match_paths(list(config.image_inputs)))
 
 
 def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
@@ -135,6 +153,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         if cleared:
             _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
     progress.reset()
+    progress.set_total(IMAGE, known_image_count(config) if local_in_process(options) else None)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
     runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
@@ -154,8 +173,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         manifest = read_manifest(config.output)
     except Exception:  # noqa: BLE001 - e.g. a template run: nothing ran here
         return {}
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")  # end the live progress line
+    progress.finish()  # the final counts end the live progress line
     manifest["model_loads"] = _model_loads(result)
     print(format_summary(manifest, elapsed, manifest["model_loads"]))
     return manifest

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import dataclasses
 import json
 import logging
@@ -471,14 +472,15 @@ def config_from_args(args: argparse.Namespace) -> TextTrainingConfig:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run `train-text`: 0 on success, 2 for a bad flag, 1 for unusable data; the report on stdout."""
+    """Run `train-text`: 0 on success, 2 for a bad flag, 1 for unusable data; the report alone on stdout, progress on stderr."""
     try:
         config = config_from_args(args)
     except TrainingConfigError as exc:
         print(f"train-text: error: {exc}", file=sys.stderr)
         return 2
     try:
-        report = train_text_model(config)
+        with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines are progress: stdout holds the report only
+            report = train_text_model(config)
     except TrainingDataError as exc:
         print(f"train-text: error: {exc}", file=sys.stderr)
         return 1

@@ -25,7 +25,8 @@ def test_well_separated_clusters_score_perfectly(tmp_path, capsys):
     vectors, labels = _clusters(classes=5, per_class=30, dim=16, spread=0.1)
     run = write_run(tmp_path / "run", vectors, passthrough={"label": [f"c{y}" for y in labels]}, files=2, row_group_rows=16)
 
-    assert run_cli(evaluate, ["--embeddings", str(run), "--label-field", "label", "--block-rows", "7", "--batch-rows", "11"]) == 0
+    assert run_cli(evaluate, ["--embeddings", str(run), "--label-field", "label", "--block-rows", "7", "--batch-rows", "11",
+                              "--json"]) == 0
 
     report = json.loads(capsys.readouterr().out)
     assert report["precision_at_1"] == 1.0
@@ -106,3 +107,27 @@ def test_max_rows_evaluates_a_seeded_sample(tmp_path):
     again = evaluate_embeddings(open_embeddings(str(run)), "label", max_rows=50, seed=1)
     assert first["evaluated"] == 50 and first["rows"] == 120
     assert first == again
+
+
+def test_the_default_output_is_a_table_with_the_json_numbers(tmp_path, capsys):
+    """People read a table (rounded, against its baseline); scripts ask for --json and get the same numbers."""
+    vectors, labels = _clusters(classes=3, per_class=20, dim=8, spread=6.0, seed=3)
+    run = write_run(tmp_path / "run", vectors, passthrough={"label": [f"c{y}" for y in labels]})
+
+    assert run_cli(evaluate, ["--embeddings", str(run), "--label-field", "label", "-k", "5"]) == 0
+    table = capsys.readouterr().out
+    assert run_cli(evaluate, ["--embeddings", str(run), "--label-field", "label", "-k", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(table)
+    lines = table.splitlines()
+    assert lines[0].startswith("embeddings") and str(run) in lines[0]
+    assert any(line.startswith("classes") and "c0: 20" in line for line in lines)
+    rows = {line.split("  ")[0]: line.split() for line in lines if line.startswith(("kNN", "linear"))}
+    assert f"{report['precision_at_1']:.4f}" in rows["kNN precision@1"]
+    assert f"{report['precision_at_5']:.4f}" in rows["kNN precision@5"]
+    assert f"{report['chance_precision']:.4f}" in rows["kNN precision@1"]
+    assert f"{report['linear_probe']['accuracy']:.4f}" in rows["linear probe accuracy"]
+    assert f"{report['linear_probe']['majority_accuracy']:.4f}" in rows["linear probe accuracy"]
+    assert not any(len(part) > 8 and part.replace(".", "").isdigit() for line in lines for part in line.split())  # no 0.49874686716791977

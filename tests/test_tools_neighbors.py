@@ -99,7 +99,7 @@ def test_faiss_index_gives_the_brute_force_answer(run_dir, vectors, capsys):
     query = np.random.default_rng(5).normal(size=D)
     brute = find_neighbours(embeddings, query, k=10, use_index=False)
 
-    assert run_cli(index, ["--embeddings", str(run_dir), "--batch-rows", "13"]) == 0
+    assert run_cli(index, ["--embeddings", str(run_dir), "--batch-rows", "13", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["rows"] == N and info["kind"] == "flat"
     assert (run_dir / "index" / "image.faiss").exists() and (run_dir / "index" / "image.ids.parquet").exists()

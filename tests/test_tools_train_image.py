@@ -77,7 +77,7 @@ def test_bad_flags_fail_before_training(tmp_path, capsys):
     assert run_cli(train_image, ["--input", str(root), "--base", "MobileNet", "--output", str(tmp_path / "m.h5")]) == 2
     assert "--output must end in .keras" in capsys.readouterr().err
     assert run_cli(train_image, ["--input", str(root), "--base", "ResNet50", "--alpha", "0.5", "--output", str(tmp_path / "m.keras")]) == 2
-    assert "--alpha" in capsys.readouterr().err
+    assert "--image-alpha" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def test_unknown_and_several_words_are_clear_errors(text_model, capsys):
     assert run_cli(similar_words, ["--text-model", str(text_model), "--word", "very good"]) == 2
     assert "give one word" in capsys.readouterr().err
     assert run_cli(word_vectors, ["--text-model", str(text_model), "--out", "words.csv"]) == 2
-    assert "--out must end in .parquet" in capsys.readouterr().err
+    assert "--output must end in .parquet" in capsys.readouterr().err
 
 
 def test_text_query_uses_the_runs_own_model(text_run, capsys):

@@ -19,7 +19,7 @@ __all__ = ["TOOL_COMMANDS"]
 TOOL_COMMANDS = {
     "neighbors": ("pipeline.tools.neighbors", "Nearest neighbours (cosine) of an id, a text or an image in a run's embeddings."),
     "build-index": ("pipeline.tools.index", "Build a FAISS index of a run's embeddings for `neighbors`."),
-    "evaluate": ("pipeline.tools.evaluate", "Leave-one-out kNN precision@1/@k and a linear probe against a label column (JSON)."),
+    "evaluate": ("pipeline.tools.evaluate", "Leave-one-out kNN precision@1/@k and a linear probe against a label column."),
     "export-projector": ("pipeline.tools.projector", "Export TensorBoard Embedding Projector files and a 2-D PCA plot (PNG)."),
     "export-word-vectors": ("pipeline.tools.word_vectors", "Write a text model's word vectors (Embedding layer) to Parquet."),
     "similar-words": ("pipeline.tools.similar_words", "Words closest (cosine) to a word in a text model's Embedding layer."),

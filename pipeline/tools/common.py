@@ -10,7 +10,17 @@ from transforms.fileio import upload as copy_local_file, write_bytes  # re-expor
 from transforms.models import ModelConfigError
 from transforms.write import IncompleteOutputError
 
-__all__ = ["ToolError", "run_command", "write_bytes", "copy_local_file", "format_table", "print_json_lines"]
+__all__ = [
+    "ToolError",
+    "run_command",
+    "write_bytes",
+    "copy_local_file",
+    "format_table",
+    "format_fields",
+    "print_json_lines",
+    "print_json",
+    "add_json_flag",
+]
 
 
 class ToolError(ValueError):
@@ -45,6 +55,22 @@ def format_table(rows: Sequence[Mapping], columns: Sequence[str], max_width: int
     out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
     return "\n".join(out)
+
+
+def format_fields(pairs: Sequence[tuple[str, object]]) -> str:
+    """`label  value` lines with the labels aligned (a float shows 4 decimals)."""
+    width = max((len(label) for label, _ in pairs), default=0)
+    return "\n".join(f"{label:<{width}}  {_cell(value)}".rstrip() for label, value in pairs)
+
+
+def add_json_flag(parser, what: str = "the result") -> None:
+    """`--json`: machine-readable output instead of the human-readable table."""
+    parser.add_argument("--json", action="store_true", help=f"Print {what} as JSON (for scripts) instead of a table.")
+
+
+def print_json(value) -> None:
+    """One indented JSON document on stdout."""
+    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def print_json_lines(rows: Sequence[Mapping]) -> None:

@@ -1,6 +1,6 @@
 """The `evaluate` command: how well a run's embeddings separate the labels of a passthrough column.
 
-Two measures, printed as JSON:
+Two measures, printed as a table (`--json`: the full report as JSON):
 
 - leave-one-out precision@1 and precision@k (cosine kNN): for each labelled row, the fraction of
   its k nearest other rows that share its label, averaged over rows. Chance is about
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from typing import Optional
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, run_command
+from pipeline.tools.common import ToolError, add_json_flag, format_fields, format_table, print_json, run_command
 from pipeline.tools.knn import leave_one_out_neighbours, precision_at_k
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 
@@ -34,6 +33,7 @@ __all__ = [
     "knn_precision",
     "linear_probe",
     "evaluate_embeddings",
+    "format_evaluation",
     "add_arguments",
     "main_from_args",
 ]
@@ -194,6 +194,33 @@ def evaluate_embeddings(
     return report
 
 
+def format_evaluation(report: dict) -> str:
+    """The report of `evaluate_embeddings` as a few lines and a table of measures against their baselines."""
+    k = report["k"]
+    probe = report["linear_probe"]
+    skipped = report["skipped_unlabelled"] + report["skipped_invalid"]
+    counts = report.get("class_counts")
+    classes = f"{report['classes']}" + (" (" + ", ".join(f"{name}: {n:,}" for name, n in counts.items()) + ")" if counts else "")
+    header = format_fields([
+        ("embeddings", f"{report['embeddings']} ({report['modality']}, model {report['model']})"),
+        ("label field", report["label_field"]),
+        ("rows", f"{report['rows']:,}, evaluated {report['evaluated']:,}"
+         + (f" (skipped {report['skipped_unlabelled']:,} unlabelled, {report['skipped_invalid']:,} unusable vectors)" if skipped else "")),
+        ("classes", classes),
+    ])
+    chance = report["chance_precision"]
+    rows = [
+        {"measure": "kNN precision@1", "value": report["precision_at_1"], "baseline": chance,
+         "baseline is": "chance: a random other row has the same label"},
+        {"measure": f"kNN precision@{k}", "value": report[f"precision_at_{k}"], "baseline": chance, "baseline is": "chance"},
+        {"measure": "linear probe accuracy", "value": probe["accuracy"], "baseline": probe["majority_accuracy"],
+         "baseline is": f"always the majority label ({probe['test_rows']:,} held-out rows)"},
+        {"measure": "linear probe, training rows", "value": probe["train_accuracy"], "baseline": None,
+         "baseline is": f"{probe['train_rows']:,} rows; far above the held-out accuracy = overfitting"},
+    ]
+    return header + "\n\n" + format_table(rows, ["measure", "value", "baseline", "baseline is"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -209,10 +236,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rows", type=int, help="Evaluate a seeded random sample of this many labelled rows (default: all).")
     parser.add_argument("--block-rows", type=int, default=1024, help="Query rows per block of the similarity computation (default: %(default)s).")
     parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s).")
+    add_json_flag(parser, "the full report")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run `evaluate`: the JSON report on stdout."""
+    """Run `evaluate`: a table on stdout (`--json`: the full report)."""
 
     def body() -> int:
         if args.max_rows is not None and args.max_rows < 2:
@@ -222,7 +250,10 @@ def main_from_args(args: argparse.Namespace) -> int:
         embeddings = open_embeddings(args.embeddings, args.modality)
         report = evaluate_embeddings(embeddings, args.label_field, args.k, args.test_fraction, args.seed,
                                      args.max_rows, args.block_rows, args.batch_rows)
-        print(json.dumps(report, indent=2))
+        if args.json:
+            print_json(report)
+        else:
+            print(format_evaluation(report))
         return 0
 
     return run_command("evaluate", body)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, run_command, write_bytes
+from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, run_command, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms import fileio
 
@@ -37,6 +37,7 @@ __all__ = [
     "require_faiss",
     "build_index",
     "load_index",
+    "format_index_info",
     "add_arguments",
     "main_from_args",
 ]
@@ -175,6 +176,20 @@ def load_index(embeddings: EmbeddingSet) -> tuple[Optional[FaissIndex], str]:
     return FaissIndex(index, table.column("id").to_pylist(), table.column("position").to_numpy(), info), "faiss " + info["kind"]
 
 
+def format_index_info(info: dict) -> str:
+    """What `build-index` built, as aligned lines."""
+    return format_fields([
+        ("index", f"faiss {info['kind']} over {info['rows']:,} {info['modality']} embeddings of dimension {info['dimension']}"),
+        ("metric", info["metric"]),
+        ("skipped", f"{info['skipped_invalid']:,} rows with a null, zero or non-finite vector"),
+        ("run", f"{info['source']['run_id']} (finished {info['source']['finished_at']})"),
+        ("files", info["files"]["index"]),
+        ("", info["files"]["ids"]),
+        ("", info["files"]["info"]),
+        ("use", "`neighbors --embeddings DIR ...` uses it until the run folder is rewritten"),
+    ])
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -186,16 +201,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=INDEX_KINDS, default="flat",
                         help="flat: exact cosine search; hnsw: approximate, faster for millions of rows (default: %(default)s).")
     parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per chunk (default: %(default)s).")
+    add_json_flag(parser, "the index's info")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run `build-index`: prints the index's info as JSON."""
+    """Run `build-index`: what it built, as a table (`--json`: the index's info)."""
 
     def body() -> int:
         require_faiss()
         embeddings = open_embeddings(args.embeddings, args.modality)
         info = build_index(embeddings, kind=args.kind, batch_rows=args.batch_rows)
-        print(json.dumps(info, indent=2))
+        if args.json:
+            print_json(info)
+        else:
+            print(format_index_info(info))
         return 0
 
     return run_command("build-index", body)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Optional
 
@@ -116,12 +117,24 @@ def query_from_text(
     path = model_path or recorded.get("path")
     if not path:
         raise ToolError("--text-model is needed: the manifest does not say which text model the run used")
+    if not model_path:
+        _check_recorded_path(path, "--text-model")
     embedder = load_text_embedder(TextModelSpec(path, batch_size=1, unsafe_loading=unsafe))
     _check_same_model(embeddings, embedder.model_name, embedder.model_sha256, "--text-model", allow_mismatch, True)
     vector = embedder.embed([text])[0]
     if not np.isfinite(vector).all():
         raise ToolError(f"--text {text!r} has no word once lower-cased and stripped of punctuation: nothing to embed")
     return vector
+
+
+def _check_recorded_path(path: str, flag: str) -> None:
+    """A model path read from the manifest must be usable from here (runs made before paths were absolute may hold relative ones)."""
+    if fileio.is_remote(path) or os.path.isabs(path) or os.path.exists(path):
+        return
+    raise ToolError(
+        f"the manifest records the model as {path!r}, a path relative to the folder the run was started from "
+        f"(an older run): run this command from that folder, or give the model with {flag}"
+    )
 
 
 def _image_spec(embeddings: EmbeddingSet, overrides: dict, unsafe: bool):
@@ -135,6 +148,8 @@ def _image_spec(embeddings: EmbeddingSet, overrides: dict, unsafe: bool):
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if not settings.get("model"):
         raise ToolError("--image-model is needed: the manifest does not say which image model the run used")
+    if not overrides.get("model") and str(settings["model"]).endswith((".keras", ".h5")):
+        _check_recorded_path(settings["model"], "--image-model")
     settings.update(batch_size=1, unsafe_loading=unsafe)  # never unsafe because a manifest says so
     return ImageModelSpec(**settings)
 
@@ -211,7 +226,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                                               args.allow_model_mismatch), None
         result = find_neighbours(embeddings, query, args.k, exclude, args.batch_rows, use_index=not args.brute_force)
         where = f"{result.method}" + (f"; {result.note}" if result.note else "")
-        print(f"{len(result.rows)} nearest {embeddings.modality} neighbours by cosine ({where})", file=sys.stderr)
+        print(f"{len(result.rows)} nearest {embeddings.modality} neighbors by cosine ({where})", file=sys.stderr)
         if args.json:
             print_json_lines(result.rows)
         else:

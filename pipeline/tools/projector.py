@@ -1,6 +1,6 @@
 """The `export-projector` command: TensorBoard Embedding Projector files and a 2-D PCA scatter plot.
 
-Writes to `--out` (local or gs://):
+Writes to `--output` (local or gs://; `--out` still works):
 
 - `vectors.tsv`: one row of tab-separated values per point, no header (the projector's format).
 - `metadata.tsv`: the id and the passthrough columns (the label first); a header row when there is
@@ -8,7 +8,8 @@ Writes to `--out` (local or gs://):
   values become spaces.
 - `projector_config.pbtxt`: points TensorBoard's projector at the two files (`--logdir DIR2`), or
   load the two TSVs at projector.tensorflow.org.
-- `pca.png`: the points on their first two principal components, coloured by `--label-field`
+- `pca.png`: the points on their first two principal components, with ticks and grid, titled
+  with the model's name, coloured by `--label-field` with a legend of the labels and their counts
   (the 20 commonest labels get a colour of their own, the rest are grey).
 
 At most `--max-points` rows are exported: a seeded uniform sample, chosen from the Parquet footers'
@@ -26,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, run_command, write_bytes
+from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, run_command, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms import fileio
 
@@ -35,8 +36,10 @@ __all__ = [
     "ProjectorPoints",
     "sample_points",
     "pca_2d",
+    "nice_ticks",
     "draw_scatter",
     "export_projector",
+    "format_export_summary",
     "add_arguments",
     "main_from_args",
 ]
@@ -114,47 +117,103 @@ def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return projected, explained
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (steps of 1, 2 or 5 times a power of ten) covering [lo, hi], about `count` of them."""
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return [float(lo)] if np.isfinite(lo) else []
+    raw = (hi - lo) / max(count, 1)
+    power = 10 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = np.ceil(lo / step) * step
+    ticks = np.arange(first, hi + step * 1e-9, step)
+    return [0.0 if abs(t) < step * 1e-9 else float(t) for t in ticks]
+
+
+def _tick_label(value: float, ticks: Sequence[float]) -> str:
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(value) or 1.0
+    decimals = max(0, int(-np.floor(np.log10(step)))) if step > 0 else 0
+    return f"{value:.{decimals}f}"
+
+
 def draw_scatter(
     points: np.ndarray, labels: Optional[Sequence[str]], title: str, explained: Sequence[float], seed: int = 0,
-    size: tuple[int, int] = (1000, 760),
+    size: tuple[int, int] = (1000, 760), legend_title: Optional[str] = None, subtitle: str = "",
 ) -> bytes:
-    """A PNG scatter plot of 2-D points coloured by label, with a legend, drawn with Pillow."""
+    """A PNG scatter plot of 2-D points coloured by label: axes with ticks and grid, a legend with counts (Pillow)."""
     from PIL import Image, ImageDraw, ImageFont
 
     width, height = size
-    left, top, right, bottom = 70, 50, width - 230, height - 60
+    left, top, right, bottom = 95, 70, width - 240, height - 70
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=14)
+    font = ImageFont.load_default(size=16)
     small = ImageFont.load_default(size=12)
-    draw.text((left, 15), title, fill="black", font=font)
-    draw.rectangle([left, top, right, bottom], outline=(80, 80, 80))
-    draw.text(((left + right) // 2 - 60, bottom + 25), f"PC1 ({100 * explained[0]:.1f}% of variance)", fill="black", font=small)
-    axis = Image.new("RGBA", (200, 20), (255, 255, 255, 0))
-    ImageDraw.Draw(axis).text((0, 0), f"PC2 ({100 * explained[1]:.1f}% of variance)", fill="black", font=small)
-    image.paste(axis.rotate(90, expand=True), (20, (top + bottom) // 2 - 100), axis.rotate(90, expand=True))
+    draw.text((left, 14), title, fill="black", font=font)
+    if subtitle:
+        draw.text((left, 38), subtitle, fill=(90, 90, 90), font=small)
 
-    names = [str(v) if v is not None else "(none)" for v in labels] if labels is not None else ["all"] * len(points)
-    ranked = [name for name, _ in sorted(Counter(names).items(), key=lambda item: (-item[1], item[0]))]
+    names = [str(v) if v is not None else "(none)" for v in labels] if labels is not None else ["all points"] * len(points)
+    counts = Counter(names)
+    ranked = [name for name, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
     colours = {name: _PALETTE[i] if i < len(_PALETTE) else _OTHER for i, name in enumerate(ranked)}
+    pad = 10
     if len(points):
         lo, hi = points.min(axis=0), points.max(axis=0)
-        span = np.where(hi - lo > 0, hi - lo, 1.0)
-        pad = 8
-        xs = left + pad + (points[:, 0] - lo[0]) / span[0] * (right - left - 2 * pad)
-        ys = bottom - pad - (points[:, 1] - lo[1]) / span[1] * (bottom - top - 2 * pad)
+    else:
+        lo, hi = np.zeros(2), np.ones(2)
+    lo = np.where(hi - lo > 0, lo, lo - 0.5)
+    hi = np.where(hi - lo > 0, hi, hi + 0.5)
+    span = hi - lo
+
+    def to_x(v):
+        return left + pad + (v - lo[0]) / span[0] * (right - left - 2 * pad)
+
+    def to_y(v):
+        return bottom - pad - (v - lo[1]) / span[1] * (bottom - top - 2 * pad)
+
+    # Grid, ticks and tick labels.
+    xticks, yticks = nice_ticks(lo[0], hi[0]), nice_ticks(lo[1], hi[1])
+    for t in xticks:
+        x = float(to_x(t))
+        draw.line([x, top, x, bottom], fill=(232, 232, 232))
+        draw.line([x, bottom, x, bottom + 5], fill=(80, 80, 80))
+        text = _tick_label(t, xticks)
+        draw.text((x - draw.textlength(text, font=small) / 2, bottom + 8), text, fill="black", font=small)
+    for t in yticks:
+        y = float(to_y(t))
+        draw.line([left, y, right, y], fill=(232, 232, 232))
+        draw.line([left - 5, y, left, y], fill=(80, 80, 80))
+        text = _tick_label(t, yticks)
+        draw.text((left - 8 - draw.textlength(text, font=small), y - 7), text, fill="black", font=small)
+    draw.rectangle([left, top, right, bottom], outline=(80, 80, 80))
+    xlabel = f"PC1 ({100 * explained[0]:.1f}% of variance)"
+    draw.text(((left + right) / 2 - draw.textlength(xlabel, font=small) / 2, bottom + 30), xlabel, fill="black", font=small)
+    ylabel = f"PC2 ({100 * explained[1]:.1f}% of variance)"
+    axis = Image.new("RGBA", (int(draw.textlength(ylabel, font=small)) + 4, 16), (255, 255, 255, 0))
+    ImageDraw.Draw(axis).text((0, 0), ylabel, fill="black", font=small)
+    rotated = axis.rotate(90, expand=True)
+    image.paste(rotated, (12, int((top + bottom) / 2 - rotated.height / 2)), rotated)
+
+    if len(points):
+        xs, ys = to_x(points[:, 0]), to_y(points[:, 1])
         radius = 3 if len(points) <= 2000 else 2
         for i in np.random.default_rng(seed).permutation(len(points)):  # no label drawn wholly on top
             x, y = float(xs[i]), float(ys[i])
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colours[names[i]])
-    y = top
+
+    # Legend: one entry per label (the commonest first) with its number of points.
+    x0, y = right + 18, top
+    if legend_title:
+        draw.text((x0, y), legend_title[:28], fill="black", font=font)
+        y += 24
     for name in ranked[: len(_PALETTE)]:
-        draw.ellipse([right + 20, y + 4, right + 30, y + 14], fill=colours[name])
-        draw.text((right + 38, y), name[:24], fill="black", font=small)
+        draw.ellipse([x0 + 2, y + 4, x0 + 12, y + 14], fill=colours[name])
+        draw.text((x0 + 20, y), f"{name[:22]} ({counts[name]:,})", fill="black", font=small)
         y += 20
     if len(ranked) > len(_PALETTE):
-        draw.ellipse([right + 20, y + 4, right + 30, y + 14], fill=_OTHER)
-        draw.text((right + 38, y), f"{len(ranked) - len(_PALETTE)} other labels", fill="black", font=small)
+        others = sum(counts[name] for name in ranked[len(_PALETTE):])
+        draw.ellipse([x0 + 2, y + 4, x0 + 12, y + 14], fill=_OTHER)
+        draw.text((x0 + 20, y), f"{len(ranked) - len(_PALETTE)} other labels ({others:,})", fill="black", font=small)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
@@ -208,8 +267,11 @@ def export_projector(
     )
     projected, explained = pca_2d(points.vectors)
     labels = points.metadata[label_field] if label_field else None
-    title = f"{embeddings.modality} embeddings, {n} points, PCA" + (f", coloured by {label_field}" if label_field else "")
-    png = draw_scatter(projected, labels, title, explained, seed)
+    model = embeddings.model.get("name") or "unknown model"
+    title = f"PCA of {n:,} {embeddings.modality} embeddings, model {model}"
+    subtitle = (f"coloured by {label_field}; " if label_field else "") + (
+        f"a seeded sample of {n:,} of {points.total_rows:,} rows" if n < points.total_rows else f"all {n:,} usable rows")
+    png = draw_scatter(projected, labels, title, explained, seed, legend_title=label_field, subtitle=subtitle)
 
     paths = {name: fileio.join(out, name) for name in (VECTORS_NAME, METADATA_NAME, CONFIG_NAME, PLOT_NAME)}
     write_bytes(paths[VECTORS_NAME], vectors_tsv.getvalue().encode("utf-8"), "text/tab-separated-values")
@@ -217,6 +279,7 @@ def export_projector(
     write_bytes(paths[CONFIG_NAME], config.encode("utf-8"), "text/plain")
     write_bytes(paths[PLOT_NAME], png, "image/png")
     return {
+        "model": model,
         "points": n,
         "dimension": d,
         "rows": points.total_rows,
@@ -227,6 +290,23 @@ def export_projector(
     }
 
 
+def format_export_summary(summary: dict) -> str:
+    """What `export-projector` wrote, as aligned lines."""
+    pc1, pc2 = summary["pca_explained_variance"][:2]
+    files = summary["files"]
+    return format_fields([
+        ("points", f"{summary['points']:,} of {summary['rows']:,} rows (dimension {summary['dimension']}, model {summary['model']})"
+         + (f"; {summary['skipped_invalid']:,} unusable vectors left out" if summary["skipped_invalid"] else "")),
+        ("metadata", ", ".join(summary["metadata_columns"])),
+        ("PCA", f"PC1 explains {100 * pc1:.1f}% of the variance, PC2 {100 * pc2:.1f}%"),
+        ("plot", files[PLOT_NAME]),
+        ("projector", files[VECTORS_NAME]),
+        ("", files[METADATA_NAME]),
+        ("", files[CONFIG_NAME]),
+        ("view", "load the two .tsv files at https://projector.tensorflow.org, or point TensorBoard's projector at the folder"),
+    ])
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -234,22 +314,26 @@ def export_projector(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline export-projector`."""
     parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
-    parser.add_argument("--out", required=True, metavar="DIR2", help="Folder for the projector files and pca.png (local or gs://).")
+    parser.add_argument("--output", "--out", dest="out", required=True, metavar="DIR2", help="Folder for the projector files and pca.png (local or gs://).")
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
     parser.add_argument("--label-field", help="Passthrough column to colour the plot by (also the first metadata column).")
     parser.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
                         help="Export a seeded random sample of at most this many rows (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample (default: %(default)s).")
     parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s).")
+    add_json_flag(parser, "the summary")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run `export-projector`: a JSON summary on stdout."""
+    """Run `export-projector`: a summary table on stdout (`--json` for scripts)."""
 
     def body() -> int:
         embeddings = open_embeddings(args.embeddings, args.modality)
         summary = export_projector(embeddings, args.out, args.label_field, args.max_points, args.seed, args.batch_rows)
-        print(json.dumps(summary, indent=2))
+        if args.json:
+            print_json(summary)
+        else:
+            print(format_export_summary(summary))
         return 0
 
     return run_command("export-projector", body)

@@ -123,13 +123,13 @@ class ImageTrainingConfig:
         if network.module not in PREPROCESS_MODES:
             raise ToolError(f"--base {self.base}: no known preprocessing for keras.applications.{network.module}")
         if self.alpha is not None and not network.has_alpha:
-            raise ToolError(f"--alpha: {self.base} has no width multiplier")
+            raise ToolError(f"--image-alpha: {self.base} has no width multiplier")
         if self.image_size is not None and self.image_size < 32:
             raise ToolError(f"--image-size must be at least 32, got {self.image_size}")
         if network.fixed_size and self.image_size not in (None, network.default_size):
             raise ToolError(f"--image-size: {self.base} only takes {network.default_size}")
         if not self.base_weights:
-            raise ToolError("--base-weights must be imagenet or a weights file")
+            raise ToolError("--image-weights must be imagenet or a weights file")
         for flag, value, minimum in (("--embedding-dim", self.embedding_dim, 1), ("--epochs", self.epochs, 1),
                                      ("--patience", self.patience, 0), ("--fine-tune-layers", self.fine_tune_layers, 0),
                                      ("--fine-tune-epochs", self.fine_tune_epochs, 1), ("--batch-size", self.batch_size, 1),
@@ -297,18 +297,18 @@ def build_base_network(config: ImageTrainingConfig):
         try:
             local = fileio.local_copy(config.base_weights)
         except Exception as exc:  # noqa: BLE001 - missing bucket, no permission
-            raise ToolError(f"--base-weights {config.base_weights!r}: cannot read ({type(exc).__name__}: {exc})") from exc
+            raise ToolError(f"--image-weights {config.base_weights!r}: cannot read ({type(exc).__name__}: {exc})") from exc
         if not os.path.exists(local):
-            raise ToolError(f"--base-weights {config.base_weights!r}: no such file")
+            raise ToolError(f"--image-weights {config.base_weights!r}: no such file")
         kwargs["weights"] = local
     try:
         return config.network.builder()(**kwargs)
     except ValueError as exc:
-        raise ToolError(f"--base {config.base} / --base-weights {config.base_weights!r}: {str(exc).splitlines()[0]}") from exc
+        raise ToolError(f"--base {config.base} / --image-weights {config.base_weights!r}: {str(exc).splitlines()[0]}") from exc
     except Exception as exc:
         if config.base_weights == "imagenet":
             raise ToolError(
-                f"--base-weights imagenet: could not download the ImageNet weights ({type(exc).__name__}); without "
+                f"--image-weights imagenet: could not download the ImageNet weights ({type(exc).__name__}); without "
                 "internet access pass a local or gs:// weights file"
             ) from exc
         raise
@@ -484,10 +484,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True, metavar="NAME", help=f"Keras Applications network: {', '.join(NETWORKS)}.")
     parser.add_argument("--output", required=True, metavar="MODEL.keras",
                         help="Where to save the model (local or gs://); the report goes to MODEL.training.json.")
-    parser.add_argument("--base-weights", default=d["base_weights"].default,
+    parser.add_argument("--image-weights", "--base-weights", dest="base_weights", metavar="WEIGHTS", default=d["base_weights"].default,
                         help="imagenet (Keras download) or a no-top weights file, local or gs:// (default: %(default)s).")
     parser.add_argument("--image-size", type=int, help="Input size in pixels (default: the network's own, e.g. 224).")
-    parser.add_argument("--alpha", type=float, help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.")
+    parser.add_argument("--image-alpha", "--alpha", dest="alpha", metavar="ALPHA", type=float, help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.")
     parser.add_argument("--embedding-dim", type=int, default=d["embedding_dim"].default, help="Size of the `embedding` layer (default: %(default)s).")
     parser.add_argument("--dropout", type=float, default=d["dropout"].default, help="Dropout on the base's features; 0 for none (default: %(default)s).")
     parser.add_argument("--epochs", type=int, default=d["epochs"].default, help="Most epochs of the head (frozen base); stops early (default: %(default)s).")

@@ -122,7 +122,7 @@ def word_vector_table(words: WordVectors) -> pa.Table:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline export-word-vectors`."""
     parser.add_argument("--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://).")
-    parser.add_argument("--out", required=True, metavar="FILE.parquet", help="Where to write the word vectors (local or gs://).")
+    parser.add_argument("--output", "--out", dest="out", required=True, metavar="FILE.parquet", help="Where to write the word vectors (local or gs://).")
     parser.add_argument("--unsafe-model-loading", action="store_true", help="Allow .keras models with custom Python code (only for files you trust).")
 
 
@@ -131,7 +131,7 @@ def main_from_args(args: argparse.Namespace) -> int:
 
     def body() -> int:
         if not args.out.endswith(".parquet"):
-            raise ToolError(f"--out must end in .parquet, got {args.out!r}")
+            raise ToolError(f"--output must end in .parquet, got {args.out!r}")
         words = load_word_vectors(args.text_model, args.unsafe_model_loading)
         table = word_vector_table(words)
         buffer = io.BytesIO()
