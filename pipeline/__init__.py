@@ -1,1 +1,3 @@
 """The embedding job: command line, options, pipeline graph and training commands."""
+
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it, `beam-embeddings --version` prints it

@@ -48,6 +48,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if "--verbose" in argv else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = [a for a in argv if a != "--verbose"]
+    if argv and argv[0] in ("--version", "-V"):
+        from pipeline import __version__
+
+        print(f"beam-embeddings {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
