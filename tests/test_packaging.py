@@ -2,7 +2,6 @@
 
 import email
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
