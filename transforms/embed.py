@@ -230,7 +230,8 @@ def _load_image(
 ):
     """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes."""
     try:
-        data = fileio.read_bytes(ref.uri, limit=max_bytes)
+        inline = getattr(ref, "data", None)  # bytes given with the record (transforms.api.InlineImageRef)
+        data = inline if inline is not None else fileio.read_bytes(ref.uri, limit=max_bytes)
     except Exception as exc:  # noqa: BLE001 - missing file, permission, network: a dead letter
         if isinstance(exc, fileio.FileTooLarge):
             return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "read", exc)
