@@ -234,6 +234,9 @@ def test_bad_arguments_fail_when_the_transform_is_built_or_applied(tmp_path, tin
         records | "BadLayer" >> EmbedImages(model=str(tiny_image_model), layer="nope")
     with pytest.raises(ModelConfigError, match=r"EmbedImages\(model=\.\.\.\) 'NoSuchNet': unknown network"):
         records | "BadNet" >> EmbedImages(model="NoSuchNet")
+    windowed = records | beam.WindowInto(beam.window.FixedWindows(60))
+    with pytest.raises(ValueError, match="globally windowed"):
+        windowed | "Windowed" >> EmbedImages(model=str(tiny_image_model), layer="features")
 
 
 @pytest.mark.slow

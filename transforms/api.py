@@ -30,6 +30,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms import decode
 from transforms.embed import DEFAULT_MAX_IMAGE_BYTES, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
@@ -273,7 +274,8 @@ class EmbedImages(beam.PTransform):
     `preprocess_input` to apply). The id defaults to the uri; a record with only bytes needs an id.
     Dead letters: not a dict, no id, neither uri nor bytes, an unreadable, too large (`max_bytes`),
     corrupt or too many pixels (`max_pixels`) image, a model failure. With `reshuffle` (default, as
-    in the job) the images are spread over the workers before batching.
+    in the job) the images are spread over the workers before batching. For batch pipelines: the
+    input must be globally windowed (it is refused otherwise).
     """
 
     def __init__(
@@ -314,6 +316,10 @@ class EmbedImages(beam.PTransform):
         self._reshuffle = reshuffle
 
     def expand(self, records: beam.PCollection) -> EmbedResult:
+        if not isinstance(records.windowing.windowfn, GlobalWindows):
+            # the image DoFn keeps batches in flight across elements and emits the last ones when its
+            # bundle ends, in the global window: windowed input would come out in the wrong windows
+            raise ValueError("EmbedImages needs a globally windowed (batch) PCollection; apply it before WindowInto")
         embedder = _load("EmbedImages", load_image_embedder, self._spec)
         schema = embedding_schema(IMAGE, embedder.dimension, self._passthrough)
         del embedder
