@@ -222,6 +222,8 @@ def test_normalize_gives_unit_vectors(tiny_text_model):
 def test_bad_arguments_fail_when_the_transform_is_built_or_applied(tmp_path, tiny_text_model, tiny_image_model):
     with pytest.raises(ValueError, match="'embedding' clashes"):
         EmbedText(model=str(tiny_text_model), passthrough=["embedding"])
+    with pytest.raises(ValueError, match="'text' clashes"):
+        EmbedText(model=str(tiny_text_model), text_field="body", passthrough=["text"])
     with pytest.raises(TypeError, match="not the string 'label'"):
         EmbedText(model=str(tiny_text_model), passthrough="label")
     with pytest.raises(ValueError, match="batch_size"):

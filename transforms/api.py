@@ -193,6 +193,8 @@ class EmbedText(beam.PTransform):
         if not isinstance(model, str) or not model:
             raise ValueError(f"EmbedText: model must be the path of a .keras text model, got {model!r}")
         embedding_schema(TEXT, 1, self._passthrough)  # a passthrough name that clashes with an output field fails here
+        if "text" in self._passthrough:  # the batch tables carry the text in a column of that name (as the job's flag check)
+            raise ValueError("EmbedText: passthrough column 'text' clashes with the text column of the same name")
         self._spec = TextModelSpec(model, batch_size, unsafe_loading)
         self._text_field = text_field
         self._id_field = id_field
