@@ -23,8 +23,8 @@ WORKDIR /template
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
-# The job's own package, installed like on any machine (setup.py reads requirements.txt).
-COPY setup.py ./
+# The job's own package, installed like on any machine (pyproject.toml reads requirements.txt).
+COPY setup.py pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 RUN pip install --no-deps --no-build-isolation . \

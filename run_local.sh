@@ -3,7 +3,8 @@
 #
 #   ./run_local.sh
 #
-# Creates .venv (if absent) and installs requirements.txt, writes the demo data into demo_data/,
+# Creates .venv (if absent), installs requirements.txt and this package (`pip install -e .`, which
+# gives the `beam-embeddings` command in .venv/bin), writes the demo data into demo_data/,
 # trains the demo text model, runs the embedding job into demo_output/, then prints where the
 # Parquet went and a few nearest neighbours per modality. Takes a few minutes on 2 cores.
 # Keras' settings and cache go to .keras_home/ in this folder, not to ~/.keras.
@@ -28,8 +29,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
         || { echo "error: $PYTHON is older than Python 3.10 (set PYTHON=python3.11)" >&2; exit 1; }
     "$PYTHON" -m venv "$VENV"
 fi
-step "Installing requirements.txt into $VENV"
+step "Installing requirements.txt and this package (editable, with the beam-embeddings command) into $VENV"
 "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+"$VENV/bin/python" -m pip install --quiet --no-deps -e .
 mkdir -p "$KERAS_HOME"
 py() { "$VENV/bin/python" "$@"; }
 
@@ -48,7 +50,7 @@ print(f"text model: val accuracy {r['val_accuracy']:.3f}, train accuracy {r['tra
 PY
 
 step "Running the embedding job -> $OUT/"
-py -m pipeline run --output "$OUT" \
+"$VENV/bin/beam-embeddings" run --output "$OUT" \
     --text-input "$DATA/text/reviews.jsonl" --text-model "$DATA/text_model.keras" \
     --image-input "$DATA/images/MANIFEST.csv" --image-model "$DATA/image_model.keras" --image-layer features \
     --passthrough label

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
+
 from transforms.bigquery import (
     BigQueryTableError,
     TableToRowsFn,

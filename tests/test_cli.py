@@ -236,7 +236,6 @@ def test_passthrough_text_is_allowed_and_real_columns_still_clash():
 
 def test_a_relative_model_path_of_an_older_manifest_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import numpy as np
-
     from test_tools_support import write_run
 
     run = write_run(tmp_path / "run", np.eye(3, dtype=np.float32), modality="text")

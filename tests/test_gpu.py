@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -86,7 +85,7 @@ def test_gpu_requirements_are_the_cpu_pins_with_tensorflows_cuda_build(instructi
     version = re.search(r"^tensorflow-cpu==(\S+)$", "\n".join(cpu), re.M).group(1)
     assert f"tensorflow[and-cuda]=={version}" in gpu
     assert not any(line.startswith("tensorflow-cpu") for line in gpu)
-    assert [l for l in cpu if not l.startswith("tensorflow-cpu")] == [l for l in gpu if not l.startswith("tensorflow[")]
+    assert [line for line in cpu if not line.startswith("tensorflow-cpu")] == [line for line in gpu if not line.startswith("tensorflow[")]
 
 
 def test_hadolint_finds_nothing_in_either_dockerfile():

@@ -1,5 +1,42 @@
-"""Beam transforms of the embedding job: read, decode, embed, write."""
+"""Beam transforms of the embedding job (read, decode, embed, dedup, write) and its public library API.
 
-from transforms import quiet as _quiet  # noqa: E402 - hides TensorFlow's C++ start-up lines (see transforms.quiet)
+    from transforms import EmbedText, EmbedImages, read_embeddings
+
+`EmbedText` / `EmbedImages` (see `transforms.api`) embed a PCollection of dicts inside your own
+pipeline; `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.write`) read a
+finished run of the job. The names are imported on first use, so `import transforms.fileio`
+stays light and reading a run never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from transforms import quiet as _quiet  # hides TensorFlow's C++ start-up lines (see transforms.quiet)
 
 _quiet.install()
+
+__all__ = ["EmbedText", "EmbedImages", "EmbedResult", "read_embeddings", "read_errors", "read_manifest"]
+
+_HOMES = {
+    "EmbedText": "transforms.api",
+    "EmbedImages": "transforms.api",
+    "EmbedResult": "transforms.api",
+    "read_embeddings": "transforms.write",
+    "read_errors": "transforms.write",
+    "read_manifest": "transforms.write",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'transforms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,8 +21,8 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from transforms import decode, fileio, progress
-from transforms.devices import log_model_devices
 from transforms.dedup import duplicate_reason, id_hashes, occurrences, split_occurrence
+from transforms.devices import log_model_devices
 from transforms.incremental import contains, record_key, record_keys
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
@@ -237,7 +237,8 @@ def _load_image(
 ):
     """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes."""
     try:
-        data = fileio.read_bytes(ref.uri, limit=max_bytes)
+        inline = getattr(ref, "data", None)  # bytes given with the record (transforms.api.InlineImageRef)
+        data = inline if inline is not None else fileio.read_bytes(ref.uri, limit=max_bytes)
     except Exception as exc:  # noqa: BLE001 - missing file, permission, network: a dead letter
         if isinstance(exc, fileio.FileTooLarge):
             return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "read", exc)

@@ -1,0 +1,351 @@
+"""Composable transforms for your own Beam pipelines: `EmbedText` and `EmbedImages`.
+
+Apply them to a PCollection of dicts; each returns an `EmbedResult` of two PCollections:
+
+- `embeddings`: one dict per embedded record: `id`, `embedding` (a 1-D float32 NumPy array),
+  `content_sha256`, `model`, `model_sha256`, and the `passthrough` fields (as strings, JSON for
+  non-strings, exactly as the job writes them to Parquet);
+- `errors`: one dead letter per record that could not be embedded, as a dict with `id`,
+  `modality`, `source`, `stage`, `error_type` and `message` (the columns of the job's `errors/`).
+
+Every input record ends up in exactly one of the two: a malformed record is a dead letter, never an
+exception. Under the hood they run the job's own DoFns (`transforms.embed`): the same fixed-shape
+batches, one model per worker process shared by its threads (`shared.Shared`, counted by the Beam
+metrics `embeddings:text_model_loads` / `image_model_loads`), the same failure isolation, so the
+vectors are bit-identical to what `python -m pipeline run` writes for the same records and model.
+
+The model is also loaded once when the transform is applied (as the job's launcher does): a missing
+file, an unknown network or layer fails there, naming the argument, before anything runs.
+
+Not done here (the job does them over files it reads itself): the duplicate-id check and
+incremental skipping. Ids are the caller's business: make them unique if you join on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms import decode
+from transforms.embed import DEFAULT_MAX_IMAGE_BYTES, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.models import ImageModelSpec, ModelConfigError, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema
+from transforms.text_read import passthrough_value, text_batch_schema
+
+__all__ = [
+    "EmbedText",
+    "EmbedImages",
+    "EmbedResult",
+    "InlineImageRef",
+]
+
+# The job's flags, as the arguments of these transforms (for error messages raised by the loaders).
+_ARGUMENTS = {
+    "--text-model": "model",
+    "--image-model": "model",
+    "--image-weights": "weights",
+    "--image-size": "image_size",
+    "--image-alpha": "alpha",
+    "--image-layer": "layer",
+    "--image-preprocess": "preprocess",
+}
+
+
+class EmbedResult(NamedTuple):
+    """What `EmbedText` / `EmbedImages` return (it unpacks: `embeddings, errors = ...`)."""
+
+    embeddings: beam.PCollection
+    errors: beam.PCollection
+
+
+@dataclasses.dataclass(frozen=True)
+class InlineImageRef(ImageRef):
+    """An image whose bytes travel with the record (`image_bytes`) instead of being read from `uri`."""
+
+    data: Optional[bytes] = None
+
+
+def _error_dict(error: ErrorRecord) -> dict:
+    return dataclasses.asdict(error)
+
+
+def _rows(table: pa.Table, passthrough: Sequence[str]) -> Iterator[dict]:
+    """One dict per row of an embedded table (the job's output schema), with a float32 vector each."""
+    n = table.num_rows
+    vectors = table.column("embedding").combine_chunks()
+    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(n, vectors.type.list_size)
+    ids = table.column("id").to_pylist()
+    columns = {name: table.column(name).to_pylist() for name in ("content_sha256", "model", "model_sha256", *passthrough)}
+    for i in range(n):
+        row = {"id": ids[i], "embedding": matrix[i].copy()}  # its own 1-D array, not a view of the batch
+        row.update((name, values[i]) for name, values in columns.items())
+        yield row
+
+
+def _load(transform: str, loader, spec):
+    """Load a model in the launcher; a bad argument raises ModelConfigError naming it."""
+    try:
+        return loader(spec)
+    except ModelConfigError as exc:
+        prefix = f"{exc.flag} {exc.value!r}: "
+        reason = str(exc)[len(prefix):] if str(exc).startswith(prefix) else str(exc)
+        argument = _ARGUMENTS.get(exc.flag, exc.flag)
+        raise ModelConfigError(f"{transform}({argument}=...)", exc.value, reason) from exc
+
+
+def _check_common(name: str, passthrough: Sequence[str], batch_size: int, *fields: str) -> tuple[str, ...]:
+    if isinstance(passthrough, str):
+        raise TypeError(f"{name}: passthrough must be a sequence of field names, not the string {passthrough!r}")
+    passthrough = tuple(passthrough)
+    if not all(isinstance(p, str) and p for p in passthrough):
+        raise TypeError(f"{name}: passthrough must hold field names (strings), got {passthrough!r}")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"{name}: batch_size must be a positive integer, got {batch_size!r}")
+    for field in fields:
+        if not isinstance(field, str) or not field:
+            raise ValueError(f"{name}: field names must be non-empty strings, got {field!r}")
+    return passthrough
+
+
+def _record_id(record: Mapping, id_field: str) -> Optional[str]:
+    raw = record.get(id_field)
+    return None if raw is None or raw == "" else passthrough_value(raw)
+
+
+class _TextRecordsToTableFn(beam.DoFn):
+    """A batch of dicts in; one table in the job's text batch schema out, a dead letter per bad record.
+
+    The checks and messages are the job's reader's (`ReadTextFileFn`); a record without an id is a
+    `MissingId` dead letter (the job would name it after its file and line, which a dict has not)."""
+
+    def __init__(self, text_field: str, id_field: str, passthrough: Sequence[str]):
+        self._text_field = text_field
+        self._id_field = id_field
+        self._passthrough = tuple(passthrough)
+        self._schema = text_batch_schema(self._passthrough)
+
+    def _problem(self, record: Any, record_id: Optional[str]) -> Optional[ErrorRecord]:
+        if not isinstance(record, Mapping):
+            return ErrorRecord(None, TEXT, None, "read", "InvalidRecord", f"expected a dict, got {type(record).__name__}")
+        if record_id is None:
+            return ErrorRecord(None, TEXT, None, "read", "MissingId", f"record has no {self._id_field!r} value (set id_field)")
+        text = record.get(self._text_field)
+        problem = None
+        if self._text_field not in record:
+            problem = f"record has no {self._text_field!r} field (set text_field)"
+        elif text is None:
+            problem = f"{self._text_field!r} is null"
+        elif not isinstance(text, str):
+            problem = f"{self._text_field!r} is a {type(text).__name__}, not a string"
+        elif "\x00" in text:
+            problem = f"{self._text_field!r} contains NUL characters"
+        return ErrorRecord(record_id, TEXT, None, "read", "InvalidTextField", problem) if problem else None
+
+    def process(self, records: Sequence[Any]) -> Iterator:
+        columns: dict[str, list] = {name: [] for name in self._schema.names}
+        for record in records:
+            record_id = _record_id(record, self._id_field) if isinstance(record, Mapping) else None
+            error = self._problem(record, record_id)
+            if error is not None:
+                yield beam.pvalue.TaggedOutput(ERRORS, error)
+                continue
+            text = record[self._text_field]
+            columns["id"].append(record_id)
+            columns["source"].append(None)
+            columns["line"].append(None)
+            columns["text"].append(text)
+            columns["content_sha256"].append(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+            for name in self._passthrough:
+                columns[name].append(passthrough_value(record.get(name)))
+        if columns["id"]:
+            yield pa.Table.from_pydict(columns, schema=self._schema)
+
+
+class EmbedText(beam.PTransform):
+    """Dicts with a text and an id in; `EmbedResult(embeddings, errors)` out.
+
+    `model` is a `.keras` file made by `train-text` (local or gs://). Records are embedded in
+    batches of `batch_size` (the last one padded, so the model never retraces); `normalize`
+    L2-normalises the vectors. Dead letters: not a dict, no id (`MissingId`), a missing, null,
+    non-string or NUL-bearing text (`InvalidTextField`), empty text or text with no word the
+    model knows how to standardise (`EmptyText`), a model failure (`embed` stage).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        text_field: str = "text",
+        id_field: str = "id",
+        passthrough: Sequence[str] = (),
+        batch_size: int = 1024,
+        normalize: bool = False,
+        unsafe_loading: bool = False,
+        label: Optional[str] = None,
+    ):
+        super().__init__(label)
+        self._passthrough = _check_common("EmbedText", passthrough, batch_size, text_field, id_field)
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"EmbedText: model must be the path of a .keras text model, got {model!r}")
+        embedding_schema(TEXT, 1, self._passthrough)  # a passthrough name that clashes with an output field fails here
+        if "text" in self._passthrough:  # the batch tables carry the text in a column of that name (as the job's flag check)
+            raise ValueError("EmbedText: passthrough column 'text' clashes with the text column of the same name")
+        self._spec = TextModelSpec(model, batch_size, unsafe_loading)
+        self._text_field = text_field
+        self._id_field = id_field
+        self._normalize = normalize
+
+    def expand(self, records: beam.PCollection) -> EmbedResult:
+        embedder = _load("EmbedText", load_text_embedder, self._spec)
+        schema = embedding_schema(TEXT, embedder.dimension, self._passthrough)
+        del embedder
+        size = self._spec.batch_size
+        tables = (
+            records
+            | "BatchTextRecords" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+            | "TextRecordsToTables" >> beam.ParDo(
+                _TextRecordsToTableFn(self._text_field, self._id_field, self._passthrough)
+            ).with_outputs(ERRORS, main="tables")
+        )
+        embedded = tables.tables | "EmbedText" >> beam.ParDo(
+            EmbedTextBatchesFn(self._spec, schema, self._normalize)
+        ).with_outputs(ERRORS, SKIPPED, main="tables")
+        embeddings = embedded.tables | "TextEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
+        errors = (
+            (tables[ERRORS], embedded[ERRORS])
+            | "AllTextErrors" >> beam.Flatten()
+            | "TextErrorDicts" >> beam.Map(_error_dict)
+        )
+        return EmbedResult(embeddings, errors)
+
+
+class _ImageRecordToRefFn(beam.DoFn):
+    """A dict in; an ImageRef (uri) or InlineImageRef (bytes) out, or a dead letter."""
+
+    def __init__(self, uri_field: str, bytes_field: str, id_field: str, passthrough: Sequence[str], max_bytes: int):
+        self._uri_field = uri_field
+        self._bytes_field = bytes_field
+        self._id_field = id_field
+        self._passthrough = tuple(passthrough)
+        self._max_bytes = max_bytes
+
+    def process(self, record: Any) -> Iterator:
+        if not isinstance(record, Mapping):
+            error = ErrorRecord(None, IMAGE, None, "read", "InvalidRecord", f"expected a dict, got {type(record).__name__}")
+            yield beam.pvalue.TaggedOutput(ERRORS, error)
+            return
+        uri = record.get(self._uri_field)
+        uri = uri.strip() if isinstance(uri, str) and uri.strip() else None
+        data = record.get(self._bytes_field)
+        record_id = _record_id(record, self._id_field) or uri  # as in the job's manifests: the uri by default
+        source = uri or f"<{self._bytes_field}>"
+
+        def dead(error_type: str, message: str):
+            return beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, IMAGE, source, "read", error_type, message))
+
+        if record_id is None:
+            yield dead("MissingId", f"record has no {self._id_field!r} value and no {self._uri_field!r} to name it (set id_field)")
+            return
+        passthrough = {name: passthrough_value(record.get(name)) for name in self._passthrough}
+        if data is not None:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                yield dead("InvalidRecord", f"{self._bytes_field!r} is a {type(data).__name__}, not bytes")
+                return
+            if len(data) > self._max_bytes:
+                yield dead("FileTooLarge", f"image is larger than {self._max_bytes:,} bytes; not decoded (see max_bytes)")
+                return
+            yield InlineImageRef(id=record_id, uri=source, passthrough=passthrough, data=bytes(data))
+        elif uri is not None:
+            yield ImageRef(id=record_id, uri=uri, passthrough=passthrough)
+        else:
+            yield dead("InvalidRecord", f"record has neither a {self._uri_field!r} value nor {self._bytes_field!r} (set uri_field)")
+
+
+class EmbedImages(beam.PTransform):
+    """Dicts holding an image (`uri`: a local path or gs:// uri, or the bytes in `image_bytes`) in;
+    `EmbedResult(embeddings, errors)` out.
+
+    `model` is a Keras Applications network name (see `transforms.models.NETWORKS`; `weights`:
+    `imagenet`, `none` or a weights file; `alpha`, `image_size`) or a `.keras` classifier cut at
+    `layer` (default: the layer feeding the last one; `preprocess`: a network whose
+    `preprocess_input` to apply). The id defaults to the uri; a record with only bytes needs an id.
+    Dead letters: not a dict, no id, neither uri nor bytes, an unreadable, too large (`max_bytes`),
+    corrupt or too many pixels (`max_pixels`) image, a model failure. With `reshuffle` (default, as
+    in the job) the images are spread over the workers before batching. For batch pipelines: the
+    input must be globally windowed (it is refused otherwise).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        weights: str = "imagenet",
+        alpha: Optional[float] = None,
+        image_size: Optional[int] = None,
+        layer: Optional[str] = None,
+        preprocess: Optional[str] = None,
+        uri_field: str = "uri",
+        bytes_field: str = "image_bytes",
+        id_field: str = "id",
+        passthrough: Sequence[str] = (),
+        batch_size: int = 32,
+        normalize: bool = False,
+        max_pixels: int = decode.DEFAULT_MAX_IMAGE_PIXELS,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        decode_threads: Optional[int] = None,
+        unsafe_loading: bool = False,
+        reshuffle: bool = True,
+        label: Optional[str] = None,
+    ):
+        super().__init__(label)
+        self._passthrough = _check_common("EmbedImages", passthrough, batch_size, uri_field, bytes_field, id_field)
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"EmbedImages: model must be a network name or a .keras file, got {model!r}")
+        embedding_schema(IMAGE, 1, self._passthrough)  # a clashing passthrough name fails here
+        self._spec = ImageModelSpec(
+            model=model, weights=weights, image_size=image_size, alpha=alpha, layer=layer, preprocess=preprocess,
+            batch_size=batch_size, unsafe_loading=unsafe_loading,
+        )
+        self._fields = (uri_field, bytes_field, id_field)
+        self._normalize = normalize
+        self._max_pixels = max_pixels
+        self._max_bytes = max_bytes
+        self._decode_threads = decode_threads
+        self._reshuffle = reshuffle
+
+    def expand(self, records: beam.PCollection) -> EmbedResult:
+        if not isinstance(records.windowing.windowfn, GlobalWindows):
+            # the image DoFn keeps batches in flight across elements and emits the last ones when its
+            # bundle ends, in the global window: windowed input would come out in the wrong windows
+            raise ValueError("EmbedImages needs a globally windowed (batch) PCollection; apply it before WindowInto")
+        embedder = _load("EmbedImages", load_image_embedder, self._spec)
+        schema = embedding_schema(IMAGE, embedder.dimension, self._passthrough)
+        del embedder
+        refs = records | "ImageRecordsToRefs" >> beam.ParDo(
+            _ImageRecordToRefFn(*self._fields, self._passthrough, self._max_bytes)
+        ).with_outputs(ERRORS, main="refs")
+        images = refs.refs
+        if self._reshuffle:
+            images = images | "SpreadImages" >> beam.Reshuffle()
+        chunk = self._spec.batch_size * 8  # as the job: a few model batches per element
+        embedded = (
+            images
+            | "BatchImageRefs" >> beam.BatchElements(min_batch_size=chunk, max_batch_size=chunk)
+            | "EmbedImages" >> beam.ParDo(
+                EmbedImageBatchesFn(
+                    self._spec, schema, self._normalize, self._max_pixels, self._decode_threads, self._max_bytes
+                )
+            ).with_outputs(ERRORS, SKIPPED, main="tables")
+        )
+        embeddings = embedded.tables | "ImageEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
+        errors = (
+            (refs[ERRORS], embedded[ERRORS])
+            | "AllImageErrors" >> beam.Flatten()
+            | "ImageErrorDicts" >> beam.Map(_error_dict)
+        )
+        return EmbedResult(embeddings, errors)
+
