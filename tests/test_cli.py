@@ -109,9 +109,10 @@ def test_every_command_prints_the_package_version(command, capsys):
     assert capsys.readouterr().out.strip() == f"beam-embeddings {__version__}"
 
 
-def test_the_version_is_written_once_and_setup_py_reads_it():
-    setup = (PROJECT_ROOT / "setup.py").read_text()
-    assert "version=_version()" in setup and __version__ not in setup
+def test_the_version_is_written_once_and_the_packaging_reads_it():
+    pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
+    assert 'version = { attr = "pipeline.__version__" }' in pyproject
+    assert __version__ not in pyproject and __version__ not in (PROJECT_ROOT / "setup.py").read_text()
 
 
 def test_run_help_has_groups_one_spelling_and_a_required_output(capsys):
