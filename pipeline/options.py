@@ -17,6 +17,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms import fileio
 from transforms.decode import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
+from transforms.records import IMAGE, TEXT
+from transforms.write import DEFAULT_MAX_FAILED_FRACTION
 
 __all__ = ["EmbeddingJobOptions", "JobConfig", "ConfigError", "config_from_options", "check_output_writable", "check_unknown_flags"]
 
@@ -73,6 +75,8 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label).")
         _flag(parser, "--normalize", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="L2-normalise embeddings.")
         _flag(parser, "--unsafe-model-loading", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Allow .keras models with custom Python code (only for files you trust).")
+        _flag(parser, "--max-failed-fraction", default="0.1", help="Failure budget: the run fails (exit 1, manifest status failed) when more than this fraction of a modality's records are dead letters; one number for both, or per modality as text=0.2,image=0.05 (default: 0.1).")
+        _flag(parser, "--max-failed", type=int, help="Failure budget as a count: the run fails when a modality has more dead letters than this (default: no limit; --max-failed-fraction still applies).")
         _flag(parser, "--allow-duplicate-ids", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
         _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
         _flag(parser, "--detach", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Submit the job and return without waiting (e.g. from a flex-template launcher); the pipeline still writes _MANIFEST.json when it finishes.")
@@ -102,6 +106,8 @@ class JobConfig:
     allow_duplicate_ids: bool = False
     incremental_from: tuple[str, ...] = ()
     detach: bool = False
+    max_failed_fraction: dict = dataclasses.field(default_factory=lambda: {TEXT: 0.1, IMAGE: 0.1})
+    max_failed: Optional[int] = None
 
     @property
     def has_text(self) -> bool:
@@ -129,6 +135,24 @@ def _check_inputs(flag: str, patterns: Sequence[str]) -> None:
             raise ConfigError(f"{flag} {pattern!r}: cannot list ({type(exc).__name__}: {exc})") from exc
         if not matched:
             raise ConfigError(f"{flag} {pattern!r}: matches no file")
+
+
+def parse_failed_fraction(value: str) -> dict[str, float]:
+    """`--max-failed-fraction`: `0.2` (both modalities) or `text=0.2,image=0.05` -> {modality: fraction}."""
+    fractions = {TEXT: DEFAULT_MAX_FAILED_FRACTION, IMAGE: DEFAULT_MAX_FAILED_FRACTION}
+    for part in str(value).split(","):
+        name, _, number = part.strip().rpartition("=")
+        if name and name not in fractions:
+            raise ConfigError(f"--max-failed-fraction {value!r}: unknown modality {name!r} (text or image)")
+        try:
+            fraction = float(number)
+        except ValueError:
+            raise ConfigError(f"--max-failed-fraction {value!r}: expected a number from 0 to 1, or text=F,image=F") from None
+        if not 0 <= fraction <= 1:
+            raise ConfigError(f"--max-failed-fraction {value!r}: {fraction:g} is not between 0 and 1")
+        for modality in ([name] if name else list(fractions)):
+            fractions[modality] = fraction
+    return fractions
 
 
 def check_output_writable(output: str) -> None:
@@ -162,6 +186,15 @@ def check_unknown_flags(argv: Sequence[str]) -> None:
     flags = [a for a in unknown if a.startswith("--")]
     if flags:
         raise ConfigError(f"unknown flag {flags[0].split('=')[0]!r} (see `python -m pipeline run --help`)")
+    if unknown:  # a value no flag takes: most often an unquoted glob that the shell expanded
+        stray = unknown[0]
+        position = list(argv).index(stray)
+        previous = next((a.split("=")[0] for a in reversed(list(argv)[:position]) if a.startswith("-")), None)
+        after = f" after {previous}" if previous else ""
+        folder, ext = os.path.dirname(stray) or ".", os.path.splitext(stray)[1]
+        hint = (f"; {len(unknown)} extra value(s): an unquoted glob is expanded by the shell into many files, "
+                f"so quote it, e.g. {previous or '--image-input'} '{folder}/*{ext}'")
+        raise ConfigError(f"unexpected argument {stray!r}{after} (each flag takes one value){hint}")
 
 
 def config_from_options(options: PipelineOptions, check_paths: bool = True) -> JobConfig:
@@ -181,6 +214,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         raise ConfigError("--image-input needs --image-model (a network name or a .keras classifier)")
     if o.image_model and not image_inputs:
         raise ConfigError("--image-model is set but no --image-input was given")
+    if o.max_failed is not None and o.max_failed < 0:
+        raise ConfigError(f"--max-failed must be 0 or more, got {o.max_failed}")
     for name in ("text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size"):
         _positive("--" + name.replace("_", "-"), getattr(o, name))
     if o.image_alpha is not None and o.image_alpha <= 0:
@@ -243,6 +278,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         allow_duplicate_ids=o.allow_duplicate_ids,
         incremental_from=tuple(d.rstrip("/") for d in (o.incremental_from or ())),
         detach=o.detach,
+        max_failed_fraction=parse_failed_fraction(o.max_failed_fraction),
+        max_failed=o.max_failed,
     )
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")

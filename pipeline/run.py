@@ -32,9 +32,19 @@ from transforms.models import ModelConfigError, load_image_embedder, load_text_e
 from transforms.records import IMAGE, TEXT
 from transforms.write import clear_previous_output, read_manifest, run_files
 
-__all__ = ["run", "inspect_models", "format_summary", "main"]
+__all__ = ["run", "inspect_models", "format_summary", "main", "RunFailed"]
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    """The pipeline finished but the run failed its checks (failure budget, counts): the manifest
+    says `"status": "failed"`. Carries the manifest."""
+
+    def __init__(self, manifest: dict):
+        self.manifest = manifest
+        why = "; ".join(f"{m}: {r}" for m, r in sorted(manifest.get("failures", {}).items()))
+        super().__init__(f"run {manifest.get('run_id')} failed: {why} (dead letters: {manifest.get('output')}/errors/)")
 
 
 def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
@@ -88,16 +98,28 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
 
 def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
     """The end-of-run table: counts, throughput and where the output went."""
-    lines = [f"Run {manifest['run_id']} finished in {elapsed:.1f} s -> {manifest['output']}"]
+    failures = manifest.get("failures", {})
+    status = "FAILED" if manifest.get("status") == "failed" else "finished"
+    lines = [f"Run {manifest['run_id']} {status} in {elapsed:.1f} s -> {manifest['output']}"]
     lines.append(f"{'modality':<10}{'read':>10}{'embedded':>10}{'failed':>10}{'skipped':>10}{'rec/s':>10}  check")
     for modality, c in manifest["counts"].items():
         rate = c["embedded"] / elapsed if elapsed > 0 else 0.0
         check = "ok" if c["balanced"] else "COUNTS DO NOT ADD UP"
+        if modality in failures and c["balanced"]:
+            check = "FAILED: " + failures[modality]
         lines.append(
             f"{modality:<10}{c['read']:>10}{c['embedded']:>10}{c['failed']:>10}{c['skipped']:>10}{rate:>10.1f}  {check}"
         )
     for folder, paths in manifest["files"].items():
         lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
+    for modality, reasons in manifest.get("top_errors", {}).items():
+        if reasons:
+            lines.append(f"  top reasons ({modality}):")
+        for r in reasons:
+            message = r["example_message"] if len(r["example_message"]) <= 100 else r["example_message"][:97] + "..."
+            lines.append(
+                f"    {r['count']:>8} x {r['error_type']} ({r['stage']}), e.g. {r['example_id']!r}: {message}"
+            )
     if any(c["failed"] for c in manifest["counts"].values()):
         lines.append(f"  dead letters (id, stage, reason): {manifest['output']}/errors/")
     if model_loads:
@@ -151,13 +173,15 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         result.wait_until_finish()
     elapsed = time.monotonic() - start
     try:
-        manifest = read_manifest(config.output)
+        manifest = read_manifest(config.output, allow_failed=True)
     except Exception:  # noqa: BLE001 - e.g. a template run: nothing ran here
         return {}
     if sys.stderr.isatty():
         sys.stderr.write("\n")  # end the live progress line
     manifest["model_loads"] = _model_loads(result)
     print(format_summary(manifest, elapsed, manifest["model_loads"]))
+    if manifest.get("status") == "failed":
+        raise RunFailed(manifest)
     return manifest
 
 
@@ -168,4 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ModelConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
