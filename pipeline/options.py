@@ -72,6 +72,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--max-image-bytes", type=int, default=256 << 20, help="Image files larger than this are dead letters, never read whole (default: 268,435,456 = 256 MiB).")
         _flag(parser, "--decode-threads", type=int, help="Threads decoding images per worker process (default: number of CPUs).")
         # Both
+        _flag(parser, "--storage-timeout", type=int, default=45, help="Seconds one gs:// call keeps retrying transient errors (with backoff) before the run fails as storage unreachable (default: 45; with the 60 s request timeout a run fails within 2 minutes of losing its storage).")
         _flag(parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label).")
         _flag(parser, "--normalize", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="L2-normalise embeddings.")
         _flag(parser, "--unsafe-model-loading", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Allow .keras models with custom Python code (only for files you trust).")
@@ -108,6 +109,7 @@ class JobConfig:
     detach: bool = False
     max_failed_fraction: dict = dataclasses.field(default_factory=lambda: {TEXT: 0.1, IMAGE: 0.1})
     max_failed: Optional[int] = None
+    storage_timeout: int = 45
 
     @property
     def has_text(self) -> bool:
@@ -216,7 +218,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         raise ConfigError("--image-model is set but no --image-input was given")
     if o.max_failed is not None and o.max_failed < 0:
         raise ConfigError(f"--max-failed must be 0 or more, got {o.max_failed}")
-    for name in ("text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size"):
+    for name in ("storage_timeout", "text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size"):
         _positive("--" + name.replace("_", "-"), getattr(o, name))
     if o.image_alpha is not None and o.image_alpha <= 0:
         raise ConfigError(f"--image-alpha must be positive, got {o.image_alpha}")
@@ -280,6 +282,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         detach=o.detach,
         max_failed_fraction=parse_failed_fraction(o.max_failed_fraction),
         max_failed=o.max_failed,
+        storage_timeout=o.storage_timeout,
     )
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")

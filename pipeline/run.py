@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import logging
+import os
+import re
+import signal
 import sys
 import time
 from typing import Optional, Sequence
@@ -27,7 +31,7 @@ from pipeline.options import (
     check_unknown_flags,
     config_from_options,
 )
-from transforms import progress
+from transforms import fileio, progress
 from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
 from transforms.write import clear_previous_output, read_manifest, run_files
@@ -148,6 +152,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
     config = config_from_options(options)
+    os.environ[fileio.STORAGE_TIMEOUT_ENV] = str(config.storage_timeout)  # local worker processes inherit it
+    fileio.bound_storage_retries(config.storage_timeout)
     prior = prior_embedding_files(config)
     models = inspect_models(config)
     builds_only = bool(options.view_as(GoogleCloudOptions).template_location) or bool(options.view_as(TestOptions).dry_run)
@@ -185,8 +191,109 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     return manifest
 
 
+_UNFINISHED = "the run did not finish (no manifest written); rerun the same command to complete it"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found = []
+    while exc is not None and len(found) < 20 and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line naming the real cause of a run that stopped with an exception (no traceback)."""
+    chain = _chain(exc)
+    text = "\n".join(f"{type(e).__name__}: {e}" for e in chain)
+    step = re.search(r"\[while running '([^']+)'\]", text)
+    where = f" in step {step.group(1).split('/')[0]!r}" if step else ""
+    outage = re.search(r"storage unreachable: .*?(?= \[while running|\n|$)", text)
+    if any(isinstance(e, fileio.StorageUnavailable) for e in chain) or outage:
+        detail = outage.group(0) if outage else "storage unreachable"
+        return f"{detail}{where}; {_UNFINISHED}"
+    if "RetryError" in text or "Timeout of" in text or any(fileio.is_transient_storage_error(e) for e in chain[:1]):
+        return (f"storage unreachable{where}: gs:// calls kept failing for more than "
+                f"{fileio.storage_timeout():g} s (--storage-timeout); {_UNFINISHED}")
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "No space left on device" in text:
+        return f"no space left on device{where} (writing --output or a temp folder); free some space, then {_UNFINISHED[4:]}"
+    first = next((line for line in str(chain[-1]).splitlines() if line.strip()), "")[:300]
+    return f"the run failed{where}: {type(chain[-1]).__name__}: {first} (--verbose shows the traceback); {_UNFINISHED}"
+
+
+def _child_pids() -> list[int]:
+    """This process's Beam worker processes (local multi_processing mode), from /proc."""
+    me, children = os.getpid(), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # not Linux: nothing to look at
+        return []
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) != me:
+                        continue
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if b"apache_beam" in handle.read():  # Beam's sdk_worker_main, nothing else
+                        children.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return children
+
+
+def stop_workers(grace: float = 5.0) -> int:
+    """Terminate the worker processes this run started (SIGTERM, then SIGKILL after `grace` s); returns
+    how many there were. Only children of this process are touched."""
+    children = _child_pids()
+    for pid in children:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(children)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            with contextlib.suppress(ChildProcessError, OSError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    alive.remove(pid)
+                    continue
+            if not os.path.exists(f"/proc/{pid}"):
+                alive.remove(pid)
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(children)
+
+
+_BEAM_ERROR_LOGGERS = (
+    "apache_beam.runners.common",
+    "apache_beam.runners.worker.sdk_worker",
+    "apache_beam.runners.portability.fn_api_runner.worker_handlers",
+)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that the run stops its workers and says so in one line."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - a signal handler's signature
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: exit 0 on success, 2 on a bad flag or model, 1 on a failed run."""
+    """Command-line entry: exit 0 on success, 2 on a bad flag or model, 1 on a failed run (over its
+    failure budget, storage unreachable, disk full, ...), 130 on Ctrl-C and 143 on SIGTERM; every
+    failure ends with one `error:` line on stderr."""
+    previous = None
+    if threading_is_main():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    quiet = [] if logging.getLogger().isEnabledFor(logging.INFO) else [
+        logging.getLogger(name) for name in _BEAM_ERROR_LOGGERS
+    ]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # Beam logs each failure with its whole traceback; the one line below says it
+        logger.setLevel(logging.CRITICAL)
     try:
         run(argv)
     except (ConfigError, ModelConfigError) as exc:
@@ -195,4 +302,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        stop_workers()
+        name = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        print(f"\nerror: {name}; {_UNFINISHED}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except Exception as exc:  # noqa: BLE001 - the pipeline failed: one line, the traceback only with --verbose
+        stop_workers()
+        _LOGGER.info("The run failed", exc_info=True)
+        print(f"error: {failure_message(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
     return 0
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

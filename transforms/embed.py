@@ -231,6 +231,8 @@ def _load_image(
     """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes."""
     try:
         data = fileio.read_bytes(ref.uri, limit=max_bytes)
+    except fileio.StorageUnavailable:
+        raise  # storage is down, not this file: the run fails (issue 12) rather than dead-letter them all
     except Exception as exc:  # noqa: BLE001 - missing file, permission, network: a dead letter
         if isinstance(exc, fileio.FileTooLarge):
             return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "read", exc)
