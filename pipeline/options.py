@@ -81,6 +81,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--allow-duplicate-ids", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
         _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
         _flag(parser, "--detach", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Submit the job and return without waiting (e.g. from a flex-template launcher); the pipeline still writes _MANIFEST.json when it finishes.")
+        _flag(parser, "--force-unlock", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Start even though --output holds another run's _RUNNING.json marker (only once you know that run is dead; a marker of a dead process on this machine is replaced anyway).")
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
 
 
@@ -110,6 +111,7 @@ class JobConfig:
     max_failed_fraction: dict = dataclasses.field(default_factory=lambda: {TEXT: 0.1, IMAGE: 0.1})
     max_failed: Optional[int] = None
     storage_timeout: int = 45
+    force_unlock: bool = False
 
     @property
     def has_text(self) -> bool:
@@ -283,6 +285,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         max_failed_fraction=parse_failed_fraction(o.max_failed_fraction),
         max_failed=o.max_failed,
         storage_timeout=o.storage_timeout,
+        force_unlock=o.force_unlock,
     )
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")

@@ -34,7 +34,14 @@ from pipeline.options import (
 from transforms import fileio, progress
 from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
-from transforms.write import clear_previous_output, read_manifest, run_files
+from transforms.write import (
+    OutputInUseError,
+    claim_output,
+    clear_previous_output,
+    read_manifest,
+    release_output,
+    run_files,
+)
 
 __all__ = ["run", "inspect_models", "format_summary", "main", "RunFailed"]
 
@@ -159,15 +166,35 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     builds_only = bool(options.view_as(GoogleCloudOptions).template_location) or bool(options.view_as(TestOptions).dry_run)
     if not builds_only:  # a template or dry run executes nothing now: leave any earlier output alone
         check_output_writable(config.output)
-        cleared = clear_previous_output(config.output)
-        if cleared:
-            _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+        try:
+            claim_output(config.output, config.run_id, force=config.force_unlock, detached=config.detach)
+        except OutputInUseError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            cleared = clear_previous_output(config.output)
+            if cleared:
+                _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+            return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only)
+        finally:
+            if not config.detach:  # a detached run frees the folder itself, when it writes its manifest
+                with contextlib.suppress(Exception):
+                    release_output(config.output, config.run_id)
+    return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only)
+
+
+def pipeline_factory(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
+    """The pipeline to build into: the test's, the local FnApiRunner, or the runner named by --runner."""
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
+    return test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
+
+
+def _run_claimed(pipeline, options, config: JobConfig, models, prior, builds_only: bool) -> dict:
     progress.reset()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
     runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
     local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
-    pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
     build_pipeline(pipeline, config, models, started_at, prior_files=prior)
     with loopback_only_servers() if local else contextlib.nullcontext():
         result = pipeline.run()

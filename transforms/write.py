@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
@@ -33,6 +34,10 @@ __all__ = [
     "failure_verdict",
     "TopErrorReasons",
     "clear_previous_output",
+    "RUNNING_NAME",
+    "OutputInUseError",
+    "claim_output",
+    "release_output",
     "WriteTables",
     "WriteErrors",
     "WriteManifestFn",
@@ -142,6 +147,81 @@ class TopErrorReasons(beam.PTransform):
             }
 
         return errors | "CountReasons" >> beam.CombineGlobally(_ReasonsFn()) | "TopReasons" >> beam.Map(top)
+
+
+RUNNING_NAME = "_RUNNING.json"
+
+
+class OutputInUseError(RuntimeError):
+    """Another run is writing into the same output folder (its `_RUNNING.json` marker is there)."""
+
+
+def _read_marker(path: str) -> Optional[dict]:
+    try:
+        return json.loads(fileio.read_bytes(path))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a half-written or foreign file: still a claim, of an unknown run
+        return {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_output(output: str, run_id: str, force: bool = False, detached: bool = False) -> dict:
+    """Mark `output` as being written by this run (`OUT/_RUNNING.json`: run id, host, pid, start time),
+    or raise OutputInUseError naming the run that already claimed it.
+
+    A marker left by a dead process on this host is stale and replaced (with a warning). A marker
+    from another host cannot be checked: clear it with `force` (`--force-unlock`) or by deleting the
+    file, once you know that run is gone; so can a `detached` run's marker (its launcher exits at once,
+    the job frees the folder when it writes its manifest). Locally the claim is atomic (O_EXCL); on gs:// it is checked
+    then written, so two launches within the same second can still both start."""
+    import logging
+
+    marker = fileio.join(output, RUNNING_NAME)
+    mine = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": _now(), "detached": detached}
+    existing = _read_marker(marker)
+    if existing is not None and not force:
+        stale = not existing.get("detached") and existing.get("host") == mine["host"] and isinstance(existing.get("pid"), int) and not _pid_alive(existing["pid"])
+        if not stale:
+            raise OutputInUseError(
+                f"--output {output!r}: run {existing.get('run_id', '?')} (pid {existing.get('pid', '?')} on "
+                f"{existing.get('host', '?')}, started {existing.get('started_at', '?')}) is writing there "
+                f"({RUNNING_NAME}); wait for it, use another --output, or if that run is dead, pass --force-unlock"
+            )
+        logging.getLogger(__name__).warning(
+            "%s: replacing the stale %s of run %s (pid %s is gone)", output, RUNNING_NAME, existing.get("run_id"), existing.get("pid")
+        )
+    data = json.dumps(mine, indent=2).encode()
+    if fileio.is_remote(output) or existing is not None:
+        fileio.write_bytes(marker, data, mime_type="application/json")
+        return mine
+    os.makedirs(output, exist_ok=True)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:  # another run claimed it between our check and now
+        return claim_output(output, run_id, force=False, detached=detached)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return mine
+
+
+def release_output(output: str, run_id: str) -> bool:
+    """Delete the `_RUNNING.json` marker if it is this run's; returns whether it did."""
+    marker = fileio.join(output, RUNNING_NAME)
+    existing = _read_marker(marker)
+    if not existing or existing.get("run_id") != run_id:
+        return False
+    FileSystems.delete([marker])
+    return True
 
 
 def clear_previous_output(output: str) -> list[str]:
@@ -314,6 +394,7 @@ class WriteManifestFn(beam.DoFn):
         target = fileio.join(self._output, MANIFEST_NAME)
         with FileSystems.create(target, mime_type="application/json") as handle:
             handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+        release_output(self._output, self._static["run_id"])  # the run is over: the folder is free again
         yield target
 
 
