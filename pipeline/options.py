@@ -287,6 +287,15 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         storage_timeout=o.storage_timeout,
         force_unlock=o.force_unlock,
     )
+    paths = [("--output", config.output), ("--text-model", o.text_model), ("--image-model", o.image_model),
+             ("--image-weights", o.image_weights)]
+    paths += [("--text-input", p) for p in text_inputs] + [("--image-input", p) for p in image_inputs]
+    paths += [("--incremental-from", p) for p in config.incremental_from]
+    for flag, path in paths:
+        try:
+            fileio.check_scheme(path or "", flag)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")
     if check_paths:
