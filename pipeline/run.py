@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -170,12 +170,14 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
             claim_output(config.output, config.run_id, force=config.force_unlock, detached=config.detach)
         except OutputInUseError as exc:
             raise ConfigError(str(exc)) from None
+        _CLAIMED.update(output=config.output, run_id=config.run_id)
         try:
             cleared = clear_previous_output(config.output)
             if cleared:
                 _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
             return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only)
         finally:
+            _CLAIMED.clear()
             if not config.detach:  # a detached run frees the folder itself, when it writes its manifest
                 with contextlib.suppress(Exception):
                     release_output(config.output, config.run_id)
@@ -243,14 +245,16 @@ def failure_message(exc: BaseException) -> str:
         return (f"storage unreachable{where}: gs:// calls kept failing for more than "
                 f"{fileio.storage_timeout():g} s (--storage-timeout); {_UNFINISHED}")
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "No space left on device" in text:
-        return f"no space left on device{where} (writing --output or a temp folder); free some space, then {_UNFINISHED[4:]}"
+        return (f"no space left on device{where} (writing --output or a temp folder); {_UNFINISHED}, "
+                "once there is space again")
     first = next((line for line in str(chain[-1]).splitlines() if line.strip()), "")[:300]
     return f"the run failed{where}: {type(chain[-1]).__name__}: {first} (--verbose shows the traceback); {_UNFINISHED}"
 
 
-def _child_pids() -> list[int]:
-    """This process's Beam worker processes (local multi_processing mode), from /proc."""
-    me, children = os.getpid(), []
+def _worker_pids() -> list[int]:
+    """This process's Beam worker processes (local multi_processing mode: `sh -c python -m
+    apache_beam...sdk_worker_main` and the Python below it), from /proc; nothing else is touched."""
+    parents: dict[int, int] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:  # not Linux: nothing to look at
@@ -259,38 +263,51 @@ def _child_pids() -> list[int]:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as handle:
-                    if int(handle.read().rsplit(")", 1)[1].split()[1]) != me:
-                        continue
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if b"apache_beam" in handle.read():  # Beam's sdk_worker_main, nothing else
-                        children.append(int(entry))
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-    return children
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid != parent:
+                continue
+            if parent == os.getpid():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        if b"apache_beam" not in handle.read():  # a child that is not a Beam worker
+                            continue
+                except OSError:
+                    continue
+            found.append(pid)
+            frontier.append(pid)
+    return found
 
 
 def stop_workers(grace: float = 5.0) -> int:
-    """Terminate the worker processes this run started (SIGTERM, then SIGKILL after `grace` s); returns
-    how many there were. Only children of this process are touched."""
-    children = _child_pids()
-    for pid in children:
+    """Terminate the Beam worker processes this run started, and the processes below them (SIGTERM,
+    then SIGKILL after `grace` s); returns how many there were."""
+    workers = _worker_pids()
+    for pid in reversed(workers):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    alive = list(children)
+    alive = list(workers)
     while alive and time.monotonic() < deadline:
         for pid in list(alive):
             with contextlib.suppress(ChildProcessError, OSError):
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    alive.remove(pid)
-                    continue
-            if not os.path.exists(f"/proc/{pid}"):
+                os.waitpid(pid, os.WNOHANG)  # reaps our direct children
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        alive.remove(pid)
+            except OSError:
                 alive.remove(pid)
         time.sleep(0.05)
     for pid in alive:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    return len(children)
+    return len(workers)
 
 
 _BEAM_ERROR_LOGGERS = (
@@ -300,21 +317,75 @@ _BEAM_ERROR_LOGGERS = (
 )
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that the run stops its workers and says so in one line."""
+_CLAIMED: dict = {}  # the output folder this process's run holds, to free it when a signal ends the run
 
 
-def _raise_terminated(signum, frame):  # noqa: ARG001 - a signal handler's signature
-    raise Terminated()
+def _interrupted(signum: int) -> None:
+    """End the run for a Ctrl-C or SIGTERM: one line, the Beam workers stopped, the folder freed, and
+    the process gone at once (Beam's runner threads are not daemons and would keep it alive)."""
+    import threading
+
+    threading.excepthook = lambda args: None  # Beam's threads complain as their workers go away
+    terminated = signum == signal.SIGTERM
+    name = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+    with contextlib.suppress(Exception):
+        print(f"\nerror: {name}; {_UNFINISHED}", file=sys.stderr, flush=True)
+    with contextlib.suppress(Exception):
+        stop_workers(grace=3.0)
+    if _CLAIMED:
+        with contextlib.suppress(Exception):
+            release_output(_CLAIMED["output"], _CLAIMED["run_id"])
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os._exit(143 if terminated else 130)
+
+
+@contextlib.contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """While the run runs, SIGINT and SIGTERM end it through `_interrupted`, in a watcher thread.
+
+    Python runs signal handlers only between bytecodes of the main thread, which may sit in a C call
+    of Beam's runner for minutes; the wakeup fd is written by the C-level handler at once, so the
+    watcher acts even then."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def watch():
+        while True:
+            try:
+                data = os.read(read_fd, 1)
+            except OSError:
+                return
+            if not data:
+                return
+            if data[0] in (signal.SIGINT, signal.SIGTERM):
+                _interrupted(data[0])
+
+    watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(write_fd)  # the watcher reads end-of-file and stops
+        watcher.join(timeout=5)
+        os.close(read_fd)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: exit 0 on success, 2 on a bad flag or model, 1 on a failed run (over its
-    failure budget, storage unreachable, disk full, ...), 130 on Ctrl-C and 143 on SIGTERM; every
+    failure budget, storage unreachable, disk full, ...), 130 on Ctrl-C and 143 on SIGTERM (the process
+    ends at once, see `_signals_end_the_run`); every
     failure ends with one `error:` line on stderr."""
-    previous = None
-    if threading_is_main():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     quiet = [] if logging.getLogger().isEnabledFor(logging.INFO) else [
         logging.getLogger(name) for name in _BEAM_ERROR_LOGGERS
     ]
@@ -322,32 +393,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for logger in quiet:  # Beam logs each failure with its whole traceback; the one line below says it
         logger.setLevel(logging.CRITICAL)
     try:
-        run(argv)
+        with _signals_end_the_run():
+            run(argv)
     except (ConfigError, ModelConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as exc:
-        stop_workers()
-        name = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-        print(f"\nerror: {name}; {_UNFINISHED}", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # noqa: BLE001 - the pipeline failed: one line, the traceback only with --verbose
         stop_workers()
         _LOGGER.info("The run failed", exc_info=True)
         print(f"error: {failure_message(exc)}", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
     return 0
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
