@@ -390,3 +390,15 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
     if output_on == "local":
         assert not (tmp_path / "out" / MANIFEST_NAME).exists() and not (tmp_path / "out" / RUNNING_NAME).exists()
         assert not list((tmp_path / "out").rglob("*.parquet")), "records were written as if storage were fine"
+
+
+def test_the_tools_refuse_a_failed_run_in_one_line(tmp_path, tiny_text_model, capsys):
+    data = _jsonl(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out"
+    assert main(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--text-field", "nope"]) == 1
+    capsys.readouterr()
+    from pipeline import cli
+
+    assert cli.main(["neighbors", "--embeddings", str(out), "--id", "r1", "-k", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "failed" in err and "allow_failed" in err and "Traceback" not in err

@@ -59,9 +59,11 @@ class IncompleteOutputError(RuntimeError):
     """An output folder without `_MANIFEST.json`: its run did not finish."""
 
 
-class FailedRunError(RuntimeError):
+class FailedRunError(IncompleteOutputError):
     """A run that finished but failed its checks (e.g. more dead letters than --max-failed-fraction):
-    its manifest says `"status": "failed"`; readers refuse it unless given `allow_failed=True`."""
+    its manifest says `"status": "failed"`; readers refuse it unless given `allow_failed=True`. A kind
+    of IncompleteOutputError (its embeddings are incomplete), so every caller that refuses an
+    unfinished run also refuses a failed one, with its one-line message."""
 
 
 def failure_verdict(
