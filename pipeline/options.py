@@ -174,9 +174,10 @@ def check_output_writable(output: str) -> None:
 
     probe = fileio.join(output, f".write-probe-{uuid.uuid4().hex}")
     try:
-        with FileSystems.create(probe) as handle:
-            handle.write(b"ok")
+        fileio.write_bytes(probe, b"ok")
         FileSystems.delete([probe])
+    except fileio.StorageUnavailable as exc:
+        raise ConfigError(f"--output {output!r}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"--output {output!r}: not writable ({type(exc).__name__}: {exc})") from exc
 

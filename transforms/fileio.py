@@ -67,7 +67,9 @@ def bound_storage_retries(seconds: float | None = None) -> float:
 
     The retry policies of google-cloud-storage and Beam's gcsio are module-level objects, also bound
     as default arguments, so their timeout is changed in place. Each request also has its own
-    60 s timeout, so a call that hangs rather than being refused can take up to 60 s longer."""
+    60 s timeout, so a call that hangs rather than being refused can take up to 60 s longer. Once one
+    call has given up (StorageUnavailable), the others stop retrying for the next `seconds` as well,
+    so that calls made one after another do not each wait the whole bound again."""
     global _storage_timeout
     if seconds is None:
         try:
@@ -87,6 +89,9 @@ def bound_storage_retries(seconds: float | None = None) -> float:
         pass
     for policy in policies:
         policy._timeout = policy._deadline = _storage_timeout
+        if not hasattr(policy, "_embeddings_predicate"):  # once: stop retrying while storage is known down
+            policy._embeddings_predicate = policy._predicate
+            policy._predicate = lambda exc, original=policy._predicate: original(exc) and time.monotonic() >= _down_until
     return _storage_timeout
 
 
