@@ -402,3 +402,24 @@ def test_the_tools_refuse_a_failed_run_in_one_line(tmp_path, tiny_text_model, ca
     assert cli.main(["neighbors", "--embeddings", str(out), "--id", "r1", "-k", "2"]) != 0
     err = capsys.readouterr().err
     assert "failed" in err and "allow_failed" in err and "Traceback" not in err
+
+
+def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):
+    """On Dataflow the only way --storage-timeout reaches a worker is the job's options, which Beam's
+    SDK harness hands to FileSystems before any bundle runs."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    previous_options, previous_timeout = FileSystems._pipeline_options, fileio.storage_timeout()
+    monkeypatch.delenv(fileio.STORAGE_TIMEOUT_ENV, raising=False)
+    try:
+        FileSystems.set_options(PipelineOptions.from_dictionary({"storage_timeout": 7, "output": "gs://b/o"}))
+        assert fileio.bound_storage_retries() == 7.0
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        assert DEFAULT_RETRY.timeout == 7.0
+        FileSystems._pipeline_options = None
+        assert fileio.bound_storage_retries() == fileio.DEFAULT_STORAGE_TIMEOUT
+    finally:
+        FileSystems._pipeline_options = previous_options
+        fileio.bound_storage_retries(previous_timeout)

@@ -72,10 +72,7 @@ def bound_storage_retries(seconds: float | None = None) -> float:
     so that calls made one after another do not each wait the whole bound again."""
     global _storage_timeout
     if seconds is None:
-        try:
-            seconds = float(os.environ.get(STORAGE_TIMEOUT_ENV, DEFAULT_STORAGE_TIMEOUT))
-        except ValueError:
-            seconds = DEFAULT_STORAGE_TIMEOUT
+        seconds = _configured_storage_timeout()
     _storage_timeout = float(seconds)
     policies = []
     try:
@@ -93,6 +90,22 @@ def bound_storage_retries(seconds: float | None = None) -> float:
             policy._embeddings_predicate = policy._predicate
             policy._predicate = lambda exc, original=policy._predicate: original(exc) and time.monotonic() >= _down_until
     return _storage_timeout
+
+
+def _configured_storage_timeout() -> float:
+    """--storage-timeout as this process knows it: the launcher's env var (local workers inherit it),
+    else the job's options that Beam's SDK harness hands to FileSystems (Dataflow workers), else 45 s."""
+    value = os.environ.get(STORAGE_TIMEOUT_ENV)
+    if value is None:
+        options = getattr(FileSystems, "_pipeline_options", None)
+        try:
+            value = options.get_all_options(retain_unknown_options=True).get("storage_timeout") if options else None
+        except Exception:  # noqa: BLE001 - unexpected options object: keep the default
+            value = None
+    try:
+        return float(value) if value is not None else DEFAULT_STORAGE_TIMEOUT
+    except (TypeError, ValueError):
+        return DEFAULT_STORAGE_TIMEOUT
 
 
 def storage_timeout() -> float:
