@@ -19,7 +19,7 @@ from transforms.incremental import ReadPriorKeys
 from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.text_read import ReadTextFileFn
-from transforms.write import WriteErrors, WriteManifestFn, WriteTables
+from transforms.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
 from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
 
@@ -199,9 +199,10 @@ def build_pipeline(
         p
         | "ManifestTrigger" >> beam.Create([None])
         | "WriteManifest" >> beam.ParDo(
-            WriteManifestFn(config.output, static),
+            WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed),
             counts=beam.pvalue.AsDict(totals),
             files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),
+            reasons=beam.pvalue.AsList(all_errors | "TopErrorReasons" >> TopErrorReasons()),
         )
     )
     out.update(errors=all_errors, counts=totals, manifest=manifest)

@@ -24,6 +24,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms import fileio
 from transforms.decode import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
+from transforms.records import IMAGE, TEXT
+from transforms.write import DEFAULT_MAX_FAILED_FRACTION
 
 __all__ = [
     "EmbeddingJobOptions",
@@ -127,12 +129,16 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--max-image-bytes", type=int, default=256 << 20, help="Image files larger than this are dead letters, never read whole (default: 268,435,456 = 256 MiB).")
         _flag(parser, "--decode-threads", type=int, help="Threads decoding images per worker process (default: number of CPUs).")
         # Both
+        _flag(parser, "--storage-timeout", type=int, default=45, help="Seconds one gs:// call keeps retrying transient errors (with backoff) before the run fails as storage unreachable (default: 45; with the 60 s request timeout a run fails within 2 minutes of losing its storage).")
         _flag(parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label).")
         _flag(parser, "--normalize", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="L2-normalise embeddings.")
         _flag(parser, "--unsafe-model-loading", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Allow .keras models with custom Python code (only for files you trust).")
+        _flag(parser, "--max-failed-fraction", default="0.1", help="Failure budget: the run fails (exit 1, manifest status failed) when more than this fraction of a modality's records are dead letters; one number for both, or per modality as text=0.2,image=0.05 (default: 0.1).")
+        _flag(parser, "--max-failed", type=int, help="Failure budget as a count: the run fails when a modality has more dead letters than this (default: no limit; --max-failed-fraction still applies).")
         _flag(parser, "--allow-duplicate-ids", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
         _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
         _flag(parser, "--detach", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Submit the job and return without waiting (e.g. from a flex-template launcher); the pipeline still writes _MANIFEST.json when it finishes.")
+        _flag(parser, "--force-unlock", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Start even though --output holds another run's _RUNNING.json marker (only once you know that run is dead; a marker of a dead process on this machine is replaced anyway).")
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
 
 
@@ -160,6 +166,10 @@ class JobConfig:
     incremental_from: tuple[str, ...] = ()
     detach: bool = False
     bigquery_table: Optional[str] = None
+    max_failed_fraction: dict = dataclasses.field(default_factory=lambda: {TEXT: 0.1, IMAGE: 0.1})
+    max_failed: Optional[int] = None
+    storage_timeout: int = 45
+    force_unlock: bool = False
 
     @property
     def has_text(self) -> bool:
@@ -194,6 +204,24 @@ def _check_inputs(flag: str, patterns: Sequence[str]) -> None:
             raise ConfigError(f"{flag} {pattern!r}: matches no file")
 
 
+def parse_failed_fraction(value: str) -> dict[str, float]:
+    """`--max-failed-fraction`: `0.2` (both modalities) or `text=0.2,image=0.05` -> {modality: fraction}."""
+    fractions = {TEXT: DEFAULT_MAX_FAILED_FRACTION, IMAGE: DEFAULT_MAX_FAILED_FRACTION}
+    for part in str(value).split(","):
+        name, _, number = part.strip().rpartition("=")
+        if name and name not in fractions:
+            raise ConfigError(f"--max-failed-fraction {value!r}: unknown modality {name!r} (text or image)")
+        try:
+            fraction = float(number)
+        except ValueError:
+            raise ConfigError(f"--max-failed-fraction {value!r}: expected a number from 0 to 1, or text=F,image=F") from None
+        if not 0 <= fraction <= 1:
+            raise ConfigError(f"--max-failed-fraction {value!r}: {fraction:g} is not between 0 and 1")
+        for modality in ([name] if name else list(fractions)):
+            fractions[modality] = fraction
+    return fractions
+
+
 def check_output_writable(output: str) -> None:
     """Fail early, naming --output, when the run could not write its results (creates nothing locally)."""
     if not fileio.is_remote(output):
@@ -209,9 +237,10 @@ def check_output_writable(output: str) -> None:
 
     probe = fileio.join(output, f".write-probe-{uuid.uuid4().hex}")
     try:
-        with FileSystems.create(probe) as handle:
-            handle.write(b"ok")
+        fileio.write_bytes(probe, b"ok")
         FileSystems.delete([probe])
+    except fileio.StorageUnavailable as exc:
+        raise ConfigError(f"--output {output!r}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"--output {output!r}: not writable ({type(exc).__name__}: {exc})") from exc
 
@@ -268,6 +297,15 @@ def check_unknown_flags(argv: Sequence[str]) -> None:
     flags = [a for a in unknown if a.startswith("--")]
     if flags:
         raise ConfigError(f"unknown flag {flags[0].split('=')[0]!r} (see `python -m pipeline run --help`)")
+    if unknown:  # a value no flag takes: most often an unquoted glob that the shell expanded
+        stray = unknown[0]
+        position = list(argv).index(stray)
+        previous = next((a.split("=")[0] for a in reversed(list(argv)[:position]) if a.startswith("-")), None)
+        after = f" after {previous}" if previous else ""
+        folder, ext = os.path.dirname(stray) or ".", os.path.splitext(stray)[1]
+        hint = (f"; {len(unknown)} extra value(s): an unquoted glob is expanded by the shell into many files, "
+                f"so quote it, e.g. {previous or '--image-input'} '{folder}/*{ext}'")
+        raise ConfigError(f"unexpected argument {stray!r}{after} (each flag takes one value){hint}")
 
 
 def config_from_options(options: PipelineOptions, check_paths: bool = True) -> JobConfig:
@@ -288,7 +326,9 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         raise ConfigError("--image-input needs --image-model (a network name or a .keras classifier)")
     if o.image_model and not image_inputs:
         raise ConfigError("--image-model is set but no --image-input was given")
-    for name in ("text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size"):
+    if o.max_failed is not None and o.max_failed < 0:
+        raise ConfigError(f"--max-failed must be 0 or more, got {o.max_failed}")
+    for name in ("storage_timeout", "text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size"):
         _positive("--" + name.replace("_", "-"), getattr(o, name))
     if o.image_alpha is not None and o.image_alpha <= 0:
         raise ConfigError(f"--image-alpha must be positive, got {o.image_alpha}")
@@ -354,7 +394,20 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         incremental_from=tuple(_absolute(d).rstrip("/") for d in (o.incremental_from or ())),
         detach=o.detach,
         bigquery_table=o.bigquery_table or None,
+        max_failed_fraction=parse_failed_fraction(o.max_failed_fraction),
+        max_failed=o.max_failed,
+        storage_timeout=o.storage_timeout,
+        force_unlock=o.force_unlock,
     )
+    paths = [("--output", config.output), ("--text-model", o.text_model), ("--image-model", o.image_model),
+             ("--image-weights", o.image_weights)]
+    paths += [("--text-input", p) for p in text_inputs] + [("--image-input", p) for p in image_inputs]
+    paths += [("--incremental-from", p) for p in config.incremental_from]
+    for flag, path in paths:
+        try:
+            fileio.check_scheme(path or "", flag)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")
     if config.bigquery_table:  # PROJECT:DATASET.TABLE, and a gs:// temp location for the load files

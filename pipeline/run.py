@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import logging
+import os
+import re
+import signal
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -30,11 +34,28 @@ from pipeline.options import (
 from transforms import fileio, progress
 from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
-from transforms.write import clear_previous_output, read_manifest, run_files
+from transforms.write import (
+    OutputInUseError,
+    claim_output,
+    clear_previous_output,
+    read_manifest,
+    release_output,
+    run_files,
+)
 
-__all__ = ["run", "inspect_models", "format_summary", "local_in_process", "known_image_count", "main"]
+__all__ = ["run", "inspect_models", "format_summary", "local_in_process", "known_image_count", "main", "RunFailed"]
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    """The pipeline finished but the run failed its checks (failure budget, counts): the manifest
+    says `"status": "failed"`. Carries the manifest."""
+
+    def __init__(self, manifest: dict):
+        self.manifest = manifest
+        why = "; ".join(f"{m}: {r}" for m, r in sorted(manifest.get("failures", {}).items()))
+        super().__init__(f"run {manifest.get('run_id')} failed: {why} (dead letters: {manifest.get('output')}/errors/)")
 
 
 def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
@@ -106,16 +127,28 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
 
 def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
     """The end-of-run table: counts, throughput and where the output went."""
-    lines = [f"Run {manifest['run_id']} finished in {elapsed:.1f} s -> {manifest['output']}"]
+    failures = manifest.get("failures", {})
+    status = "FAILED" if manifest.get("status") == "failed" else "finished"
+    lines = [f"Run {manifest['run_id']} {status} in {elapsed:.1f} s -> {manifest['output']}"]
     lines.append(f"{'modality':<10}{'read':>10}{'embedded':>10}{'failed':>10}{'skipped':>10}{'rec/s':>10}  check")
     for modality, c in manifest["counts"].items():
         rate = c["embedded"] / elapsed if elapsed > 0 else 0.0
         check = "ok" if c["balanced"] else "COUNTS DO NOT ADD UP"
+        if modality in failures and c["balanced"]:
+            check = "FAILED: " + failures[modality]
         lines.append(
             f"{modality:<10}{c['read']:>10}{c['embedded']:>10}{c['failed']:>10}{c['skipped']:>10}{rate:>10.1f}  {check}"
         )
     for folder, paths in manifest["files"].items():
         lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
+    for modality, reasons in manifest.get("top_errors", {}).items():
+        if reasons:
+            lines.append(f"  top reasons ({modality}):")
+        for r in reasons:
+            message = r["example_message"] if len(r["example_message"]) <= 100 else r["example_message"][:97] + "..."
+            lines.append(
+                f"    {r['count']:>8} x {r['error_type']} ({r['stage']}), e.g. {r['example_id']!r}: {message}"
+            )
     if any(c["failed"] for c in manifest["counts"].values()):
         lines.append(f"  dead letters (id, stage, reason): {manifest['output']}/errors/")
     if model_loads:
@@ -144,21 +177,45 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
     config = config_from_options(options)
+    os.environ[fileio.STORAGE_TIMEOUT_ENV] = str(config.storage_timeout)  # local worker processes inherit it
+    fileio.bound_storage_retries(config.storage_timeout)
     prior = prior_embedding_files(config)
     models = inspect_models(config)
     builds_only = bool(options.view_as(GoogleCloudOptions).template_location) or bool(options.view_as(TestOptions).dry_run)
     if not builds_only:  # a template or dry run executes nothing now: leave any earlier output alone
         check_output_writable(config.output)
-        cleared = clear_previous_output(config.output)
-        if cleared:
-            _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+        try:
+            claim_output(config.output, config.run_id, force=config.force_unlock, detached=config.detach)
+        except OutputInUseError as exc:
+            raise ConfigError(str(exc)) from None
+        _CLAIMED.update(output=config.output, run_id=config.run_id)
+        try:
+            cleared = clear_previous_output(config.output)
+            if cleared:
+                _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+            return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only)
+        finally:
+            _CLAIMED.clear()
+            if not config.detach:  # a detached run frees the folder itself, when it writes its manifest
+                with contextlib.suppress(Exception):
+                    release_output(config.output, config.run_id)
+    return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only)
+
+
+def pipeline_factory(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
+    """The pipeline to build into: the test's, the local FnApiRunner, or the runner named by --runner."""
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
+    return test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
+
+
+def _run_claimed(pipeline, options, config: JobConfig, models, prior, builds_only: bool) -> dict:
     progress.reset()
     progress.set_total(IMAGE, known_image_count(config) if local_in_process(options) else None)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
     runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
     local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
-    pipeline = test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
     build_pipeline(pipeline, config, models, started_at, prior_files=prior)
     with loopback_only_servers() if local else contextlib.nullcontext():
         result = pipeline.run()
@@ -170,20 +227,204 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
         result.wait_until_finish()
     elapsed = time.monotonic() - start
     try:
-        manifest = read_manifest(config.output)
+        manifest = read_manifest(config.output, allow_failed=True)
     except Exception:  # noqa: BLE001 - e.g. a template run: nothing ran here
         return {}
     progress.finish()  # the final counts end the live progress line
     manifest["model_loads"] = _model_loads(result)
     print(format_summary(manifest, elapsed, manifest["model_loads"]))
+    if manifest.get("status") == "failed":
+        raise RunFailed(manifest)
     return manifest
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: exit 0 on success, 2 on a bad flag or model, 1 on a failed run."""
+_UNFINISHED = "the run did not finish (no manifest written); rerun the same command to complete it"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found = []
+    while exc is not None and len(found) < 20 and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line naming the real cause of a run that stopped with an exception (no traceback)."""
+    chain = _chain(exc)
+    text = "\n".join(f"{type(e).__name__}: {e}" for e in chain)
+    step = re.search(r"\[while running '([^']+)'\]", text)
+    where = f" in step {step.group(1).split('/')[0]!r}" if step else ""
+    outage = re.search(r"storage unreachable: .*?(?= \[while running|\n|$)", text)
+    if any(isinstance(e, fileio.StorageUnavailable) for e in chain) or outage:
+        detail = outage.group(0) if outage else "storage unreachable"
+        return f"{detail}{where}; {_UNFINISHED}"
+    if "RetryError" in text or "Timeout of" in text or any(fileio.is_transient_storage_error(e) for e in chain[:1]):
+        return (f"storage unreachable{where}: gs:// calls kept failing for more than "
+                f"{fileio.storage_timeout():g} s (--storage-timeout); {_UNFINISHED}")
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "No space left on device" in text:
+        return (f"no space left on device{where} (writing --output or a temp folder); {_UNFINISHED}, "
+                "once there is space again")
+    first = next((line for line in str(chain[-1]).splitlines() if line.strip()), "")[:300]
+    return f"the run failed{where}: {type(chain[-1]).__name__}: {first} (--verbose shows the traceback); {_UNFINISHED}"
+
+
+def _worker_pids() -> list[int]:
+    """This process's Beam worker processes (local multi_processing mode: `sh -c python -m
+    apache_beam...sdk_worker_main` and the Python below it), from /proc; nothing else is touched."""
+    parents: dict[int, int] = {}
     try:
-        run(argv)
+        entries = os.listdir("/proc")
+    except OSError:  # not Linux: nothing to look at
+        return []
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid != parent:
+                continue
+            if parent == os.getpid():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        if b"apache_beam" not in handle.read():  # a child that is not a Beam worker
+                            continue
+                except OSError:
+                    continue
+            found.append(pid)
+            frontier.append(pid)
+    return found
+
+
+def stop_workers(grace: float = 5.0) -> int:
+    """Terminate the Beam worker processes this run started, and the processes below them (SIGTERM,
+    then SIGKILL after `grace` s); returns how many there were."""
+    workers = _worker_pids()
+    for pid in reversed(workers):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(workers)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)  # reaps our direct children
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        alive.remove(pid)
+            except OSError:
+                alive.remove(pid)
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(workers)
+
+
+_BEAM_ERROR_LOGGERS = (
+    "apache_beam.runners.common",
+    "apache_beam.runners.worker.sdk_worker",
+    "apache_beam.runners.portability.fn_api_runner.worker_handlers",
+)
+
+
+_CLAIMED: dict = {}  # the output folder this process's run holds, to free it when a signal ends the run
+
+
+def _interrupted(signum: int) -> None:
+    """End the run for a Ctrl-C or SIGTERM: one line, the Beam workers stopped, the folder freed, and
+    the process gone at once (Beam's runner threads are not daemons and would keep it alive)."""
+    import threading
+
+    threading.excepthook = lambda args: None  # Beam's threads complain as their workers go away
+    terminated = signum == signal.SIGTERM
+    name = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+    with contextlib.suppress(Exception):
+        print(f"\nerror: {name}; {_UNFINISHED}", file=sys.stderr, flush=True)
+    with contextlib.suppress(Exception):
+        stop_workers(grace=3.0)
+    if _CLAIMED:
+        with contextlib.suppress(Exception):
+            release_output(_CLAIMED["output"], _CLAIMED["run_id"])
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os._exit(143 if terminated else 130)
+
+
+@contextlib.contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """While the run runs, SIGINT and SIGTERM end it through `_interrupted`, in a watcher thread.
+
+    Python runs signal handlers only between bytecodes of the main thread, which may sit in a C call
+    of Beam's runner for minutes; the wakeup fd is written by the C-level handler at once, so the
+    watcher acts even then."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def watch():
+        while True:
+            try:
+                data = os.read(read_fd, 1)
+            except OSError:
+                return
+            if not data:
+                return
+            if data[0] in (signal.SIGINT, signal.SIGTERM):
+                _interrupted(data[0])
+
+    watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(write_fd)  # the watcher reads end-of-file and stops
+        watcher.join(timeout=5)
+        os.close(read_fd)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry: exit 0 on success, 2 on a bad flag or model, 1 on a failed run (over its
+    failure budget, storage unreachable, disk full, ...), 130 on Ctrl-C and 143 on SIGTERM (the process
+    ends at once, see `_signals_end_the_run`); every
+    failure ends with one `error:` line on stderr."""
+    quiet = [] if logging.getLogger().isEnabledFor(logging.INFO) else [
+        logging.getLogger(name) for name in _BEAM_ERROR_LOGGERS
+    ]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # Beam logs each failure with its whole traceback; the one line below says it
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with _signals_end_the_run():
+            run(argv)
     except (ConfigError, ModelConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the pipeline failed: one line, the traceback only with --verbose
+        stop_workers()
+        _LOGGER.info("The run failed", exc_info=True)
+        print(f"error: {failure_message(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
     return 0

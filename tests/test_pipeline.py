@@ -91,6 +91,7 @@ def finished_run(tmp_path_factory, tiny_text_model, tiny_image_model):
         "--image-id-field", "key",
         "--image-model", str(tiny_image_model),
         "--passthrough", "label",
+        "--max-failed-fraction", "1",  # bad records on purpose: a third of them
     ])
     return dict(root=root, out=out, good_texts=good_texts, images=images, manifest=result)
 

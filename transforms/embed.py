@@ -239,6 +239,8 @@ def _load_image(
     try:
         inline = getattr(ref, "data", None)  # bytes given with the record (transforms.api.InlineImageRef)
         data = inline if inline is not None else fileio.read_bytes(ref.uri, limit=max_bytes)
+    except fileio.StorageUnavailable:
+        raise  # storage is down, not this file: the run fails (issue 12) rather than dead-letter them all
     except Exception as exc:  # noqa: BLE001 - missing file, permission, network: a dead letter
         if isinstance(exc, fileio.FileTooLarge):
             return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "read", exc)

@@ -9,6 +9,8 @@ import os
 import posixpath
 import shutil
 import tempfile
+import threading
+import time
 from typing import IO, Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
@@ -28,10 +30,153 @@ __all__ = [
     "path_id",
     "open_input",
     "TruncatedInput",
+    "StorageUnavailable",
+    "DEFAULT_STORAGE_TIMEOUT",
+    "bound_storage_retries",
+    "storage_timeout",
+    "is_transient_storage_error",
+    "check_scheme",
 ]
 
 _GLOB_CHARS = set("*?[")
 _CHUNK = 1 << 20
+
+# ---- storage outages ------------------------------------------------------------------------
+# google-cloud-storage retries transient errors (connection refused/reset, 429, 5xx, timeouts) with
+# exponential backoff (1 s, 2 s, 4 s, ... at most 60 s apart) for 120 s per call, and Beam hands the
+# same policy to every gs:// call it makes. A run whose storage is gone then hangs call after call.
+# `bound_storage_retries` shortens that window for every call in the process (ours and Beam's); a
+# call that still fails after it raises StorageUnavailable here (RetryError in Beam's own steps),
+# which fails the run instead of turning records into dead letters.
+
+DEFAULT_STORAGE_TIMEOUT = 45.0
+STORAGE_TIMEOUT_ENV = "EMBEDDINGS_STORAGE_TIMEOUT"  # how the launcher passes --storage-timeout to local workers
+_storage_timeout = DEFAULT_STORAGE_TIMEOUT
+_down_until = 0.0  # after one call gave up, others fail at once for a while instead of waiting again
+_down_lock = threading.Lock()
+
+
+class StorageUnavailable(OSError):
+    """Storage kept failing with transient errors for longer than the storage timeout. Not a record's
+    fault: callers must let it fail the run (never turn it into a dead letter)."""
+
+
+def bound_storage_retries(seconds: float | None = None) -> float:
+    """Make every gs:// call in this process give up after `seconds` of retrying transient errors
+    (default: $EMBEDDINGS_STORAGE_TIMEOUT, else DEFAULT_STORAGE_TIMEOUT); returns the bound.
+
+    The retry policies of google-cloud-storage and Beam's gcsio are module-level objects, also bound
+    as default arguments, so their timeout is changed in place. Each request also has its own
+    60 s timeout, so a call that hangs rather than being refused can take up to 60 s longer. Once one
+    call has given up (StorageUnavailable), the others stop retrying for the next `seconds` as well,
+    so that calls made one after another do not each wait the whole bound again."""
+    global _storage_timeout
+    if seconds is None:
+        seconds = _configured_storage_timeout()
+    _storage_timeout = float(seconds)
+    policies = []
+    try:
+        from google.cloud.storage import retry as storage_retry
+
+        policies.append(storage_retry.DEFAULT_RETRY)
+        from apache_beam.io.gcp import gcsio_retry
+
+        policies += [gcsio_retry.DEFAULT_RETRY, gcsio_retry.DEFAULT_RETRY_WITH_THROTTLING_COUNTER]
+    except ImportError:  # pragma: no cover - without the gcp extras there is no gs:// to bound
+        pass
+    for policy in policies:
+        policy._timeout = policy._deadline = _storage_timeout
+        if not hasattr(policy, "_embeddings_predicate"):  # once: stop retrying while storage is known down
+            policy._embeddings_predicate = policy._predicate
+            policy._predicate = lambda exc, original=policy._predicate: original(exc) and time.monotonic() >= _down_until
+    return _storage_timeout
+
+
+def _configured_storage_timeout() -> float:
+    """--storage-timeout as this process knows it: the launcher's env var (local workers inherit it),
+    else the job's options that Beam's SDK harness hands to FileSystems (Dataflow workers), else 45 s."""
+    value = os.environ.get(STORAGE_TIMEOUT_ENV)
+    if value is None:
+        options = getattr(FileSystems, "_pipeline_options", None)
+        try:
+            value = options.get_all_options(retain_unknown_options=True).get("storage_timeout") if options else None
+        except Exception:  # noqa: BLE001 - unexpected options object: keep the default
+            value = None
+    try:
+        return float(value) if value is not None else DEFAULT_STORAGE_TIMEOUT
+    except (TypeError, ValueError):
+        return DEFAULT_STORAGE_TIMEOUT
+
+
+def storage_timeout() -> float:
+    """The current bound on retrying one gs:// call, in seconds."""
+    return _storage_timeout
+
+
+def is_transient_storage_error(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a storage outage rather than a problem of
+    the file itself: retries exhausted, connection refused/reset, timeouts, 429 and 5xx answers."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (StorageUnavailable, ConnectionError, TimeoutError)):
+            return True
+        try:
+            from google.api_core.exceptions import RetryError
+            from google.cloud.storage.retry import _should_retry
+
+            if isinstance(exc, RetryError) or _should_retry(exc):
+                return True
+        except ImportError:  # pragma: no cover
+            pass
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _storage_outage(path: str, exc: BaseException) -> StorageUnavailable:
+    global _down_until
+    with _down_lock:
+        _down_until = time.monotonic() + _storage_timeout
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    text = " ".join(str(e) for e in _exception_chain(exc))
+    if "Connection refused" in text:
+        reason = "connection refused"
+    elif "Name or service not known" in text or "NameResolution" in text:
+        reason = "host not found"
+    elif "timed out" in text.lower():
+        reason = "requests timed out"
+    else:
+        last = _exception_chain(exc)[-1]
+        reason = f"{type(last).__name__}: {str(last).strip()[:150]}"
+    return StorageUnavailable(
+        f"storage unreachable: {path}: {reason}, still failing after {_storage_timeout:g} s of retries (--storage-timeout)"
+    )
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and len(chain) < 20 and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _fail_fast_if_down(path: str) -> None:
+    if is_remote(path) and time.monotonic() < _down_until:
+        raise StorageUnavailable(f"storage unreachable: {path} not tried, another call just gave up after "
+                                 f"{_storage_timeout:g} s of retries (--storage-timeout)")
+
+
+def check_scheme(path: str, flag: str = "") -> None:
+    """ValueError naming `flag` for a path whose scheme the job cannot read (only local paths and gs://)."""
+    if is_remote(path) and not path.startswith("gs://"):
+        scheme = path.split("://", 1)[0]
+        where = f"{flag} {path!r}" if flag else repr(path)
+        raise ValueError(f"{where}: {scheme}:// is not supported; give a local path or a gs:// uri "
+                         f"(copy the file there first)")
+
+
+bound_storage_retries()
 
 
 def has_glob(path: str) -> bool:
@@ -102,12 +247,16 @@ def _is_not_found(exc: BaseException) -> bool:
 def _open_raw(path: str) -> Iterator[IO[bytes]]:
     """A file's raw bytes; a missing gs:// object raises FileNotFoundError as a missing local file
     does (GCS raises google.api_core's NotFound, whose message does not say so)."""
+    check_scheme(path)
+    _fail_fast_if_down(path)
     try:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             yield handle
     except Exception as exc:
         if _is_not_found(exc):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
+        if is_remote(path) and is_transient_storage_error(exc):
+            raise _storage_outage(path, exc) from exc
         raise
 
 
@@ -159,11 +308,15 @@ def open_input(path: str):
 
     lower = path.lower()
     opener = gzip.GzipFile if lower.endswith(".gz") else bz2.BZ2File if lower.endswith(".bz2") else None
+    check_scheme(path)
+    _fail_fast_if_down(path)
     try:
         raw = FileSystems.open(path, compression_type="uncompressed")
     except Exception as exc:
         if _is_not_found(exc):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
+        if is_remote(path) and is_transient_storage_error(exc):
+            raise _storage_outage(path, exc) from exc
         raise
     if opener is None:
         return raw
@@ -186,9 +339,17 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
 
 
 def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    """Write a whole file, local (missing folders are created) or gs://."""
-    with FileSystems.create(path, mime_type=mime_type) as handle:
-        handle.write(data)
+    """Write a whole file, local (missing folders are created) or gs://; StorageUnavailable when
+    gs:// stays unreachable past the storage timeout."""
+    check_scheme(path)
+    _fail_fast_if_down(path)
+    try:
+        with FileSystems.create(path, mime_type=mime_type) as handle:
+            handle.write(data)
+    except Exception as exc:
+        if is_remote(path) and is_transient_storage_error(exc):
+            raise _storage_outage(path, exc) from exc
+        raise
 
 
 def upload(local_path: str, destination: str) -> None:

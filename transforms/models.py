@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+import zipfile
 from typing import Callable, Optional
 
 import numpy as np
@@ -147,6 +148,8 @@ def _load_keras_file(path: str, flag: str, unsafe: bool):
         raise ModelConfigError(flag, path, f"cannot read the model file ({type(exc).__name__}: {exc})") from exc
     if not os.path.exists(local):
         raise ModelConfigError(flag, path, "no such file")
+    if path.endswith(".keras") and not zipfile.is_zipfile(local):  # Keras would say "File not found" (issue 12)
+        raise ModelConfigError(flag, path, "not a complete .keras file: it is not a valid zip archive (truncated or corrupt copy?)")
     try:
         return keras.saving.load_model(local, compile=False, safe_mode=not unsafe)
     except ValueError as exc:
@@ -298,6 +301,11 @@ def _build_network(spec: ImageModelSpec):
         try:
             model = network.builder()(**kwargs)
         except ValueError as exc:
+            if weights not in ("imagenet", "none") and "shape" in str(exc).lower():  # issue 12: blame the weights/alpha/size
+                raise ModelConfigError("--image-weights", weights, (
+                    f"does not fit {network.name} at --image-alpha {spec.alpha} and --image-size {size} "
+                    f"({str(exc).splitlines()[0][:160]}); use the weights made for that alpha and size, or change "
+                    "--image-alpha/--image-size to match the file")) from exc
             flag = "--image-weights" if "weights" in str(exc).lower() else "--image-model"
             raise ModelConfigError(flag, spec.weights if flag == "--image-weights" else spec.model, str(exc).splitlines()[0]) from exc
         except Exception as exc:

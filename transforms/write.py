@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
@@ -28,7 +29,15 @@ __all__ = [
     "MANIFEST_NAME",
     "OUTPUT_FOLDERS",
     "IncompleteOutputError",
+    "FailedRunError",
+    "DEFAULT_MAX_FAILED_FRACTION",
+    "failure_verdict",
+    "TopErrorReasons",
     "clear_previous_output",
+    "RUNNING_NAME",
+    "OutputInUseError",
+    "claim_output",
+    "release_output",
     "WriteTables",
     "WriteErrors",
     "WriteManifestFn",
@@ -42,8 +51,179 @@ MANIFEST_NAME = "_MANIFEST.json"
 OUTPUT_FOLDERS = ("text", "image", "errors")
 
 
+DEFAULT_MAX_FAILED_FRACTION = 0.1
+TOP_REASONS = 5  # error kinds per modality kept in the manifest and printed in the summary
+
+
 class IncompleteOutputError(RuntimeError):
     """An output folder without `_MANIFEST.json`: its run did not finish."""
+
+
+class FailedRunError(IncompleteOutputError):
+    """A run that finished but failed its checks (e.g. more dead letters than --max-failed-fraction):
+    its manifest says `"status": "failed"`; readers refuse it unless given `allow_failed=True`. A kind
+    of IncompleteOutputError (its embeddings are incomplete), so every caller that refuses an
+    unfinished run also refuses a failed one, with its one-line message."""
+
+
+def failure_verdict(
+    counts: dict[str, dict],
+    max_failed_fraction: dict[str, float],
+    max_failed: Optional[int] = None,
+) -> dict[str, str]:
+    """{modality: why the run failed} for each modality over its failure budget; empty when all is well.
+
+    A modality fails when its counts do not add up, when it read no record at all, when more than
+    `max_failed_fraction[modality]` of its records are dead letters, or more than `max_failed` of them.
+    """
+    verdict = {}
+    for modality, c in counts.items():
+        read, failed = c["read"], c["failed"]
+        limit = max_failed_fraction.get(modality, DEFAULT_MAX_FAILED_FRACTION)
+        if not c["balanced"]:
+            verdict[modality] = (
+                f"counts do not add up: read {read} != embedded {c['embedded']} + failed {failed} + skipped {c['skipped']}"
+            )
+        elif read == 0:
+            verdict[modality] = "no record was read from the inputs (empty files?)"
+        elif failed / read > limit:
+            verdict[modality] = (
+                f"{failed} of {read} records failed ({failed / read:.1%}), "
+                f"more than --max-failed-fraction {limit:g}"
+            )
+        elif max_failed is not None and failed > max_failed:
+            verdict[modality] = f"{failed} of {read} records failed, more than --max-failed {max_failed}"
+    return verdict
+
+
+class _ReasonsFn(beam.CombineFn):
+    """{(modality, stage, error_type): [count, example id, example message]}: bounded by the number of
+    distinct error kinds, never by the number of records. The example is the smallest id (deterministic)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, error):
+        key = (error.modality, error.stage, error.error_type)
+        entry = accumulator.get(key)
+        if entry is None:
+            accumulator[key] = [1, str(error.id), error.message]
+        else:
+            entry[0] += 1
+            if str(error.id) < entry[1]:
+                entry[1], entry[2] = str(error.id), error.message
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for key, (count, example, message) in accumulator.items():
+                entry = merged.get(key)
+                if entry is None:
+                    merged[key] = [count, example, message]
+                else:
+                    entry[0] += count
+                    if example < entry[1]:
+                        entry[1], entry[2] = example, message
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+class TopErrorReasons(beam.PTransform):
+    """ErrorRecords -> one {modality: [reason, ...]} dict, the most frequent kinds first (at most
+    TOP_REASONS per modality), each reason `{error_type, stage, count, example_id, example_message}`."""
+
+    def expand(self, errors):
+        def top(accumulator: dict) -> dict:
+            by_modality: dict[str, list] = {}
+            for (modality, stage, error_type), (count, example, message) in accumulator.items():
+                by_modality.setdefault(modality, []).append(
+                    {"error_type": error_type, "stage": stage, "count": count,
+                     "example_id": example, "example_message": message}
+                )
+            return {
+                m: sorted(reasons, key=lambda r: (-r["count"], r["error_type"]))[:TOP_REASONS]
+                for m, reasons in sorted(by_modality.items())
+            }
+
+        return errors | "CountReasons" >> beam.CombineGlobally(_ReasonsFn()) | "TopReasons" >> beam.Map(top)
+
+
+RUNNING_NAME = "_RUNNING.json"
+
+
+class OutputInUseError(RuntimeError):
+    """Another run is writing into the same output folder (its `_RUNNING.json` marker is there)."""
+
+
+def _read_marker(path: str) -> Optional[dict]:
+    try:
+        return json.loads(fileio.read_bytes(path))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a half-written or foreign file: still a claim, of an unknown run
+        return {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_output(output: str, run_id: str, force: bool = False, detached: bool = False) -> dict:
+    """Mark `output` as being written by this run (`OUT/_RUNNING.json`: run id, host, pid, start time),
+    or raise OutputInUseError naming the run that already claimed it.
+
+    A marker left by a dead process on this host is stale and replaced (with a warning). A marker
+    from another host cannot be checked: clear it with `force` (`--force-unlock`) or by deleting the
+    file, once you know that run is gone; so can a `detached` run's marker (its launcher exits at once,
+    the job frees the folder when it writes its manifest). Locally the claim is atomic (O_EXCL); on gs:// it is checked
+    then written, so two launches within the same second can still both start."""
+    import logging
+
+    marker = fileio.join(output, RUNNING_NAME)
+    mine = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": _now(), "detached": detached}
+    existing = _read_marker(marker)
+    if existing is not None and not force:
+        stale = not existing.get("detached") and existing.get("host") == mine["host"] and isinstance(existing.get("pid"), int) and not _pid_alive(existing["pid"])
+        if not stale:
+            raise OutputInUseError(
+                f"--output {output!r}: run {existing.get('run_id', '?')} (pid {existing.get('pid', '?')} on "
+                f"{existing.get('host', '?')}, started {existing.get('started_at', '?')}) is writing there "
+                f"({RUNNING_NAME}); wait for it, use another --output, or if that run is dead, pass --force-unlock"
+            )
+        logging.getLogger(__name__).warning(
+            "%s: replacing the stale %s of run %s (pid %s is gone)", output, RUNNING_NAME, existing.get("run_id"), existing.get("pid")
+        )
+    data = json.dumps(mine, indent=2).encode()
+    if fileio.is_remote(output) or existing is not None:
+        fileio.write_bytes(marker, data, mime_type="application/json")
+        return mine
+    os.makedirs(output, exist_ok=True)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:  # another run claimed it between our check and now
+        return claim_output(output, run_id, force=False, detached=detached)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return mine
+
+
+def release_output(output: str, run_id: str) -> bool:
+    """Delete the `_RUNNING.json` marker if it is this run's; returns whether it did."""
+    marker = fileio.join(output, RUNNING_NAME)
+    existing = _read_marker(marker)
+    if not existing or existing.get("run_id") != run_id:
+        return False
+    FileSystems.delete([marker])
+    return True
 
 
 def clear_previous_output(output: str) -> list[str]:
@@ -173,11 +353,16 @@ def _now() -> str:
 class WriteManifestFn(beam.DoFn):
     """The final step: writes `_MANIFEST.json` once every output file exists (they arrive as side inputs)."""
 
-    def __init__(self, output: str, static: dict):
+    def __init__(
+        self, output: str, static: dict, max_failed_fraction: Optional[dict[str, float]] = None,
+        max_failed: Optional[int] = None,
+    ):
         self._output = output
         self._static = static
+        self._max_failed_fraction = dict(max_failed_fraction or {})
+        self._max_failed = max_failed
 
-    def process(self, _, counts: dict, files: Iterable[tuple[str, str]]):
+    def process(self, _, counts: dict, files: Iterable[tuple[str, str]], reasons: Sequence[dict] = ()):
         by_modality = {}
         for modality in MODALITIES:
             if modality not in self._static["models"]:
@@ -197,9 +382,12 @@ class WriteManifestFn(beam.DoFn):
         prefix = self._output.rstrip("/") + "/"
         for folder, path in files:  # relative paths: the folder can be moved or copied whole
             grouped.setdefault(folder, []).append(path[len(prefix):] if path.startswith(prefix) else path)
+        verdict = failure_verdict(by_modality, self._max_failed_fraction, self._max_failed)
         manifest = dict(self._static)
         manifest.update(
-            status="complete",
+            status="failed" if verdict else "complete",
+            failures=verdict,
+            top_errors=reasons[0] if reasons else {},
             finished_at=_now(),
             counts=by_modality,
             files={k: sorted(v) for k, v in sorted(grouped.items())},
@@ -208,18 +396,27 @@ class WriteManifestFn(beam.DoFn):
         target = fileio.join(self._output, MANIFEST_NAME)
         with FileSystems.create(target, mime_type="application/json") as handle:
             handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+        release_output(self._output, self._static["run_id"])  # the run is over: the folder is free again
         yield target
 
 
-def read_manifest(output: str) -> dict:
-    """The manifest of a finished run; IncompleteOutputError when the run did not finish."""
+def read_manifest(output: str, allow_failed: bool = False) -> dict:
+    """The manifest of a finished run; IncompleteOutputError when the run did not finish, and
+    FailedRunError when it failed its checks (unless `allow_failed`)."""
     path = fileio.join(output, MANIFEST_NAME)
     if not FileSystems.exists(path):
         raise IncompleteOutputError(
             f"{output} has no {MANIFEST_NAME}: the run that wrote it did not finish (or it is not a job "
             "output folder); rerun the same command to complete it"
         )
-    return json.loads(fileio.read_bytes(path))
+    manifest = json.loads(fileio.read_bytes(path))
+    if manifest.get("status") == "failed" and not allow_failed:
+        why = "; ".join(f"{m}: {r}" for m, r in sorted(manifest.get("failures", {}).items())) or "see its manifest"
+        raise FailedRunError(
+            f"{output}: run {manifest.get('run_id')} failed ({why}); its embeddings are incomplete. "
+            "Read its dead letters with read_errors, or pass allow_failed=True to use it anyway"
+        )
+    return manifest
 
 
 def _read_tables(paths: Sequence[str], schema: Optional[pa.Schema] = None) -> pa.Table:
@@ -239,15 +436,16 @@ def run_files(output: str, manifest: dict, folder: str) -> list[str]:
     return [p if fileio.is_remote(p) or p.startswith("/") else fileio.join(output, p) for p in paths]
 
 
-def read_embeddings(output: str, modality: str) -> pa.Table:
-    """All embeddings of one modality of a finished run, as one table (refuses an unfinished run)."""
-    manifest = read_manifest(output)
+def read_embeddings(output: str, modality: str, allow_failed: bool = False) -> pa.Table:
+    """All embeddings of one modality of a finished run, as one table (refuses an unfinished run, and
+    a failed one unless `allow_failed`)."""
+    manifest = read_manifest(output, allow_failed=allow_failed)
     if modality not in manifest.get("models", {}):
         raise ValueError(f"{output}: the run embedded no {modality} (it has: {', '.join(manifest.get('models', {}))})")
     return _read_tables(run_files(output, manifest, modality))
 
 
-def read_errors(output: str) -> pa.Table:
-    """The dead letters of a finished run."""
-    manifest = read_manifest(output)
+def read_errors(output: str, allow_failed: bool = True) -> pa.Table:
+    """The dead letters of a finished run (also of a failed one: they say why it failed)."""
+    manifest = read_manifest(output, allow_failed=allow_failed)
     return _read_tables(run_files(output, manifest, "errors"), ERROR_SCHEMA)
