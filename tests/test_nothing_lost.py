@@ -378,7 +378,7 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
             _, stderr = run.communicate(timeout=150)  # bounded: --storage-timeout 10 plus start-up, never a hang
         except subprocess.TimeoutExpired:
             run.kill()
-            raise AssertionError("the run hung after its storage went away")
+            raise AssertionError("the run hung after its storage went away") from None
     finally:
         if server.poll() is None:
             server.kill()
