@@ -1,0 +1,153 @@
+"""Memory and time of the job as the corpus grows: `python -m benchmarks.scale`.
+
+For each size (1M and 5M short JSONL text records by default, made by `benchmarks.inputs`), two
+local runs, each in a fresh process whose whole process tree is watched (`benchmarks.measure`):
+
+* **plain**: the job over the records (duplicate-id check on, as by default);
+* **incremental**: the same command with `--incremental-from` the plain run's output, nothing
+  changed, so every record is skipped.
+
+Reported: peak RSS and wall time of every run; the growth of peak RSS between the two sizes in
+bytes per record (target: at most 40 for both kinds: nothing a worker holds may grow with the
+corpus); and incremental speed relative to plain at the same size (target: at least 1.0, an
+all-skipped run at least as fast as embedding everything). Results go to
+`benchmarks/results/scale-<UTC time>.{json,txt}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+from typing import Optional, Sequence
+
+from benchmarks.inputs import DEFAULT_SHARED_DATA, DEFAULT_WORK_DIR, PROJECT_ROOT, text_set
+from benchmarks.measure import run_worker, worker_env
+
+__all__ = ["main", "growth_bytes_per_record", "format_report"]
+
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+TARGET_GROWTH = 40.0  # bytes per record
+
+
+def growth_bytes_per_record(small: dict, large: dict) -> Optional[float]:
+    """Peak RSS growth between two runs, per extra record."""
+    extra = large["count"] - small["count"]
+    if extra <= 0:
+        return None
+    return (large["peak_rss_mb"] - small["peak_rss_mb"]) * 1024 * 1024 / extra
+
+
+def _text_model(shared: pathlib.Path, work: pathlib.Path) -> str:
+    from benchmarks.models import train_text_model
+
+    path = work / "models" / "text-scale.keras"
+    if not path.exists():
+        train_text_model(shared, path, epochs=2)
+    return str(path)
+
+
+def _one(label: str, count: int, argv: list[str], output: str, folder: pathlib.Path, env: dict) -> dict:
+    spec = {"kind": "job", "modality": "text", "runs": [{"label": label, "count": count, "argv": argv, "output": output}]}
+    result = run_worker(spec, label, folder, env)
+    run = result["runs"][0]
+    outside = result["outside"]
+    return {
+        "label": label,
+        "count": count,
+        "seconds": run["seconds"],
+        "cpu_seconds": run["cpu_seconds"],
+        "counts": run.get("counts"),
+        "peak_rss_mb": max(outside["peak_tree_rss_mb_sampled"], outside["ru_maxrss_mb"]),
+        "peak_tree_rss_mb_sampled": outside["peak_tree_rss_mb_sampled"],
+        "ru_maxrss_mb": outside["ru_maxrss_mb"],
+        "loadavg_after": run.get("loadavg_after"),
+        "rss_timeline_mb": outside["tree_rss_timeline_mb"],
+    }
+
+
+def run_scale(sizes: Sequence[int], shared: pathlib.Path, work: pathlib.Path, log=print) -> dict:
+    """Plain and incremental runs at each size; the report (without the formatting)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run_dir = work / "scale" / stamp
+    env = worker_env(work)
+    model = _text_model(shared, work)
+    runs = {}
+    for n in sizes:
+        pattern = text_set(shared, work, n)
+        plain_out = str(run_dir / "out" / f"plain-{n}")
+        common = ["--text-input", pattern, "--text-model", model]
+        log(f"plain {n:,} ...")
+        plain = _one(f"plain-{n}", n, common + ["--output", plain_out, "--run-id", f"scale-plain-{n}"], plain_out, run_dir, env)
+        log(f"  {plain['seconds']:.1f} s, peak {plain['peak_rss_mb']:.0f} MB, counts {plain['counts']}")
+        inc_out = str(run_dir / "out" / f"incremental-{n}")
+        log(f"incremental {n:,} ...")
+        inc = _one(f"incremental-{n}", n, common + ["--output", inc_out, "--run-id", f"scale-incremental-{n}",
+                                                    "--incremental-from", plain_out], inc_out, run_dir, env)
+        log(f"  {inc['seconds']:.1f} s, peak {inc['peak_rss_mb']:.0f} MB, counts {inc['counts']}")
+        runs[n] = {"plain": plain, "incremental": inc}
+    summary = {}
+    ordered = sorted(runs)
+    for kind in ("plain", "incremental"):
+        if len(ordered) >= 2:
+            summary[f"{kind}_growth_bytes_per_record"] = growth_bytes_per_record(runs[ordered[0]][kind], runs[ordered[-1]][kind])
+    for n in ordered:
+        summary[f"incremental_speed_vs_plain_{n}"] = runs[n]["plain"]["seconds"] / runs[n]["incremental"]["seconds"]
+    return {
+        "stamp": stamp,
+        "sizes": list(ordered),
+        "runs": {str(n): r for n, r in runs.items()},
+        "summary": summary,
+        "targets": {"growth_bytes_per_record_at_most": TARGET_GROWTH, "incremental_speed_vs_plain_at_least": 1.0},
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
+                        "loadavg_at_end": os.getloadavg()},
+        "run_dir": str(run_dir),
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report as a small text table."""
+    lines = [f"benchmarks.scale {report['stamp']} (local runner, short JSONL text records)",
+             f"{'records':>10} {'kind':<12} {'seconds':>8} {'peak RSS MB':>12} {'read':>9} {'embedded':>9} {'skipped':>9}"]
+    for n in report["sizes"]:
+        for kind in ("plain", "incremental"):
+            r = report["runs"][str(n)][kind]
+            c = r.get("counts", {}).get("text", {}) if r.get("counts") else {}
+            lines.append(f"{n:>10,} {kind:<12} {r['seconds']:>8.1f} {r['peak_rss_mb']:>12.0f} "
+                         f"{c.get('read', 0):>9,} {c.get('embedded', 0):>9,} {c.get('skipped', 0):>9,}")
+    s = report["summary"]
+    for kind in ("plain", "incremental"):
+        value = s.get(f"{kind}_growth_bytes_per_record")
+        if value is not None:
+            mark = "ok" if value <= TARGET_GROWTH else "ABOVE TARGET"
+            lines.append(f"peak RSS growth, {kind}: {value:.1f} bytes/record (target <= {TARGET_GROWTH:.0f}: {mark})")
+    for n in report["sizes"]:
+        ratio = s[f"incremental_speed_vs_plain_{n}"]
+        mark = "ok" if ratio >= 1.0 else "BELOW TARGET"
+        lines.append(f"incremental (all skipped) vs plain speed at {n:,}: {ratio:.2f}x (target >= 1: {mark})")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000], help="record counts (default 1M 5M)")
+    parser.add_argument("--shared-data", type=pathlib.Path, default=DEFAULT_SHARED_DATA)
+    parser.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK_DIR, help="generated inputs and run folders")
+    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/scale-*")
+    args = parser.parse_args(argv)
+    report = run_scale(args.sizes, args.shared_data, args.work, log=lambda m: print(m, file=sys.stderr, flush=True))
+    text = format_report(report)
+    print(text)
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"scale-{report['stamp']}.json").write_text(json.dumps(report, indent=2, default=str))
+        (RESULTS / f"scale-{report['stamp']}.txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
