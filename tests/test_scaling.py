@@ -220,3 +220,29 @@ def test_dataflow_job_has_no_global_combine_on_record_data(incremental_job):
         assert "CombineGlobally" not in name, name
         if transform.spec.urn in combines:
             assert name.startswith(ALLOWED_COMBINES), f"{name}: a combine over record data"
+
+
+def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_line():
+    from transforms.dedup import MergeBucketSlices
+
+    merge = MergeBucketSlices(bits=2, budget_bytes=4 * 24 * 256)  # flush at 256 rows a bucket
+    merge.start_bundle()
+    rng = np.random.default_rng(0)
+    sent, out = [], []
+    for k in range(40):  # 40 batches of 30 records from three files
+        path = f"f{k % 3}.jsonl"
+        ids = [f"id-{k}-{i}" for i in range(30)]
+        lines = np.arange(k * 30, k * 30 + 30) + (1 << 33) * (k == 7)  # one batch with lines past 2^32
+        ikeys = id_hashes(ids)
+        ckeys = rng.integers(0, 2**63, 30, dtype=np.int64).astype(np.uint64)
+        for bucket, part in text_key_batch(path, k % 3, lines, ikeys, ckeys, bits=2):
+            sent += [(bucket, path, int(l), int(i), int(c)) for l, i, c in zip(part[4], part[5], part[6])]
+            out += list(merge.process((bucket, part)))
+    flushed_early = len(out)
+    out += [w.value for w in merge.finish_bundle()]
+    assert 0 < flushed_early < len(out) <= 4 * 6  # fewer, larger elements: not one per batch slice
+    got = []
+    for bucket, (kind, paths, indexes, part_of_row, lines, ikeys, ckeys) in out:
+        assert kind == "cur" and len(set(paths)) == len(paths) and indexes == [int(p[1]) for p in paths]
+        got += [(bucket, paths[p], int(l), int(i), int(c)) for p, l, i, c in zip(part_of_row, lines, ikeys, ckeys)]
+    assert sorted(got) == sorted(sent)
