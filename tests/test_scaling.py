@@ -246,3 +246,24 @@ def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_lin
         assert kind == "cur" and len(set(paths)) == len(paths) and indexes == [int(p[1]) for p in paths]
         got += [(bucket, paths[p], int(l), int(i), int(c)) for p, l, i, c in zip(part_of_row, lines, ikeys, ckeys)]
     assert sorted(got) == sorted(sent)
+
+
+def test_content_keys_decode_hex_digests_and_hash_anything_else():
+    import hashlib
+
+    from transforms.incremental import sha256_keys
+
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(70_000)]  # more than one chunk
+    keys = sha256_keys(digests)
+    assert len(np.unique(keys)) == len(digests)
+    assert (sha256_keys(pa.array(digests).slice(5, 100)) == keys[5:105]).all()
+    odd = ["XYZ", None, digests[0], "g" * 64, digests[0].upper(), digests[1]]
+    odd_keys = sha256_keys(pa.array(odd))
+    assert odd_keys[2] == keys[0] and odd_keys[5] == keys[1]
+    assert len(set(odd_keys.tolist())) == 6  # upper case is another string, not the same digest
+    # the model column of earlier runs: each distinct model once, the same as a constant
+    models = pa.array(["a" * 64] * 3 + ["b" * 64] * 2)
+    mixed = content_keys(pa.array(digests[:5]), models)
+    assert (mixed[:3] == content_keys(pa.array(digests[:3]), "a" * 64)).all()
+    assert (mixed[3:] == content_keys(pa.array(digests[3:5]), "b" * 64)).all()
+    assert (mixed[3:] != content_keys(pa.array(digests[3:5]), "a" * 64)).all()

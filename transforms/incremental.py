@@ -21,14 +21,16 @@ from typing import Iterable, Iterator, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.dedup import _fmix, hash64, id_hashes, split_by_bucket
+from transforms.dedup import _as_arrow_strings, _fmix, hash64, id_hashes, split_by_bucket
 
 __all__ = [
     "KEY_COLUMNS",
     "content_keys",
+    "sha256_keys",
     "image_content_key",
     "prior_key_batches",
     "ReadPriorKeys",
@@ -41,10 +43,74 @@ KEY_COLUMNS = ["id", "content_sha256", "model_sha256"]
 _MODEL_MIX = np.uint64(0xD6E8FEB86659FD93)
 
 
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_CHUNK_ROWS = 1 << 16
+_FOLD = np.array([1, 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
+
+
+def sha256_keys(values) -> np.ndarray:
+    """A 64-bit key of each sha256 hex string: its 256 bits folded (vectorised hex decoding);
+    any value that is not 64 lowercase hex digits is hashed as a string instead (`hash64`)."""
+    array = _as_arrow_strings(values)
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    n = len(array)
+    keys = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return keys
+    if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type):
+        offset_type = np.int64
+    else:
+        offset_type = np.int32
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + n + 1].astype(np.int64)
+    lengths = offsets[1:] - offsets[:-1]
+    valid = lengths == 64
+    if array.null_count:
+        valid &= ~np.asarray(array.is_null())
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    for start in range(0, n, _CHUNK_ROWS):  # bounded temporaries: 64 bytes a row of a chunk
+        rows = start + np.flatnonzero(valid[start : start + _CHUNK_ROWS])
+        if rows.size == 0:
+            continue
+        first = offsets[rows[0]]
+        if rows.size == rows[-1] - rows[0] + 1 and offsets[rows[-1]] - first == 64 * (rows.size - 1):
+            chars = data[first : first + 64 * rows.size].reshape(rows.size, 64)  # contiguous: no gather
+        else:
+            chars = data[offsets[rows, None] + np.arange(64)]
+        nibbles = _HEX[chars]
+        hexed = (nibbles < 16).all(axis=1)
+        packed = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).view("<u8")  # (rows, 4) words
+        keys[rows] = _fold(packed)
+        valid[rows[~hexed]] = False
+    other = np.flatnonzero(~valid)
+    if other.size:
+        keys[other] = hash64(array.take(pa.array(other)))
+    return keys
+
+
+def _fold(words: np.ndarray) -> np.ndarray:
+    h = words[:, 0].copy()
+    for k in range(1, words.shape[1]):
+        h = _fmix(h ^ (words[:, k] * _FOLD[k]))
+    return h
+
+
+def _model_keys(model_sha256) -> np.ndarray:
+    if isinstance(model_sha256, str):
+        return sha256_keys([model_sha256])
+    array = _as_arrow_strings(model_sha256)
+    encoded = array if pa.types.is_dictionary(array.type) else pc.dictionary_encode(array)
+    return sha256_keys(encoded.dictionary)[np.asarray(encoded.indices.fill_null(0))]  # one hash per distinct model
+
+
 def content_keys(content_sha256, model_sha256) -> np.ndarray:
-    """`ckey` of each row: its content sha256 and model sha256 (one string for all rows, or a column)."""
-    content = hash64(content_sha256)
-    model = hash64([model_sha256] if isinstance(model_sha256, str) else model_sha256)  # an array: wraps silently
+    """`ckey` of each row: its content sha256 and model sha256 (one string for all rows, or a column).
+    No per-row Python: the hex digests are decoded column-wise, each distinct model hashed once."""
+    content = sha256_keys(content_sha256)
+    model = _model_keys(model_sha256)  # an array: multiplication wraps silently
     return _fmix(content ^ (model * _MODEL_MIX))
 
 
