@@ -71,6 +71,36 @@ def _one(label: str, count: int, argv: list[str], output: str, folder: pathlib.P
     }
 
 
+def gbk_probe(count: int, buckets: int = 32, batch_rows: int = 65536) -> dict:
+    """The local runner alone: peak RSS of a bare GroupByKey of `count` records shaped like the
+    duplicate check's key slices (8-byte hash, 4-byte line, 1-byte file: 13 bytes a record)."""
+    import apache_beam as beam
+    import numpy as np
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    def slices(i):
+        rows = min(batch_rows, count - i * batch_rows)
+        rng = np.random.default_rng(i)
+        for b in range(buckets):
+            k = rows // buckets
+            yield b, (rng.integers(0, 2**63, k).astype(np.uint64), np.arange(k, dtype=np.uint32), np.zeros(k, np.uint8))
+
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        (p | beam.Create(range((count + batch_rows - 1) // batch_rows)) | beam.FlatMap(slices)
+         | beam.GroupByKey() | beam.Map(lambda kv: sum(len(v[0]) for v in kv[1])))
+    with open("/proc/self/status") as handle:
+        peak = next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM"))
+    return {"count": count, "shuffled_bytes_per_record": 13, "peak_rss_mb": peak}
+
+
+def _probe_in_fresh_process(count: int) -> dict:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--gbk-probe", str(count)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_scale(sizes: Sequence[int], shared: pathlib.Path, work: pathlib.Path, log=print) -> dict:
     """Plain and incremental runs at each size; the report (without the formatting)."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -93,6 +123,9 @@ def run_scale(sizes: Sequence[int], shared: pathlib.Path, work: pathlib.Path, lo
         runs[n] = {"plain": plain, "incremental": inc}
     summary = {}
     ordered = sorted(runs)
+    probes = {n: _probe_in_fresh_process(n) for n in ordered}
+    if len(ordered) >= 2:
+        summary["runner_bare_gbk_growth_bytes_per_record"] = growth_bytes_per_record(probes[ordered[0]], probes[ordered[-1]])
     for kind in ("plain", "incremental"):
         if len(ordered) >= 2:
             summary[f"{kind}_growth_bytes_per_record"] = growth_bytes_per_record(runs[ordered[0]][kind], runs[ordered[-1]][kind])
@@ -103,6 +136,7 @@ def run_scale(sizes: Sequence[int], shared: pathlib.Path, work: pathlib.Path, lo
         "stamp": stamp,
         "sizes": list(ordered),
         "runs": {str(n): r for n, r in runs.items()},
+        "runner_bare_gbk": {str(n): r for n, r in probes.items()},
         "summary": summary,
         "targets": {"growth_bytes_per_record_at_most": TARGET_GROWTH, "incremental_speed_vs_plain_at_least": 1.0},
         "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
@@ -127,6 +161,9 @@ def format_report(report: dict) -> str:
         if value is not None:
             mark = "ok" if value <= TARGET_GROWTH else "ABOVE TARGET"
             lines.append(f"peak RSS growth, {kind}: {value:.1f} bytes/record (target <= {TARGET_GROWTH:.0f}: {mark})")
+    bare = s.get("runner_bare_gbk_growth_bytes_per_record")
+    if bare is not None:
+        lines.append(f"the local runner alone, a bare GroupByKey of 13 bytes a record: {bare:.1f} bytes/record of peak RSS")
     for n in report["sizes"]:
         ratio, cpu = s[f"incremental_speed_vs_plain_{n}"], s[f"incremental_cpu_speed_vs_plain_{n}"]
         mark = "ok" if ratio >= 1.0 else "BELOW TARGET"
@@ -141,7 +178,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--shared-data", type=pathlib.Path, default=DEFAULT_SHARED_DATA)
     parser.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK_DIR, help="generated inputs and run folders")
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/scale-*")
+    parser.add_argument("--gbk-probe", type=int, metavar="N", help="only: a bare GroupByKey of N key records (JSON)")
     args = parser.parse_args(argv)
+    if args.gbk_probe:
+        print(json.dumps(gbk_probe(args.gbk_probe)))
+        return 0
     report = run_scale(args.sizes, args.shared_data, args.work, log=lambda m: print(m, file=sys.stderr, flush=True))
     text = format_report(report)
     print(text)
