@@ -267,3 +267,27 @@ def test_content_keys_decode_hex_digests_and_hash_anything_else():
     assert (mixed[:3] == content_keys(pa.array(digests[:3]), "a" * 64)).all()
     assert (mixed[3:] == content_keys(pa.array(digests[3:5]), "b" * 64)).all()
     assert (mixed[3:] != content_keys(pa.array(digests[3:5]), "a" * 64)).all()
+
+
+def test_scale_benchmark_report_reads_growth_per_record_and_flags_targets():
+    from benchmarks.scale import format_report, growth_bytes_per_record
+
+    def run(n, mb, seconds, cpu, skipped):
+        counts = {"text": {"read": n, "embedded": n - skipped, "skipped": skipped}}
+        return {"count": n, "peak_rss_mb": mb, "seconds": seconds, "cpu_seconds": cpu, "loadavg_after": 1.0, "counts": counts}
+
+    small, large = run(1_000_000, 900.0, 100, 50, 0), run(5_000_000, 1100.0, 400, 200, 0)
+    assert growth_bytes_per_record(small, large) == pytest.approx(200 * 1024 * 1024 / 4_000_000)
+    assert growth_bytes_per_record(large, small) is None
+    report = {
+        "stamp": "T", "sizes": [1_000_000, 5_000_000],
+        "runs": {"1000000": {"plain": small, "incremental": run(1_000_000, 950.0, 50, 20, 1_000_000)},
+                 "5000000": {"plain": large, "incremental": run(5_000_000, 1000.0, 500, 80, 5_000_000)}},
+        "summary": {"plain_growth_bytes_per_record": 52.4, "incremental_growth_bytes_per_record": 13.1,
+                    "incremental_speed_vs_plain_1000000": 2.0, "incremental_cpu_speed_vs_plain_1000000": 2.5,
+                    "incremental_speed_vs_plain_5000000": 0.8, "incremental_cpu_speed_vs_plain_5000000": 2.5},
+    }
+    text = format_report(report)
+    assert "plain: 52.4 bytes/record (target <= 40: ABOVE TARGET)" in text
+    assert "incremental: 13.1 bytes/record (target <= 40: ok)" in text
+    assert "at 5,000,000: 0.80x wall (target >= 1: BELOW TARGET)" in text
