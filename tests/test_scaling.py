@@ -223,7 +223,7 @@ def test_dataflow_job_has_no_global_combine_on_record_data(incremental_job):
 
 
 def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_line():
-    from transforms.dedup import MergeBucketSlices
+    from transforms.dedup import MergeBucketSlices, key_batch_rows
 
     merge = MergeBucketSlices(bits=2, budget_bytes=4 * 24 * 256)  # flush at 256 rows a bucket
     merge.start_bundle()
@@ -236,14 +236,17 @@ def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_lin
         ikeys = id_hashes(ids)
         ckeys = rng.integers(0, 2**63, 30, dtype=np.int64).astype(np.uint64)
         for bucket, part in text_key_batch(path, k % 3, lines, ikeys, ckeys, bits=2):
-            sent += [(bucket, path, int(l), int(i), int(c)) for l, i, c in zip(part[4], part[5], part[6])]
+            _, _, _, part_lines, part_ikeys, part_ckeys = key_batch_rows(part)
+            sent += [(bucket, path, int(l), int(i), int(c)) for l, i, c in zip(part_lines, part_ikeys, part_ckeys)]
             out += list(merge.process((bucket, part)))
     flushed_early = len(out)
     out += [w.value for w in merge.finish_bundle()]
     assert 0 < flushed_early < len(out) <= 4 * 6  # fewer, larger elements: not one per batch slice
     got = []
-    for bucket, (kind, paths, indexes, part_of_row, lines, ikeys, ckeys) in out:
-        assert kind == "cur" and len(set(paths)) == len(paths) and indexes == [int(p[1]) for p in paths]
+    for bucket, batch in out:
+        assert batch[0] == "cur"
+        paths, indexes, part_of_row, lines, ikeys, ckeys = key_batch_rows(batch)
+        assert len(set(paths)) == len(paths) and indexes == [int(p[1]) for p in paths]
         got += [(bucket, paths[p], int(l), int(i), int(c)) for p, l, i, c in zip(part_of_row, lines, ikeys, ckeys)]
     assert sorted(got) == sorted(sent)
 

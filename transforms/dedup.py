@@ -41,6 +41,7 @@ __all__ = [
     "KeyBatch",
     "MergeBucketSlices",
     "merge_key_batches",
+    "key_batch_rows",
     "LineFlags",
     "bucket_bits_for",
     "duplicate_reason",
@@ -157,49 +158,78 @@ def split_by_bucket(ikeys: np.ndarray, bits: int) -> Iterator[tuple[int, np.ndar
         yield int(buckets[part[0]]), part
 
 
-def _compact_lines(lines: np.ndarray) -> np.ndarray:
-    lines = np.asarray(lines, dtype=np.int64)
-    return lines.astype(np.uint32) if len(lines) == 0 or (lines.min() >= 0 and lines.max() < (1 << 32)) else lines
-
-
-# A slice of records in one bucket: ("cur", paths, file indexes, part of each row (index into
-# paths), lines, ikeys, ckeys or None); earlier runs' keys: ("prior", ikeys, ckeys). Tuples of
-# NumPy arrays: compact when pickled.
+# A slice of records in one bucket: ("cur", paths, file indexes, rows per path, first line per
+# path, line deltas, ikeys, ckeys or None), rows sorted by path then line, so that a line costs
+# the smallest unsigned type that holds the largest gap (usually 2 bytes) and a path nothing per
+# row; earlier runs' keys: ("prior", ikeys, ckeys). Tuples of NumPy arrays: compact when pickled.
 KeyBatch = tuple
 
 
-def _small_index(values: np.ndarray, count: int) -> np.ndarray:
-    dtype = np.uint8 if count <= 1 << 8 else np.uint16 if count <= 1 << 16 else np.uint32
-    return values.astype(dtype)
+def _smallest_unsigned(values: np.ndarray) -> np.ndarray:
+    top = int(values.max()) if len(values) else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values.astype(np.uint64)
+
+
+def _encode_rows(paths: list, indexes: list, part_of_row: np.ndarray, lines: np.ndarray,
+                 ikeys: np.ndarray, ckeys: Optional[np.ndarray]) -> KeyBatch:
+    """The compact KeyBatch of rows given with their path (index into `paths`) and line."""
+    part_of_row = np.asarray(part_of_row, dtype=np.int64)
+    lines = np.asarray(lines, dtype=np.int64)
+    order = np.lexsort((lines, part_of_row))
+    part_of_row, lines, ikeys = part_of_row[order], lines[order], ikeys[order]
+    ckeys = None if ckeys is None else ckeys[order]
+    counts = np.bincount(part_of_row, minlength=len(paths))
+    used = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]]).astype(np.int64)
+    deltas = np.diff(lines, prepend=lines[:1] if len(lines) else lines)
+    deltas[starts] = 0
+    return ("cur", [paths[i] for i in used], [indexes[i] for i in used], counts[used], lines[starts],
+            _smallest_unsigned(deltas), ikeys, ckeys)
+
+
+def key_batch_rows(batch: KeyBatch) -> tuple[list, list, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(paths, file indexes, path index of each row, line of each row, ikeys, ckeys) of a "cur" KeyBatch."""
+    _, paths, indexes, counts, bases, deltas, ikeys, ckeys = batch
+    part_of_row = np.repeat(np.arange(len(counts)), counts)
+    steps = deltas.astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    steps[starts] = bases
+    total = np.cumsum(steps)
+    lines = total - np.repeat(total[starts] - steps[starts], counts)
+    return paths, indexes, part_of_row, lines, ikeys, ckeys
 
 
 def text_key_batch(path: str, file_index: int, lines, ikeys: np.ndarray, ckeys: Optional[np.ndarray], bits: int) -> Iterator:
     """(bucket, KeyBatch) slices of one batch of records of one file."""
-    lines = _compact_lines(lines)
+    lines = np.asarray(lines, dtype=np.int64)
     for bucket, rows in split_by_bucket(ikeys, bits):
-        yield bucket, ("cur", [path], [file_index], np.zeros(len(rows), np.uint8), lines[rows], ikeys[rows],
-                       None if ckeys is None else ckeys[rows])
+        yield bucket, _encode_rows([path], [file_index], np.zeros(len(rows), np.int64), lines[rows], ikeys[rows],
+                                   None if ckeys is None else ckeys[rows])
 
 
 def merge_key_batches(parts: Sequence[KeyBatch]) -> KeyBatch:
     """One KeyBatch from several of the same kind (and bucket)."""
     if parts[0][0] == "prior":
         return "prior", np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
-    paths, indexes, part_rows, position = [], [], [], {}
+    paths, indexes, part_rows, lines, ikeys, ckeys, position = [], [], [], [], [], [], {}
     for part in parts:
+        part_paths, part_indexes, part_of_row, part_lines, part_ikeys, part_ckeys = key_batch_rows(part)
         local = []
-        for path, index in zip(part[1], part[2]):
+        for path, index in zip(part_paths, part_indexes):
             if path not in position:
                 position[path] = len(paths)
                 paths.append(path)
                 indexes.append(index)
             local.append(position[path])
-        part_rows.append(np.asarray(local, dtype=np.int64)[part[3].astype(np.int64)])
-    lines = [p[4] for p in parts]
-    wide = any(l.dtype != np.uint32 for l in lines)
-    ckeys = None if any(p[6] is None for p in parts) else np.concatenate([p[6] for p in parts])
-    return ("cur", paths, indexes, _small_index(np.concatenate(part_rows), len(paths)),
-            np.concatenate([l.astype(np.int64) if wide else l for l in lines]), np.concatenate([p[5] for p in parts]), ckeys)
+        part_rows.append(np.asarray(local, dtype=np.int64)[part_of_row])
+        lines.append(part_lines)
+        ikeys.append(part_ikeys)
+        ckeys.append(part_ckeys)
+    merged_ckeys = None if any(c is None for c in ckeys) else np.concatenate(ckeys)
+    return _encode_rows(paths, indexes, np.concatenate(part_rows), np.concatenate(lines), np.concatenate(ikeys), merged_ckeys)
 
 
 class MergeBucketSlices(beam.DoFn):
@@ -264,12 +294,9 @@ def _check_bucket(item: tuple[int, Iterable[KeyBatch]]) -> Iterator:
         (current if part[0] == "cur" else prior).append(part)
     if not current:
         return
-    merged = merge_key_batches(current)
+    path_of_part, index_of_part, part_of_row, lines, ikeys, ckeys = key_batch_rows(merge_key_batches(current))
     del current
-    _, path_of_part, index_of_part, part_of_row, lines, ikeys, ckeys = merged
-    part_of_row = part_of_row.astype(np.int64)
     file_ids = np.asarray(index_of_part, dtype=np.int64)[part_of_row]
-    lines = lines.astype(np.int64)
 
     if prior and ckeys is not None:
         prior_pairs = np.unique(np.concatenate([_pairs(p[1], p[2]) for p in prior]))
