@@ -13,9 +13,9 @@ import apache_beam as beam
 from apache_beam.io import fileio as beam_fileio
 
 from transforms import fileio
-from transforms.dedup import FindDuplicateIdHashes, FindDuplicateIds, id_hashes, occurrences
+from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
 from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
-from transforms.incremental import ReadPriorKeys
+from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
 from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.text_read import ReadTextFileFn
@@ -40,6 +40,66 @@ class ModelInfo:
 
 def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
     return pcoll | label >> beam.Map(lambda element, n=name: (n, per_element(element)))
+
+
+def _estimated_records(patterns, bytes_per_record: int = 64) -> int:
+    """A generous guess of the record count from the inputs' sizes (sizes the hash buckets)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    total = 0
+    for pattern in patterns:
+        try:
+            total += sum(m.size_in_bytes or 0 for r in FileSystems.match([pattern]) for m in r.metadata_list)
+        except Exception:  # noqa: BLE001 - a pattern that matches nothing is reported elsewhere
+            continue
+    return total // bytes_per_record
+
+
+def _split_by_source(sources) -> list:
+    """[(path, row positions)] of a batch: one file per batch in practice, checked all the same."""
+    import numpy as np
+
+    if len(set(sources)) == 1:
+        return [(sources[0], np.arange(len(sources)))]
+    order: dict = {}
+    for i, source in enumerate(sources):
+        order.setdefault(source, []).append(i)
+    return [(source, np.array(rows)) for source, rows in order.items()]
+
+
+def _id_batch_keys(batch, file_index: dict, bits: int):
+    """(bucket, KeyBatch) slices of an ids-only batch `(ids, sources, lines)` (duplicate check only)."""
+    import numpy as np
+
+    ids, sources, lines = batch
+    ikeys = id_hashes(ids)
+    lines = np.asarray(lines, dtype=np.int64)
+    for path, rows in _split_by_source(sources):
+        yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], None, bits)
+
+
+def _table_keys(table, file_index: dict, model_sha256: str, bits: int):
+    """(bucket, KeyBatch) slices of a table of records, with content keys (incremental runs)."""
+    import numpy as np
+
+    ikeys = id_hashes(table.column("id"))
+    ckeys = content_keys(table.column("content_sha256"), model_sha256)
+    lines = np.asarray(table.column("line").combine_chunks(), dtype=np.int64)
+    for path, rows in _split_by_source(table.column("source").to_pylist()):
+        yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], ckeys[rows], bits)
+
+
+class _Uncounted:
+    def inc(self, n: int = 1) -> None:
+        pass
+
+
+class _ReadTextKeysFn(ReadTextFileFn):
+    """The reader, for the key pass of an incremental run: the same records, not counted again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._read = _Uncounted()
 
 
 def build_pipeline(
@@ -77,27 +137,40 @@ def build_pipeline(
             ReadTextFileFn(config.text_field, config.text_id_field, config.text_read_passthrough, config.text_encoding, text_batch_rows)
         ).with_outputs(ERRORS, main="records")
         side = {}
-        if not config.allow_duplicate_ids:
-            # A separate, lighter read of the ids: embedding then streams instead of waiting, with
-            # every record held in memory, for the duplicate check over the whole input.
-            # Only 16 bytes a record (an id hash and where it was read) reach the check.
-            file_index = {path: i for i, path in enumerate(text_files)}
-            # Its own source, not a sibling of ReadTextRecords: the runner would otherwise fuse the two
-            # reads and hold every record in memory until the check is done.
-            duplicates = (
-                p
-                | "TextIdFiles" >> beam.Create(text_files)
-                | "ReadTextIds" >> beam.ParDo(
-                    ReadTextFileFn(config.text_field, config.text_id_field, (), config.text_encoding, text_batch_rows, ids_only=True)
+        if not config.allow_duplicate_ids or prior_files.get(TEXT):
+            # A separate, lighter pass over the input finds duplicates and unchanged records (keyed
+            # shuffles on id-hash buckets, `dedup.CheckTextRecords`); embedding then streams, and
+            # only duplicates and per-chunk bitmaps of lines to skip reach it as side inputs.
+            # Its own source, not a sibling of ReadTextRecords: the runner would otherwise fuse the
+            # two reads and hold every record in memory until the check is done.
+            file_index = {path: i for i, path in enumerate(text_files)}  # file order: "first occurrence"
+            bits = bucket_bits_for(_estimated_records(config.text_inputs) * (2 if prior_files.get(TEXT) else 1))
+            if prior_files.get(TEXT):  # content hashes too: the reader's own records, uncounted
+                keys = (
+                    p
+                    | "TextKeyFiles" >> beam.Create(text_files)
+                    | "ReadTextKeys" >> beam.ParDo(
+                        _ReadTextKeysFn(config.text_field, config.text_id_field, (), config.text_encoding, text_batch_rows)
+                    ).with_outputs(ERRORS, main="records")
+                ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, info.sha256, bits)
+                keys = (
+                    (keys, p | "PriorTextKeys" >> ReadPriorKeys(prior_files[TEXT], bits))
+                    | "TextAndPriorKeys" >> beam.Flatten()
                 )
-                | "HashTextIds" >> beam.Map(
-                    lambda b: (id_hashes(b[0]), occurrences(file_index.get(b[1][0], len(file_index)), b[2]))
+            else:
+                keys = (
+                    p
+                    | "TextIdFiles" >> beam.Create(text_files)
+                    | "ReadTextIds" >> beam.ParDo(
+                        ReadTextFileFn(config.text_field, config.text_id_field, (), config.text_encoding, text_batch_rows, ids_only=True)
+                    )
+                    | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
                 )
-                | "FindDuplicateTextIds" >> FindDuplicateIdHashes()
-            )
-            side["duplicates"] = beam.pvalue.AsSingleton(duplicates)
-        if prior_files.get(TEXT):
-            side["prior"] = beam.pvalue.AsSingleton(p | "PriorTextEmbeddings" >> ReadPriorKeys(prior_files[TEXT]))
+            checked = keys | "CheckTextRecords" >> CheckTextRecords(bits)
+            if not config.allow_duplicate_ids:
+                side["duplicates"] = beam.pvalue.AsMultiMap(checked["duplicates"])
+            if prior_files.get(TEXT):
+                side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
         embedded = read.records | "EmbedText" >> beam.ParDo(
             EmbedTextBatchesFn(config.text_model, schema, config.normalize, text_files), **side
         ).with_outputs(ERRORS, SKIPPED, main="tables")
@@ -146,18 +219,23 @@ def build_pipeline(
         refs = ref_parts | "AllImageRefs" >> beam.Flatten() if len(ref_parts) > 1 else ref_parts[0]
         batch = config.image_model.batch_size
         side = {}
+        # Hash buckets sized from the manifests (a glob's files are not counted before the run).
+        image_bits = bucket_bits_for(2 * _estimated_records(manifests))
         if not config.allow_duplicate_ids:
             duplicates = (
                 refs
                 | "BatchImageIds" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
                 | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
-                | "FindDuplicateImageIds" >> FindDuplicateIds()
+                | "FindDuplicateImageIds" >> FindDuplicateIds(1 << image_bits)
             )
             side["duplicates"] = beam.pvalue.AsDict(duplicates)
         if prior_files.get(IMAGE):
-            side["prior"] = beam.pvalue.AsSingleton(p | "PriorImageEmbeddings" >> ReadPriorKeys(prior_files[IMAGE]))
+            # Each ref travels on with the keys earlier runs stored for its id (a keyed join).
+            refs_to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(prior_files[IMAGE], image_bits)
+        else:
+            refs_to_embed = refs
         embedded = (
-            refs
+            refs_to_embed
             | "SpreadImages" >> beam.Reshuffle()
             | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch * 8, max_batch_size=batch * 8)
             | "EmbedImages" >> beam.ParDo(

@@ -1,19 +1,33 @@
-"""Duplicate ids: find them without a per-record shuffle, so that only one record per id is embedded.
+"""Duplicate ids and unchanged records, found by keyed shuffles on hash buckets.
 
 Ids are the join key users load embeddings by, so two records with one id would make the output
-ambiguous. The first occurrence in (source, line) order is embedded; every later one goes to the
+ambiguous. The first occurrence in (file, line) order is embedded; every later one goes to the
 dead letters as `DuplicateId`, naming the occurrence that was kept.
 
-Finding them scales like a shuffle but costs like a batch job: every batch of ids is split into
-`buckets` columnar slices by a hash of the id, the slices are grouped by bucket, and each bucket is
-searched for repeats with pyarrow. Beam handles (batches x buckets) elements, not one per record.
+Text (`CheckTextRecords`): a light pass over the input yields, per batch of one file, the lines
+read, a 64-bit hash of each id (`ikey`) and, for incremental runs, a 64-bit key of the content and
+model (`ckey`). Each batch is cut into `2**bits` columnar slices by the top bits of `ikey` and the
+slices are grouped by bucket (Beam's shuffle; one element per batch and bucket, never one per
+record); earlier runs' keys join the same buckets (`transforms.incremental.ReadPriorKeys`). Per
+bucket, with NumPy only:
+
+* repeated `ikey`s: every later occurrence with its first one (exceptional: only duplicates);
+* `(ikey, ckey)` pairs found in an earlier run: the lines to skip, gathered per file and chunk of
+  `CHUNK_LINES` lines into bitmaps (1 bit a line, 8 KiB a chunk).
+
+Both reach the embedding step as multimap side inputs keyed by (file, chunk), which a worker
+fetches lazily for the chunks it reads: no worker holds per-record state of the whole corpus.
+Bytes per record: see docs/scaling.md.
+
+Images (`FindDuplicateIds`): batches of ids are split into columnar slices by a hash of the id,
+grouped by bucket, and each bucket yields `(id, first occurrence)` for repeated ids only.
 """
 
 from __future__ import annotations
 
-import hashlib
+import math
 import zlib
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -21,16 +35,396 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "CHUNK_LINES",
+    "CheckTextRecords",
     "FindDuplicateIds",
-    "FindDuplicateIdHashes",
+    "KeyBatch",
+    "MergeBucketSlices",
+    "merge_key_batches",
+    "key_batch_rows",
+    "LineFlags",
+    "bucket_bits_for",
     "duplicate_reason",
+    "hash64",
+    "later_occurrence_reason",
     "id_hashes",
-    "occurrences",
-    "split_occurrence",
+    "split_by_bucket",
+    "text_key_batch",
     "OccurrenceKey",
 ]
 
 OccurrenceKey = tuple  # (source, line): where a record was read
+
+CHUNK_BITS = 16
+CHUNK_LINES = 1 << CHUNK_BITS  # lines per skip bitmap / duplicates entry of the side inputs
+_LINE_BITS = 40  # an occurrence inside a bucket is (file index << 40) | line
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+# --- a vectorised 64-bit string hash ----------------------------------------------------------
+
+
+def _fmix(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser (full avalanche), in place."""
+    h ^= h >> np.uint64(33)
+    h *= _M1
+    h ^= h >> np.uint64(33)
+    h *= _M2
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def _as_arrow_strings(values) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if isinstance(values, pa.Array):
+        return values
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowException, UnicodeEncodeError):  # lone surrogates: hash their surrogatepass bytes
+        return pa.array([v.encode("utf-8", "surrogatepass") for v in values], pa.binary())
+
+
+def hash64(values) -> np.ndarray:
+    """A stable 64-bit hash of each string (UTF-8 bytes), vectorised over an Arrow string array or a list.
+
+    8-byte little-endian words of each string are mixed in one at a time (MurmurHash3's finaliser
+    after each word, the length in the seed), in NumPy over Arrow's buffers: no per-row Python.
+    The same bytes give the same hash in every process. Nulls hash like empty strings.
+    """
+    array = _as_arrow_strings(values)
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type):
+        offset_type = np.int64
+    elif pa.types.is_string(array.type) or pa.types.is_binary(array.type):
+        offset_type = np.int32
+    else:
+        raise TypeError(f"hash64 needs strings, got {array.type}")
+    n = len(array)
+    if n == 0:
+        return np.empty(0, dtype=np.uint64)
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size else np.zeros(0, np.uint8)
+    data = np.concatenate([data, np.zeros(8, np.uint8)])  # reads past a string's end stay in bounds
+    starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
+    if array.null_count:
+        lengths = np.where(np.asarray(array.is_null()), 0, lengths)
+    h = _fmix((lengths.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+    byte = np.arange(8, dtype=np.int64)
+    active = np.flatnonzero(lengths > 0)
+    word = 0
+    while active.size:
+        pos = starts[active, None] + word * 8 + byte
+        chunk = data[pos]
+        chunk[(word * 8 + byte)[None, :] >= lengths[active, None]] = 0  # bytes past the end count as 0
+        words = np.ascontiguousarray(chunk).view("<u8").ravel()
+        h[active] = _fmix((h[active] ^ words) * _GOLDEN)
+        word += 1
+        active = active[lengths[active] > word * 8]
+    return h
+
+
+def id_hashes(ids) -> np.ndarray:
+    """The 64-bit hash of each id (`ikey`): what duplicates are found by and buckets are cut by."""
+    return hash64(ids)
+
+
+# --- bucketing ----------------------------------------------------------------------------------
+
+
+def bucket_bits_for(estimated_records: float, per_bucket: int = 1 << 20, low: int = 4, high: int = 14) -> int:
+    """log2 of the bucket count: about `per_bucket` records a bucket, between 2**low and 2**high buckets."""
+    wanted = max(1.0, float(estimated_records) / per_bucket)
+    return int(min(high, max(low, math.ceil(math.log2(wanted)))))
+
+
+def _buckets_of(ikeys: np.ndarray, bits: int) -> np.ndarray:
+    return (ikeys >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def split_by_bucket(ikeys: np.ndarray, bits: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(bucket, row positions) for each bucket that the rows with these `ikeys` fall in."""
+    if len(ikeys) == 0:
+        return
+    buckets = _buckets_of(ikeys, bits)
+    order = np.argsort(buckets, kind="stable")
+    sorted_buckets = buckets[order]
+    cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
+    for part in np.split(order, cuts):
+        yield int(buckets[part[0]]), part
+
+
+# A slice of records in one bucket: ("cur", paths, file indexes, rows per path, first line per
+# path, line deltas, ikeys, ckeys or None), rows sorted by path then line, so that a line costs
+# the smallest unsigned type that holds the largest gap (usually 2 bytes) and a path nothing per
+# row; earlier runs' keys: ("prior", ikeys, ckeys). Tuples of NumPy arrays: compact when pickled.
+KeyBatch = tuple
+
+
+def _smallest_unsigned(values: np.ndarray) -> np.ndarray:
+    top = int(values.max()) if len(values) else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values.astype(np.uint64)
+
+
+def _encode_rows(paths: list, indexes: list, part_of_row: np.ndarray, lines: np.ndarray,
+                 ikeys: np.ndarray, ckeys: Optional[np.ndarray]) -> KeyBatch:
+    """The compact KeyBatch of rows given with their path (index into `paths`) and line."""
+    part_of_row = np.asarray(part_of_row, dtype=np.int64)
+    lines = np.asarray(lines, dtype=np.int64)
+    order = np.lexsort((lines, part_of_row))
+    part_of_row, lines, ikeys = part_of_row[order], lines[order], ikeys[order]
+    ckeys = None if ckeys is None else ckeys[order]
+    counts = np.bincount(part_of_row, minlength=len(paths))
+    used = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]]).astype(np.int64)
+    deltas = np.diff(lines, prepend=lines[:1] if len(lines) else lines)
+    deltas[starts] = 0
+    return ("cur", [paths[i] for i in used], [indexes[i] for i in used], counts[used], lines[starts],
+            _smallest_unsigned(deltas), ikeys, ckeys)
+
+
+def key_batch_rows(batch: KeyBatch) -> tuple[list, list, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(paths, file indexes, path index of each row, line of each row, ikeys, ckeys) of a "cur" KeyBatch."""
+    _, paths, indexes, counts, bases, deltas, ikeys, ckeys = batch
+    part_of_row = np.repeat(np.arange(len(counts)), counts)
+    steps = deltas.astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    steps[starts] = bases
+    total = np.cumsum(steps)
+    lines = total - np.repeat(total[starts] - steps[starts], counts)
+    return paths, indexes, part_of_row, lines, ikeys, ckeys
+
+
+def text_key_batch(path: str, file_index: int, lines, ikeys: np.ndarray, ckeys: Optional[np.ndarray], bits: int) -> Iterator:
+    """(bucket, KeyBatch) slices of one batch of records of one file."""
+    lines = np.asarray(lines, dtype=np.int64)
+    for bucket, rows in split_by_bucket(ikeys, bits):
+        yield bucket, _encode_rows([path], [file_index], np.zeros(len(rows), np.int64), lines[rows], ikeys[rows],
+                                   None if ckeys is None else ckeys[rows])
+
+
+def merge_key_batches(parts: Sequence[KeyBatch]) -> KeyBatch:
+    """One KeyBatch from several of the same kind (and bucket)."""
+    if parts[0][0] == "prior":
+        return "prior", np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+    paths, indexes, part_rows, lines, ikeys, ckeys, position = [], [], [], [], [], [], {}
+    for part in parts:
+        part_paths, part_indexes, part_of_row, part_lines, part_ikeys, part_ckeys = key_batch_rows(part)
+        local = []
+        for path, index in zip(part_paths, part_indexes):
+            if path not in position:
+                position[path] = len(paths)
+                paths.append(path)
+                indexes.append(index)
+            local.append(position[path])
+        part_rows.append(np.asarray(local, dtype=np.int64)[part_of_row])
+        lines.append(part_lines)
+        ikeys.append(part_ikeys)
+        ckeys.append(part_ckeys)
+    merged_ckeys = None if any(c is None for c in ckeys) else np.concatenate(ckeys)
+    return _encode_rows(paths, indexes, np.concatenate(part_rows), np.concatenate(lines), np.concatenate(ikeys), merged_ckeys)
+
+
+class MergeBucketSlices(beam.DoFn):
+    """Gathers the (bucket, KeyBatch) slices of a bundle into fewer, larger elements per bucket.
+
+    With many buckets a batch of records leaves only a few records in each; shuffled as they are,
+    Beam's per-element overhead would outweigh the 12-20 bytes a record. Slices are held per bucket
+    (at most `budget_bytes` in all) and sent on when a bucket has `flush_rows` rows, or at the end
+    of the bundle.
+    """
+
+    def __init__(self, bits: int, budget_bytes: int = 32 << 20, bytes_per_row: int = 24):
+        self._flush_rows = int(min(1 << 16, max(256, budget_bytes // ((1 << bits) * bytes_per_row))))
+
+    def start_bundle(self):
+        self._parts: dict = {}
+        self._rows: dict = {}
+
+    def process(self, item: tuple[int, KeyBatch]) -> Iterator:
+        bucket, part = item
+        key = (bucket, part[0])
+        self._parts.setdefault(key, []).append(part)
+        self._rows[key] = self._rows.get(key, 0) + len(part[-2] if part[0] == "cur" else part[1])
+        if self._rows[key] >= self._flush_rows:
+            yield bucket, merge_key_batches(self._parts.pop(key))
+            del self._rows[key]
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        for (bucket, _), parts in self._parts.items():
+            yield GlobalWindows.windowed_value((bucket, merge_key_batches(parts)))
+        self._parts, self._rows = {}, {}
+
+
+def _pairs(ikeys: np.ndarray, ckeys: np.ndarray) -> np.ndarray:
+    """(ikey, ckey) pairs as one sortable 16-byte value each."""
+    return np.ascontiguousarray(np.stack([ikeys, ckeys], axis=1)).view("V16").ravel()
+
+
+def _sorted_member(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    if len(sorted_values) == 0 or len(values) == 0:
+        return np.zeros(len(values), dtype=bool)
+    positions = np.searchsorted(sorted_values, values)
+    positions[positions == len(sorted_values)] = 0
+    return sorted_values[positions] == values
+
+
+SKIP_LINES = "skip_lines"  # tagged output of the bucket check: ((path, chunk), line offsets)
+
+
+def _check_bucket(item: tuple[int, Iterable[KeyBatch]]) -> Iterator:
+    """Duplicates (main output) and lines to skip (SKIP_LINES) of one bucket.
+
+    Main output: ((path, chunk), (lines, first paths, first lines)) for every later occurrence of a
+    repeated id. SKIP_LINES: ((path, chunk), uint16 offsets in the chunk) of records an earlier run
+    embedded with the same id, content and model.
+    """
+    _, parts = item
+    current, prior = [], []
+    for part in parts:
+        (current if part[0] == "cur" else prior).append(part)
+    if not current:
+        return
+    path_of_part, index_of_part, part_of_row, lines, ikeys, ckeys = key_batch_rows(merge_key_batches(current))
+    del current
+    file_ids = np.asarray(index_of_part, dtype=np.int64)[part_of_row]
+
+    if prior and ckeys is not None:
+        prior_pairs = np.unique(np.concatenate([_pairs(p[1], p[2]) for p in prior]))
+        skip = _sorted_member(prior_pairs, _pairs(ikeys, ckeys))
+        del prior_pairs
+        if skip.any():
+            rows = np.flatnonzero(skip)
+            yield from _by_chunk(SKIP_LINES, rows, part_of_row, path_of_part, lines)
+
+    order = np.lexsort((lines, file_ids, ikeys))  # by id hash, then file order, then line
+    sorted_keys = ikeys[order]
+    later = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1
+    if later.size == 0:
+        return
+    starts = np.zeros(len(order), dtype=np.int64)
+    new_run = np.ones(len(order), dtype=bool)
+    new_run[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    starts[new_run] = np.flatnonzero(new_run)
+    starts = np.maximum.accumulate(starts)
+    later_rows, first_rows = order[later], order[starts[later]]
+    first_paths = np.array([path_of_part[k] for k in part_of_row[first_rows]], dtype=object)
+    first_lines = lines[first_rows]
+    for key, picked in _by_chunk(None, later_rows, part_of_row, path_of_part, lines, positions=True):
+        yield key, (lines[later_rows[picked]], list(first_paths[picked]), first_lines[picked])
+
+
+def _by_chunk(tag, rows: np.ndarray, part_of_row, path_of_part, lines, positions: bool = False) -> Iterator:
+    """Group `rows` by (path, chunk of CHUNK_LINES lines)."""
+    group = part_of_row[rows] * (1 << 24) + (lines[rows] >> CHUNK_BITS)
+    order = np.argsort(group, kind="stable")
+    cuts = np.flatnonzero(np.diff(group[order])) + 1
+    for picked in np.split(order, cuts):
+        first = rows[picked[0]]
+        key = (path_of_part[part_of_row[first]], int(lines[first] >> CHUNK_BITS))
+        if positions:
+            yield key, picked
+        else:
+            offsets = (lines[rows[picked]] & (CHUNK_LINES - 1)).astype(np.uint16)
+            yield beam.pvalue.TaggedOutput(tag, (key, offsets))
+
+
+def _bitmap(item: tuple[tuple[str, int], Iterable[np.ndarray]]) -> tuple[tuple[str, int], bytes]:
+    """One chunk's skip offsets (from every bucket) as a bitmap of CHUNK_LINES bits."""
+    key, parts = item
+    flags = np.zeros(CHUNK_LINES, dtype=bool)
+    for offsets in parts:
+        flags[offsets.astype(np.int64)] = True
+    return key, np.packbits(flags).tobytes()
+
+
+class CheckTextRecords(beam.PTransform):
+    """Key batches in (`(bucket, KeyBatch)`, current and earlier runs' flattened); two multimaps out:
+
+    * `duplicates`: (path, chunk) -> (lines, first paths, first lines) of later occurrences;
+    * `skips`: (path, chunk) -> bitmap (bytes, CHUNK_LINES bits) of lines an earlier run embedded.
+    """
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self._bits = bits
+
+    def expand(self, keyed):
+        checked = (
+            keyed
+            | "MergeSlices" >> beam.ParDo(MergeBucketSlices(self._bits))
+            | "GroupKeyBuckets" >> beam.GroupByKey()
+            | "CheckBuckets" >> beam.FlatMap(_check_bucket).with_outputs(SKIP_LINES, main="duplicates")
+        )
+        skips = (
+            checked[SKIP_LINES]
+            | "GroupSkipChunks" >> beam.GroupByKey()
+            | "SkipBitmaps" >> beam.Map(_bitmap)
+        )
+        return {"duplicates": checked.duplicates, "skips": skips}
+
+
+class LineFlags:
+    """The side inputs of CheckTextRecords, looked up for one table of records (vectorised)."""
+
+    def __init__(self, skips=None, duplicates=None):
+        self._skips = skips
+        self._duplicates = duplicates
+
+    def _groups(self, table: pa.Table):
+        sources = table.column("source").combine_chunks().dictionary_encode()
+        codes = np.asarray(sources.indices.fill_null(0))
+        lines = np.asarray(table.column("line").fill_null(0).combine_chunks(), dtype=np.int64)
+        chunks = lines >> CHUNK_BITS
+        group = codes.astype(np.int64) * (1 << 24) + chunks
+        for value in np.unique(group):
+            rows = np.flatnonzero(group == value)
+            yield (sources.dictionary[int(value >> 24)].as_py(), int(value & ((1 << 24) - 1))), rows, lines[rows]
+
+    def skipped(self, table: pa.Table) -> np.ndarray:
+        """Boolean mask: rows an earlier run embedded with the same id, content and model."""
+        mask = np.zeros(table.num_rows, dtype=bool)
+        if self._skips is None or table.num_rows == 0:
+            return mask
+        for key, rows, lines in self._groups(table):
+            bitmaps = list(self._skips[key])
+            if not bitmaps:
+                continue
+            bits = np.unpackbits(np.frombuffer(bitmaps[0], dtype=np.uint8))
+            for other in bitmaps[1:]:
+                bits |= np.unpackbits(np.frombuffer(other, dtype=np.uint8))
+            mask[rows] = bits[lines & (CHUNK_LINES - 1)].astype(bool)
+        return mask
+
+    def first_occurrences(self, table: pa.Table) -> dict[int, tuple[str, int]]:
+        """{row: (path, line) of the first occurrence} for rows whose id occurred earlier."""
+        found: dict[int, tuple[str, int]] = {}
+        if self._duplicates is None or table.num_rows == 0:
+            return found
+        for key, rows, lines in self._groups(table):
+            entries = list(self._duplicates[key])
+            if not entries:
+                continue
+            firsts = {}
+            for later_lines, first_paths, first_lines in entries:
+                for line, path, first in zip(later_lines.tolist(), first_paths, first_lines.tolist()):
+                    firsts[line] = (path, first)
+            for row, line in zip(rows.tolist(), lines.tolist()):
+                if line in firsts:
+                    found[row] = firsts[line]
+        return found
+
+
+# --- images -------------------------------------------------------------------------------------
 
 
 def _bucket_of(ids: Sequence[str], buckets: int) -> np.ndarray:
@@ -88,75 +482,10 @@ def duplicate_reason(record_id: str, key: OccurrenceKey, duplicates: dict) -> st
     if first is None or tuple(first) == tuple(key):
         return None
     source, line = first
+    return later_occurrence_reason(record_id, source, line)
+
+
+def later_occurrence_reason(record_id: str, source: str, line: Optional[int]) -> str:
+    """The DuplicateId message: which occurrence was kept."""
     where = source if line is None else f"{source}:{line}"
     return f"id {record_id!r} was already used at {where}; the first occurrence is embedded"
-
-
-# --- Text: 64-bit id hashes, so that the check costs 16 bytes a record and no shuffle ----------
-
-_LINE_BITS = 40  # an occurrence is (file index << 40) | line: a trillion lines per file
-
-
-def id_hashes(ids: Sequence[str]) -> np.ndarray:
-    """A stable 64-bit hash of each id (BLAKE2b; the same in every worker process)."""
-    return np.frombuffer(
-        b"".join(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest() for i in ids),
-        dtype=np.uint64,
-    )
-
-
-def occurrences(file_index: int, lines: Sequence[int]) -> np.ndarray:
-    """Where records were read, as sortable integers: file index first, then line."""
-    return (np.uint64(file_index) << np.uint64(_LINE_BITS)) | np.asarray(lines, dtype=np.uint64)
-
-
-def split_occurrence(occurrence: int) -> tuple[int, int]:
-    """(file index, line) of an occurrence."""
-    return occurrence >> _LINE_BITS, occurrence & ((1 << _LINE_BITS) - 1)
-
-
-class _FirstOccurrenceOfRepeatedHashes(beam.CombineFn):
-    """(hashes, occurrences) arrays in; {hash: first occurrence} for hashes seen more than once."""
-
-    def create_accumulator(self):
-        return []
-
-    def add_input(self, accumulator, batch):
-        accumulator.append(batch)
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        merged = [b for acc in accumulators for b in acc]
-        return [self._compact(merged)] if merged else []
-
-    @staticmethod
-    def _compact(batches):
-        hashes = np.concatenate([b[0] for b in batches])
-        places = np.concatenate([b[1] for b in batches])
-        return hashes, places
-
-    def extract_output(self, accumulator):
-        if not accumulator:
-            return {}
-        hashes, places = self._compact(accumulator)
-        order = np.lexsort((places, hashes))
-        hashes, places = hashes[order], places[order]
-        repeated = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1  # every later occurrence
-        firsts = {}
-        for index in repeated:
-            h = int(hashes[index])
-            if h not in firsts:
-                start = index - 1
-                firsts[h] = int(places[start])
-        return firsts
-
-
-class FindDuplicateIdHashes(beam.PTransform):
-    """(id hashes, occurrences) batches in; a singleton {hash: first occurrence} of repeated ids.
-
-    A hash collision between two different ids (about one in 10^7 for a billion ids) would make
-    the later one a `DuplicateId` dead letter: visible, never silent.
-    """
-
-    def expand(self, batches):
-        return batches | "FirstOccurrences" >> beam.CombineGlobally(_FirstOccurrenceOfRepeatedHashes())

@@ -21,9 +21,9 @@ import pyarrow as pa
 from apache_beam.utils import shared
 
 from transforms import decode, fileio, progress
-from transforms.dedup import duplicate_reason, id_hashes, occurrences, split_occurrence
+from transforms.dedup import LineFlags, duplicate_reason, later_occurrence_reason
 from transforms.devices import log_model_devices
-from transforms.incremental import contains, record_key, record_keys
+from transforms.incremental import attached, is_unchanged
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
 
@@ -146,45 +146,31 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         super().__init__(spec, load_text_embedder, TEXT)
         self._schema = schema
         self._normalize = normalize
-        self._files = list(files)  # sorted input files: an occurrence's file index points here
-        self._file_index = {path: i for i, path in enumerate(self._files)}
+        del files  # accepted for older callers: duplicates now arrive with their first occurrence
         self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_embedded")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_failed")
 
-    def _later_occurrences(self, ids, sources, lines, first_by_hash: dict) -> dict[int, str]:
-        """{row: reason} for rows whose id occurred earlier (by file, then line) in the input."""
-        hashes = id_hashes(ids)
-        reasons = {}
-        for i, h in enumerate(hashes.tolist()):
-            first = first_by_hash.get(h)
-            if first is None:
-                continue
-            index = self._file_index.get(sources[i], len(self._files))
-            if int(occurrences(index, [lines[i]])[0]) != first:
-                file_index, line = split_occurrence(first)
-                where = f"{self._files[file_index]}:{line}" if file_index < len(self._files) else "another file"
-                reasons[i] = f"id {ids[i]!r} was already used at {where}; the first occurrence is embedded"
-        return reasons
-
-    def process(self, table: pa.Table, duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
+    def process(self, table: pa.Table, skips=None, duplicates=None) -> Iterator:
+        """`skips` and `duplicates`: the multimap side inputs of `dedup.CheckTextRecords` (or None)."""
         self._report_loads()
         skipped = 0
-        if prior is not None and len(prior):
-            keys = record_keys(table.column("id").to_pylist(), table.column("content_sha256").to_pylist(), self._embedder.model_sha256)
-            unchanged = contains(prior, keys)
+        flags = LineFlags(skips, duplicates)
+        if skips is not None:
+            unchanged = flags.skipped(table)
             if unchanged.any():
                 skipped = int(unchanged.sum())
                 yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
                 table = table.filter(pa.array(~unchanged))
+        firsts = flags.first_occurrences(table) if duplicates is not None else {}
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
-        lines = table.column("line").to_pylist() if duplicates else None
-        later = self._later_occurrences(ids, sources, lines, duplicates) if duplicates else {}
+        lines = table.column("line").to_pylist() if firsts else None
         candidates, failures = [], 0
         for i, text in enumerate(texts):
-            reason = later.get(i)
-            if reason:
+            first = firsts.get(i)
+            if first is not None and tuple(first) != (sources[i], lines[i]):
+                reason = later_occurrence_reason(ids[i], *first)
                 failures += 1
                 yield beam.pvalue.TaggedOutput(
                     ERRORS, ErrorRecord(ids[i], TEXT, f"{sources[i]}:{lines[i]}", "read", "DuplicateId", reason)
@@ -235,7 +221,9 @@ def _load_image(
     ref: ImageRef, size: tuple[int, int], max_pixels: int, prior=None, model_sha256: str = "",
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ):
-    """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes."""
+    """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes.
+
+    `prior`: the `ckey`s that earlier runs stored for this id (`incremental.AttachPriorKeys`)."""
     try:
         inline = getattr(ref, "data", None)  # bytes given with the record (transforms.api.InlineImageRef)
         data = inline if inline is not None else fileio.read_bytes(ref.uri, limit=max_bytes)
@@ -250,10 +238,8 @@ def _load_image(
             error = ErrorRecord(ref.id, IMAGE, ref.uri, "read", "FileNotFoundError", f"{message}: {ref.uri}")
         return None, error
     digest = hashlib.sha256(data).hexdigest()
-    if prior is not None and len(prior):
-        key = np.frombuffer(record_key(ref.id, digest, model_sha256), dtype=prior.dtype)
-        if contains(prior, key)[0]:
-            return _SKIP, None
+    if prior and is_unchanged(prior, digest, model_sha256):
+        return _SKIP, None
     try:
         return decode.decode_image(data, size, max_pixels), digest
     except Exception as exc:  # noqa: BLE001 - every decode failure is this record's, not the job's
@@ -316,20 +302,22 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
     def start_bundle(self):
         self._pending = collections.deque()
 
-    def process(self, refs: Sequence[ImageRef], duplicates: Optional[dict] = None, prior: Optional[np.ndarray] = None) -> Iterator:
+    def process(self, refs: Sequence, duplicates: Optional[dict] = None) -> Iterator:
+        """`refs`: ImageRefs, or (ImageRef, earlier ckeys of its id) pairs from `incremental.AttachPriorKeys`."""
         self._report_loads()
+        pairs = [attached(r) for r in refs]
         if duplicates:
             unique = []
-            for ref in refs:
+            for ref, prior in pairs:
                 reason = duplicate_reason(ref.id, (ref.uri, ref.line), duplicates)
                 if reason:
                     yield from self._emit(_ImageBatchResult(errors=[ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason)]))
                 else:
-                    unique.append(ref)
-            refs = unique
+                    unique.append((ref, prior))
+            pairs = unique
         batch = self._embedder.spec.batch_size
-        for start in range(0, len(refs), batch):
-            self._pending.append(self._pool.submit(self._embed_batch, list(refs[start : start + batch]), prior))
+        for start in range(0, len(pairs), batch):
+            self._pending.append(self._pool.submit(self._embed_batch, pairs[start : start + batch]))
             while len(self._pending) > self._threads + 1:
                 yield from self._emit(self._pending.popleft().result())
 
@@ -358,12 +346,12 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         if embedded:
             yield result.table
 
-    def _embed_batch(self, refs: list[ImageRef], prior: Optional[np.ndarray]) -> _ImageBatchResult:
-        """Read, decode and embed one batch (runs in a pool thread)."""
+    def _embed_batch(self, pairs: list[tuple[ImageRef, tuple]]) -> _ImageBatchResult:
+        """Read, decode and embed one batch of (ref, earlier ckeys) (runs in a pool thread)."""
         embedder = self._embedder
         result = _ImageBatchResult()
         ok_refs, pixels, digests = [], [], []
-        for ref in refs:
+        for ref, prior in pairs:
             value, extra = _load_image(
                 ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256, self._max_bytes
             )

@@ -1,84 +1,226 @@
 """Incremental runs: skip records whose id, content and model are unchanged since an earlier run.
 
 A record is unchanged when an earlier output holds a row with the same `id`, `content_sha256`
-and `model_sha256`. The three are folded into one 16-byte key (BLAKE2b), the earlier keys are
-gathered into one sorted NumPy array (16 bytes a record: 16 MB per million), and each batch is
-checked against it with a vectorised search.
+and `model_sha256`. Each side is reduced to two 64-bit keys, `ikey` (a hash of the id) and
+`ckey` (a hash of the content and model sha256s), computed column-wise over Arrow buffers
+(`transforms.dedup.hash64`): no per-row Python, for earlier runs' Parquet (read by row group,
+three columns only, with seeks) and for this run's records alike. A match needs both keys equal:
+128 bits, as safe as the 16-byte key used before.
+
+The earlier keys are never gathered in one place. Text: they join this run's record keys in the
+hash buckets of `transforms.dedup.CheckTextRecords`, which turns matches into per-chunk bitmaps of
+lines to skip. Images (whose content is only known once a file is read): `AttachPriorKeys` joins
+the image refs with the earlier keys of their ids in the same kind of buckets, and each ref
+travels on with the few `ckey`s an earlier run stored for its id.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["record_key", "record_keys", "ReadPriorKeys", "contains", "EMPTY_KEYS"]
+from transforms.dedup import _as_arrow_strings, _fmix, hash64, id_hashes, split_by_bucket
 
-KEY_DTYPE = np.dtype("V16")
-EMPTY_KEYS = np.empty(0, dtype=KEY_DTYPE)
+__all__ = [
+    "KEY_COLUMNS",
+    "content_keys",
+    "sha256_keys",
+    "image_content_key",
+    "prior_key_batches",
+    "ReadPriorKeys",
+    "AttachPriorKeys",
+    "attached",
+    "is_unchanged",
+]
 
-
-def record_key(record_id: str, content_sha256: str, model_sha256: str) -> bytes:
-    """The 16-byte identity of one embedding: which record, which content, which model."""
-    digest = hashlib.blake2b(digest_size=16)
-    for part in (record_id, content_sha256, model_sha256):
-        digest.update(part.encode("utf-8", "surrogatepass"))
-        digest.update(b"\x00")
-    return digest.digest()
-
-
-def record_keys(ids: Sequence[str], contents: Sequence[str], model_sha256: str) -> np.ndarray:
-    """Keys of a batch, as an array of V16."""
-    return np.frombuffer(b"".join(record_key(i, c, model_sha256) for i, c in zip(ids, contents)), dtype=KEY_DTYPE)
+KEY_COLUMNS = ["id", "content_sha256", "model_sha256"]
+_MODEL_MIX = np.uint64(0xD6E8FEB86659FD93)
 
 
-def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Boolean mask: which `keys` are in `sorted_keys` (sorted, unique)."""
-    if len(sorted_keys) == 0 or len(keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    positions = np.searchsorted(sorted_keys, keys)
-    positions[positions == len(sorted_keys)] = 0
-    return sorted_keys[positions] == keys
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_CHUNK_ROWS = 1 << 16
+_FOLD = np.array([1, 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], dtype=np.uint64)
 
 
-def _keys_of_file(path: str) -> np.ndarray:
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        table = pq.read_table(pa.BufferReader(handle.read()), columns=["id", "content_sha256", "model_sha256"])
-    keys = [record_key(i, c, m) for i, c, m in zip(*(table.column(n).to_pylist() for n in table.column_names))]
-    return np.frombuffer(b"".join(keys), dtype=KEY_DTYPE)
+def sha256_keys(values) -> np.ndarray:
+    """A 64-bit key of each sha256 hex string: its 256 bits folded (vectorised hex decoding);
+    any value that is not 64 lowercase hex digits is hashed as a string instead (`hash64`)."""
+    array = _as_arrow_strings(values)
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    n = len(array)
+    keys = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return keys
+    if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type):
+        offset_type = np.int64
+    else:
+        offset_type = np.int32
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + n + 1].astype(np.int64)
+    lengths = offsets[1:] - offsets[:-1]
+    valid = lengths == 64
+    if array.null_count:
+        valid &= ~np.asarray(array.is_null())
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    for start in range(0, n, _CHUNK_ROWS):  # bounded temporaries: 64 bytes a row of a chunk
+        rows = start + np.flatnonzero(valid[start : start + _CHUNK_ROWS])
+        if rows.size == 0:
+            continue
+        first = offsets[rows[0]]
+        if rows.size == rows[-1] - rows[0] + 1 and offsets[rows[-1]] - first == 64 * (rows.size - 1):
+            chars = data[first : first + 64 * rows.size].reshape(rows.size, 64)  # contiguous: no gather
+        else:
+            chars = data[offsets[rows, None] + np.arange(64)]
+        nibbles = _HEX[chars]
+        hexed = (nibbles < 16).all(axis=1)
+        packed = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).view("<u8")  # (rows, 4) words
+        keys[rows] = _fold(packed)
+        valid[rows[~hexed]] = False
+    other = np.flatnonzero(~valid)
+    if other.size:
+        keys[other] = hash64(array.take(pa.array(other)))
+    return keys
 
 
-class _UnionKeys(beam.CombineFn):
-    def create_accumulator(self):
-        return []
+def _fold(words: np.ndarray) -> np.ndarray:
+    h = words[:, 0].copy()
+    for k in range(1, words.shape[1]):
+        h = _fmix(h ^ (words[:, k] * _FOLD[k]))
+    return h
 
-    def add_input(self, accumulator, keys):
-        accumulator.append(keys)
-        return accumulator
 
-    def merge_accumulators(self, accumulators: Iterable):
-        return [np.unique(np.concatenate([k for acc in accumulators for k in acc] or [EMPTY_KEYS]))]
+def _model_keys(model_sha256) -> np.ndarray:
+    if isinstance(model_sha256, str):
+        return sha256_keys([model_sha256])
+    array = _as_arrow_strings(model_sha256)
+    encoded = array if pa.types.is_dictionary(array.type) else pc.dictionary_encode(array)
+    return sha256_keys(encoded.dictionary)[np.asarray(encoded.indices.fill_null(0))]  # one hash per distinct model
 
-    def extract_output(self, accumulator):
-        return np.unique(np.concatenate(accumulator or [EMPTY_KEYS]))
+
+def content_keys(content_sha256, model_sha256) -> np.ndarray:
+    """`ckey` of each row: its content sha256 and model sha256 (one string for all rows, or a column).
+    No per-row Python: the hex digests are decoded column-wise, each distinct model hashed once."""
+    content = sha256_keys(content_sha256)
+    model = _model_keys(model_sha256)  # an array: multiplication wraps silently
+    return _fmix(content ^ (model * _MODEL_MIX))
+
+
+def image_content_key(content_sha256: str, model_sha256: str) -> int:
+    """`ckey` of one image, once its bytes have been read and hashed."""
+    return int(content_keys([content_sha256], model_sha256)[0])
+
+
+def _open_parquet(path: str) -> pq.ParquetFile:
+    handle = FileSystems.open(path, compression_type="uncompressed")
+    return pq.ParquetFile(handle)
+
+
+def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16) -> Iterator[tuple[int, tuple]]:
+    """(bucket, ("prior", ikeys, ckeys)) slices of an earlier run's Parquet file, read a batch of
+    rows at a time (only the three key columns; row groups are fetched with seeks, never whole)."""
+    parquet = _open_parquet(path)
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS):
+            ikeys = id_hashes(batch.column(0))
+            ckeys = content_keys(batch.column(1), batch.column(2))
+            for bucket, rows in split_by_bucket(ikeys, bits):
+                yield bucket, ("prior", ikeys[rows], ckeys[rows])
+    finally:
+        parquet.close()
 
 
 class ReadPriorKeys(beam.PTransform):
-    """Earlier runs' Parquet files in; one sorted array of their record keys out (a singleton)."""
+    """Earlier runs' Parquet files in; `(bucket, ("prior", ikeys, ckeys))` slices out, for a join."""
 
-    def __init__(self, files: Sequence[str]):
+    def __init__(self, files: Sequence[str], bits: int):
         super().__init__()
         self._files = list(files)
+        self._bits = bits
 
     def expand(self, pbegin):
         return (
             pbegin
             | "PriorFiles" >> beam.Create(self._files)
-            | "PriorKeys" >> beam.Map(_keys_of_file)
-            | "UnionPriorKeys" >> beam.CombineGlobally(_UnionKeys())
+            | "SpreadPriorFiles" >> beam.Reshuffle()
+            | "PriorKeys" >> beam.FlatMap(prior_key_batches, self._bits)
         )
+
+
+# --- images: the refs travel with their earlier keys ---------------------------------------------
+
+
+def _ref_slices(refs: Sequence, bits: int) -> Iterator[tuple[int, tuple]]:
+    refs = list(refs)
+    ikeys = id_hashes([r.id for r in refs])
+    for bucket, rows in split_by_bucket(ikeys, bits):
+        yield bucket, ("refs", [refs[i] for i in rows], ikeys[rows])
+
+
+def _attach(item: tuple[int, Iterable[tuple]]) -> Iterator[tuple]:
+    """(ref, tuple of earlier ckeys of its id) for every ref of one bucket."""
+    _, parts = item
+    refs, ref_keys, prior_i, prior_c = [], [], [], []
+    for part in parts:
+        if part[0] == "refs":
+            refs += part[1]
+            ref_keys.append(part[2])
+        else:
+            prior_i.append(part[1])
+            prior_c.append(part[2])
+    if not refs:
+        return
+    if not prior_i:
+        for ref in refs:
+            yield ref, ()
+        return
+    pi, pc_ = np.concatenate(prior_i), np.concatenate(prior_c)
+    order = np.argsort(pi, kind="stable")
+    pi, pc_ = pi[order], pc_[order]
+    keys = np.concatenate(ref_keys)
+    lo, hi = np.searchsorted(pi, keys, "left"), np.searchsorted(pi, keys, "right")
+    for ref, a, b in zip(refs, lo.tolist(), hi.tolist()):
+        yield ref, tuple(int(c) for c in pc_[a:b]) if b > a else ()
+
+
+class AttachPriorKeys(beam.PTransform):
+    """Image refs in (one per element); `(ref, earlier ckeys of its id)` out, joined by id in hash buckets."""
+
+    def __init__(self, files: Sequence[str], bits: int):
+        super().__init__()
+        self._files = list(files)
+        self._bits = bits
+
+    def expand(self, refs):
+        slices = (
+            refs
+            | "BatchRefsForJoin" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+            | "RefsByBucket" >> beam.FlatMap(_ref_slices, self._bits)
+        )
+        prior = refs.pipeline | "PriorImageKeys" >> ReadPriorKeys(self._files, self._bits)
+        return (
+            (slices, prior)
+            | "RefsAndPriorKeys" >> beam.Flatten()
+            | "GroupRefBuckets" >> beam.GroupByKey()
+            | "AttachKeys" >> beam.FlatMap(_attach)
+        )
+
+
+def attached(element) -> tuple:
+    """(ref, earlier ckeys) of an element that is either a bare ref or already such a pair."""
+    if isinstance(element, tuple) and len(element) == 2 and isinstance(element[1], tuple):
+        return element
+    return element, ()
+
+
+def is_unchanged(prior_ckeys: Optional[Sequence[int]], content_sha256: str, model_sha256: str) -> bool:
+    """Whether an image read now was embedded by an earlier run with the same content and model."""
+    return bool(prior_ckeys) and image_content_key(content_sha256, model_sha256) in prior_ckeys
