@@ -67,7 +67,11 @@ def openvino_version() -> Optional[str]:
 
 
 def _one_line(exc: BaseException) -> str:
+    """An exception on one short line; for OpenVINO's conversion report, only its summary."""
     text = " ".join(str(exc).split())
+    if "Summary:" in text:  # "Check 'false' failed at <file>: ... Summary: -- No conversion rule found for operations: X ..."
+        text = text.split("Summary:", 1)[1].strip(" -")
+        text = text.split(" To facilitate", 1)[0]
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "ImageEmbedder",
     "load_text_embedder",
     "load_image_embedder",
+    "pinned_spec",
     "TEXT_EMBEDDING_LAYER",
 ]
 
@@ -273,7 +274,8 @@ class ImageEmbedder:
                     "--image-backend", "openvino",
                     f"{self.model_name} cannot run on OpenVINO ({exc}); use --image-backend tensorflow or auto",
                 ) from exc
-            note = f"OpenVINO unavailable for {self.model_name} ({exc}); running on TensorFlow"
+            why = "OpenVINO is not installed" if isinstance(exc, backends.BackendUnavailable) else "it does not convert to OpenVINO"
+            note = f"{self.model_name} runs on TensorFlow: {why} ({exc})"
             if spec.precision != "f32":
                 note += f" at f32 (--image-precision {spec.precision} needs OpenVINO)"
             _LOGGER.warning("%s", note)
@@ -432,8 +434,36 @@ def _build_user_model(spec: ImageModelSpec):
     return headless, preprocess, name, fileio.sha256_of_file(spec.model)
 
 
-def load_image_embedder(spec: ImageModelSpec) -> ImageEmbedder:
-    """Build or load the headless image network a spec describes."""
+_HANDOFF: dict[str, ImageEmbedder] = {}  # at most one: the launcher's embedder, for this process's first worker
+_HANDOFF_LOCK = threading.Lock()
+
+
+def pinned_spec(embedder: ImageEmbedder) -> ImageModelSpec:
+    """The embedder's spec with `auto` resolved: what workers must run so the manifest stays true."""
+    return dataclasses.replace(embedder.spec, backend=embedder.backend, precision=embedder.precision)
+
+
+def load_image_embedder(spec: ImageModelSpec, hand_off: bool = False) -> ImageEmbedder:
+    """Build or load the headless image network a spec describes.
+
+    `hand_off=True` (the launcher) keeps the embedder for the first load of its pinned spec in this
+    process, so a local run converts the network once, not once in the launcher and again in the
+    worker. Only one embedder is kept, and the first worker load takes it.
+    """
+    if not hand_off:
+        with _HANDOFF_LOCK:
+            kept = _HANDOFF.pop(spec.cache_key(), None)
+        if kept is not None:
+            return kept
+    embedder = _load_image_embedder(spec)
+    if hand_off:
+        with _HANDOFF_LOCK:
+            _HANDOFF.clear()
+            _HANDOFF[pinned_spec(embedder).cache_key()] = embedder
+    return embedder
+
+
+def _load_image_embedder(spec: ImageModelSpec) -> ImageEmbedder:
     if spec.is_network:
         model, preprocess, name, sha = _build_network(spec)
     elif spec.model.endswith((".keras", ".h5")) or "/" in spec.model:
