@@ -38,6 +38,9 @@ def test_openvino_gives_tensorflows_embeddings_for_every_network(name):
     relative, cosine, embedder = _compare(ImageModelSpec(name, weights="none", image_size=size, batch_size=4), pixels)
     assert relative <= 1e-4 and cosine >= 0.99999, (relative, cosine)
     assert embedder.backend_details["convert_seconds"] > 0 and embedder.concurrent_calls >= 1
+    from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+
+    assert convert_impl.tm is telemetry_stub and telemetry_utils.tm is telemetry_stub  # no usage reports sent
 
 
 def _classifier(path, size=32):

@@ -66,6 +66,23 @@ def openvino_version() -> Optional[str]:
     return str(getattr(openvino, "__version__", "unknown")).split("-")[0]
 
 
+def _switch_off_converter_telemetry() -> None:
+    """Make `openvino.convert_model` send no usage telemetry.
+
+    Its converter reports each conversion to Google Analytics through `openvino-telemetry` unless a
+    consent file says no (called from Python there is no dialog, and no file counts as consent),
+    from a subprocess that waits up to 3 s per event without a network. A batch job on workers
+    must make no such calls, and the waits doubled the conversion time here. The converter falls
+    back to its own no-op stub when `openvino-telemetry` is not importable; this installs that stub.
+    """
+    try:
+        from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
+    except Exception:  # noqa: BLE001 - another layout: nothing to switch off here
+        return
+    convert_impl.tm = telemetry_stub
+    telemetry_utils.tm = telemetry_stub
+
+
 def _one_line(exc: BaseException) -> str:
     """An exception on one short line; for OpenVINO's conversion report, only its summary."""
     text = " ".join(str(exc).split())
@@ -119,6 +136,7 @@ def compile_openvino(concrete_function, precision: str = "f32", streams: Optiona
         raise BackendUnavailable("the openvino package is not installed (pip install openvino)")
     import openvino as ov
 
+    _switch_off_converter_telemetry()
     start = time.perf_counter()
     try:
         model = ov.convert_model(concrete_function)
