@@ -19,7 +19,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /template
 
 # Dependencies first (their layer is reused while only the code changes); apache-beam[gcp] is
-# already in the base image at the pinned version, so pip keeps it.
+# already in the base image at the pinned version, so pip keeps it. OpenVINO (the image networks'
+# default backend) comes from requirements.txt too; the import check below proves it loads.
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
@@ -28,7 +29,7 @@ COPY setup.py pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 RUN pip install --no-deps --no-build-isolation . \
-    && python -c "import pipeline.run, transforms.embed"
+    && python -c "import pipeline.run, transforms.embed, openvino"
 
 # Flex-template launch: `python /template/launch.py --output=gs://... --text_input=gs://...`.
 # Build with --build-arg SDK_CONTAINER_IMAGE="$IMAGE" so that the job's workers run this same

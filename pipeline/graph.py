@@ -191,7 +191,8 @@ def build_pipeline(
         info = models[IMAGE]
         schema = embedding_schema(
             IMAGE, info.dimension, config.passthrough,
-            metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
+            metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower(),
+                      "backend": str(info.details.get("backend", "tensorflow")), "precision": str(info.details.get("precision", "f32"))},
         )
         manifests = [i for i in config.image_inputs if is_manifest(i)]
         globs = [i for i in config.image_inputs if not is_manifest(i)]

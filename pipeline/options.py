@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms import fileio
+from transforms.backends import BACKENDS, PRECISIONS
 from transforms.decode import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
 from transforms.records import IMAGE, TEXT
@@ -125,6 +126,8 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--image-uri-field", default="uri", help="Manifest column holding the image uri (default: uri).")
         _flag(parser, "--image-id-field", help="Manifest column holding the image id (default: the uri as written).")
         _flag(parser, "--image-batch-size", type=int, default=32, help="Images per model call (default: 32).")
+        _flag(parser, "--image-backend", default="auto", choices=BACKENDS, help="What runs the image network: openvino, tensorflow, or auto (default: OpenVINO where installed and the network converts, else TensorFlow; the manifest says which).")
+        _flag(parser, "--image-precision", default="f32", choices=PRECISIONS, help="f32 (default; OpenVINO matches TensorFlow to ~1e-6) or bf16 (OpenVINO only: faster on CPUs with bf16, embeddings move to cosine ~0.99; a different model_sha256).")
         _flag(parser, "--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help=f"Reject images declaring more pixels than this, before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,}).")
         _flag(parser, "--max-image-bytes", type=int, default=256 << 20, help="Image files larger than this are dead letters, never read whole (default: 268,435,456 = 256 MiB).")
         _flag(parser, "--decode-threads", type=int, help="Threads decoding images per worker process (default: number of CPUs).")
@@ -361,6 +364,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
                 raise ConfigError(f"--image-weights {o.image_weights!r}: applies to a named network, not to a .keras model")
         elif o.image_layer:
             raise ConfigError("--image-layer applies to a .keras classifier, not to a named network")
+        if o.image_precision == "bf16" and o.image_backend == "tensorflow":
+            raise ConfigError("--image-precision bf16 needs --image-backend openvino (or auto); TensorFlow runs f32")
         weights = o.image_weights if is_network else "none"
         image_spec = ImageModelSpec(
             model=o.image_model if is_network else _absolute(o.image_model),
@@ -371,6 +376,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
             preprocess=o.image_preprocess,
             batch_size=o.image_batch_size,
             unsafe_loading=o.unsafe_model_loading,
+            backend=o.image_backend or "auto",
+            precision=o.image_precision or "f32",
         )
     output = _absolute(o.output)
     config = JobConfig(

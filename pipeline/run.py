@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import logging
@@ -68,12 +69,12 @@ def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
             {"path": config.text_model.path, "sequence_length": embedder.sequence_length},
         )
     if config.image_model is not None:
-        embedder = load_image_embedder(config.image_model)
+        embedder = load_image_embedder(config.image_model, hand_off=True)
         spec = config.image_model
         models[IMAGE] = ModelInfo(
             embedder.model_name, embedder.model_sha256, embedder.dimension,
             {"model": spec.model, "weights": spec.weights, "input_size": list(embedder.input_size),
-             "layer": spec.layer, "alpha": spec.alpha},
+             "layer": spec.layer, "alpha": spec.alpha, **embedder.backend_details},
         )
     return models
 
@@ -151,6 +152,10 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
             )
     if any(c["failed"] for c in manifest["counts"].values()):
         lines.append(f"  dead letters (id, stage, reason): {manifest['output']}/errors/")
+    for modality, info in manifest.get("models", {}).items():
+        details = info.get("details", {})
+        if details.get("backend"):  # which backend ran the image network, and why when it fell back
+            lines.append(f"  {modality} model on {details['backend']} {details.get('precision', '')}: {details.get('backend_note') or info['name']}")
     if model_loads:
         lines.append("  model loads: " + ", ".join(f"{k}={v}" for k, v in sorted(model_loads.items())))
     lines.append(f"  manifest: {manifest['output']}/_MANIFEST.json")
@@ -181,6 +186,10 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     fileio.bound_storage_retries(config.storage_timeout)
     prior = prior_embedding_files(config)
     models = inspect_models(config)
+    if config.image_model is not None:  # workers run what the launcher chose (auto resolved), as the manifest says
+        details = models[IMAGE].details
+        config = dataclasses.replace(config, image_model=dataclasses.replace(
+            config.image_model, backend=details["backend"], precision=details["precision"]))
     builds_only = bool(options.view_as(GoogleCloudOptions).template_location) or bool(options.view_as(TestOptions).dry_run)
     if not builds_only:  # a template or dry run executes nothing now: leave any earlier output alone
         check_output_writable(config.output)

@@ -43,7 +43,8 @@ def test_random_weights_are_seeded_so_every_worker_agrees():
 
 
 def test_a_short_last_batch_reuses_the_traced_function():
-    embedder = load_image_embedder(ImageModelSpec("MobileNetV3Small", weights="none", image_size=32, batch_size=4))
+    spec = ImageModelSpec("MobileNetV3Small", weights="none", image_size=32, batch_size=4, backend="tensorflow")
+    embedder = load_image_embedder(spec)
     pixels = np.random.RandomState(1).randint(0, 256, (7, 32, 32, 3)).astype(np.uint8)
     whole = embedder.embed(pixels)
     one_by_one = np.concatenate([embedder.embed(pixels[i : i + 1]) for i in range(7)])

@@ -132,11 +132,12 @@ ALLOWED_SIDE_INPUT_PRODUCERS = {
     "WriteImageEmbeddings/": "the sink's temp folder and file names",
     "WriteErrors/": "the sink's temp folder and file names",
     "SumCounts": "a few counters",
+    "TopErrorReasons/": "the most frequent dead-letter kinds (bounded by distinct error types)",
     "AllOutputFiles": "output file names",
 }
 MULTIMAP_ONLY = ("CheckTextRecords/",)  # fetched lazily per (file, chunk): never all at once
 # Combines allowed: keyed ones whose keys spread over the shuffle (a file path each), and the counters.
-ALLOWED_COMBINES = ("SumCounts", "DedupTextFiles/", "DedupImageFiles/")
+ALLOWED_COMBINES = ("SumCounts", "DedupTextFiles/", "DedupImageFiles/", "TopErrorReasons/")
 
 
 def _producers(pipeline_proto) -> dict:

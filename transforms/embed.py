@@ -246,7 +246,8 @@ def _load_image(
         return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "decode", exc)
 
 
-_MODEL_LOCKS: dict[str, threading.Lock] = {}  # one per shared model in this process
+_MODEL_SLOTS: dict[str, threading.Semaphore] = {}  # one per shared model in this process
+_MODEL_SLOTS_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -263,8 +264,9 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
 
     Each batch of `batch_size` images is read, decoded and embedded by one task of a small thread
     pool (one thread per CPU by default), and a few tasks are kept in flight across elements: while
-    one thread decodes (Pillow releases the GIL), another runs the model (so does TensorFlow), so
-    both cores stay busy. Results are emitted in order by the DoFn's own thread, which also does
+    one thread decodes (Pillow releases the GIL), another runs the model (so do TensorFlow and
+    OpenVINO), so both cores stay busy. TensorFlow runs one model call at a time; OpenVINO one per
+    stream (`ImageEmbedder.concurrent_calls`). Results are emitted in order by the DoFn's own thread, which also does
     all metric counting (Beam's metrics are per thread).
     """
 
@@ -290,8 +292,11 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
     def setup(self):
         super().setup()
         self._threads = self._decode_threads or max(2, os.cpu_count() or 2)
-        # Two model calls at once are no faster than one and hold twice the activations.
-        self._model_lock = _MODEL_LOCKS.setdefault(self._spec.cache_key(), threading.Lock())
+        # TensorFlow: one model call at a time (two are no faster, and hold twice the activations).
+        # OpenVINO: one call per stream (each stream is a share of the cores; see transforms.backends).
+        with _MODEL_SLOTS_LOCK:
+            self._model_slots = _MODEL_SLOTS.setdefault(
+                self._spec.cache_key(), threading.BoundedSemaphore(self._embedder.concurrent_calls))
         self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="embed-images")
 
     def teardown(self):
@@ -366,7 +371,7 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         if not ok_refs:
             return result
         stacked = np.stack(pixels)
-        with self._model_lock:  # one model call at a time: the other threads decode meanwhile
+        with self._model_slots:  # as many model calls as the backend runs in parallel; other threads decode
             vectors, errors = embed_isolating_failures(
                 lambda rows: embedder.embed(stacked[rows.start : rows.stop]), range(len(ok_refs))  # views, no copies
             )

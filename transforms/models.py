@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import threading
 import zipfile
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from transforms import fileio
+from transforms import backends, fileio
 
 __all__ = [
     "ModelConfigError",
@@ -29,11 +30,14 @@ __all__ = [
     "ImageEmbedder",
     "load_text_embedder",
     "load_image_embedder",
+    "pinned_spec",
     "TEXT_EMBEDDING_LAYER",
 ]
 
 TEXT_EMBEDDING_LAYER = "text_embedding"
 WORD_EMBEDDING_LAYER = "embedding"
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class ModelConfigError(ValueError):
@@ -118,6 +122,8 @@ class ImageModelSpec:
     batch_size: int = 32
     unsafe_loading: bool = False
     seed: int = 0  # random initialisation when weights == "none", so every worker agrees
+    backend: str = "auto"  # auto | tensorflow | openvino (see transforms.backends)
+    precision: str = "f32"  # f32 | bf16 (bf16: OpenVINO only)
 
     @property
     def is_network(self) -> bool:
@@ -206,15 +212,26 @@ class TextEmbedder:
 
 
 class ImageEmbedder:
-    """uint8 RGB pixel batches in, headless-network vectors out, in fixed-size batches."""
+    """uint8 RGB pixel batches in, headless-network vectors out, in fixed-size batches.
+
+    The network (with its preprocessing) is traced once as a `tf.function` for the fixed batch
+    shape; `spec.backend` decides whether TensorFlow runs it or OpenVINO runs its conversion
+    (`transforms.backends`). `backend`, `precision` and `backend_details` say what runs, and why.
+    """
 
     def __init__(self, spec: ImageModelSpec, model, preprocess: Optional[Callable], model_name: str, model_sha256: str):
         import keras
         import tensorflow as tf
 
+        if spec.backend not in backends.BACKENDS:
+            raise ModelConfigError("--image-backend", spec.backend, f"expected one of {', '.join(backends.BACKENDS)}")
+        if spec.precision not in backends.PRECISIONS:
+            raise ModelConfigError("--image-precision", spec.precision, f"expected one of {', '.join(backends.PRECISIONS)}")
+        if spec.backend == "tensorflow" and spec.precision != "f32":
+            raise ModelConfigError("--image-precision", spec.precision, "only the openvino backend runs bf16; TensorFlow runs f32")
         self.spec = spec
         self.model_name = model_name
-        self.model_sha256 = model_sha256
+        self.weights_sha256 = model_sha256
         shape = model.inputs[0].shape
         self.input_size = (int(shape[1]), int(shape[2]))
         output = model.outputs[0]
@@ -232,22 +249,82 @@ class ImageEmbedder:
                 x = preprocess(x)
             return model(x, training=False)
 
-        signature = [tf.TensorSpec([spec.batch_size, *self.input_size, 3], tf.uint8)]
+        signature = [tf.TensorSpec([spec.batch_size, *self.input_size, 3], tf.uint8, name="pixels")]
         self._forward = tf.function(forward, input_signature=signature)
+        self.backend, self.precision = "tensorflow", "f32"
+        self.concurrent_calls = 1  # model calls that may run at once (OpenVINO: one per stream)
+        self.backend_details: dict = {"backend_requested": spec.backend, "precision_requested": spec.precision}
+        self._openvino: Optional[backends.OpenVINOForward] = None
+        if spec.backend != "tensorflow":
+            self._try_openvino()
+        # Precision is part of the model's identity (bf16 moves the vectors, cosine ~0.99), the
+        # backend is not (OpenVINO f32 differs from TensorFlow by ~1e-6 relative): an incremental
+        # run that switches backend at f32 reuses earlier embeddings, one that switches to bf16 does not.
+        self.model_sha256 = model_sha256 if self.precision == "f32" else hashlib.sha256(
+            f"{model_sha256}+{self.precision}".encode()).hexdigest()
+        self.backend_details.update(backend=self.backend, precision=self.precision)
+        if self.model_sha256 != model_sha256:
+            self.backend_details["weights_sha256"] = model_sha256
+
+    def _try_openvino(self) -> None:
+        """Convert the traced forward pass to OpenVINO; on failure, fall back (auto) or raise (openvino)."""
+        spec = self.spec
+        try:
+            compiled = backends.compile_openvino(self._forward.get_concrete_function(), spec.precision)
+        except (backends.BackendUnavailable, backends.ConversionFailed) as exc:
+            if spec.backend == "openvino":
+                raise ModelConfigError(
+                    "--image-backend", "openvino",
+                    f"{self.model_name} cannot run on OpenVINO ({exc}); use --image-backend tensorflow or auto",
+                ) from exc
+            why = "OpenVINO is not installed" if isinstance(exc, backends.BackendUnavailable) else "it does not convert to OpenVINO"
+            note = f"{self.model_name} runs on TensorFlow: {why} ({exc})"
+            if spec.precision != "f32":
+                note += f" at f32 (--image-precision {spec.precision} needs OpenVINO)"
+            _LOGGER.warning("%s", note)
+            self.backend_details["backend_note"] = note
+            return
+        self._openvino = compiled
+        self.backend, self.precision = "openvino", compiled.precision
+        self.concurrent_calls = compiled.concurrent_calls
+        self.backend_details.update(
+            openvino_version=compiled.version,
+            convert_seconds=round(compiled.convert_seconds, 2),
+            compile_seconds=round(compiled.compile_seconds, 2),
+            concurrent_calls=compiled.concurrent_calls,
+        )
+        _LOGGER.info(
+            "Image model %s runs on OpenVINO %s at %s: converted in %.1f s, compiled in %.1f s, %d concurrent call(s)",
+            self.model_name, compiled.version, compiled.precision, compiled.convert_seconds,
+            compiled.compile_seconds, compiled.concurrent_calls,
+        )
+        if compiled.precision != spec.precision:
+            _LOGGER.warning("OpenVINO runs %s at %s, not the requested %s", self.model_name, compiled.precision, spec.precision)
+        # The TensorFlow copy of the network is no longer needed: free its weights and graph.
+        self._forward = None
+        self._model = None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self._openvino is not None:
+            return self._openvino(batch)
+        return self._forward(batch).numpy()
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """Embeddings (n, dimension) float32 for a uint8 batch (n, h, w, 3)."""
+        """Embeddings (n, dimension) float32 for a uint8 batch (n, h, w, 3).
+
+        Thread-safe; up to `concurrent_calls` calls run in parallel, more wait for a free one.
+        """
         size = self.spec.batch_size
         n = len(pixels)
         out = np.empty((n, self.dimension), dtype=np.float32)
         for start in range(0, n, size):
             chunk = pixels[start : start + size]
             m = len(chunk)
-            if m < size:  # fixed shape: no retracing for a short last batch
+            if m < size:  # fixed shape: no retracing (or recompiling) for a short last batch
                 padded = np.zeros((size, *chunk.shape[1:]), dtype=np.uint8)
                 padded[:m] = chunk
                 chunk = padded
-            out[start : start + m] = self._forward(chunk).numpy()[:m]
+            out[start : start + m] = self._run(np.ascontiguousarray(chunk, dtype=np.uint8))[:m]
         return out
 
 
@@ -365,8 +442,36 @@ def _build_user_model(spec: ImageModelSpec):
     return headless, preprocess, name, fileio.sha256_of_file(spec.model)
 
 
-def load_image_embedder(spec: ImageModelSpec) -> ImageEmbedder:
-    """Build or load the headless image network a spec describes."""
+_HANDOFF: dict[str, ImageEmbedder] = {}  # at most one: the launcher's embedder, for this process's first worker
+_HANDOFF_LOCK = threading.Lock()
+
+
+def pinned_spec(embedder: ImageEmbedder) -> ImageModelSpec:
+    """The embedder's spec with `auto` resolved: what workers must run so the manifest stays true."""
+    return dataclasses.replace(embedder.spec, backend=embedder.backend, precision=embedder.precision)
+
+
+def load_image_embedder(spec: ImageModelSpec, hand_off: bool = False) -> ImageEmbedder:
+    """Build or load the headless image network a spec describes.
+
+    `hand_off=True` (the launcher) keeps the embedder for the first load of its pinned spec in this
+    process, so a local run converts the network once, not once in the launcher and again in the
+    worker. Only one embedder is kept, and the first worker load takes it.
+    """
+    if not hand_off:
+        with _HANDOFF_LOCK:
+            kept = _HANDOFF.pop(spec.cache_key(), None)
+        if kept is not None:
+            return kept
+    embedder = _load_image_embedder(spec)
+    if hand_off:
+        with _HANDOFF_LOCK:
+            _HANDOFF.clear()
+            _HANDOFF[pinned_spec(embedder).cache_key()] = embedder
+    return embedder
+
+
+def _load_image_embedder(spec: ImageModelSpec) -> ImageEmbedder:
     if spec.is_network:
         model, preprocess, name, sha = _build_network(spec)
     elif spec.model.endswith((".keras", ".h5")) or "/" in spec.model:
