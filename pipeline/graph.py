@@ -10,15 +10,13 @@ import dataclasses
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio as beam_fileio
-
 from transforms import fileio
 from transforms.dedup import FindDuplicateIdHashes, FindDuplicateIds, id_hashes, occurrences
 from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.incremental import ReadPriorKeys
-from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
+from transforms.image_read import ListImageFiles, ReadImageManifests, is_manifest
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
-from transforms.text_read import ReadTextFileFn
+from transforms.text_read import ReadTextFiles
 from transforms.write import WriteErrors, WriteManifestFn, WriteTables
 
 from pipeline.options import JobConfig
@@ -63,31 +61,24 @@ def build_pipeline(
             metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
         )
         text_files = fileio.match_paths(config.text_inputs)  # sorted: file order for "first occurrence"
-        paths = (
-            p
-            | "TextInputPatterns" >> beam.Create(list(config.text_inputs))
-            | "MatchTextFiles" >> beam_fileio.MatchAll()
-            | "TextFilePaths" >> beam.Map(lambda metadata: metadata.path)
-            | "DedupTextFiles" >> beam.Distinct()
-            | "SpreadTextFiles" >> beam.Reshuffle()
+        read_options = dict(
+            text_field=config.text_field, id_field=config.text_id_field, encoding=config.text_encoding,
+            batch_rows=text_batch_rows, max_text_bytes=config.max_text_bytes, split_bytes=config.read_split_bytes,
         )
-        read = paths | "ReadTextRecords" >> beam.ParDo(
-            ReadTextFileFn(config.text_field, config.text_id_field, config.passthrough, config.text_encoding, text_batch_rows)
-        ).with_outputs(ERRORS, main="records")
+        # Each file is matched once, planned (large files in ranges of --read-split-bytes) and read
+        # range by range by a splittable DoFn: one big file is spread over every worker.
+        read = p | "ReadText" >> ReadTextFiles(config.text_inputs, passthrough=config.passthrough, **read_options)
         side = {}
         if not config.allow_duplicate_ids:
             # A separate, lighter read of the ids: embedding then streams instead of waiting, with
             # every record held in memory, for the duplicate check over the whole input.
             # Only 16 bytes a record (an id hash and where it was read) reach the check.
             file_index = {path: i for i, path in enumerate(text_files)}
-            # Its own source, not a sibling of ReadTextRecords: the runner would otherwise fuse the two
+            # Its own source, not a sibling of ReadText: the runner would otherwise fuse the two
             # reads and hold every record in memory until the check is done.
             duplicates = (
                 p
-                | "TextIdFiles" >> beam.Create(text_files)
-                | "ReadTextIds" >> beam.ParDo(
-                    ReadTextFileFn(config.text_field, config.text_id_field, (), config.text_encoding, text_batch_rows, ids_only=True)
-                )
+                | "ReadTextIds" >> ReadTextFiles(config.text_inputs, ids_only=True, **read_options)
                 | "HashTextIds" >> beam.Map(
                     lambda b: (id_hashes(b[0]), occurrences(file_index.get(b[1][0], len(file_index)), b[2]))
                 )
@@ -121,21 +112,10 @@ def build_pipeline(
         ref_parts = []
         read_errors = []
         if globs:
-            ref_parts.append(
-                p
-                | "ImageInputPatterns" >> beam.Create(globs)
-                | "MatchImageFiles" >> beam_fileio.MatchAll()
-                | "ImagePaths" >> beam.Map(lambda metadata: metadata.path)
-                | "DedupImageFiles" >> beam.Distinct()
-                | "ImageRefs" >> beam.Map(image_ref_from_path)
-            )
+            ref_parts.append(p | "ListImageFiles" >> ListImageFiles(globs))
         if manifests:
-            listed = (
-                p
-                | "ImageManifests" >> beam.Create(manifests)
-                | "ReadImageManifests" >> beam.ParDo(
-                    ReadImageManifestFn(config.image_uri_field, config.image_id_field, config.passthrough)
-                ).with_outputs(ERRORS, main="refs")
+            listed = p | "ReadImageManifests" >> ReadImageManifests(
+                manifests, config.image_uri_field, config.image_id_field, config.passthrough, config.read_split_bytes
             )
             ref_parts.append(listed.refs)
             read_errors.append(listed[ERRORS])

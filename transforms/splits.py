@@ -60,6 +60,7 @@ __all__ = [
     "line_blocks",
     "read_header",
     "counts_before",
+    "iter_range_records",
 ]
 
 DEFAULT_SPLIT_BYTES = 64 << 20  # 64 MiB ranges, as Beam's own file sources use
@@ -529,3 +530,59 @@ def read_header(path: str, max_bytes: int) -> bytes:
     """The first line of a file (a CSV/TSV header), at most `max_bytes` long."""
     with fileio.open_input(path) as handle:
         return handle.readline(max_bytes + 1)
+
+
+def iter_range_records(plan: FilePlan, tracker, handle, encoding: str, field: str,
+                       max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Iterator:
+    """The records of one range, parsed line by line (`text_formats.iter_records`), as
+    `ParsedLine`s numbered as in the whole file (1-based lines; Parquet: 0-based rows); a line
+    longer than `max_bytes` is a `RecordTooLarge` error. Truncated streams raise (TruncatedInput)
+    after the complete records."""
+    from transforms.text_formats import ParsedLine, iter_records
+
+    restriction = tracker.current_restriction()
+    if plan.fmt == "parquet":
+        import io as _io
+
+        import pyarrow.parquet as pq
+
+        if is_compressed(plan.path):
+            if not tracker.try_claim(restriction.start):
+                return
+            parquet, groups, row, claim = pq.ParquetFile(_io.BytesIO(handle.read())), None, 0, False
+            groups = range(parquet.num_row_groups)
+        else:
+            parquet, claim = pq.ParquetFile(handle), True
+            groups, row = range(restriction.start, restriction.stop), sum(plan.row_groups[: restriction.start])
+        for index in groups:
+            if claim and not tracker.try_claim(index):
+                return
+            for record in parquet.read_row_group(index).to_pylist():
+                yield ParsedLine(row, record)
+                row += 1
+        return
+    compressed = is_compressed(plan.path)
+    if compressed:
+        if not tracker.try_claim(restriction.start):
+            return
+        position, first_line = 0, 1
+    else:
+        found = find_record_start(plan, handle, restriction.start, quoted=plan.fmt == "csv")
+        if found is None:
+            tracker.try_claim(restriction.stop)  # refused: no line starts in this range
+            return
+        position, first_line = found
+    header = None
+    if plan.fmt in ("csv", "tsv") and position > 0:
+        handle.seek(0)
+        header = handle.readline(max_bytes + 1)
+        handle.seek(position)
+    lines = RangeLines(handle, tracker, position, max_bytes, quoted=plan.fmt == "csv", header=header, claim=not compressed)
+    offset = first_line - (2 if header is not None else 1)
+    for parsed in iter_records(lines, plan.fmt, encoding, field):
+        if parsed.error is not None and parsed.line in lines.too_large:
+            yield ParsedLine(parsed.line + offset, None, RecordTooLarge(
+                f"line is at least {lines.too_large[parsed.line]:,} bytes, longer than the limit ({max_bytes:,}); not read"
+            ))
+        else:
+            yield ParsedLine(parsed.line + offset, parsed.record, parsed.error)
