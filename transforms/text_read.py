@@ -77,9 +77,9 @@ def fast_jsonl_columns(block: bytes, first_line: int, path: str, text_field: str
     part that records without an id get (`path:line`)."""
     import pyarrow.json as pajson
 
-    if nesting_exceeds(block):
+    lines, longest = _line_stats(block)
+    if longest > _NESTING_LIMIT and _may_nest_too_deep(block, lines):  # a line nested D deep is >= D bytes
         return None
-    lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
     try:
         table = pajson.read_json(
             pa.BufferReader(block), read_options=pajson.ReadOptions(use_threads=False, block_size=len(block) + 64)
@@ -89,6 +89,36 @@ def fast_jsonl_columns(block: bytes, first_line: int, path: str, text_field: str
     if table.num_rows != lines:
         return None
     return _table_columns(table, first_line, path, text_field, id_field, passthrough, max_text_bytes)
+
+
+_NESTING_LIMIT = 1000
+
+
+def _line_stats(block: bytes) -> tuple[int, int]:
+    """(number of lines, length of the longest line) of a block, in one vectorised pass."""
+    import numpy as np
+
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    if not len(ends):
+        return (1 if block else 0), len(block)
+    longest = max(int(ends[0]) + 1, len(block) - int(ends[-1]) - 1)
+    if len(ends) > 1:
+        longest = max(longest, int(np.diff(ends).max()))
+    return len(ends) + (0 if block.endswith(b"\n") else 1), longest
+
+
+def _may_nest_too_deep(block: bytes, lines: int) -> bool:
+    """Whether a block with a line longer than 1,000 bytes may hold a line nested deeper than
+    1,000 levels (pyarrow's JSON reader segfaults at ~20,000). A line's depth is at most its number
+    of `{`/`[`: when every line starts with `{`, no line holds more than (all openers - lines + 1).
+    Otherwise `text_formats.nesting_exceeds` decides (it may over-count, never under-count; an
+    over-count only sends the block to the line parser)."""
+    openers = block.count(b"{") + block.count(b"[")
+    if openers <= _NESTING_LIMIT:
+        return False
+    if openers - lines < _NESTING_LIMIT and block.count(b"\n{") + block.startswith(b"{") >= lines:
+        return False
+    return nesting_exceeds(block, _NESTING_LIMIT)
 
 
 def _table_columns(table: pa.Table, first_line: int, id_part: str, text_field: str, id_field: str,
