@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         for name, n in sizes.items():
             out = args.work / "split-out"
             result = run_job(files[name], str(model), out, workers, extra)
-            assert result["counts"]["embedded"] == n, result
+            assert result["counts"]["read"] == n and result["counts"]["balanced"], result
             runs[f"{workers}w-{name}"] = result
             print(f"{workers} worker(s), {n:,} records: {result['seconds']:.1f} s, "
                   f"{result['text_part_files']} part file(s), load {result['loadavg_after']:.1f}", flush=True)
