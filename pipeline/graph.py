@@ -67,14 +67,14 @@ def build_pipeline(
         )
         # Each file is matched once, planned (large files in ranges of --read-split-bytes) and read
         # range by range by a splittable DoFn: one big file is spread over every worker.
-        read = p | "ReadText" >> ReadTextFiles(config.text_inputs, passthrough=config.passthrough, **read_options)
+        read = p | "ReadTextRecords" >> ReadTextFiles(config.text_inputs, passthrough=config.passthrough, **read_options)
         side = {}
         if not config.allow_duplicate_ids:
             # A separate, lighter read of the ids: embedding then streams instead of waiting, with
             # every record held in memory, for the duplicate check over the whole input.
             # Only 16 bytes a record (an id hash and where it was read) reach the check.
             file_index = {path: i for i, path in enumerate(text_files)}
-            # Its own source, not a sibling of ReadText: the runner would otherwise fuse the two
+            # Its own source, not a sibling of ReadTextRecords: the runner would otherwise fuse the two
             # reads and hold every record in memory until the check is done.
             duplicates = (
                 p
@@ -112,7 +112,7 @@ def build_pipeline(
         ref_parts = []
         read_errors = []
         if globs:
-            ref_parts.append(p | "ListImageFiles" >> ListImageFiles(globs))
+            ref_parts.append(p | "MatchImageFiles" >> ListImageFiles(globs))
         if manifests:
             listed = p | "ReadImageManifests" >> ReadImageManifests(
                 manifests, config.image_uri_field, config.image_id_field, config.passthrough, config.read_split_bytes

@@ -39,7 +39,7 @@ class ListImageFiles(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "MatchImageFiles" >> MatchFiles(self._patterns)
+            | "Match" >> MatchFiles(self._patterns)
             | "ImageRefs" >> beam.MapTuple(lambda pattern, path, _size: image_ref_from_path(path, pattern))
         )
 
