@@ -6,7 +6,6 @@ import json
 import pyarrow as pa
 import pytest
 
-from transforms.records import ErrorRecord
 from transforms.text_read import ReadTextFileFn, read_text_file
 
 

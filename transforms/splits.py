@@ -236,6 +236,8 @@ class FileRestrictions(RestrictionProvider):
     unit for compressed files and files that could not be planned."""
 
     def initial_restriction(self, plan: FilePlan) -> OffsetRange:
+        if not isinstance(plan, FilePlan):
+            raise TypeError(f"splittable file reads take FilePlans (from PlanFiles), not {type(plan).__name__}")
         if plan.error or (plan.fmt not in LINE_FORMATS and plan.fmt != "parquet") or is_compressed(plan.path):
             return OffsetRange(0, 1)
         if plan.fmt == "parquet":

@@ -379,6 +379,11 @@ class ReadTextFileFn(beam.DoFn):
                 yield from self._lines(plan, tracker, id_part, handle)
 
     def process(self, plan: FilePlan, tracker=beam.DoFn.RestrictionParam(FileRestrictions())) -> Iterator:
+        if not isinstance(plan, FilePlan):
+            raise TypeError(
+                f"ReadTextFileFn reads FilePlans (from PlanFiles), not {type(plan).__name__}: use "
+                "ReadTextFiles(patterns, ...) so that files are split and ids derive from their glob"
+            )
         id_part = plan.id_part
         count = 0
         try:
