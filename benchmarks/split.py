@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--small", type=int, default=200_000, help="records of the small run (marginal throughput)")
     parser.add_argument("--split-bytes", type=int, help="--read-split-bytes for the job (default: the job's own)")
     parser.add_argument("--allow-duplicate-ids", action="store_true", help="skip the duplicate-id pass")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (1 and 2 workers alternate); medians are used")
     parser.add_argument("--shared", type=pathlib.Path, default=DEFAULT_SHARED_DATA)
     parser.add_argument("--work", type=pathlib.Path, default=DEFAULT_WORK_DIR)
     args = parser.parse_args(argv)
@@ -68,19 +69,22 @@ def main(argv=None) -> int:
         ["--allow-duplicate-ids"] if args.allow_duplicate_ids else [])
     sizes = {"small": args.small, "large": args.records}
     files = {name: text_set(args.shared, args.work, n, shards=1) for name, n in sizes.items()}
-    runs = {}
-    for workers in (1, 2):
+    import statistics
+
+    runs: dict[str, list] = {}
+    for round_ in range(args.repeat):  # alternate 1 and 2 workers, so the machine's load hits both
         for name, n in sizes.items():
-            out = args.work / "split-out"
-            result = run_job(files[name], str(model), out, workers, extra)
-            assert result["counts"]["read"] == n and result["counts"]["balanced"], result
-            runs[f"{workers}w-{name}"] = result
-            print(f"{workers} worker(s), {n:,} records: {result['seconds']:.1f} s, "
-                  f"{result['text_part_files']} part file(s), load {result['loadavg_after']:.1f}", flush=True)
+            for workers in (1, 2):
+                result = run_job(files[name], str(model), args.work / "split-out", workers, extra)
+                assert result["counts"]["read"] == n and result["counts"]["balanced"], result
+                runs.setdefault(f"{workers}w-{name}", []).append(result)
+                print(f"round {round_ + 1}: {workers} worker(s), {n:,} records: {result['seconds']:.1f} s, "
+                      f"{result['text_part_files']} part file(s), load {result['loadavg_after']:.1f}", flush=True)
     marginal = {}
     for workers in (1, 2):
-        small, large = runs[f"{workers}w-small"], runs[f"{workers}w-large"]
-        marginal[workers] = (sizes["large"] - sizes["small"]) / max(large["seconds"] - small["seconds"], 1e-9)
+        small = statistics.median(r["seconds"] for r in runs[f"{workers}w-small"])
+        large = statistics.median(r["seconds"] for r in runs[f"{workers}w-large"])
+        marginal[workers] = (sizes["large"] - sizes["small"]) / max(large - small, 1e-9)
     speedup = marginal[2] / marginal[1]
     file_bytes = pathlib.Path(files["large"].replace("*.jsonl", "")).glob("*.jsonl")
     result = {
