@@ -10,15 +10,13 @@ import dataclasses
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio as beam_fileio
-
 from transforms import fileio
 from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
 from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
-from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
+from transforms.image_read import ListImageFiles, ReadImageManifests, is_manifest
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
-from transforms.text_read import ReadTextFileFn
+from transforms.text_read import ReadTextFiles
 from transforms.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
 from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
@@ -89,19 +87,6 @@ def _table_keys(table, file_index: dict, model_sha256: str, bits: int):
         yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], ckeys[rows], bits)
 
 
-class _Uncounted:
-    def inc(self, n: int = 1) -> None:
-        pass
-
-
-class _ReadTextKeysFn(ReadTextFileFn):
-    """The reader, for the key pass of an incremental run: the same records, not counted again."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._read = _Uncounted()
-
-
 def build_pipeline(
     p: beam.Pipeline,
     config: JobConfig,
@@ -125,17 +110,13 @@ def build_pipeline(
             metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
         )
         text_files = fileio.match_paths(config.text_inputs)  # sorted: file order for "first occurrence"
-        paths = (
-            p
-            | "TextInputPatterns" >> beam.Create(list(config.text_inputs))
-            | "MatchTextFiles" >> beam_fileio.MatchAll()
-            | "TextFilePaths" >> beam.Map(lambda metadata: metadata.path)
-            | "DedupTextFiles" >> beam.Distinct()
-            | "SpreadTextFiles" >> beam.Reshuffle()
+        read_options = dict(
+            text_field=config.text_field, id_field=config.text_id_field, encoding=config.text_encoding,
+            batch_rows=text_batch_rows, max_text_bytes=config.max_text_bytes, split_bytes=config.read_split_bytes,
         )
-        read = paths | "ReadTextRecords" >> beam.ParDo(
-            ReadTextFileFn(config.text_field, config.text_id_field, config.text_read_passthrough, config.text_encoding, text_batch_rows)
-        ).with_outputs(ERRORS, main="records")
+        # Each file is matched once, planned (large files in ranges of --read-split-bytes) and read
+        # range by range by a splittable DoFn: one big file is spread over every worker.
+        read = p | "ReadTextRecords" >> ReadTextFiles(config.text_inputs, passthrough=config.text_read_passthrough, **read_options)
         side = {}
         if not config.allow_duplicate_ids or prior_files.get(TEXT):
             # A separate, lighter pass over the input finds duplicates and unchanged records (keyed
@@ -148,10 +129,7 @@ def build_pipeline(
             if prior_files.get(TEXT):  # content hashes too: the reader's own records, uncounted
                 keys = (
                     p
-                    | "TextKeyFiles" >> beam.Create(text_files)
-                    | "ReadTextKeys" >> beam.ParDo(
-                        _ReadTextKeysFn(config.text_field, config.text_id_field, (), config.text_encoding, text_batch_rows)
-                    ).with_outputs(ERRORS, main="records")
+                    | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **read_options)
                 ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, info.sha256, bits)
                 keys = (
                     (keys, p | "PriorTextKeys" >> ReadPriorKeys(prior_files[TEXT], bits))
@@ -160,10 +138,7 @@ def build_pipeline(
             else:
                 keys = (
                     p
-                    | "TextIdFiles" >> beam.Create(text_files)
-                    | "ReadTextIds" >> beam.ParDo(
-                        ReadTextFileFn(config.text_field, config.text_id_field, (), config.text_encoding, text_batch_rows, ids_only=True)
-                    )
+                    | "ReadTextIds" >> ReadTextFiles(config.text_inputs, ids_only=True, **read_options)
                     | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
                 )
             checked = keys | "CheckTextRecords" >> CheckTextRecords(bits)
@@ -199,21 +174,10 @@ def build_pipeline(
         ref_parts = []
         read_errors = []
         if globs:
-            ref_parts.append(
-                p
-                | "ImageInputPatterns" >> beam.Create(globs)
-                | "MatchImageFiles" >> beam_fileio.MatchAll()
-                | "ImagePaths" >> beam.Map(lambda metadata: metadata.path)
-                | "DedupImageFiles" >> beam.Distinct()
-                | "ImageRefs" >> beam.Map(image_ref_from_path)
-            )
+            ref_parts.append(p | "MatchImageFiles" >> ListImageFiles(globs))
         if manifests:
-            listed = (
-                p
-                | "ImageManifests" >> beam.Create(manifests)
-                | "ReadImageManifests" >> beam.ParDo(
-                    ReadImageManifestFn(config.image_uri_field, config.image_id_field, config.passthrough)
-                ).with_outputs(ERRORS, main="refs")
+            listed = p | "ReadImageManifests" >> ReadImageManifests(
+                manifests, config.image_uri_field, config.image_id_field, config.passthrough, config.read_split_bytes
             )
             ref_parts.append(listed.refs)
             read_errors.append(listed[ERRORS])

@@ -26,6 +26,7 @@ from transforms.backends import BACKENDS, PRECISIONS
 from transforms.decode import DEFAULT_MAX_IMAGE_PIXELS
 from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
 from transforms.records import IMAGE, TEXT
+from transforms.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
 from transforms.write import DEFAULT_MAX_FAILED_FRACTION
 
 __all__ = [
@@ -115,6 +116,8 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--text-id-field", default="id", help="Field/column holding the record id (default: id; file:line where absent).")
         _flag(parser, "--text-encoding", default="utf-8", help="Encoding of text files (default: utf-8; e.g. cp1252).")
         _flag(parser, "--text-batch-size", type=int, default=1024, help="Texts per model call (default: 1024).")
+        _flag(parser, "--max-text-bytes", type=int, default=DEFAULT_MAX_TEXT_BYTES, help="A text line (record) longer than this is a RecordTooLarge dead letter, skipped without being held (default: 10,485,760 = 10 MiB).")
+        _flag(parser, "--read-split-bytes", type=int, default=DEFAULT_SPLIT_BYTES, help="Large uncompressed text files and image manifests are read in ranges of about this many bytes, spread over workers (default: 67,108,864 = 64 MiB).")
         # Images
         _flag(parser, "--image-input", action="append", help="Glob of image files, or a manifest (.csv, .jsonl, .parquet) with a uri column. Repeatable.")
         _flag(parser, "--image-model", help=f"A Keras Applications network ({', '.join(NETWORKS)}) or a .keras classifier.")
@@ -156,6 +159,8 @@ class JobConfig:
     text_field: str = "text"
     text_id_field: str = "id"
     text_encoding: str = "utf-8"
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    read_split_bytes: int = DEFAULT_SPLIT_BYTES
     image_inputs: tuple[str, ...] = ()
     image_model: Optional[ImageModelSpec] = None
     image_uri_field: str = "uri"
@@ -331,7 +336,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         raise ConfigError("--image-model is set but no --image-input was given")
     if o.max_failed is not None and o.max_failed < 0:
         raise ConfigError(f"--max-failed must be 0 or more, got {o.max_failed}")
-    for name in ("storage_timeout", "text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size"):
+    for name in ("storage_timeout", "text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size",
+                 "max_text_bytes", "read_split_bytes"):
         _positive("--" + name.replace("_", "-"), getattr(o, name))
     if o.image_alpha is not None and o.image_alpha <= 0:
         raise ConfigError(f"--image-alpha must be positive, got {o.image_alpha}")
@@ -388,6 +394,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         text_field=o.text_field,
         text_id_field=o.text_id_field,
         text_encoding=o.text_encoding,
+        max_text_bytes=o.max_text_bytes,
+        read_split_bytes=o.read_split_bytes,
         image_inputs=tuple(_absolute(p) for p in image_inputs),
         image_model=image_spec,
         image_uri_field=o.image_uri_field,

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.gcs
 
 # The steps a user sees in Dataflow's job graph.
 EXPECTED_STEPS = {
-    "MatchTextFiles", "ReadTextRecords", "EmbedText", "WriteTextEmbeddings",
+    "ReadTextRecords/MatchFiles", "ReadTextRecords/PlanReads", "ReadTextRecords", "EmbedText", "WriteTextEmbeddings",
     "MatchImageFiles", "ReadImageManifests", "EmbedImages", "WriteImageEmbeddings",
     "WriteErrors", "SumCounts", "WriteManifest",
 }

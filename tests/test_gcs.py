@@ -31,6 +31,9 @@ def _write_inputs(root: pathlib.Path) -> None:
         for i in range(3):
             f.write(json.dumps({"id": f"j{i}", "text": f"good movie {i}", "label": str(i % 2)}) + "\n")
     (text / "b.csv").write_text('id,text,label\nc1,"great acting, awful plot",1\nc2,bad film,0\n')
+    # Parquet in three row groups: read group by group with seeks (gs:// included), never whole
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(6)], "text": [f"fine film {i}" for i in range(6)],
+                             "label": [str(i % 2) for i in range(6)]}), text / "d.parquet", row_group_size=2)
     images = root / "images"
     images.mkdir()
     rng = np.random.RandomState(0)
@@ -66,6 +69,7 @@ def _argv(output: str, data: str, text_model: str, image_model: str) -> list[str
         "--passthrough", "label",
         "--run-id", "same-run",
         "--max-failed-fraction", "1",  # the manifest names a missing file on purpose
+        "--read-split-bytes", "40",  # every file and the manifest in several ranges
     ]
 
 
@@ -117,7 +121,7 @@ def test_embeddings_from_gcs_equal_a_local_run(runs, modality):
     remote = _by_id(read_embeddings(runs["gs_out"], modality), runs["gs_data"])
     local = _by_id(read_embeddings(runs["local_out"], modality), runs["data"])
     assert sorted(remote) == sorted(local)
-    assert len(remote) == (5 if modality == "text" else 7)  # images: 5 by the glob + 2 by the manifest
+    assert len(remote) == (11 if modality == "text" else 7)  # images: 5 by the glob + 2 by the manifest
     for ident, row in local.items():
         np.testing.assert_array_equal(np.asarray(remote[ident]["embedding"]), np.asarray(row["embedding"]), err_msg=ident)
         assert remote[ident] == row, ident  # source, content hash, model, passthrough: all the same
@@ -128,7 +132,7 @@ def test_manifest_on_gcs_lists_relative_files_and_same_models(runs):
     assert manifest == {k: v for k, v in runs["gs_manifest"].items() if k != "model_loads"}
     assert manifest["run_id"] == "same-run"
     assert manifest["output"] == runs["gs_out"] and manifest["status"] == "complete"
-    assert manifest["counts"]["text"] == {"read": 5, "embedded": 5, "failed": 0, "skipped": 0, "balanced": True}
+    assert manifest["counts"]["text"] == {"read": 11, "embedded": 11, "failed": 0, "skipped": 0, "balanced": True}
     assert manifest["counts"]["image"] == {"read": 8, "embedded": 7, "failed": 1, "skipped": 0, "balanced": True}
     assert set(manifest["files"]) == {"text", "image", "errors"}
     for folder, paths in manifest["files"].items():

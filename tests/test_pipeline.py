@@ -32,8 +32,8 @@ def _write_text_inputs(folder: pathlib.Path) -> dict:
         good["c1"] = "great acting, awful plot"
     with open(folder / "c.txt", "w") as f:
         f.write("plain line one\nplain line two\n")
-    good[f"{folder / 'c.txt'}:1"] = "plain line one"
-    good[f"{folder / 'c.txt'}:2"] = "plain line two"
+    good["c.txt:1"] = "plain line one"  # path ids: relative to the glob's folder
+    good["c.txt:2"] = "plain line two"
     pq.write_table(pa.table({"id": ["p1"], "text": ["great film"], "label": ["1"]}), folder / "d.parquet")
     good["p1"] = "great film"
     return good
@@ -107,7 +107,7 @@ def test_text_embeddings_equal_the_model_called_directly(finished_run, tiny_text
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 8)
     labels = dict(zip(ids, table.column("label").to_pylist()))
     assert labels["j1"] == "1" and labels["c1"] == "1" and labels["p1"] == "1"
-    assert labels[f"{finished_run['root'] / 'text' / 'c.txt'}:1"] is None  # plain lines have no label
+    assert labels["c.txt:1"] is None  # plain lines have no label
     lines = dict(zip(ids, table.column("line").to_pylist()))
     assert lines["j3"] == 4 and lines["c1"] == 2
 
@@ -115,15 +115,17 @@ def test_text_embeddings_equal_the_model_called_directly(finished_run, tiny_text
 def test_image_embeddings_ids_and_passthrough(finished_run, tiny_image_model):
     table = read_embeddings(str(finished_run["out"]), "image")
     rows = {r["id"]: r for r in table.to_pylist()}
-    # glob ids are paths; manifest ids come from --image-id-field
-    assert set(finished_run["images"]) | {"k0", "k1"} == set(rows)
+    # glob ids are paths relative to the glob's folder; manifest ids come from --image-id-field
+    by_path = {p: pathlib.Path(p).name for p in finished_run["images"]}
+    assert set(by_path.values()) | {"k0", "k1"} == set(rows)
+    assert all(rows[name]["source"] == path for path, name in by_path.items())
     assert rows["k0"]["label"] == "cat" and rows["k1"]["label"] == "dog"
     assert rows["k0"]["source"].endswith("images/img0.jpg")
-    assert rows["k0"]["content_sha256"] == rows[finished_run["images"][0]]["content_sha256"]
+    assert rows["k0"]["content_sha256"] == rows["img0.jpg"]["content_sha256"]
     embed = _image_embedder(tiny_image_model)
     paths = finished_run["images"]
     expected = embed(paths)
-    got = np.array([rows[p]["embedding"] for p in paths], dtype=np.float32)
+    got = np.array([rows[by_path[p]]["embedding"] for p in paths], dtype=np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert {r["model"] for r in rows.values()} == {"image.keras#features"}
 
@@ -131,12 +133,11 @@ def test_image_embeddings_ids_and_passthrough(finished_run, tiny_image_model):
 def test_dead_letters_and_counts_add_up(finished_run):
     out = str(finished_run["out"])
     errors = {(r["id"], r["stage"], r["error_type"]) for r in read_errors(out).to_pylist()}
-    text_dir = finished_run["root"] / "text"
-    assert (f"{text_dir / 'a.jsonl'}:6", "read", "RecordError") in errors
+    assert ("a.jsonl:6", "read", "RecordError") in errors
     assert ("empty", "preprocess", "EmptyText") in errors
     assert ("nulltext", "read", "InvalidTextField") in errors
-    assert (f"{text_dir / 'b.csv'}:3", "read", "RecordError") in errors
-    assert (str(finished_run["root"] / "images" / "broken.jpg"), "decode", "UnsupportedImageFormat") in errors
+    assert ("b.csv:3", "read", "RecordError") in errors
+    assert ("broken.jpg", "decode", "UnsupportedImageFormat") in errors
     assert ("k9", "read", "FileNotFoundError") in errors
     manifest = read_manifest(out)
     text, image = manifest["counts"]["text"], manifest["counts"]["image"]

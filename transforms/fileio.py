@@ -320,7 +320,8 @@ def open_input(path: str):
         raise
     if opener is None:
         return raw
-    return _StrictDecompressed(opener(fileobj=raw, mode="rb"), raw, path)
+    stream = gzip.GzipFile(fileobj=raw, mode="rb") if opener is gzip.GzipFile else bz2.BZ2File(raw, mode="rb")
+    return _StrictDecompressed(stream, raw, path)
 
 
 class FileTooLarge(ValueError):

@@ -119,6 +119,9 @@ def _iter_jsonl(binary: IO[bytes], encoding: str, text_field: str) -> Iterator[P
         except json.JSONDecodeError as exc:
             yield ParsedLine(number, None, RecordError(f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"))
             continue
+        except RecursionError:  # nested deeper than Python's parser goes: this line only
+            yield ParsedLine(number, None, RecordError("JSON nested too deeply to parse"))
+            continue
         if not isinstance(value, dict):
             yield ParsedLine(number, None, RecordError(f"JSON line is a {type(value).__name__}, not an object"))
             continue

@@ -1,4 +1,8 @@
-"""Reading text records from files into columnar batches (pyarrow tables), with dead letters."""
+"""Reading text records from files into columnar batches (pyarrow tables), with dead letters.
+
+Files are read in splittable ranges (`transforms.splits`): one big file is spread over many
+workers, with line numbers exactly those of the whole file.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,34 @@ from typing import Iterator, Optional, Sequence
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
 
+from transforms import fileio
 from transforms.records import ERRORS, TEXT, ErrorRecord
-from transforms.text_formats import detect_format, iter_records
+from transforms.splits import (
+    DEFAULT_MAX_TEXT_BYTES,
+    DEFAULT_SPLIT_BYTES,
+    FilePlan,
+    FileRestrictions,
+    MatchFiles,
+    PlanFiles,
+    RangeLines,
+    find_record_start,
+    is_compressed,
+    line_blocks,
+    plan_file,
+    range_blocks,
+)
+from transforms.text_formats import ParsedLine, iter_records, nesting_exceeds
 
-__all__ = ["ReadTextFileFn", "text_batch_schema", "passthrough_value"]
-
+__all__ = [
+    "ReadTextFileFn",
+    "ReadTextFiles",
+    "read_text_file",
+    "text_batch_schema",
+    "passthrough_value",
+    "fast_jsonl_columns",
+]
 
 
 def passthrough_value(value) -> Optional[str]:
@@ -42,50 +68,74 @@ _FAST_TYPES = (pa.string(), pa.large_string(), pa.int64(), pa.bool_())
 _BLOCK_BYTES = 1 << 20
 
 
-def _jsonl_blocks(handle, block_bytes: int = _BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
-    """(first line number, bytes of whole lines) blocks of a JSONL file, about `block_bytes` each."""
-    line, pending, first = 1, b"", True
-    while True:
-        chunk = handle.read(block_bytes)
-        if first and chunk.startswith(b"\xef\xbb\xbf"):
-            chunk = chunk[3:]  # a UTF-8 byte-order mark
-        first = False
-        if not chunk:
-            if pending:
-                yield line, pending
-            return
-        data = pending + chunk
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            pending = data
-            continue
-        block, pending = data[:cut], data[cut:]
-        yield line, block
-        line += block.count(b"\n")
-
-
 def fast_jsonl_columns(block: bytes, first_line: int, path: str, text_field: str, id_field: str,
-                       passthrough: Sequence[str]) -> Optional[dict]:
+                       passthrough: Sequence[str], max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Optional[dict]:
     """The columns of a block of clean JSONL lines parsed by pyarrow in C++, or None when the block
     needs the line-by-line parser (any malformed, blank, null, non-string or NUL-bearing line;
-    nested or float id/passthrough values). Both give identical rows for the blocks accepted here."""
-    import pyarrow.compute as pc
+    nested or float id/passthrough values; JSON nested deeper than 1,000 levels, on which pyarrow's
+    reader would crash). Both give identical rows for the blocks accepted here. `path` is the id
+    part that records without an id get (`path:line`)."""
     import pyarrow.json as pajson
 
-    lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+    lines, longest = _line_stats(block)
+    if longest > _NESTING_LIMIT and _may_nest_too_deep(block, lines):  # a line nested D deep is >= D bytes
+        return None
     try:
         table = pajson.read_json(
             pa.BufferReader(block), read_options=pajson.ReadOptions(use_threads=False, block_size=len(block) + 64)
         )
     except Exception:  # noqa: BLE001 - malformed somewhere in the block: parse it line by line
         return None
-    if table.num_rows != lines or text_field not in table.column_names:
+    if table.num_rows != lines:
+        return None
+    return _table_columns(table, first_line, path, text_field, id_field, passthrough, max_text_bytes)
+
+
+_NESTING_LIMIT = 1000
+
+
+def _line_stats(block: bytes) -> tuple[int, int]:
+    """(number of lines, length of the longest line) of a block, in one vectorised pass."""
+    import numpy as np
+
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+    if not len(ends):
+        return (1 if block else 0), len(block)
+    longest = max(int(ends[0]) + 1, len(block) - int(ends[-1]) - 1)
+    if len(ends) > 1:
+        longest = max(longest, int(np.diff(ends).max()))
+    return len(ends) + (0 if block.endswith(b"\n") else 1), longest
+
+
+def _may_nest_too_deep(block: bytes, lines: int) -> bool:
+    """Whether a block with a line longer than 1,000 bytes may hold a line nested deeper than
+    1,000 levels (pyarrow's JSON reader segfaults at ~20,000). A line's depth is at most its number
+    of `{`/`[`: when every line starts with `{`, no line holds more than (all openers - lines + 1).
+    Otherwise `text_formats.nesting_exceeds` decides (it may over-count, never under-count; an
+    over-count only sends the block to the line parser)."""
+    openers = block.count(b"{") + block.count(b"[")
+    if openers <= _NESTING_LIMIT:
+        return False
+    if openers - lines < _NESTING_LIMIT and block.count(b"\n{") + block.startswith(b"{") >= lines:
+        return False
+    return nesting_exceeds(block, _NESTING_LIMIT)
+
+
+def _table_columns(table: pa.Table, first_line: int, id_part: str, text_field: str, id_field: str,
+                   passthrough: Sequence[str], max_text_bytes: int) -> Optional[dict]:
+    """The batch columns of a parsed table whose every row is a clean record, else None."""
+    import pyarrow.compute as pc
+
+    rows = table.num_rows
+    if text_field not in table.column_names:
         return None
     text = table.column(text_field)
     if text.type not in (pa.string(), pa.large_string()) or text.null_count or pc.any(pc.match_substring(text, "\x00")).as_py():
         return None
-    line_numbers = pa.array(range(first_line, first_line + lines), pa.int64())
-    line_ids = pc.binary_join_element_wise(pa.scalar(path), pc.cast(line_numbers, pa.string()), ":")
+    if rows and pc.max(pc.binary_length(text)).as_py() > max_text_bytes:
+        return None
+    line_numbers = pa.array(range(first_line, first_line + rows), pa.int64())
+    line_ids = pc.binary_join_element_wise(pa.scalar(id_part), pc.cast(line_numbers, pa.string()), ":")
     columns = {"line": line_numbers, "text": text.combine_chunks().cast(pa.string())}
     if id_field in table.column_names:
         raw = table.column(id_field)
@@ -100,7 +150,7 @@ def fast_jsonl_columns(block: bytes, first_line: int, path: str, text_field: str
         columns["id"] = line_ids
     for name in passthrough:
         if name not in table.column_names or table.column(name).type == pa.null():
-            columns[name] = pa.nulls(lines, pa.string())
+            columns[name] = pa.nulls(rows, pa.string())
         elif table.column(name).type not in _FAST_TYPES:
             return None
         else:
@@ -108,13 +158,27 @@ def fast_jsonl_columns(block: bytes, first_line: int, path: str, text_field: str
     return columns
 
 
-class ReadTextFileFn(beam.DoFn):
-    """One file path in; tables of up to `batch_rows` records out, and an ErrorRecord per bad line.
+def _is_utf8(encoding: str) -> bool:
+    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
-    The id is the `id_field` value, or `file:line` (Parquet: `file:row`) where the record has none.
-    UTF-8 JSONL is parsed in ~1 MB blocks by pyarrow (`fast_jsonl_columns`); a block with any
-    problem, and every other format, goes through the line-by-line parser of `text_formats`.
+
+class ReadTextFileFn(beam.DoFn):
+    """A splittable DoFn: one `FilePlan` in, read range by range (`transforms.splits`); tables of up
+    to `batch_rows` records out, and an ErrorRecord per bad line.
+
+    The id is the `id_field` value, or `<path id>:<line>` (Parquet: `<path id>:<row>`, from 0) where
+    the record has none; the path id is the file's path relative to its glob's fixed folder
+    (`fileio.path_id`). UTF-8 JSONL is parsed in ~1 MB blocks by pyarrow (`fast_jsonl_columns`); a
+    block with any problem, and every other format, goes through the line-by-line parser of
+    `text_formats`. A line longer than `max_text_bytes` is a `RecordTooLarge` dead letter, skipped
+    without being held; a truncated compressed file gives its complete records and one dead letter
+    (`<path id>:*`, `TruncatedInput`).
+
+    With `ids_only` (a first pass for the duplicate-id check) it yields `(ids, sources, lines)`
+    lists per batch instead of tables, and no errors.
     """
+
+    block_bytes = _BLOCK_BYTES
 
     def __init__(
         self,
@@ -125,6 +189,7 @@ class ReadTextFileFn(beam.DoFn):
         batch_rows: int = 4096,
         fast_jsonl: bool = True,
         ids_only: bool = False,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
     ):
         self._text_field = text_field
         self._id_field = id_field
@@ -132,29 +197,54 @@ class ReadTextFileFn(beam.DoFn):
         self._encoding = encoding
         self._batch_rows = batch_rows
         self._fast_jsonl = fast_jsonl
-        self._ids_only = ids_only  # a first pass for the duplicate-id check: (ids, sources, lines) only
+        self._ids_only = ids_only
+        self._max_bytes = max_text_bytes
         self._schema = text_batch_schema(self._passthrough)
         self._read = beam.metrics.Metrics.counter("embeddings", "text_read")
 
     def _empty(self) -> dict:
         return {name: [] for name in self._schema.names}
 
-    def _records(self, parsed_lines, path: str, line_offset: int = 0) -> Iterator:
-        """Tables and TaggedOutput errors from parsed lines; the last item yielded is the count read."""
-        columns = self._empty()
-        count = 0
+    def _too_large(self, plan: FilePlan, id_part: str, line: int, seen: int) -> beam.pvalue.TaggedOutput:
+        return beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
+            f"{id_part}:{line}", TEXT, f"{plan.path}:{line}", "read", "RecordTooLarge",
+            f"line is at least {seen:,} bytes, longer than --max-text-bytes ({self._max_bytes:,}); not read",
+        ))
+
+    def _records(self, parsed_lines, plan: FilePlan, id_part: str, line_offset: int = 0,
+                 too_large: Optional[dict] = None) -> Iterator:
+        """Tables and TaggedOutput errors from parsed lines, then the count read (an int)."""
+        state = {"columns": self._empty(), "count": 0}
+        try:
+            yield from self._parsed_records(parsed_lines, plan, id_part, line_offset, too_large, state)
+        except Exception:  # noqa: BLE001 - e.g. a truncated stream: what was read before it comes out first
+            if state["columns"]["id"]:
+                yield pa.Table.from_pydict(state["columns"], schema=self._schema)
+            yield state["count"]
+            raise
+        if state["columns"]["id"]:
+            yield pa.Table.from_pydict(state["columns"], schema=self._schema)
+        yield state["count"]
+
+    def _parsed_records(self, parsed_lines, plan: FilePlan, id_part: str, line_offset: int,
+                        too_large: Optional[dict], state: dict) -> Iterator:
+        path = plan.path
         for parsed in parsed_lines:
-            count += 1
+            columns = state["columns"]
+            state["count"] += 1
             line = parsed.line + line_offset
-            line_id = f"{path}:{line}"
+            line_id = f"{id_part}:{line}"
             if parsed.error is not None:
-                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord.from_exception(line_id, TEXT, line_id, "read", parsed.error))
+                if too_large and parsed.line in too_large:
+                    yield self._too_large(plan, id_part, line, too_large[parsed.line])
+                else:
+                    yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord.from_exception(line_id, TEXT, f"{path}:{line}", "read", parsed.error))
                 continue
             record = parsed.record
             raw_id = record.get(self._id_field)
             record_id = line_id if raw_id is None or raw_id == "" else passthrough_value(raw_id)
             text = record.get(self._text_field)
-            problem = None
+            problem, kind = None, "InvalidTextField"
             if self._text_field not in record:
                 problem = f"record has no {self._text_field!r} field (set --text-field)"
             elif text is None:
@@ -163,8 +253,10 @@ class ReadTextFileFn(beam.DoFn):
                 problem = f"{self._text_field!r} is a {type(text).__name__}, not a string"
             elif "\x00" in text:
                 problem = f"{self._text_field!r} contains NUL characters"
+            elif len(text) * 4 > self._max_bytes and len(text.encode("utf-8", "surrogatepass")) > self._max_bytes:
+                problem, kind = f"{self._text_field!r} is longer than --max-text-bytes ({self._max_bytes:,})", "RecordTooLarge"
             if problem:
-                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, TEXT, line_id, "read", "InvalidTextField", problem))
+                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, TEXT, f"{path}:{line}", "read", kind, problem))
                 continue
             columns["id"].append(record_id)
             columns["source"].append(path)
@@ -174,59 +266,202 @@ class ReadTextFileFn(beam.DoFn):
             for name in self._passthrough:
                 columns[name].append(passthrough_value(record.get(name)))
             if len(columns["id"]) >= self._batch_rows:
+                state["columns"] = self._empty()
                 yield pa.Table.from_pydict(columns, schema=self._schema)
-                columns = self._empty()
-        if columns["id"]:
-            yield pa.Table.from_pydict(columns, schema=self._schema)
-        yield count
 
-    block_bytes = _BLOCK_BYTES
-
-    def _jsonl_fast(self, handle, path: str) -> Iterator:
-        for first_line, block in _jsonl_blocks(handle, self.block_bytes):
-            columns = fast_jsonl_columns(block, first_line, path, self._text_field, self._id_field, self._passthrough)
-            if columns is None:
-                yield from self._records(iter_records(io.BytesIO(block), "jsonl", "utf-8", self._text_field), path, first_line - 1)
-                continue
-            if self._ids_only:
-                ids = columns["id"].to_pylist()
-                yield (ids, [path] * len(ids), columns["line"].to_pylist())
-                continue
-            texts = columns["text"].to_pylist()
-            columns["content_sha256"] = pa.array(
-                [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts], pa.string()
-            )
-            columns["source"] = pa.array([path] * len(texts), pa.string())
-            yield pa.Table.from_pydict({name: columns[name] for name in self._schema.names}, schema=self._schema)
-            yield len(texts)
-
-    def process(self, path: str) -> Iterator:
-        fmt = detect_format(path)
-        try:
-            handle = FileSystems.open(path)  # compression from the extension (.gz, .bz2, ...)
-        except Exception as exc:  # noqa: BLE001 - a file that vanished between match and read
-            self._read.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord.from_exception(path, TEXT, path, "read", exc))
+    def _columns_out(self, columns: dict, path: str) -> Iterator:
+        """A clean batch (from pyarrow) as a table or an ids batch, then its count."""
+        rows = len(columns["line"])
+        if self._ids_only:
+            yield (columns["id"].to_pylist(), [path] * rows, columns["line"].to_pylist())
+            yield rows
             return
-        fast = self._fast_jsonl and fmt == "jsonl" and self._encoding.lower().replace("-", "").replace("_", "") == "utf8"
-        count = 0
-        with handle:
-            try:
-                items = self._jsonl_fast(handle, path) if fast else self._records(
-                    iter_records(handle, fmt, self._encoding, self._text_field), path
+        texts = columns["text"].to_pylist()
+        columns["content_sha256"] = pa.array(
+            [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts], pa.string()
+        )
+        columns["source"] = pa.array([path] * rows, pa.string())
+        yield pa.Table.from_pydict({name: columns[name] for name in self._schema.names}, schema=self._schema)
+        yield rows
+
+    def _jsonl_fast(self, blocks, plan: FilePlan, id_part: str) -> Iterator:
+        for kind, first_line, payload in blocks:
+            if kind == "too_large":
+                yield self._too_large(plan, id_part, first_line, payload)
+                yield 1
+                continue
+            columns = fast_jsonl_columns(
+                payload, first_line, id_part, self._text_field, self._id_field, self._passthrough, self._max_bytes
+            )
+            if columns is None:
+                yield from self._records(
+                    iter_records(io.BytesIO(payload), "jsonl", "utf-8", self._text_field), plan, id_part, first_line - 1
                 )
-                for item in items:
-                    if isinstance(item, int):
-                        count += item
-                    elif not self._ids_only:
-                        yield item
-                    elif isinstance(item, pa.Table):
-                        yield (item.column("id").to_pylist(), item.column("source").to_pylist(), item.column("line").to_pylist())
-                    elif isinstance(item, tuple):
-                        yield item
-            except Exception as exc:  # noqa: BLE001 - the rest of the file is unreadable (bad Parquet, gzip)
-                count += 1
-                if not self._ids_only:
-                    yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord.from_exception(f"{path}:*", TEXT, path, "read", exc))
+                continue
+            yield from self._columns_out(columns, plan.path)
+
+    def _lines(self, plan: FilePlan, tracker, id_part: str, handle) -> Iterator:
+        restriction = tracker.current_restriction()
+        compressed = is_compressed(plan.path)
+        fast = self._fast_jsonl and plan.fmt == "jsonl" and _is_utf8(self._encoding)
+        if compressed:  # one unsplittable unit: read to the end, nothing more to claim
+            if not tracker.try_claim(restriction.start):
+                return
+            position, first_line = 0, 1
+        else:
+            found = find_record_start(plan, handle, restriction.start, quoted=plan.fmt == "csv")
+            if found is None:
+                tracker.try_claim(restriction.stop)  # refused: no line starts in this range
+                return
+            position, first_line = found
+        if fast:
+            if compressed:
+                blocks = line_blocks(RangeLines(handle, tracker, 0, self._max_bytes, claim=False), 1, self.block_bytes)
+            else:
+                blocks = range_blocks(handle, tracker, position, first_line, self._max_bytes, self.block_bytes)
+            yield from self._jsonl_fast(blocks, plan, id_part)
+            return
+        header = None
+        if plan.fmt in ("csv", "tsv") and position > 0:  # every range reads the file's header
+            handle.seek(0)
+            header = handle.readline(self._max_bytes + 1)
+            handle.seek(position)
+        lines = RangeLines(handle, tracker, position, self._max_bytes, quoted=plan.fmt == "csv",
+                           header=header, claim=not compressed)
+        offset = first_line - (2 if header is not None else 1)
+        yield from self._records(iter_records(lines, plan.fmt, self._encoding, self._text_field), plan, id_part, offset, lines.too_large)
+
+    def _parquet(self, plan: FilePlan, tracker, id_part: str, handle) -> Iterator:
+        import pyarrow.parquet as pq
+
+        restriction = tracker.current_restriction()
+        if is_compressed(plan.path):  # a compressed Parquet file cannot seek: read whole, once
+            if not tracker.try_claim(restriction.start):
+                return
+            parquet = pq.ParquetFile(io.BytesIO(handle.read()))
+            groups, first_row = range(parquet.num_row_groups), 0
+            claim = False
+        else:
+            parquet = pq.ParquetFile(handle)  # reads the footer, then each row group with seeks
+            groups, first_row = range(restriction.start, restriction.stop), sum(plan.row_groups[: restriction.start])
+            claim = True
+        names = parquet.schema_arrow.names
+        wanted = [c for c in dict.fromkeys((self._text_field, self._id_field) + self._passthrough) if c in names]
+        for index in groups:
+            if claim and not tracker.try_claim(index):
+                return
+            table = parquet.read_row_group(index, columns=wanted)
+            for offset in range(0, table.num_rows, self._batch_rows):
+                part = table.slice(offset, self._batch_rows)
+                columns = _table_columns(
+                    part, first_row + offset, id_part, self._text_field, self._id_field, self._passthrough, self._max_bytes
+                )
+                if columns is not None:
+                    yield from self._columns_out(columns, plan.path)
+                    continue
+                rows = part.to_pylist()
+                yield from self._records(
+                    (ParsedLine(first_row + offset + i, row) for i, row in enumerate(rows)), plan, id_part
+                )
+            first_row += table.num_rows
+
+    def _items(self, plan: FilePlan, tracker, id_part: str) -> Iterator:
+        if plan.error:
+            if tracker.try_claim(tracker.current_restriction().start):
+                kind, _, message = plan.error.partition(": ")
+                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(f"{id_part}:*", TEXT, plan.path, "read", kind, message or kind))
+                yield 1
+            return
+        with fileio.open_input(plan.path) as handle:
+            if plan.fmt == "parquet":
+                yield from self._parquet(plan, tracker, id_part, handle)
+            else:
+                yield from self._lines(plan, tracker, id_part, handle)
+
+    def process(self, plan: FilePlan, tracker=beam.DoFn.RestrictionParam(FileRestrictions())) -> Iterator:  # noqa: B008 - Beam's restriction idiom
+        if not isinstance(plan, FilePlan):
+            raise TypeError(
+                f"ReadTextFileFn reads FilePlans (from PlanFiles), not {type(plan).__name__}: use "
+                "ReadTextFiles(patterns, ...) so that files are split and ids derive from their glob"
+            )
+        id_part = plan.id_part
+        count = 0
+        try:
+            for item in self._items(plan, tracker, id_part):
+                if isinstance(item, int):
+                    count += item
+                elif not self._ids_only:
+                    yield item
+                elif isinstance(item, pa.Table):
+                    yield (item.column("id").to_pylist(), item.column("source").to_pylist(), item.column("line").to_pylist())
+                elif isinstance(item, tuple):
+                    yield item
+        except Exception as exc:  # noqa: BLE001 - the rest of the range is unreadable (truncated gzip, bad Parquet)
+            count += 1
+            _give_up(tracker)
+            if not self._ids_only:
+                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord.from_exception(f"{id_part}:*", TEXT, plan.path, "read", exc))
         if not self._ids_only:
             self._read.inc(count)
+
+
+def _give_up(tracker) -> None:
+    """Mark a range as done after an error (its unread rest is covered by the dead letter)."""
+    try:
+        tracker.try_claim(tracker.current_restriction().stop)
+    except ValueError:  # already attempted there or beyond
+        pass
+
+
+class _Uncounted:
+    """Stands in for the `text_read` counter where a pass re-reads records already counted."""
+
+    def inc(self, n: int = 1) -> None:
+        pass
+
+
+class ReadTextFiles(beam.PTransform):
+    """Globs in (as the pipeline's root); text batches out (tagged `records`, with the `errors`
+    output), or with `ids_only` a PCollection of `(ids, sources, lines)` batches.
+
+    Every matched file is read once (the first pattern matching it gives its path id), split into
+    ranges of about `split_bytes` (default 64 MiB) that any worker can read (`transforms.splits`).
+    `counted=False` leaves the `text_read` counter alone (a second pass over the same records)."""
+
+    def __init__(self, patterns: Sequence[str], text_field: str = "text", id_field: str = "id",
+                 passthrough: Sequence[str] = (), encoding: str = "utf-8", batch_rows: int = 4096,
+                 ids_only: bool = False, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+                 split_bytes: int = DEFAULT_SPLIT_BYTES, fast_jsonl: bool = True, counted: bool = True):
+        super().__init__()
+        self._patterns = list(patterns)
+        self._split_bytes = split_bytes
+        self._ids_only = ids_only
+        self._fn = ReadTextFileFn(text_field, id_field, tuple(passthrough), encoding, batch_rows, fast_jsonl,
+                                  ids_only, max_text_bytes)
+        if not counted:  # a second pass over the same records (an incremental run's key pass)
+            self._fn._read = _Uncounted()
+
+    def expand(self, pbegin):
+        plans = pbegin | "MatchFiles" >> MatchFiles(self._patterns) | "PlanReads" >> PlanFiles(self._split_bytes)
+        if self._ids_only:
+            return plans | "ReadRanges" >> beam.ParDo(self._fn)
+        return plans | "ReadRanges" >> beam.ParDo(self._fn).with_outputs(ERRORS, main="records")
+
+
+def read_text_file(path: str, pattern: Optional[str] = None, split_bytes: Optional[int] = None, **kwargs) -> Iterator:
+    """Everything `ReadTextFileFn(**kwargs)` yields for one file, without Beam (tests, tools):
+    read whole, or, with `split_bytes`, range by range as a runner would after splitting it."""
+    from transforms import splits
+
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    plan = plan_file(pattern or path, path, size, split_bytes or DEFAULT_SPLIT_BYTES)
+    if split_bytes and splits._needs_counts(plan):
+        chunks = -(-size // split_bytes)
+        plan = splits._assemble((path, [splits._count_chunk((plan, k))[1] for k in range(chunks)]))
+    fn = ReadTextFileFn(**kwargs)
+    provider = FileRestrictions()
+    ranges = provider.split(plan, provider.initial_restriction(plan)) if split_bytes else [provider.initial_restriction(plan)]
+    for restriction in ranges:
+        tracker = OffsetRestrictionTracker(restriction)
+        yield from fn.process(plan, tracker)
+        tracker.check_done()
