@@ -430,7 +430,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the pipeline failed: one line, the traceback only with --verbose
         stop_workers()
-        _LOGGER.info("The run failed", exc_info=True)
+        # Its own logger, outside "pipeline" (kept at INFO for progress): shown only with --verbose.
+        logging.getLogger("beam_embeddings.traceback").info("The run failed", exc_info=True)
         print(f"error: {failure_message(exc)}", file=sys.stderr)
         return 1
     finally:

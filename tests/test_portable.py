@@ -206,6 +206,7 @@ def test_external_worker_pool_output_equals_the_direct_runner(tmp_path, monkeypa
         "--image-input", str(tmp_path / "images" / "*"),
         "--image-model", str(tiny_image_model),
         "--image-batch-size", "2",
+        "--max-failed-fraction", "1",  # a bad record per modality on purpose
     ]
     # The runner's servers (in this process) on loopback; workers reach them at localhost, not at
     # socket.getfqdn() (Beam's default for EXTERNAL workers, which need not resolve to loopback).
