@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.io import fileio as beam_fileio
 
 from transforms import fileio
+from transforms.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
 from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
@@ -123,7 +124,10 @@ def build_pipeline(
         schema = embedding_schema(
             TEXT, info.dimension, config.passthrough,
             metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
+            provenance=config.carry_over,
         )
+        embed_schema = without_provenance(schema)  # embedded_run_id (carry-over) is added after embedding
+        carry = bool(config.carry_over and prior_files.get(TEXT))
         text_files = fileio.match_paths(config.text_inputs)  # sorted: file order for "first occurrence"
         paths = (
             p
@@ -154,7 +158,7 @@ def build_pipeline(
                     ).with_outputs(ERRORS, main="records")
                 ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, info.sha256, bits)
                 keys = (
-                    (keys, p | "PriorTextKeys" >> ReadPriorKeys(prior_files[TEXT], bits))
+                    (keys, p | "PriorTextKeys" >> ReadPriorKeys(prior_files[TEXT], bits, positions=carry))
                     | "TextAndPriorKeys" >> beam.Flatten()
                 )
             else:
@@ -166,18 +170,29 @@ def build_pipeline(
                     )
                     | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
                 )
-            checked = keys | "CheckTextRecords" >> CheckTextRecords(bits)
+            checked = keys | "CheckTextRecords" >> CheckTextRecords(bits, carry=carry, first_only=not config.allow_duplicate_ids)
             if not config.allow_duplicate_ids:
                 side["duplicates"] = beam.pvalue.AsMultiMap(checked["duplicates"])
             if prior_files.get(TEXT):
                 side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
         embedded = read.records | "EmbedText" >> beam.ParDo(
-            EmbedTextBatchesFn(config.text_model, schema, config.normalize, text_files), **side
+            EmbedTextBatchesFn(config.text_model, embed_schema, config.normalize, text_files), **side
         ).with_outputs(ERRORS, SKIPPED, main="tables")
-        written = embedded.tables | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
+        to_write = embedded.tables
+        if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
+            to_write = embedded.tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)
+        if carry:
+            carry_files = dict(prior_run_ids(config.incremental_from, TEXT))
+            carried = checked["carry"] | "CarryTextRows" >> CarryRows(
+                [(path, carry_files.get(path, "unknown")) for path in prior_files[TEXT]], schema
+            )
+            to_write = (to_write, carried) | "NewAndCarriedText" >> beam.Flatten()
+            counts.append(_count("CountTextCarried", "text_carried", carried, lambda t: t.num_rows))
+            out.update(text_carried=carried)
+        written = to_write | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
         files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))
         if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
-            counts.append(embedded.tables | "WriteTextToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, TEXT, schema, config.run_id))
+            counts.append(embedded.tables | "WriteTextToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, TEXT, embed_schema, config.run_id))
         counts += [
             _count("CountTextRead", "text_read", read.records, lambda t: t.num_rows),
             _count("CountTextReadErrors", "text_read", read[ERRORS]),
@@ -272,6 +287,8 @@ def build_pipeline(
         "normalized": config.normalize,
         "incremental_from": list(config.incremental_from),
     }
+    if config.carry_over:
+        static["carry_over"] = True
     static["workers"] = requested_workers(p.options)  # accelerator, image, processes per VM, threads
     manifest = (
         p

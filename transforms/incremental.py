@@ -33,6 +33,8 @@ __all__ = [
     "sha256_keys",
     "image_content_key",
     "prior_key_batches",
+    "row_positions",
+    "split_positions",
     "ReadPriorKeys",
     "AttachPriorKeys",
     "attached",
@@ -124,34 +126,80 @@ def _open_parquet(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(handle)
 
 
-def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16) -> Iterator[tuple[int, tuple]]:
+POSITION_FILE_SHIFT, POSITION_GROUP_SHIFT = 44, 24  # an earlier row's position: file | row group | row
+
+
+def row_positions(file_index: int, row_group: int, rows: np.ndarray) -> np.ndarray:
+    """Positions of rows of one row group of an earlier file, packed in 64 bits (file order first)."""
+    if file_index >= 1 << (64 - POSITION_FILE_SHIFT) or row_group >= 1 << (POSITION_FILE_SHIFT - POSITION_GROUP_SHIFT):
+        raise ValueError(f"earlier file {file_index}, row group {row_group}: too many to carry over")
+    if len(rows) and int(rows.max()) >= 1 << POSITION_GROUP_SHIFT:
+        raise ValueError(f"earlier file {file_index}, row group {row_group}: more than 2**24 rows in a row group")
+    return (np.uint64(file_index) << np.uint64(POSITION_FILE_SHIFT)) | (np.uint64(row_group) << np.uint64(POSITION_GROUP_SHIFT)) | rows.astype(np.uint64)
+
+
+def split_positions(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(file indexes, row groups, rows in the group) of packed positions (`row_positions`)."""
+    positions = np.asarray(positions, dtype=np.uint64)
+    files = (positions >> np.uint64(POSITION_FILE_SHIFT)).astype(np.int64)
+    groups = ((positions >> np.uint64(POSITION_GROUP_SHIFT)) & np.uint64((1 << (POSITION_FILE_SHIFT - POSITION_GROUP_SHIFT)) - 1)).astype(np.int64)
+    rows = (positions & np.uint64((1 << POSITION_GROUP_SHIFT) - 1)).astype(np.int64)
+    return files, groups, rows
+
+
+def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16, file_index: Optional[int] = None) -> Iterator[tuple[int, tuple]]:
     """(bucket, ("prior", ikeys, ckeys)) slices of an earlier run's Parquet file, read a batch of
-    rows at a time (only the three key columns; row groups are fetched with seeks, never whole)."""
+    rows at a time (only the three key columns; row groups are fetched with seeks, never whole).
+
+    With `file_index` (carry-over runs), read by row group, and each slice also holds the position
+    of each row: ("prior", ikeys, ckeys, positions), 8 more bytes an earlier row in the shuffle.
+    """
     parquet = _open_parquet(path)
     try:
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS):
+        if file_index is None:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS):
+                ikeys = id_hashes(batch.column(0))
+                ckeys = content_keys(batch.column(1), batch.column(2))
+                for bucket, rows in split_by_bucket(ikeys, bits):
+                    yield bucket, ("prior", ikeys[rows], ckeys[rows])
+            return
+        for group in range(parquet.metadata.num_row_groups):  # our own row groups: ~65k rows
+            batch = parquet.read_row_group(group, columns=KEY_COLUMNS)
             ikeys = id_hashes(batch.column(0))
             ckeys = content_keys(batch.column(1), batch.column(2))
+            positions = row_positions(file_index, group, np.arange(batch.num_rows))
             for bucket, rows in split_by_bucket(ikeys, bits):
-                yield bucket, ("prior", ikeys[rows], ckeys[rows])
+                yield bucket, ("prior", ikeys[rows], ckeys[rows], positions[rows])
     finally:
         parquet.close()
 
 
 class ReadPriorKeys(beam.PTransform):
-    """Earlier runs' Parquet files in; `(bucket, ("prior", ikeys, ckeys))` slices out, for a join."""
+    """Earlier runs' Parquet files in; `(bucket, ("prior", ikeys, ckeys))` slices out, for a join.
 
-    def __init__(self, files: Sequence[str], bits: int):
+    `positions=True` (carry-over): slices also hold each row's position (`row_positions`, by the
+    file's index in `files`), so that the join can say which earlier rows to copy.
+    """
+
+    def __init__(self, files: Sequence[str], bits: int, positions: bool = False):
         super().__init__()
         self._files = list(files)
         self._bits = bits
+        self._positions = positions
 
     def expand(self, pbegin):
+        if not self._positions:
+            return (
+                pbegin
+                | "PriorFiles" >> beam.Create(self._files)
+                | "SpreadPriorFiles" >> beam.Reshuffle()
+                | "PriorKeys" >> beam.FlatMap(prior_key_batches, self._bits)
+            )
         return (
             pbegin
-            | "PriorFiles" >> beam.Create(self._files)
+            | "PriorFiles" >> beam.Create(list(enumerate(self._files)))
             | "SpreadPriorFiles" >> beam.Reshuffle()
-            | "PriorKeys" >> beam.FlatMap(prior_key_batches, self._bits)
+            | "PriorKeys" >> beam.FlatMap(lambda item, bits: prior_key_batches(item[1], bits, file_index=item[0]), self._bits)
         )
 
 

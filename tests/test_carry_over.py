@@ -1,0 +1,133 @@
+"""Issue 13, item 1: `--incremental-from DIR --carry-over` makes each run folder a complete snapshot."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
+from pipeline.run import main, run
+from transforms.write import read_embeddings, read_manifest
+
+WORDS = ["good", "bad", "film", "movie", "great", "acting", "awful", "plot", "twist"]
+
+
+def _texts(n: int) -> dict:
+    return {f"r{i:03d}": f"{WORDS[i % 9]} {WORDS[(i // 9) % 9]} {WORDS[(i // 81) % 9]} {i}" for i in range(n)}
+
+
+def _lines(records) -> str:
+    return "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in records)
+
+
+def _by_id(table) -> dict:
+    return dict(zip(table.column("id").to_pylist(), table.to_pylist()))
+
+
+def _change(texts: dict) -> tuple[dict, list, list, list]:
+    """Run 2's input: 10 changed, 5 removed, 5 added (200 records again)."""
+    current = dict(texts)
+    changed = [f"r{i:03d}" for i in range(0, 50, 5)]
+    removed = [f"r{i:03d}" for i in range(100, 105)]
+    added = [f"new{i}" for i in range(5)]
+    for k in changed:
+        current[k] = "awful plot twist " + k
+    for k in removed:
+        del current[k]
+    for k in added:
+        current[k] = "great acting " + k
+    return current, changed, removed, added
+
+
+def _check_snapshot(run1: str, run2: str, texts: dict, current: dict, changed: list, added: list, summary: dict) -> None:
+    first, second = _by_id(read_embeddings(run1, "text")), read_embeddings(run2, "text")
+    ids = second.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 200 and set(ids) == set(current)  # removed records are absent
+    rows = _by_id(second)
+    run1_id, run2_id = read_manifest(run1)["run_id"], summary["run_id"]
+    unchanged = [k for k in current if k in texts and texts[k] == current[k]]
+    assert len(unchanged) == 185
+    for k in unchanged:  # copied, not re-embedded: bit-identical, and said to come from run 1
+        assert np.asarray(rows[k]["embedding"], np.float32).tobytes() == np.asarray(first[k]["embedding"], np.float32).tobytes(), k
+        assert rows[k]["embedded_run_id"] == run1_id and rows[k]["content_sha256"] == first[k]["content_sha256"]
+    position = {k: i + 1 for i, k in enumerate(current)}  # removed records moved the later ones up
+    source = rows[added[0]]["source"]  # the current input file (on gcs, another file than run 1's)
+    assert all(rows[k]["line"] == position[k] and rows[k]["source"] == source for k in unchanged)
+    assert first["r150"]["line"] == 151 and rows["r150"]["line"] == 146  # the current line, not run 1's
+    for k in changed + added:  # embedded by run 2, from the new text
+        assert rows[k]["embedded_run_id"] == run2_id
+        assert rows[k]["content_sha256"] == hashlib.sha256(current[k].encode()).hexdigest()
+    for k in changed:
+        assert rows[k]["embedding"] != first[k]["embedding"], k
+    assert summary["counts"]["text"] == {"read": 200, "embedded": 15, "failed": 0, "skipped": 185, "carried": 185, "balanced": True}
+    assert summary["status"] == "complete" and summary["carry_over"] is True
+
+
+@pytest.mark.slow
+def test_carry_over_run_is_a_complete_snapshot_and_chains(tmp_path, tiny_text_model):
+    texts = _texts(200)
+    data = tmp_path / "t.jsonl"
+    data.write_text(_lines(texts.items()))
+    common = ["--text-input", str(data), "--text-model", str(tiny_text_model)]
+    run1, run2, run3 = (str(tmp_path / f"run{i}") for i in (1, 2, 3))
+    run(["--output", run1] + common)
+
+    current, changed, removed, added = _change(texts)
+    data.write_text(_lines(current.items()))
+    second = run(["--output", run2, "--incremental-from", run1, "--carry-over"] + common)
+    _check_snapshot(run1, run2, texts, current, changed, added, second)
+
+    # run 3 from both runs (each unchanged record is in both: one row), with duplicates in the input:
+    # an unchanged record repeated as is (skipped, not carried twice), a changed one repeated with
+    # other text (a DuplicateId dead letter; its first occurrence is carried)
+    repeated = list(current.items()) + [("r001", current["r001"]), ("r002", "bad bad bad")]
+    data.write_text(_lines(repeated))
+    third = run(["--output", run3, "--incremental-from", run1, "--incremental-from", run2, "--carry-over"] + common)
+    assert third["counts"]["text"] == {"read": 202, "embedded": 0, "failed": 1, "skipped": 201, "carried": 200, "balanced": True}
+    table = read_embeddings(run3, "text")
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 200 and set(ids) == set(current)
+    rows, snapshot = _by_id(table), _by_id(read_embeddings(run2, "text"))
+    for k in current:  # the same vectors and provenance as the snapshot it came from
+        assert rows[k]["embedding"] == snapshot[k]["embedding"] and rows[k]["embedded_run_id"] == snapshot[k]["embedded_run_id"]
+    assert rows["r002"]["source"] == str(data) and rows["r002"]["line"] == 3  # the first occurrence's line
+
+    # run 4 from the snapshot alone, nothing changed: again one row per record, nothing embedded
+    data.write_text(_lines(current.items()))
+    fourth = run(["--output", str(tmp_path / "run4"), "--incremental-from", run3, "--carry-over"] + common)
+    assert fourth["counts"]["text"]["carried"] == 200 and fourth["counts"]["text"]["embedded"] == 0
+    assert sorted(read_embeddings(str(tmp_path / "run4"), "text").column("id").to_pylist()) == sorted(current)
+
+
+@pytest.mark.slow
+def test_carry_over_on_gcs(tmp_path, gcs_emulator, tiny_text_model):
+    texts = _texts(200)
+    data = tmp_path / "t.jsonl"
+    data.write_text(_lines(texts.items()))
+    model = gcs_emulator.upload(tiny_text_model, "carry", "text.keras")
+    run1, run2 = gcs_emulator.url("carry", "run1"), gcs_emulator.url("carry", "run2")
+    run(["--output", run1, "--text-input", gcs_emulator.upload(data, "carry", "in1.jsonl"), "--text-model", model])
+
+    current, changed, removed, added = _change(texts)
+    data.write_text(_lines(current.items()))
+    second = run(["--output", run2, "--incremental-from", run1, "--carry-over",
+                  "--text-input", gcs_emulator.upload(data, "carry", "in2.jsonl"), "--text-model", model])
+    _check_snapshot(run1, run2, texts, current, changed, added, second)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from"),
+    (["--image-input", "IMAGES", "--image-model", "MobileNet"], "--carry-over: carries text embeddings only for now"),
+])
+def test_carry_over_configuration_errors_name_the_flag(tmp_path, capsys, tiny_text_model, extra, message):
+    data = tmp_path / "t.jsonl"
+    data.write_text(_lines([("a", "good film")]))
+    (tmp_path / "img.png").write_bytes(b"")
+    extra = [str(tmp_path / "*.png") if e == "IMAGES" else e for e in extra]
+    if extra:
+        extra += ["--incremental-from", str(tmp_path / "earlier")]
+    code = main(["--output", str(tmp_path / "out"), "--text-input", str(data), "--text-model", str(tiny_text_model),
+                 "--carry-over"] + extra)
+    assert code == 2
+    assert message in capsys.readouterr().err
