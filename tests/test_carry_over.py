@@ -131,3 +131,35 @@ def test_carry_over_configuration_errors_name_the_flag(tmp_path, capsys, tiny_te
                  "--carry-over"] + extra)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def _bucket_check(current, prior, first_only):
+    """Run one bucket of dedup's check on hand-made key slices; returns {current line: earlier position}."""
+    from transforms.dedup import CARRY_ROWS, _check_bucket, text_key_batch
+    from transforms.incremental import row_positions
+
+    parts = []
+    for path, lines, ikeys, ckeys in current:
+        parts += [b for _, b in text_key_batch(path, 0, lines, np.array(ikeys, np.uint64), np.array(ckeys, np.uint64), 0)]
+    for file_index, group, ikeys, ckeys in prior:
+        parts.append(("prior", np.array(ikeys, np.uint64), np.array(ckeys, np.uint64), row_positions(file_index, group, np.arange(len(ikeys)))))
+    carried = {}
+    for out in _check_bucket((0, parts), carry=True, first_only=first_only):
+        if getattr(out, "tag", None) == CARRY_ROWS:
+            (file_index, group), (rows, paths, path_of_row, lines) = out.value
+            for row, p, line in zip(rows.tolist(), path_of_row.tolist(), lines.tolist()):
+                carried[(paths[p], line)] = (file_index, group, row)
+    return carried
+
+
+def test_one_earlier_row_per_carried_record_even_when_earlier_runs_repeat_it():
+    # earlier: id 1 twice in file 0 (an --allow-duplicate-ids run), again in file 1; id 2 with old content
+    prior = [(0, 0, [1, 1, 2], [10, 10, 20]), (1, 3, [1, 2], [10, 21])]
+    # now: id 1 unchanged twice (lines 5, 9), id 2 changed (content 22), id 3 new
+    current = [("a", [5, 9, 6, 7], [1, 1, 2, 3], [10, 10, 22, 30])]
+    assert _bucket_check(current, prior, first_only=True) == {("a", 5): (0, 0, 0)}  # the first earlier row, once
+    assert _bucket_check(current, prior, first_only=False) == {("a", 5): (0, 0, 0)}  # one per (id, content)
+    # the first occurrence changed, a later one unchanged: the new embedding is the id's row, nothing carried
+    current = [("a", [1, 2], [2, 2], [22, 20])]
+    assert _bucket_check(current, prior, first_only=True) == {}
+    assert _bucket_check(current, prior, first_only=False) == {("a", 2): (0, 0, 2)}

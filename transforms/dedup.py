@@ -319,6 +319,8 @@ def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_o
     """((earlier file, row group), (rows in the group, current paths, path of each, current lines))."""
     from transforms.incremental import split_positions
 
+    if len(rows) == 0:
+        return
     files, groups, in_group = split_positions(positions)
     key = files * (1 << 24) + groups
     order = np.argsort(key, kind="stable")
