@@ -65,7 +65,7 @@ def _check_snapshot(run1: str, run2: str, texts: dict, current: dict, changed: l
 
 
 @pytest.mark.slow
-def test_carry_over_run_is_a_complete_snapshot_and_chains(tmp_path, tiny_text_model):
+def test_carry_over_run_is_a_complete_snapshot_and_chains(tmp_path, capsys, tiny_text_model):
     texts = _texts(200)
     data = tmp_path / "t.jsonl"
     data.write_text(_lines(texts.items()))
@@ -77,6 +77,7 @@ def test_carry_over_run_is_a_complete_snapshot_and_chains(tmp_path, tiny_text_mo
     data.write_text(_lines(current.items()))
     second = run(["--output", run2, "--incremental-from", run1, "--carry-over"] + common)
     _check_snapshot(run1, run2, texts, current, changed, added, second)
+    assert "text: 185 earlier embedding(s) carried over: 200 rows in text/" in capsys.readouterr().out
 
     # run 3 from both runs (each unchanged record is in both: one row), with duplicates in the input:
     # an unchanged record repeated as is (skipped, not carried twice), a changed one repeated with
