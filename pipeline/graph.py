@@ -15,7 +15,7 @@ from apache_beam.io import fileio as beam_fileio
 from transforms import fileio
 from transforms.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
-from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.embed import CARRIED, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
 from transforms.image_read import ReadImageManifestFn, image_ref_from_path, is_manifest
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
@@ -207,7 +207,10 @@ def build_pipeline(
         schema = embedding_schema(
             IMAGE, info.dimension, config.passthrough,
             metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
+            provenance=config.carry_over,
         )
+        embed_schema = without_provenance(schema)  # embedded_run_id (carry-over) is added after embedding
+        carry = bool(config.carry_over and prior_files.get(IMAGE))
         manifests = [i for i in config.image_inputs if is_manifest(i)]
         globs = [i for i in config.image_inputs if not is_manifest(i)]
         ref_parts = []
@@ -246,7 +249,7 @@ def build_pipeline(
             side["duplicates"] = beam.pvalue.AsDict(duplicates)
         if prior_files.get(IMAGE):
             # Each ref travels on with the keys earlier runs stored for its id (a keyed join).
-            refs_to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(prior_files[IMAGE], image_bits)
+            refs_to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(prior_files[IMAGE], image_bits, positions=carry)
         else:
             refs_to_embed = refs
         embedded = (
@@ -255,16 +258,27 @@ def build_pipeline(
             | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch * 8, max_batch_size=batch * 8)
             | "EmbedImages" >> beam.ParDo(
                 EmbedImageBatchesFn(
-                    config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads,
+                    config.image_model, embed_schema, config.normalize, config.max_image_pixels, config.decode_threads,
                     config.max_image_bytes,
                 ),
                 **side,
-            ).with_outputs(ERRORS, SKIPPED, main="tables")
+            ).with_outputs(ERRORS, SKIPPED, CARRIED, main="tables")
         )
-        written = embedded.tables | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
+        to_write = embedded.tables
+        if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
+            to_write = embedded.tables | "MarkEmbeddedImageRun" >> beam.Map(with_run_id, config.run_id, schema)
+        if carry:
+            carry_files = dict(prior_run_ids(config.incremental_from, IMAGE))
+            carried = embedded[CARRIED] | "CarryImageRows" >> CarryRows(
+                [(path, carry_files.get(path, "unknown")) for path in prior_files[IMAGE]], schema, IMAGE
+            )
+            to_write = (to_write, carried) | "NewAndCarriedImages" >> beam.Flatten()
+            counts.append(_count("CountImagesCarried", "image_carried", carried, lambda t: t.num_rows))
+            out.update(image_carried=carried)
+        written = to_write | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
         files.append(written | "ImageFileNames" >> beam.Map(lambda path: ("image", path)))
         if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
-            counts.append(embedded.tables | "WriteImagesToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, IMAGE, schema, config.run_id))
+            counts.append(embedded.tables | "WriteImagesToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, IMAGE, embed_schema, config.run_id))
         counts += [_count("CountImagesListed", "image_read", refs)]
         counts += [_count(f"CountImageReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
         counts += [_count("CountImagesEmbedded", "image_embedded", embedded.tables, lambda t: t.num_rows)]

@@ -117,21 +117,61 @@ def test_carry_over_on_gcs(tmp_path, gcs_emulator, tiny_text_model):
     _check_snapshot(run1, run2, texts, current, changed, added, second)
 
 
-@pytest.mark.parametrize("extra, message", [
-    ([], "--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from"),
-    (["--image-input", "IMAGES", "--image-model", "MobileNet"], "--carry-over: carries text embeddings only for now"),
-])
-def test_carry_over_configuration_errors_name_the_flag(tmp_path, capsys, tiny_text_model, extra, message):
+def test_carry_over_without_an_earlier_run_is_a_configuration_error(tmp_path, capsys, tiny_text_model):
     data = tmp_path / "t.jsonl"
     data.write_text(_lines([("a", "good film")]))
-    (tmp_path / "img.png").write_bytes(b"")
-    extra = [str(tmp_path / "*.png") if e == "IMAGES" else e for e in extra]
-    if extra:
-        extra += ["--incremental-from", str(tmp_path / "earlier")]
     code = main(["--output", str(tmp_path / "out"), "--text-input", str(data), "--text-model", str(tiny_text_model),
-                 "--carry-over"] + extra)
+                 "--carry-over"])
     assert code == 2
-    assert message in capsys.readouterr().err
+    assert "--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_carry_over_of_images_beside_text(tmp_path, tiny_text_model, tiny_image_model):
+    from PIL import Image
+
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.RandomState(3)
+    for i in range(8):
+        Image.fromarray((rng.rand(20, 20, 3) * 255).astype("uint8")).save(images / f"{i}.png")
+    texts = _texts(30)
+    data = tmp_path / "t.jsonl"
+    data.write_text(_lines(texts.items()))
+    common = ["--text-input", str(data), "--text-model", str(tiny_text_model),
+              "--image-input", str(images / "*.png"), "--image-model", str(tiny_image_model)]
+    run1, run2, run3 = (str(tmp_path / f"run{i}") for i in (1, 2, 3))
+    run(["--output", run1] + common)
+
+    Image.fromarray((rng.rand(20, 20, 3) * 255).astype("uint8")).save(images / "1.png")  # changed
+    Image.fromarray((rng.rand(20, 20, 3) * 255).astype("uint8")).save(images / "new.png")  # added
+    (images / "5.png").unlink()  # removed
+    texts["r003"] = "awful plot twist"
+    data.write_text(_lines(texts.items()))
+    second = run(["--output", run2, "--incremental-from", run1, "--carry-over"] + common)
+    assert second["counts"]["image"] == {"read": 8, "embedded": 2, "failed": 0, "skipped": 6, "carried": 6, "balanced": True}
+    assert second["counts"]["text"] == {"read": 30, "embedded": 1, "failed": 0, "skipped": 29, "carried": 29, "balanced": True}
+    first, snap = _by_id(read_embeddings(run1, "image")), read_embeddings(run2, "image")
+    ids = snap.column("id").to_pylist()
+    current = {str(p) for p in images.glob("*.png")}
+    assert len(ids) == len(set(ids)) == 8 and set(ids) == current
+    rows = _by_id(snap)
+    for k in current - {str(images / "1.png"), str(images / "new.png")}:
+        assert np.asarray(rows[k]["embedding"], np.float32).tobytes() == np.asarray(first[k]["embedding"], np.float32).tobytes()
+        assert rows[k]["embedded_run_id"] == first_run_id(run1) and rows[k]["source"] == k
+    assert rows[str(images / "1.png")]["embedded_run_id"] == second["run_id"]
+    assert rows[str(images / "1.png")]["embedding"] != first[str(images / "1.png")]["embedding"]
+
+    # from both runs (the unchanged images are in both): still one row per image
+    third = run(["--output", run3, "--incremental-from", run1, "--incremental-from", run2, "--carry-over"] + common)
+    assert third["counts"]["image"]["carried"] == 8 and third["counts"]["image"]["embedded"] == 0
+    again = read_embeddings(run3, "image")
+    assert sorted(again.column("id").to_pylist()) == sorted(current)
+    assert _by_id(again)[str(images / "1.png")]["embedding"] == rows[str(images / "1.png")]["embedding"]
+
+
+def first_run_id(folder: str) -> str:
+    return read_manifest(folder)["run_id"]
 
 
 def _bucket_check(current, prior, first_only):

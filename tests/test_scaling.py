@@ -155,8 +155,8 @@ def _producers(pipeline_proto) -> dict:
 @pytest.fixture(scope="module", params=["images", "carry-over"])
 def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, tiny_image_model):
     """The job with text, images (glob and manifest), the duplicate check and --incremental-from,
-    built for Dataflow with --template_location (nothing leaves the machine); and the text job with
-    --carry-over (text only), whose copy of earlier rows must add no side input either."""
+    built for Dataflow with --template_location (nothing leaves the machine); and the same job with
+    --carry-over, whose copy of earlier rows must add no side input either."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.portability.api import beam_runner_api_pb2
     from test_dataflow import _dataflow_flags, _read, _run_in_project_root, _upload_inputs
@@ -172,11 +172,10 @@ def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, ti
     with FileSystems.create(fileio.join(earlier, "_MANIFEST.json")) as handle:
         handle.write(json.dumps(manifest).encode())
     location = gcs_emulator.url(job, "template", "embed.json")
-    if request.param == "images":
-        modality = ["--image-input", gcs_emulator.url(job, "in", "*.png"), "--image-input", gcs_emulator.url(job, "in", "images.csv"),
-                    "--image-model", image_model]
-    else:
-        modality = ["--carry-over"]
+    modality = ["--image-input", gcs_emulator.url(job, "in", "*.png"), "--image-input", gcs_emulator.url(job, "in", "images.csv"),
+                "--image-model", image_model]
+    if request.param == "carry-over":
+        modality.append("--carry-over")
     argv = _dataflow_flags(gcs_emulator, job) + [
         "--output", gcs_emulator.url(job, "out"),
         "--text-input", gcs_emulator.url(job, "in", "*.jsonl"), "--text-model", text_model,
@@ -190,7 +189,7 @@ def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, ti
 
 
 @pytest.mark.gcs
-def test_dataflow_job_side_inputs_carry_no_per_record_data(incremental_job):
+def test_dataflow_job_side_inputs_carry_no_per_record_data(request, incremental_job):
     from apache_beam.portability import common_urns
     from apache_beam.portability.api import beam_runner_api_pb2
 
@@ -212,11 +211,13 @@ def test_dataflow_job_side_inputs_carry_no_per_record_data(incremental_job):
     text_checks = {p.split("/")[1] for name, p in seen if name.startswith("EmbedText/") and p.startswith("CheckTextRecords/")}
     assert text_checks == {"CheckBuckets", "SkipBitmaps"}  # duplicates and skips, both multimaps
     names = {t.unique_name for t in incremental_job.components.transforms.values()}
-    assert "PriorTextKeys/PriorKeys" in names  # the joins are shuffles
-    if "CarryTextRows/GroupCarryRowGroups" in names:  # carry-over: earlier rows chosen in the join, read by row group
-        assert "CarryTextRows/ReadCarriedRows" in names and not any(n.startswith("AttachPriorImageKeys/") for n in names)
+    assert {"PriorTextKeys/PriorKeys", "AttachPriorImageKeys/GroupRefBuckets"} <= names  # the joins are shuffles
+    carry = {"CarryTextRows/GroupCarryRowGroups", "CarryTextRows/ReadCarriedRows", "CarryImageRows/GroupCarryRowGroups",
+             "CarryImageRows/ReadCarriedRows"}  # carry-over: earlier rows chosen in the joins, read by row group
+    if request.node.callspec.params["incremental_job"] == "carry-over":
+        assert carry <= names
     else:
-        assert "AttachPriorImageKeys/GroupRefBuckets" in names
+        assert not carry & names
 
 
 @pytest.mark.gcs

@@ -89,10 +89,10 @@ def carried_table(earlier: pa.Table, rows: np.ndarray, paths: Sequence[str], pat
 class _CarryRowGroupFn(beam.DoFn):
     """One earlier row group's chosen rows, read once (all columns, with seeks), in this run's schema."""
 
-    def __init__(self, files: Sequence[tuple[str, str]], schema: pa.Schema):
+    def __init__(self, files: Sequence[tuple[str, str]], schema: pa.Schema, modality: str = TEXT):
         self._files = list(files)
         self._schema = schema
-        self._carried = beam.metrics.Metrics.counter("embeddings", "text_carried")
+        self._carried = beam.metrics.Metrics.counter("embeddings", f"{modality}_carried")
 
     def process(self, item: tuple[tuple[int, int], Iterable[tuple]]) -> Iterator[pa.Table]:
         (file_index, group), parts = item
@@ -115,16 +115,18 @@ class _CarryRowGroupFn(beam.DoFn):
 
 
 class CarryRows(beam.PTransform):
-    """`carry` of CheckTextRecords in; tables of carried rows (this run's schema) out."""
+    """`carry` of CheckTextRecords (text) or the CARRIED output of the image embedding step in;
+    tables of carried rows (this run's schema) out. `files`: [(earlier Parquet file, its run id)]."""
 
-    def __init__(self, files: Sequence[tuple[str, str]], schema: pa.Schema):
+    def __init__(self, files: Sequence[tuple[str, str]], schema: pa.Schema, modality: str = TEXT):
         super().__init__()
         self._files = list(files)
         self._schema = schema
+        self._modality = modality
 
     def expand(self, carry):
         return (
             carry
             | "GroupCarryRowGroups" >> beam.GroupByKey()
-            | "ReadCarriedRows" >> beam.ParDo(_CarryRowGroupFn(self._files, self._schema))
+            | "ReadCarriedRows" >> beam.ParDo(_CarryRowGroupFn(self._files, self._schema, self._modality))
         )

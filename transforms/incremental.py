@@ -213,10 +213,12 @@ def _ref_slices(refs: Sequence, bits: int) -> Iterator[tuple[int, tuple]]:
         yield bucket, ("refs", [refs[i] for i in rows], ikeys[rows])
 
 
-def _attach(item: tuple[int, Iterable[tuple]]) -> Iterator[tuple]:
-    """(ref, tuple of earlier ckeys of its id) for every ref of one bucket."""
+def _attach(item: tuple[int, Iterable[tuple]], positions: bool = False) -> Iterator[tuple]:
+    """(ref, tuple of earlier ckeys of its id) for every ref of one bucket; with `positions`
+    (carry-over), (ref, ckeys, positions): each distinct ckey once, with the position of its first
+    earlier row (earlier-file order, then row)."""
     _, parts = item
-    refs, ref_keys, prior_i, prior_c = [], [], [], []
+    refs, ref_keys, prior_i, prior_c, prior_p = [], [], [], [], []
     for part in parts:
         if part[0] == "refs":
             refs += part[1]
@@ -224,28 +226,46 @@ def _attach(item: tuple[int, Iterable[tuple]]) -> Iterator[tuple]:
         else:
             prior_i.append(part[1])
             prior_c.append(part[2])
+            if positions:
+                prior_p.append(part[3])
     if not refs:
         return
     if not prior_i:
         for ref in refs:
-            yield ref, ()
+            yield (ref, (), ()) if positions else (ref, ())
         return
     pi, pc_ = np.concatenate(prior_i), np.concatenate(prior_c)
-    order = np.argsort(pi, kind="stable")
+    if positions:
+        pp = np.concatenate(prior_p)
+        order = np.lexsort((pp, pc_, pi))
+        pp = pp[order]
+    else:
+        order = np.argsort(pi, kind="stable")
     pi, pc_ = pi[order], pc_[order]
     keys = np.concatenate(ref_keys)
     lo, hi = np.searchsorted(pi, keys, "left"), np.searchsorted(pi, keys, "right")
     for ref, a, b in zip(refs, lo.tolist(), hi.tolist()):
-        yield ref, tuple(int(c) for c in pc_[a:b]) if b > a else ()
+        if not positions:
+            yield ref, tuple(int(c) for c in pc_[a:b]) if b > a else ()
+            continue
+        ckeys, where = [], []
+        for c, position in zip(pc_[a:b].tolist(), pp[a:b].tolist()):
+            if not ckeys or ckeys[-1] != c:  # sorted by ckey, then position: the first is the earliest row
+                ckeys.append(c)
+                where.append(position)
+        yield ref, tuple(ckeys), tuple(where)
 
 
 class AttachPriorKeys(beam.PTransform):
-    """Image refs in (one per element); `(ref, earlier ckeys of its id)` out, joined by id in hash buckets."""
+    """Image refs in (one per element); `(ref, earlier ckeys of its id)` out, joined by id in hash buckets.
 
-    def __init__(self, files: Sequence[str], bits: int):
+    `positions=True` (carry-over): `(ref, ckeys, positions)`, the position of each ckey's earliest row."""
+
+    def __init__(self, files: Sequence[str], bits: int, positions: bool = False):
         super().__init__()
         self._files = list(files)
         self._bits = bits
+        self._positions = positions
 
     def expand(self, refs):
         slices = (
@@ -253,20 +273,21 @@ class AttachPriorKeys(beam.PTransform):
             | "BatchRefsForJoin" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
             | "RefsByBucket" >> beam.FlatMap(_ref_slices, self._bits)
         )
-        prior = refs.pipeline | "PriorImageKeys" >> ReadPriorKeys(self._files, self._bits)
+        prior = refs.pipeline | "PriorImageKeys" >> ReadPriorKeys(self._files, self._bits, self._positions)
         return (
             (slices, prior)
             | "RefsAndPriorKeys" >> beam.Flatten()
             | "GroupRefBuckets" >> beam.GroupByKey()
-            | "AttachKeys" >> beam.FlatMap(_attach)
+            | "AttachKeys" >> beam.FlatMap(_attach, self._positions)
         )
 
 
 def attached(element) -> tuple:
-    """(ref, earlier ckeys) of an element that is either a bare ref or already such a pair."""
-    if isinstance(element, tuple) and len(element) == 2 and isinstance(element[1], tuple):
-        return element
-    return element, ()
+    """(ref, earlier ckeys, their earlier positions) of an element that is a bare ref, a
+    (ref, ckeys) pair or a (ref, ckeys, positions) triple (`AttachPriorKeys`)."""
+    if isinstance(element, tuple) and len(element) in (2, 3) and isinstance(element[1], tuple):
+        return element if len(element) == 3 else (element[0], element[1], ())
+    return element, (), ()
 
 
 def is_unchanged(prior_ckeys: Optional[Sequence[int]], content_sha256: str, model_sha256: str) -> bool:
