@@ -19,6 +19,11 @@ How it scales (no earlier row is broadcast, no per-row side input):
    `embedded_run_id` the earlier row's own (a snapshot carried again keeps it) or the earlier
    run's id.
 
+Images: `transforms.incremental.AttachPriorKeys(positions=True)` attaches to each image ref the
+earlier `ckey`s of its id with the position of each one's first earlier row; the embedding step,
+which learns an image is unchanged only after hashing its bytes, emits that position (CARRIED,
+the same shape as step 2) and `CarryRows` copies the rows in the same way (no `line`).
+
 A worker holds one earlier row group at a time (~65k rows, the size this job writes).
 """
 
