@@ -330,7 +330,7 @@ def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_o
         used, local = np.unique(parts, return_inverse=True)
         yield beam.pvalue.TaggedOutput(CARRY_ROWS, (
             (int(files[picked[0]]), int(groups[picked[0]])),
-            (in_group[picked].astype(np.uint32), [path_of_part[k] for k in used], _smallest_unsigned(local), lines[rows[picked]]),
+            (in_group[picked].astype(np.uint32), [path_of_part[k] for k in used], _smallest_unsigned(local), _smallest_unsigned(lines[rows[picked]])),
         ))
 
 
