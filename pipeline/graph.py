@@ -186,7 +186,10 @@ def build_pipeline(
             carried = checked["carry"] | "CarryTextRows" >> CarryRows(
                 [(path, carry_files.get(path, "unknown")) for path in prior_files[TEXT]], schema
             )
-            to_write = (to_write, carried) | "NewAndCarriedText" >> beam.Flatten()
+            # Their own sink (text/carried-*.parquet), not a Flatten with the new rows: a local runner
+            # would buffer both inputs of a Flatten whole; this way each streams into its files.
+            carried_files = carried | "WriteCarriedText" >> WriteTables(fileio.join(config.output, "text"), schema, prefix="carried")
+            files.append(carried_files | "CarriedTextFileNames" >> beam.Map(lambda path: ("text", path)))
             counts.append(_count("CountTextCarried", "text_carried", carried, lambda t: t.num_rows))
             out.update(text_carried=carried)
         written = to_write | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
@@ -272,7 +275,8 @@ def build_pipeline(
             carried = embedded[CARRIED] | "CarryImageRows" >> CarryRows(
                 [(path, carry_files.get(path, "unknown")) for path in prior_files[IMAGE]], schema, IMAGE
             )
-            to_write = (to_write, carried) | "NewAndCarriedImages" >> beam.Flatten()
+            carried_files = carried | "WriteCarriedImages" >> WriteTables(fileio.join(config.output, "image"), schema, prefix="carried")
+            files.append(carried_files | "CarriedImageFileNames" >> beam.Map(lambda path: ("image", path)))
             counts.append(_count("CountImagesCarried", "image_carried", carried, lambda t: t.num_rows))
             out.update(image_carried=carried)
         written = to_write | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)

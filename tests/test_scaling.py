@@ -130,6 +130,8 @@ ALLOWED_SIDE_INPUT_PRODUCERS = {
     "FindDuplicateImageIds/": "image ids that occur more than once, with their first occurrence",
     "WriteTextEmbeddings/": "the sink's temp folder and file names (one per output file)",
     "WriteImageEmbeddings/": "the sink's temp folder and file names",
+    "WriteCarriedText/": "carry-over's own sink (text/carried-*): its temp folder and file names",
+    "WriteCarriedImages/": "carry-over's own sink (image/carried-*): its temp folder and file names",
     "WriteErrors/": "the sink's temp folder and file names",
     "SumCounts": "a few counters",
     "TopErrorReasons/": "one dict of error kinds (modality, stage, type): bounded by the kinds, not the records",

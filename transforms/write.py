@@ -309,14 +309,15 @@ class WriteTables(beam.PTransform):
     the size of the batches that arrive.
     """
 
-    def __init__(self, folder: str, schema: pa.Schema, row_group_rows: int = 65536):
+    def __init__(self, folder: str, schema: pa.Schema, row_group_rows: int = 65536, prefix: str = "part"):
         super().__init__()
         self._folder = folder
         self._schema = schema
         self._row_group_rows = row_group_rows
+        self._prefix = prefix  # file names: PREFIX-SSSSS-of-NNNNN.parquet (carry-over: a second sink, "carried")
 
     def expand(self, tables):
-        sink = _EmbeddingParquetSink(fileio.join(self._folder, "part"), self._schema, self._row_group_rows)
+        sink = _EmbeddingParquetSink(fileio.join(self._folder, self._prefix), self._schema, self._row_group_rows)
         return tables | "WriteParquet" >> beam.io.iobase.Write(sink)
 
 
