@@ -11,8 +11,9 @@ from typing import Optional
 
 import apache_beam as beam
 from transforms import fileio
+from transforms.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
-from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.embed import CARRIED, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
 from transforms.image_read import ListImageFiles, ReadImageManifests, is_manifest
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
@@ -108,7 +109,10 @@ def build_pipeline(
         schema = embedding_schema(
             TEXT, info.dimension, config.passthrough,
             metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
+            provenance=config.carry_over,
         )
+        embed_schema = without_provenance(schema)  # embedded_run_id (carry-over) is added after embedding
+        carry = bool(config.carry_over and prior_files.get(TEXT))
         text_files = fileio.match_paths(config.text_inputs)  # sorted: file order for "first occurrence"
         read_options = dict(
             text_field=config.text_field, id_field=config.text_id_field, encoding=config.text_encoding,
@@ -132,7 +136,7 @@ def build_pipeline(
                     | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **read_options)
                 ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, info.sha256, bits)
                 keys = (
-                    (keys, p | "PriorTextKeys" >> ReadPriorKeys(prior_files[TEXT], bits))
+                    (keys, p | "PriorTextKeys" >> ReadPriorKeys(prior_files[TEXT], bits, positions=carry))
                     | "TextAndPriorKeys" >> beam.Flatten()
                 )
             else:
@@ -141,18 +145,32 @@ def build_pipeline(
                     | "ReadTextIds" >> ReadTextFiles(config.text_inputs, ids_only=True, **read_options)
                     | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
                 )
-            checked = keys | "CheckTextRecords" >> CheckTextRecords(bits)
+            checked = keys | "CheckTextRecords" >> CheckTextRecords(bits, carry=carry, first_only=not config.allow_duplicate_ids)
             if not config.allow_duplicate_ids:
                 side["duplicates"] = beam.pvalue.AsMultiMap(checked["duplicates"])
             if prior_files.get(TEXT):
                 side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
         embedded = read.records | "EmbedText" >> beam.ParDo(
-            EmbedTextBatchesFn(config.text_model, schema, config.normalize, text_files), **side
+            EmbedTextBatchesFn(config.text_model, embed_schema, config.normalize, text_files), **side
         ).with_outputs(ERRORS, SKIPPED, main="tables")
-        written = embedded.tables | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
+        to_write = embedded.tables
+        if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
+            to_write = embedded.tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)
+        if carry:
+            carry_files = dict(prior_run_ids(config.incremental_from, TEXT))
+            carried = checked["carry"] | "CarryTextRows" >> CarryRows(
+                [(path, carry_files.get(path, "unknown")) for path in prior_files[TEXT]], schema
+            )
+            # Their own sink (text/carried-*.parquet), not a Flatten with the new rows: a local runner
+            # would buffer both inputs of a Flatten whole; this way each streams into its files.
+            carried_files = carried | "WriteCarriedText" >> WriteTables(fileio.join(config.output, "text"), schema, prefix="carried")
+            files.append(carried_files | "CarriedTextFileNames" >> beam.Map(lambda path: ("text", path)))
+            counts.append(_count("CountTextCarried", "text_carried", carried, lambda t: t.num_rows))
+            out.update(text_carried=carried)
+        written = to_write | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
         files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))
         if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
-            counts.append(embedded.tables | "WriteTextToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, TEXT, schema, config.run_id))
+            counts.append(embedded.tables | "WriteTextToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, TEXT, embed_schema, config.run_id))
         counts += [
             _count("CountTextRead", "text_read", read.records, lambda t: t.num_rows),
             _count("CountTextReadErrors", "text_read", read[ERRORS]),
@@ -168,7 +186,10 @@ def build_pipeline(
             IMAGE, info.dimension, config.passthrough,
             metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower(),
                       "backend": str(info.details.get("backend", "tensorflow")), "precision": str(info.details.get("precision", "f32"))},
+            provenance=config.carry_over,
         )
+        embed_schema = without_provenance(schema)  # embedded_run_id (carry-over) is added after embedding
+        carry = bool(config.carry_over and prior_files.get(IMAGE))
         manifests = [i for i in config.image_inputs if is_manifest(i)]
         globs = [i for i in config.image_inputs if not is_manifest(i)]
         ref_parts = []
@@ -196,7 +217,7 @@ def build_pipeline(
             side["duplicates"] = beam.pvalue.AsDict(duplicates)
         if prior_files.get(IMAGE):
             # Each ref travels on with the keys earlier runs stored for its id (a keyed join).
-            refs_to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(prior_files[IMAGE], image_bits)
+            refs_to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(prior_files[IMAGE], image_bits, positions=carry)
         else:
             refs_to_embed = refs
         embedded = (
@@ -205,16 +226,28 @@ def build_pipeline(
             | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch * 8, max_batch_size=batch * 8)
             | "EmbedImages" >> beam.ParDo(
                 EmbedImageBatchesFn(
-                    config.image_model, schema, config.normalize, config.max_image_pixels, config.decode_threads,
+                    config.image_model, embed_schema, config.normalize, config.max_image_pixels, config.decode_threads,
                     config.max_image_bytes,
                 ),
                 **side,
-            ).with_outputs(ERRORS, SKIPPED, main="tables")
+            ).with_outputs(ERRORS, SKIPPED, CARRIED, main="tables")
         )
-        written = embedded.tables | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
+        to_write = embedded.tables
+        if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
+            to_write = embedded.tables | "MarkEmbeddedImageRun" >> beam.Map(with_run_id, config.run_id, schema)
+        if carry:
+            carry_files = dict(prior_run_ids(config.incremental_from, IMAGE))
+            carried = embedded[CARRIED] | "CarryImageRows" >> CarryRows(
+                [(path, carry_files.get(path, "unknown")) for path in prior_files[IMAGE]], schema, IMAGE
+            )
+            carried_files = carried | "WriteCarriedImages" >> WriteTables(fileio.join(config.output, "image"), schema, prefix="carried")
+            files.append(carried_files | "CarriedImageFileNames" >> beam.Map(lambda path: ("image", path)))
+            counts.append(_count("CountImagesCarried", "image_carried", carried, lambda t: t.num_rows))
+            out.update(image_carried=carried)
+        written = to_write | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
         files.append(written | "ImageFileNames" >> beam.Map(lambda path: ("image", path)))
         if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
-            counts.append(embedded.tables | "WriteImagesToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, IMAGE, schema, config.run_id))
+            counts.append(embedded.tables | "WriteImagesToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, IMAGE, embed_schema, config.run_id))
         counts += [_count("CountImagesListed", "image_read", refs)]
         counts += [_count(f"CountImageReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
         counts += [_count("CountImagesEmbedded", "image_embedded", embedded.tables, lambda t: t.num_rows)]
@@ -237,6 +270,8 @@ def build_pipeline(
         "normalized": config.normalize,
         "incremental_from": list(config.incremental_from),
     }
+    if config.carry_over:
+        static["carry_over"] = True
     static["workers"] = requested_workers(p.options)  # accelerator, image, processes per VM, threads
     manifest = (
         p

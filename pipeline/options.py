@@ -143,6 +143,7 @@ class EmbeddingJobOptions(PipelineOptions):
         _flag(parser, "--max-failed", type=int, help="Failure budget as a count: the run fails when a modality has more dead letters than this (default: no limit; --max-failed-fraction still applies).")
         _flag(parser, "--allow-duplicate-ids", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
         _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
+        _flag(parser, "--carry-over", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="With --incremental-from: also copy the earlier embeddings of the skipped (unchanged) text records into this run's output (no re-embedding), so the run folder is a complete snapshot of the current input, one row per record; rows say in which run they were embedded (embedded_run_id). Text and images.")
         _flag(parser, "--detach", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Submit the job and return without waiting (e.g. from a flex-template launcher); the pipeline still writes _MANIFEST.json when it finishes.")
         _flag(parser, "--force-unlock", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Start even though --output holds another run's _RUNNING.json marker (only once you know that run is dead; a marker of a dead process on this machine is replaced anyway).")
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
@@ -172,6 +173,7 @@ class JobConfig:
     normalize: bool = False
     allow_duplicate_ids: bool = False
     incremental_from: tuple[str, ...] = ()
+    carry_over: bool = False
     detach: bool = False
     bigquery_table: Optional[str] = None
     max_failed_fraction: dict = dataclasses.field(default_factory=lambda: {TEXT: 0.1, IMAGE: 0.1})
@@ -407,6 +409,7 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
         incremental_from=tuple(_absolute(d).rstrip("/") for d in (o.incremental_from or ())),
+        carry_over=o.carry_over,
         detach=o.detach,
         bigquery_table=o.bigquery_table or None,
         max_failed_fraction=parse_failed_fraction(o.max_failed_fraction),
@@ -425,6 +428,8 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
             raise ConfigError(str(exc)) from None
     if config.output in config.incremental_from:
         raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")
+    if config.carry_over and not config.incremental_from:
+        raise ConfigError("--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from DIR")
     if config.bigquery_table:  # PROJECT:DATASET.TABLE, and a gs:// temp location for the load files
         from apache_beam.options.pipeline_options import GoogleCloudOptions
 

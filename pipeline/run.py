@@ -140,6 +140,9 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
         lines.append(
             f"{modality:<10}{c['read']:>10}{c['embedded']:>10}{c['failed']:>10}{c['skipped']:>10}{rate:>10.1f}  {check}"
         )
+    for modality, c in manifest["counts"].items():  # --carry-over: the folder is a complete snapshot
+        if "carried" in c:
+            lines.append(f"  {modality}: {c['carried']} earlier embedding(s) carried over: {c['embedded'] + c['carried']} rows in {modality}/")
     for folder, paths in manifest["files"].items():
         lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
     for modality, reasons in manifest.get("top_errors", {}).items():

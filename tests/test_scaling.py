@@ -130,13 +130,16 @@ ALLOWED_SIDE_INPUT_PRODUCERS = {
     "FindDuplicateImageIds/": "image ids that occur more than once, with their first occurrence",
     "WriteTextEmbeddings/": "the sink's temp folder and file names (one per output file)",
     "WriteImageEmbeddings/": "the sink's temp folder and file names",
+    "WriteCarriedText/": "carry-over's own sink (text/carried-*): its temp folder and file names",
+    "WriteCarriedImages/": "carry-over's own sink (image/carried-*): its temp folder and file names",
     "WriteErrors/": "the sink's temp folder and file names",
     "SumCounts": "a few counters",
-    "TopErrorReasons/": "the most frequent dead-letter kinds (bounded by distinct error types)",
+    "TopErrorReasons/": "one dict of error kinds (modality, stage, type): bounded by the kinds, not the records",
     "AllOutputFiles": "output file names",
 }
 MULTIMAP_ONLY = ("CheckTextRecords/",)  # fetched lazily per (file, chunk): never all at once
 # Combines allowed: keyed ones whose keys spread over the shuffle (a file path each), and the counters.
+# TopErrorReasons: a global combine whose accumulator holds one entry per error kind, never per record.
 ALLOWED_COMBINES = ("SumCounts", "DedupTextFiles/", "DedupImageFiles/", "TopErrorReasons/")
 
 
@@ -151,17 +154,18 @@ def _producers(pipeline_proto) -> dict:
     return produced
 
 
-@pytest.fixture(scope="module")
-def incremental_job(tmp_path_factory, gcs_emulator, tiny_text_model, tiny_image_model):
+@pytest.fixture(scope="module", params=["images", "carry-over"])
+def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, tiny_image_model):
     """The job with text, images (glob and manifest), the duplicate check and --incremental-from,
-    built for Dataflow with --template_location (nothing leaves the machine)."""
+    built for Dataflow with --template_location (nothing leaves the machine); and the same job with
+    --carry-over, whose copy of earlier rows must add no side input either."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.portability.api import beam_runner_api_pb2
     from test_dataflow import _dataflow_flags, _read, _run_in_project_root, _upload_inputs
 
     from transforms import fileio
 
-    job = "embed-scaling"
+    job = "embed-scaling" if request.param == "images" else "embed-carry"
     _upload_inputs(gcs_emulator, job, tmp_path_factory.mktemp("scaling") / "in")
     text_model = gcs_emulator.upload(tiny_text_model, "models", "scale-text.keras")
     image_model = gcs_emulator.upload(tiny_image_model, "models", "scale-image.keras")
@@ -170,11 +174,14 @@ def incremental_job(tmp_path_factory, gcs_emulator, tiny_text_model, tiny_image_
     with FileSystems.create(fileio.join(earlier, "_MANIFEST.json")) as handle:
         handle.write(json.dumps(manifest).encode())
     location = gcs_emulator.url(job, "template", "embed.json")
+    modality = ["--image-input", gcs_emulator.url(job, "in", "*.png"), "--image-input", gcs_emulator.url(job, "in", "images.csv"),
+                "--image-model", image_model]
+    if request.param == "carry-over":
+        modality.append("--carry-over")
     argv = _dataflow_flags(gcs_emulator, job) + [
         "--output", gcs_emulator.url(job, "out"),
         "--text-input", gcs_emulator.url(job, "in", "*.jsonl"), "--text-model", text_model,
-        "--image-input", gcs_emulator.url(job, "in", "*.png"), "--image-input", gcs_emulator.url(job, "in", "images.csv"),
-        "--image-model", image_model, "--incremental-from", earlier,
+        "--incremental-from", earlier, *modality,
         "--sdk_container_image", "europe-docker.pkg.dev/p/beam/embeddings:0.1.0", "--sdk_location", "container",
         "--template_location", location,
     ]
@@ -184,7 +191,7 @@ def incremental_job(tmp_path_factory, gcs_emulator, tiny_text_model, tiny_image_
 
 
 @pytest.mark.gcs
-def test_dataflow_job_side_inputs_carry_no_per_record_data(incremental_job):
+def test_dataflow_job_side_inputs_carry_no_per_record_data(request, incremental_job):
     from apache_beam.portability import common_urns
     from apache_beam.portability.api import beam_runner_api_pb2
 
@@ -207,6 +214,12 @@ def test_dataflow_job_side_inputs_carry_no_per_record_data(incremental_job):
     assert text_checks == {"CheckBuckets", "SkipBitmaps"}  # duplicates and skips, both multimaps
     names = {t.unique_name for t in incremental_job.components.transforms.values()}
     assert {"PriorTextKeys/PriorKeys", "AttachPriorImageKeys/GroupRefBuckets"} <= names  # the joins are shuffles
+    carry = {"CarryTextRows/GroupCarryRowGroups", "CarryTextRows/ReadCarriedRows", "CarryImageRows/GroupCarryRowGroups",
+             "CarryImageRows/ReadCarriedRows"}  # carry-over: earlier rows chosen in the joins, read by row group
+    if request.node.callspec.params["incremental_job"] == "carry-over":
+        assert carry <= names
+    else:
+        assert not carry & names
 
 
 @pytest.mark.gcs

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "CARRY_ROWS",
     "CHUNK_LINES",
     "CheckTextRecords",
     "FindDuplicateIds",
@@ -212,8 +213,8 @@ def text_key_batch(path: str, file_index: int, lines, ikeys: np.ndarray, ckeys: 
 
 def merge_key_batches(parts: Sequence[KeyBatch]) -> KeyBatch:
     """One KeyBatch from several of the same kind (and bucket)."""
-    if parts[0][0] == "prior":
-        return "prior", np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+    if parts[0][0] == "prior":  # ("prior", ikeys, ckeys[, positions]): positions in carry-over runs
+        return ("prior",) + tuple(np.concatenate([p[k] for p in parts]) for k in range(1, len(parts[0])))
     paths, indexes, part_rows, lines, ikeys, ckeys, position = [], [], [], [], [], [], {}
     for part in parts:
         part_paths, part_indexes, part_of_row, part_lines, part_ikeys, part_ckeys = key_batch_rows(part)
@@ -279,14 +280,67 @@ def _sorted_member(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 SKIP_LINES = "skip_lines"  # tagged output of the bucket check: ((path, chunk), line offsets)
+CARRY_ROWS = "carry_rows"  # tagged output (carry-over): ((earlier file, row group), rows to copy)
 
 
-def _check_bucket(item: tuple[int, Iterable[KeyBatch]]) -> Iterator:
+def _carried(skip: np.ndarray, ikeys, ckeys, file_ids, lines, prior: list, first_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(current rows, earlier positions) of the records whose earlier embedding is carried over.
+
+    One earlier row per carried record, and one record per (id, content): the first occurrence in
+    file order, then line. With the duplicate check on (`first_only`), an id is carried only when its
+    first occurrence is unchanged (its later ones are dead letters or skipped, never a second row).
+    The earlier row is the first with the same id and content in earlier-file order, then row: a
+    chain of snapshots given together still yields one row.
+    """
+    candidates = skip.copy()
+    if first_only:
+        order = np.lexsort((lines, file_ids, ikeys))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = ikeys[order][1:] != ikeys[order][:-1]
+        is_first = np.zeros(len(order), dtype=bool)
+        is_first[order[first]] = True
+        candidates &= is_first
+    rows = np.flatnonzero(candidates)
+    if rows.size == 0:
+        return rows, np.empty(0, dtype=np.uint64)
+    rows = rows[np.lexsort((lines[rows], file_ids[rows]))]
+    pairs = _pairs(ikeys[rows], ckeys[rows])
+    _, keep = np.unique(pairs, return_index=True)  # first in (file, line) order per (id, content)
+    rows, pairs = rows[np.sort(keep)], pairs[np.sort(keep)]
+    prior_pairs = np.concatenate([_pairs(p[1], p[2]) for p in prior])
+    positions = np.concatenate([p[3] for p in prior])
+    by_position = np.argsort(positions, kind="stable")
+    order = by_position[np.argsort(prior_pairs[by_position], kind="stable")]  # by pair, then position
+    found = np.searchsorted(prior_pairs[order], pairs, "left")  # skipped: always present
+    return rows, positions[order[found]]
+
+
+def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_of_part, lines) -> Iterator:
+    """((earlier file, row group), (rows in the group, current paths, path of each, current lines))."""
+    from transforms.incremental import split_positions
+
+    if len(rows) == 0:
+        return
+    files, groups, in_group = split_positions(positions)
+    key = files * (1 << 24) + groups
+    order = np.argsort(key, kind="stable")
+    cuts = np.flatnonzero(np.diff(key[order])) + 1
+    for picked in np.split(order, cuts):
+        parts = part_of_row[rows[picked]]
+        used, local = np.unique(parts, return_inverse=True)
+        yield beam.pvalue.TaggedOutput(CARRY_ROWS, (
+            (int(files[picked[0]]), int(groups[picked[0]])),
+            (in_group[picked].astype(np.uint32), [path_of_part[k] for k in used], _smallest_unsigned(local), _smallest_unsigned(lines[rows[picked]])),
+        ))
+
+
+def _check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, first_only: bool = True) -> Iterator:
     """Duplicates (main output) and lines to skip (SKIP_LINES) of one bucket.
 
     Main output: ((path, chunk), (lines, first paths, first lines)) for every later occurrence of a
     repeated id. SKIP_LINES: ((path, chunk), uint16 offsets in the chunk) of records an earlier run
-    embedded with the same id, content and model.
+    embedded with the same id, content and model. With `carry` (earlier slices hold positions),
+    CARRY_ROWS: which earlier rows to copy into this run's output (`_carried`), by earlier row group.
     """
     _, parts = item
     current, prior = [], []
@@ -305,6 +359,9 @@ def _check_bucket(item: tuple[int, Iterable[KeyBatch]]) -> Iterator:
         if skip.any():
             rows = np.flatnonzero(skip)
             yield from _by_chunk(SKIP_LINES, rows, part_of_row, path_of_part, lines)
+            if carry:
+                rows, positions = _carried(skip, ikeys, ckeys, file_ids, lines, prior, first_only)
+                yield from _carry_by_group(rows, positions, part_of_row, path_of_part, lines)
 
     order = np.lexsort((lines, file_ids, ikeys))  # by id hash, then file order, then line
     sorted_keys = ikeys[order]
@@ -351,26 +408,33 @@ class CheckTextRecords(beam.PTransform):
     """Key batches in (`(bucket, KeyBatch)`, current and earlier runs' flattened); two multimaps out:
 
     * `duplicates`: (path, chunk) -> (lines, first paths, first lines) of later occurrences;
-    * `skips`: (path, chunk) -> bitmap (bytes, CHUNK_LINES bits) of lines an earlier run embedded.
+    * `skips`: (path, chunk) -> bitmap (bytes, CHUNK_LINES bits) of lines an earlier run embedded;
+    * with `carry` (earlier keys read with positions): `carry`, a keyed PCollection (not a side
+      input) of ((earlier file, row group), (rows, current paths, path of each row, current lines))
+      saying which earlier rows to copy; `first_only` when the duplicate check is on.
     """
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, carry: bool = False, first_only: bool = True):
         super().__init__()
         self._bits = bits
+        self._carry = carry
+        self._first_only = first_only
 
     def expand(self, keyed):
         checked = (
             keyed
             | "MergeSlices" >> beam.ParDo(MergeBucketSlices(self._bits))
             | "GroupKeyBuckets" >> beam.GroupByKey()
-            | "CheckBuckets" >> beam.FlatMap(_check_bucket).with_outputs(SKIP_LINES, main="duplicates")
+            | "CheckBuckets" >> beam.FlatMap(_check_bucket, self._carry, self._first_only).with_outputs(
+                SKIP_LINES, CARRY_ROWS, main="duplicates"
+            )
         )
         skips = (
             checked[SKIP_LINES]
             | "GroupSkipChunks" >> beam.GroupByKey()
             | "SkipBitmaps" >> beam.Map(_bitmap)
         )
-        return {"duplicates": checked.duplicates, "skips": skips}
+        return {"duplicates": checked.duplicates, "skips": skips, "carry": checked[CARRY_ROWS]}
 
 
 class LineFlags:

@@ -23,13 +23,14 @@ from apache_beam.utils import shared
 from transforms import decode, fileio, progress
 from transforms.dedup import LineFlags, duplicate_reason, later_occurrence_reason
 from transforms.devices import log_model_devices
-from transforms.incremental import attached, is_unchanged
+from transforms.incremental import attached, image_content_key, is_unchanged, split_positions
 from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
 
 __all__ = [
     "ERRORS",
     "SKIPPED",
+    "CARRIED",
     "EmbedTextBatchesFn",
     "EmbedImageBatchesFn",
     "embed_isolating_failures",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 SKIPPED = "skipped"  # tagged output: how many records of a batch an earlier run already embedded
+CARRIED = "carried"  # tagged output (carry-over): ((earlier file, row group), (rows, uris, ...)) to copy
 METRICS_NAMESPACE = "embeddings"
 
 
@@ -221,7 +223,7 @@ def _load_image(
     ref: ImageRef, size: tuple[int, int], max_pixels: int, prior=None, model_sha256: str = "",
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ):
-    """(pixels, sha256), (None, ErrorRecord), or (_SKIP, None) when an earlier run embedded these bytes.
+    """(pixels, sha256), (None, ErrorRecord), or (_SKIP, ckey) when an earlier run embedded these bytes.
 
     `prior`: the `ckey`s that earlier runs stored for this id (`incremental.AttachPriorKeys`)."""
     try:
@@ -239,7 +241,7 @@ def _load_image(
         return None, error
     digest = hashlib.sha256(data).hexdigest()
     if prior and is_unchanged(prior, digest, model_sha256):
-        return _SKIP, None
+        return _SKIP, image_content_key(digest, model_sha256)
     try:
         return decode.decode_image(data, size, max_pixels), digest
     except Exception as exc:  # noqa: BLE001 - every decode failure is this record's, not the job's
@@ -257,6 +259,7 @@ class _ImageBatchResult:
     table: Optional[pa.Table] = None
     errors: list = dataclasses.field(default_factory=list)
     skipped: int = 0
+    carried: list = dataclasses.field(default_factory=list)  # (earlier position, uri) of skipped images
 
 
 class EmbedImageBatchesFn(_SharedModelDoFn):
@@ -313,12 +316,12 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         pairs = [attached(r) for r in refs]
         if duplicates:
             unique = []
-            for ref, prior in pairs:
+            for ref, prior, positions in pairs:
                 reason = duplicate_reason(ref.id, (ref.uri, ref.line), duplicates)
                 if reason:
                     yield from self._emit(_ImageBatchResult(errors=[ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason)]))
                 else:
-                    unique.append((ref, prior))
+                    unique.append((ref, prior, positions))
             pairs = unique
         batch = self._embedder.spec.batch_size
         for start in range(0, len(pairs), batch):
@@ -348,20 +351,29 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, error)
         if result.skipped:
             yield beam.pvalue.TaggedOutput(SKIPPED, result.skipped)
+        for position, uri in result.carried:  # the same shape as the text check's carry rows
+            files, groups, rows = split_positions(np.array([position], dtype=np.uint64))
+            yield beam.pvalue.TaggedOutput(CARRIED, (
+                (int(files[0]), int(groups[0])),
+                (rows.astype(np.uint32), [uri], np.zeros(1, np.uint8), np.zeros(1, np.int64)),
+            ))
         if embedded:
             yield result.table
 
-    def _embed_batch(self, pairs: list[tuple[ImageRef, tuple]]) -> _ImageBatchResult:
-        """Read, decode and embed one batch of (ref, earlier ckeys) (runs in a pool thread)."""
+    def _embed_batch(self, pairs: list[tuple[ImageRef, tuple, tuple]]) -> _ImageBatchResult:
+        """Read, decode and embed one batch of (ref, earlier ckeys, their positions) (runs in a pool
+        thread). A skipped image whose earlier row's position is known (carry-over) is carried."""
         embedder = self._embedder
         result = _ImageBatchResult()
         ok_refs, pixels, digests = [], [], []
-        for ref, prior in pairs:
+        for ref, prior, positions in pairs:
             value, extra = _load_image(
                 ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256, self._max_bytes
             )
             if value is _SKIP:
                 result.skipped += 1
+                if positions:
+                    result.carried.append((positions[prior.index(extra)], ref.uri))
             elif value is None:
                 result.errors.append(extra)
             else:

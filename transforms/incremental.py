@@ -33,6 +33,8 @@ __all__ = [
     "sha256_keys",
     "image_content_key",
     "prior_key_batches",
+    "row_positions",
+    "split_positions",
     "ReadPriorKeys",
     "AttachPriorKeys",
     "attached",
@@ -124,34 +126,80 @@ def _open_parquet(path: str) -> pq.ParquetFile:
     return pq.ParquetFile(handle)
 
 
-def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16) -> Iterator[tuple[int, tuple]]:
+POSITION_FILE_SHIFT, POSITION_GROUP_SHIFT = 44, 24  # an earlier row's position: file | row group | row
+
+
+def row_positions(file_index: int, row_group: int, rows: np.ndarray) -> np.ndarray:
+    """Positions of rows of one row group of an earlier file, packed in 64 bits (file order first)."""
+    if file_index >= 1 << (64 - POSITION_FILE_SHIFT) or row_group >= 1 << (POSITION_FILE_SHIFT - POSITION_GROUP_SHIFT):
+        raise ValueError(f"earlier file {file_index}, row group {row_group}: too many to carry over")
+    if len(rows) and int(rows.max()) >= 1 << POSITION_GROUP_SHIFT:
+        raise ValueError(f"earlier file {file_index}, row group {row_group}: more than 2**24 rows in a row group")
+    return (np.uint64(file_index) << np.uint64(POSITION_FILE_SHIFT)) | (np.uint64(row_group) << np.uint64(POSITION_GROUP_SHIFT)) | rows.astype(np.uint64)
+
+
+def split_positions(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(file indexes, row groups, rows in the group) of packed positions (`row_positions`)."""
+    positions = np.asarray(positions, dtype=np.uint64)
+    files = (positions >> np.uint64(POSITION_FILE_SHIFT)).astype(np.int64)
+    groups = ((positions >> np.uint64(POSITION_GROUP_SHIFT)) & np.uint64((1 << (POSITION_FILE_SHIFT - POSITION_GROUP_SHIFT)) - 1)).astype(np.int64)
+    rows = (positions & np.uint64((1 << POSITION_GROUP_SHIFT) - 1)).astype(np.int64)
+    return files, groups, rows
+
+
+def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16, file_index: Optional[int] = None) -> Iterator[tuple[int, tuple]]:
     """(bucket, ("prior", ikeys, ckeys)) slices of an earlier run's Parquet file, read a batch of
-    rows at a time (only the three key columns; row groups are fetched with seeks, never whole)."""
+    rows at a time (only the three key columns; row groups are fetched with seeks, never whole).
+
+    With `file_index` (carry-over runs), read by row group, and each slice also holds the position
+    of each row: ("prior", ikeys, ckeys, positions), 8 more bytes an earlier row in the shuffle.
+    """
     parquet = _open_parquet(path)
     try:
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS):
+        if file_index is None:
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS):
+                ikeys = id_hashes(batch.column(0))
+                ckeys = content_keys(batch.column(1), batch.column(2))
+                for bucket, rows in split_by_bucket(ikeys, bits):
+                    yield bucket, ("prior", ikeys[rows], ckeys[rows])
+            return
+        for group in range(parquet.metadata.num_row_groups):  # our own row groups: ~65k rows
+            batch = parquet.read_row_group(group, columns=KEY_COLUMNS)
             ikeys = id_hashes(batch.column(0))
             ckeys = content_keys(batch.column(1), batch.column(2))
+            positions = row_positions(file_index, group, np.arange(batch.num_rows))
             for bucket, rows in split_by_bucket(ikeys, bits):
-                yield bucket, ("prior", ikeys[rows], ckeys[rows])
+                yield bucket, ("prior", ikeys[rows], ckeys[rows], positions[rows])
     finally:
         parquet.close()
 
 
 class ReadPriorKeys(beam.PTransform):
-    """Earlier runs' Parquet files in; `(bucket, ("prior", ikeys, ckeys))` slices out, for a join."""
+    """Earlier runs' Parquet files in; `(bucket, ("prior", ikeys, ckeys))` slices out, for a join.
 
-    def __init__(self, files: Sequence[str], bits: int):
+    `positions=True` (carry-over): slices also hold each row's position (`row_positions`, by the
+    file's index in `files`), so that the join can say which earlier rows to copy.
+    """
+
+    def __init__(self, files: Sequence[str], bits: int, positions: bool = False):
         super().__init__()
         self._files = list(files)
         self._bits = bits
+        self._positions = positions
 
     def expand(self, pbegin):
+        if not self._positions:
+            return (
+                pbegin
+                | "PriorFiles" >> beam.Create(self._files)
+                | "SpreadPriorFiles" >> beam.Reshuffle()
+                | "PriorKeys" >> beam.FlatMap(prior_key_batches, self._bits)
+            )
         return (
             pbegin
-            | "PriorFiles" >> beam.Create(self._files)
+            | "PriorFiles" >> beam.Create(list(enumerate(self._files)))
             | "SpreadPriorFiles" >> beam.Reshuffle()
-            | "PriorKeys" >> beam.FlatMap(prior_key_batches, self._bits)
+            | "PriorKeys" >> beam.FlatMap(lambda item, bits: prior_key_batches(item[1], bits, file_index=item[0]), self._bits)
         )
 
 
@@ -165,10 +213,12 @@ def _ref_slices(refs: Sequence, bits: int) -> Iterator[tuple[int, tuple]]:
         yield bucket, ("refs", [refs[i] for i in rows], ikeys[rows])
 
 
-def _attach(item: tuple[int, Iterable[tuple]]) -> Iterator[tuple]:
-    """(ref, tuple of earlier ckeys of its id) for every ref of one bucket."""
+def _attach(item: tuple[int, Iterable[tuple]], positions: bool = False) -> Iterator[tuple]:
+    """(ref, tuple of earlier ckeys of its id) for every ref of one bucket; with `positions`
+    (carry-over), (ref, ckeys, positions): each distinct ckey once, with the position of its first
+    earlier row (earlier-file order, then row)."""
     _, parts = item
-    refs, ref_keys, prior_i, prior_c = [], [], [], []
+    refs, ref_keys, prior_i, prior_c, prior_p = [], [], [], [], []
     for part in parts:
         if part[0] == "refs":
             refs += part[1]
@@ -176,28 +226,46 @@ def _attach(item: tuple[int, Iterable[tuple]]) -> Iterator[tuple]:
         else:
             prior_i.append(part[1])
             prior_c.append(part[2])
+            if positions:
+                prior_p.append(part[3])
     if not refs:
         return
     if not prior_i:
         for ref in refs:
-            yield ref, ()
+            yield (ref, (), ()) if positions else (ref, ())
         return
     pi, pc_ = np.concatenate(prior_i), np.concatenate(prior_c)
-    order = np.argsort(pi, kind="stable")
+    if positions:
+        pp = np.concatenate(prior_p)
+        order = np.lexsort((pp, pc_, pi))
+        pp = pp[order]
+    else:
+        order = np.argsort(pi, kind="stable")
     pi, pc_ = pi[order], pc_[order]
     keys = np.concatenate(ref_keys)
     lo, hi = np.searchsorted(pi, keys, "left"), np.searchsorted(pi, keys, "right")
     for ref, a, b in zip(refs, lo.tolist(), hi.tolist()):
-        yield ref, tuple(int(c) for c in pc_[a:b]) if b > a else ()
+        if not positions:
+            yield ref, tuple(int(c) for c in pc_[a:b]) if b > a else ()
+            continue
+        ckeys, where = [], []
+        for c, position in zip(pc_[a:b].tolist(), pp[a:b].tolist()):
+            if not ckeys or ckeys[-1] != c:  # sorted by ckey, then position: the first is the earliest row
+                ckeys.append(c)
+                where.append(position)
+        yield ref, tuple(ckeys), tuple(where)
 
 
 class AttachPriorKeys(beam.PTransform):
-    """Image refs in (one per element); `(ref, earlier ckeys of its id)` out, joined by id in hash buckets."""
+    """Image refs in (one per element); `(ref, earlier ckeys of its id)` out, joined by id in hash buckets.
 
-    def __init__(self, files: Sequence[str], bits: int):
+    `positions=True` (carry-over): `(ref, ckeys, positions)`, the position of each ckey's earliest row."""
+
+    def __init__(self, files: Sequence[str], bits: int, positions: bool = False):
         super().__init__()
         self._files = list(files)
         self._bits = bits
+        self._positions = positions
 
     def expand(self, refs):
         slices = (
@@ -205,20 +273,21 @@ class AttachPriorKeys(beam.PTransform):
             | "BatchRefsForJoin" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
             | "RefsByBucket" >> beam.FlatMap(_ref_slices, self._bits)
         )
-        prior = refs.pipeline | "PriorImageKeys" >> ReadPriorKeys(self._files, self._bits)
+        prior = refs.pipeline | "PriorImageKeys" >> ReadPriorKeys(self._files, self._bits, self._positions)
         return (
             (slices, prior)
             | "RefsAndPriorKeys" >> beam.Flatten()
             | "GroupRefBuckets" >> beam.GroupByKey()
-            | "AttachKeys" >> beam.FlatMap(_attach)
+            | "AttachKeys" >> beam.FlatMap(_attach, self._positions)
         )
 
 
 def attached(element) -> tuple:
-    """(ref, earlier ckeys) of an element that is either a bare ref or already such a pair."""
-    if isinstance(element, tuple) and len(element) == 2 and isinstance(element[1], tuple):
-        return element
-    return element, ()
+    """(ref, earlier ckeys, their earlier positions) of an element that is a bare ref, a
+    (ref, ckeys) pair or a (ref, ckeys, positions) triple (`AttachPriorKeys`)."""
+    if isinstance(element, tuple) and len(element) in (2, 3) and isinstance(element[1], tuple):
+        return element if len(element) == 3 else (element[0], element[1], ())
+    return element, (), ()
 
 
 def is_unchanged(prior_ckeys: Optional[Sequence[int]], content_sha256: str, model_sha256: str) -> bool:

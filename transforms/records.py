@@ -92,11 +92,13 @@ def embedding_schema(
     dimension: int,
     passthrough: Sequence[str] = (),
     metadata: Optional[Mapping[str, str]] = None,
+    provenance: bool = False,
 ) -> pa.Schema:
     """The one explicit schema of `DIR/text/` or `DIR/image/`.
 
     Passthrough columns are stored as nullable strings: inputs disagree on types (a CSV has none),
-    and a string column never fails a write halfway through a run.
+    and a string column never fails a write halfway through a run. `provenance` adds
+    `embedded_run_id`: the run that embedded each row (carry-over runs copy earlier rows).
     """
     if dimension <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dimension}")
@@ -112,6 +114,8 @@ def embedding_schema(
         pa.field("model", pa.string()),
         pa.field("model_sha256", pa.string()),
     ]
+    if provenance:
+        fields.append(pa.field("embedded_run_id", pa.string()))
     reserved = {f.name for f in fields}
     for name in passthrough:
         if name in reserved:

@@ -80,7 +80,9 @@ def failure_verdict(
     for modality, c in counts.items():
         read, failed = c["read"], c["failed"]
         limit = max_failed_fraction.get(modality, DEFAULT_MAX_FAILED_FRACTION)
-        if not c["balanced"]:
+        if not c["balanced"] and c.get("carried", 0) > c["skipped"]:
+            verdict[modality] = f"counts do not add up: carried {c['carried']} > skipped {c['skipped']}"
+        elif not c["balanced"]:
             verdict[modality] = (
                 f"counts do not add up: read {read} != embedded {c['embedded']} + failed {failed} + skipped {c['skipped']}"
             )
@@ -307,14 +309,15 @@ class WriteTables(beam.PTransform):
     the size of the batches that arrive.
     """
 
-    def __init__(self, folder: str, schema: pa.Schema, row_group_rows: int = 65536):
+    def __init__(self, folder: str, schema: pa.Schema, row_group_rows: int = 65536, prefix: str = "part"):
         super().__init__()
         self._folder = folder
         self._schema = schema
         self._row_group_rows = row_group_rows
+        self._prefix = prefix  # file names: PREFIX-SSSSS-of-NNNNN.parquet (carry-over: a second sink, "carried")
 
     def expand(self, tables):
-        sink = _EmbeddingParquetSink(fileio.join(self._folder, "part"), self._schema, self._row_group_rows)
+        sink = _EmbeddingParquetSink(fileio.join(self._folder, self._prefix), self._schema, self._row_group_rows)
         return tables | "WriteParquet" >> beam.io.iobase.Write(sink)
 
 
@@ -378,6 +381,10 @@ class WriteManifestFn(beam.DoFn):
                 "skipped": skipped,
                 "balanced": read == embedded + failed + skipped,
             }
+            if self._static.get("carry_over"):  # a snapshot: earlier rows copied for skipped records
+                carried = counts.get(f"{modality}_carried", 0)
+                by_modality[modality]["carried"] = carried
+                by_modality[modality]["balanced"] &= carried <= skipped
         grouped: dict[str, list[str]] = {}
         prefix = self._output.rstrip("/") + "/"
         for folder, path in files:  # relative paths: the folder can be moved or copied whole
