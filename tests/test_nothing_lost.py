@@ -318,6 +318,40 @@ def test_an_unreachable_storage_raises_storage_unavailable_not_a_record_error(tm
         stop_emulator()
 
 
+@pytest.mark.gcs
+@pytest.mark.parametrize("name", ["reviews.jsonl", "reviews.parquet", "manifest.csv"])
+def test_text_and_manifest_reads_fail_on_a_storage_outage_instead_of_dead_lettering_the_file(tmp_path, monkeypatch, name):
+    """A text file or manifest on gs:// whose storage is unreachable stops the run (StorageUnavailable
+    is raised out of the reader), never becomes one quiet dead letter per file under the budget."""
+    from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
+    from gcs_emulator import start_emulator, stop_emulator
+
+    from transforms.image_read import ReadImageManifestFn
+    from transforms.splits import FileRestrictions, plan_file
+    from transforms.text_read import ReadTextFileFn
+
+    start_emulator()  # fake credentials in the environment: no 20 s auth lookups
+    previous = fileio.storage_timeout()
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again: connections are refused
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        fileio.bound_storage_retries(2)
+        path = f"gs://outage/{name}"
+        with pytest.raises(Exception) as raised:
+            plan = plan_file(path, path, 10_000)  # a Parquet footer is read here
+            fn = ReadImageManifestFn() if name.endswith(".csv") else ReadTextFileFn()
+            tracker = OffsetRestrictionTracker(FileRestrictions().initial_restriction(plan))
+            outputs = list(fn.process(plan, tracker))
+            pytest.fail(f"the read ended normally with {outputs!r}")
+        assert fileio.is_transient_storage_error(raised.value), repr(raised.value)
+    finally:
+        fileio.bound_storage_retries(previous)
+        fileio._down_until = 0.0
+        stop_emulator()
+
+
 _SERVER = """
 import logging, sys
 logging.disable(logging.CRITICAL)

@@ -94,6 +94,8 @@ class ReadImageManifestFn(beam.DoFn):
         try:
             yield from self._refs(plan, tracker)
         except Exception as exc:  # noqa: BLE001 - the rest of the manifest is unreadable (truncated gzip)
+            if fileio.is_transient_storage_error(exc):
+                raise  # storage is down, not this manifest: the run fails instead of dead-lettering it
             try:
                 tracker.try_claim(tracker.current_restriction().stop)
             except ValueError:

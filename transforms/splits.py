@@ -155,6 +155,8 @@ def plan_file(pattern: str, path: str, size: int, split_bytes: int = DEFAULT_SPL
                 row_groups=tuple(g.num_rows for g in groups), group_bytes=tuple(g.total_byte_size for g in groups)
             )
         except Exception as exc:  # noqa: BLE001 - a corrupt or vanished file: one dead letter
+            if fileio.is_transient_storage_error(exc):
+                raise  # storage is down, not this file: the run fails instead of dead-lettering it
             return plan._replace(error=f"{type(exc).__name__}: {exc}")
     return plan
 

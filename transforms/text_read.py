@@ -397,6 +397,8 @@ class ReadTextFileFn(beam.DoFn):
                 elif isinstance(item, tuple):
                     yield item
         except Exception as exc:  # noqa: BLE001 - the rest of the range is unreadable (truncated gzip, bad Parquet)
+            if fileio.is_transient_storage_error(exc):
+                raise  # storage is down, not this file: the run fails (issue 12) instead of dead-lettering it
             count += 1
             _give_up(tracker)
             if not self._ids_only:
