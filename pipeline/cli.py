@@ -207,13 +207,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "--version" in rest:
         print(version_line())
         return 0
-    if command == "run":
-        if "-h" in rest or "--help" in rest:
-            print(run_help())
-            return 0
-        from pipeline.run import main as run_main
+    try:
+        if command == "run":
+            if "-h" in rest or "--help" in rest:
+                print(run_help())
+                return 0
+            from pipeline.run import main as run_main
 
-        return run_main(rest)
-    module = importlib.import_module(COMMANDS[command][0])
-    args = command_parser(command).parse_args(rest)
-    return module.main_from_args(args)
+            return run_main(rest)
+        module = importlib.import_module(COMMANDS[command][0])
+        args = command_parser(command).parse_args(rest)
+        return module.main_from_args(args)
+    except KeyboardInterrupt:  # e.g. during the start-up imports, before `run` has its own handler
+        if verbose:
+            raise
+        print(f"error: {command} interrupted (Ctrl-C)", file=sys.stderr)
+        return 130

@@ -455,3 +455,17 @@ def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):
     finally:
         FileSystems._pipeline_options = previous_options
         fileio.bound_storage_retries(previous_timeout)
+
+
+def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path):
+    """SIGINT while the CLI is still importing its libraries: one `error:` line, exit 130."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--output", str(tmp_path / "out"),
+         "--text-input", str(tmp_path / "none.jsonl"), "--text-model", str(tmp_path / "none.keras")],
+        cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(0.5)  # inside `import apache_beam` / TensorFlow, well before the run starts
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error:"), stderr
