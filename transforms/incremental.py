@@ -157,7 +157,7 @@ def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16, file_inde
     parquet = _open_parquet(path)
     try:
         if file_index is None:
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS):
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS, use_threads=False):
                 ikeys = id_hashes(batch.column(0))
                 ckeys = content_keys(batch.column(1), batch.column(2))
                 for bucket, rows in split_by_bucket(ikeys, bits):

@@ -187,7 +187,7 @@ def _iter_parquet(binary: IO[bytes]) -> Iterator[ParsedLine]:
     data = binary.read()  # Parquet needs random access; Beam's GCS reader seeks, but a buffer is simplest
     parquet = pq.ParquetFile(io.BytesIO(data))
     row = 0
-    for batch in parquet.iter_batches(batch_size=8192):
+    for batch in parquet.iter_batches(batch_size=8192, use_threads=False):
         for record in batch.to_pylist():
             yield ParsedLine(row, record)
             row += 1
