@@ -271,7 +271,10 @@ def failure_message(exc: BaseException) -> str:
     if any(isinstance(e, fileio.StorageUnavailable) for e in chain) or outage:
         detail = outage.group(0) if outage else "storage unreachable"
         return f"{detail}{where}; {_UNFINISHED}"
-    if "RetryError" in text or "Timeout of" in text or any(fileio.is_transient_storage_error(e) for e in chain[:1]):
+    # Beam's gcsio batch copy/delete (the sinks' finalisation) reads `response.status_code` of a batch
+    # answer that never came when the storage endpoint is gone: an AttributeError on None, not a bug here.
+    no_answer = "'NoneType' object has no attribute 'status_code'" in text
+    if "RetryError" in text or "Timeout of" in text or no_answer or any(fileio.is_transient_storage_error(e) for e in chain[:1]):
         return (f"storage unreachable{where}: gs:// calls kept failing for more than "
                 f"{fileio.storage_timeout():g} s (--storage-timeout); {_UNFINISHED}")
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "No space left on device" in text:

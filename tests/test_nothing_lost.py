@@ -469,3 +469,15 @@ def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("error:"), stderr
+
+
+def test_a_batch_answer_lost_with_the_storage_is_reported_as_storage_unreachable():
+    """Beam's gcsio batch copy/delete reads `response.status_code` of an answer that never came when
+    the endpoint died mid-batch (seen when the emulator was killed during the sinks' finalisation)."""
+    from pipeline.run import failure_message
+
+    try:
+        raise AttributeError("'NoneType' object has no attribute 'status_code' [while running 'WriteManifest']")
+    except AttributeError as exc:
+        line = failure_message(exc)
+    assert line.startswith("storage unreachable in step 'WriteManifest'") and "--storage-timeout" in line
