@@ -36,7 +36,7 @@ mkdir -p "$KERAS_HOME"
 py() { "$VENV/bin/python" "$@"; }
 
 step "Generating the demo data into $DATA/ (reviews, shape images, and the image model)"
-py -m pipeline.demo data --output "$DATA"
+py -m examples.demo data --output "$DATA"
 
 step "Training the demo text model -> $DATA/text_model.keras"
 py -m pipeline train-text --input "$DATA/text/reviews.jsonl" --output "$DATA/text_model.keras" \
@@ -56,7 +56,7 @@ step "Running the embedding job -> $OUT/"
     --passthrough label
 
 step "Nearest neighbours (cosine) in $OUT/"
-py -m pipeline.demo neighbors --output "$OUT" --queries 4
+py -m examples.demo neighbors --output "$OUT" --queries 4
 
 printf '\nDone in %d s. Embeddings: %s/text/ and %s/image/, dead letters: %s/errors/, summary: %s/_MANIFEST.json\n' \
     "$((SECONDS - started))" "$OUT" "$OUT" "$OUT" "$OUT"

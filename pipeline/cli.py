@@ -28,8 +28,8 @@ __all__ = ["main", "COMMANDS", "HelpFormatter", "version_line", "configure_loggi
 # so `--help` is quick and a command's heavy imports are paid only by that command.
 COMMANDS = {
     "run": ("pipeline.run", "Embed text and/or image records into Parquet (a Beam pipeline)."),
-    "train-text": ("pipeline.train_text", "Train the Embedding-layer text model on labelled records."),
-    "demo": ("pipeline.demo", "Generate the embedded demo data, or show a run's nearest neighbors."),
+    "train-text": ("pipeline.train.text", "Train the Embedding-layer text model on labelled records."),
+    "train-image": ("pipeline.train.image", "Transfer-learn an image classifier whose `embedding` layer the job can use."),
 }
 COMMANDS.update(TOOL_COMMANDS)  # neighbors, build-index, evaluate, export-projector, ... (issue 6)
 

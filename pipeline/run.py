@@ -35,14 +35,8 @@ from pipeline.options import (
 from transforms import fileio, progress
 from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
-from transforms.write import (
-    OutputInUseError,
-    claim_output,
-    clear_previous_output,
-    read_manifest,
-    release_output,
-    run_files,
-)
+from transforms.results import read_manifest, run_files
+from transforms.write import OutputInUseError, claim_output, clear_previous_output, release_output
 
 __all__ = ["run", "inspect_models", "format_summary", "local_in_process", "known_image_count", "main", "RunFailed"]
 

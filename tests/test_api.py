@@ -262,6 +262,6 @@ def test_transforms_package_exports_the_api():
     import transforms
 
     assert {"EmbedText", "EmbedImages", "EmbedResult", "read_embeddings"} <= set(transforms.__all__)
-    assert transforms.read_embeddings.__module__ == "transforms.write"
+    assert transforms.read_embeddings.__module__ == "transforms.results"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         transforms.nothing  # noqa: B018

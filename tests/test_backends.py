@@ -11,7 +11,7 @@ from test_models import REQUIRED
 
 from pipeline.run import main, run
 from transforms.models import ImageModelSpec, ModelConfigError, load_image_embedder
-from transforms.write import read_embeddings
+from transforms.results import read_embeddings
 
 pytest.importorskip("openvino", reason="the openvino package is not installed (requirements.txt pins it)")
 

@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline.run import run
 from test_decode import encode, halves, png_header_only, with_exif_orientation
 from transforms.embed import embed_isolating_failures
-from transforms.write import read_embeddings, read_errors
+from transforms.results import read_embeddings, read_errors
 
 
 def _images(folder: pathlib.Path) -> tuple[set, dict]:

@@ -8,7 +8,7 @@ import pytest
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 
 from pipeline.run import main, run
-from transforms.write import read_embeddings, read_manifest
+from transforms.results import read_embeddings, read_manifest
 
 WORDS = ["good", "bad", "film", "movie", "great", "acting", "awful", "plot", "twist"]
 

@@ -103,7 +103,7 @@ def test_beam_worker_processes_are_quiet_too(project):
 # ---- --version and --help -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], *[[name] for name in cli.COMMANDS], ["demo", "neighbors"]])
+@pytest.mark.parametrize("command", [[], *[[name] for name in cli.COMMANDS]])
 def test_every_command_prints_the_package_version(command, capsys):
     assert cli.main([*command, "--version"]) == 0
     assert capsys.readouterr().out.strip() == f"beam-embeddings {__version__}"
@@ -156,7 +156,7 @@ def test_tool_help_shows_one_spelling_and_old_names_still_work(tmp_path, capsys)
 def test_demo_neighbors_keeps_the_british_spelling():
     import argparse
 
-    from pipeline import demo
+    from examples import demo
 
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)

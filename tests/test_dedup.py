@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import run
-from transforms.write import read_embeddings, read_errors
+from transforms.results import read_embeddings, read_errors
 
 
 def _sha(text: str) -> str:

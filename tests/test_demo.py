@@ -1,4 +1,4 @@
-"""Tests of the embedded demo (`pipeline.demo`): the generated data, the demo image model, and a
+"""Tests of the embedded demo (`examples.demo`): the generated data, the demo image model, and a
 whole small demo run (train-text, the job, nearest neighbours) as `run_local.sh` does it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import demo
+from examples import demo
 from transforms.decode import CorruptImage, decode_image
 from transforms.text_formats import iter_records
 
@@ -127,7 +127,7 @@ def test_demo_images_are_deterministic_per_seed(tmp_path):
 def small_demo(tmp_path_factory):
     """A small demo made, trained and run once, as run_local.sh does it (fewer records and epochs)."""
     from pipeline.run import run
-    from pipeline.train_text import TextTrainingConfig, train_text_model
+    from pipeline.train.text import TextTrainingConfig, train_text_model
 
     root = tmp_path_factory.mktemp("demo")
     text = demo.make_demo_text(str(root / "text" / "reviews.jsonl"), n=120, seed=0)
@@ -190,7 +190,7 @@ def test_demo_text_model_learns_the_reviews(small_demo):
 
 @pytest.mark.slow
 def test_demo_run_counts_add_up_and_bad_records_are_dead_letters(small_demo):
-    from transforms.write import read_embeddings, read_errors
+    from transforms.results import read_embeddings, read_errors
 
     counts = small_demo.manifest["counts"]
     assert counts["text"] == {"read": 124, "embedded": 120, "failed": 4, "skipped": 0, "balanced": True}

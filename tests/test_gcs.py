@@ -16,7 +16,7 @@ from PIL import Image
 
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from pipeline.run import main, run
-from transforms.write import read_embeddings, read_errors, read_manifest
+from transforms.results import read_embeddings, read_errors, read_manifest
 
 pytestmark = pytest.mark.gcs
 

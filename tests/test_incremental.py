@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from transforms.write import read_embeddings
+from transforms.results import read_embeddings
 
 
 def _write_records(path, records):

@@ -21,15 +21,8 @@ from tests_support import PROJECT_ROOT
 
 from pipeline.run import main
 from transforms import fileio
-from transforms.write import (
-    MANIFEST_NAME,
-    RUNNING_NAME,
-    FailedRunError,
-    failure_verdict,
-    read_embeddings,
-    read_errors,
-    read_manifest,
-)
+from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
+from transforms.write import RUNNING_NAME, failure_verdict
 
 _ENV = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
 

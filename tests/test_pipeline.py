@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from transforms.write import MANIFEST_NAME, IncompleteOutputError, read_embeddings, read_errors, read_manifest
+from transforms.results import MANIFEST_NAME, IncompleteOutputError, read_embeddings, read_errors, read_manifest
 
 
 def _write_text_inputs(folder: pathlib.Path) -> dict:

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import run
-from transforms.write import read_embeddings, read_errors
+from transforms.results import read_embeddings, read_errors
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

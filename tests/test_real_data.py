@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.run import run
-from transforms.write import read_embeddings
+from transforms.results import read_embeddings
 
 
 def precision_at_k(vectors: np.ndarray, labels: list, k: int = 10) -> float:

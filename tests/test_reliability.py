@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipeline.run import main, run
 from tests_support import PROJECT_ROOT
-from transforms.write import MANIFEST_NAME, read_embeddings
+from transforms.results import MANIFEST_NAME, read_embeddings
 
 
 def _listening_sockets(root_pid: int) -> set[str]:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from transforms.write import read_embeddings, read_errors, read_manifest
+from transforms.results import read_embeddings, read_errors, read_manifest
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

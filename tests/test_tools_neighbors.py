@@ -12,7 +12,7 @@ from pipeline.tools.knn import RunningTopK, top_k
 from pipeline.tools.neighbors import find_neighbours
 from pipeline.tools.store import open_embeddings
 from test_tools_support import run_cli, write_run
-from transforms.write import IncompleteOutputError
+from transforms.results import IncompleteOutputError
 
 N, D = 103, 12
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.records import TEXT, embedding_schema
-from transforms.write import MANIFEST_NAME
+from transforms.results import MANIFEST_NAME
 
 MODEL_NAME = "synthetic-model"
 MODEL_SHA256 = "0" * 64

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import train_text
-from pipeline.train_text import (
+from pipeline.train import text as train_text
+from pipeline.train.text import (
     TextTrainingConfig,
     TrainingConfigError,
     TrainingDataError,

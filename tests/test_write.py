@@ -13,14 +13,8 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from transforms import read_embeddings, read_errors, read_manifest
 from transforms.records import ERROR_SCHEMA, TEXT, ErrorRecord, embedding_schema
-from transforms.write import (
-    MANIFEST_NAME,
-    IncompleteOutputError,
-    WriteErrors,
-    WriteManifestFn,
-    WriteTables,
-    clear_previous_output,
-)
+from transforms.results import MANIFEST_NAME, IncompleteOutputError
+from transforms.write import WriteErrors, WriteManifestFn, WriteTables, clear_previous_output
 
 pytestmark = pytest.mark.slow  # each test runs a Beam pipeline
 

@@ -3,7 +3,7 @@
     from transforms import EmbedText, EmbedImages, read_embeddings
 
 `EmbedText` / `EmbedImages` (see `transforms.api`) embed a PCollection of dicts inside your own
-pipeline; `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.write`) read a
+pipeline; `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.results`) read a
 finished run of the job. The names are imported on first use, so `import transforms.fileio`
 stays light and reading a run never imports TensorFlow.
 """
@@ -23,9 +23,9 @@ _HOMES = {
     "EmbedText": "transforms.api",
     "EmbedImages": "transforms.api",
     "EmbedResult": "transforms.api",
-    "read_embeddings": "transforms.write",
-    "read_errors": "transforms.write",
-    "read_manifest": "transforms.write",
+    "read_embeddings": "transforms.results",
+    "read_errors": "transforms.results",
+    "read_manifest": "transforms.results",
 }
 
 

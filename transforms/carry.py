@@ -47,7 +47,7 @@ PROVENANCE_COLUMN = "embedded_run_id"
 def prior_run_ids(folders: Sequence[str], modality: str = TEXT) -> list[tuple[str, str]]:
     """[(Parquet file, run id)] of the earlier runs' files of one modality, in the order
     `pipeline.run.prior_embedding_files` lists them (folders in flag order, files as in the manifest)."""
-    from transforms.write import read_manifest, run_files
+    from transforms.results import read_manifest, run_files
 
     files = []
     for folder in folders:

@@ -1,4 +1,4 @@
-"""Commands that use a finished run's embeddings: search, evaluate, visualise, and train models.
+"""Commands that read a finished run's embeddings (or a text model's word vectors): search, evaluate, visualise.
 
 One module per command, each exposing `add_arguments(parser)` and `main_from_args(args) -> int`
 for `pipeline.cli`:
@@ -8,7 +8,6 @@ for `pipeline.cli`:
 - `evaluate` (`evaluate`): leave-one-out precision@k and a linear probe against a label column.
 - `projector` (`export-projector`): TensorBoard Embedding Projector files and a 2-D PCA plot.
 - `word_vectors` (`export-word-vectors`) and `similar_words` (`similar-words`): the text model's word vectors.
-- `train_image` (`train-image`): transfer-learn an image classifier whose `embedding` layer the job can use.
 
 Shared pieces: `store` (streaming a run's Parquet), `knn` (cosine top-k arithmetic), `common`.
 """
@@ -23,5 +22,4 @@ TOOL_COMMANDS = {
     "export-projector": ("pipeline.tools.projector", "Export TensorBoard Embedding Projector files and a 2-D PCA plot (PNG)."),
     "export-word-vectors": ("pipeline.tools.word_vectors", "Write a text model's word vectors (Embedding layer) to Parquet."),
     "similar-words": ("pipeline.tools.similar_words", "Words closest (cosine) to a word in a text model's Embedding layer."),
-    "train-image": ("pipeline.tools.train_image", "Transfer-learn an image classifier whose `embedding` layer the job can use."),
 }

@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Sequence
 
 from transforms.fileio import upload as copy_local_file, write_bytes  # re-exported for the tools
 from transforms.models import ModelConfigError
-from transforms.write import IncompleteOutputError
+from transforms.results import IncompleteOutputError
 
 __all__ = [
     "ToolError",

@@ -1,6 +1,6 @@
 """Reading a finished run's embeddings a chunk at a time, so that no tool needs the whole matrix in memory.
 
-A run folder is read only when its `_MANIFEST.json` exists (`transforms.write.read_manifest`
+A run folder is read only when its `_MANIFEST.json` exists (`transforms.results.read_manifest`
 refuses it otherwise). Rows come in a fixed global order: the manifest's files in the order it
 lists them, and each file's rows in order. A row's position in that order is how a FAISS index
 (`pipeline.tools.index`) refers to it.
@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.tools.common import ToolError
 from transforms import fileio
 from transforms.records import MODALITIES
-from transforms.write import read_manifest, run_files
+from transforms.results import read_manifest, run_files
 
 __all__ = [
     "OUTPUT_COLUMNS",

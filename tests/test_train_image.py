@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.tools import train_image
-from pipeline.tools.train_image import (
+from pipeline.train import image as train_image
+from pipeline.train.image import (
     PREPROCESS_MODES,
     list_labelled_images,
     preprocessing_layers,

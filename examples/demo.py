@@ -13,10 +13,10 @@ Nothing is downloaded and everything is seeded, so the same seed gives the same 
   uses it headless, `--image-layer features`: the transfer-learning idea at toy scale.
 * `nearest_neighbours`: cosine neighbours of a finished run's embeddings, with NumPy.
 
-Command line (`python -m pipeline.demo`)::
+Command line (`python -m examples.demo`)::
 
-    python -m pipeline.demo data --output demo_data
-    python -m pipeline.demo neighbors --output demo_output   # `neighbours` works too
+    python -m examples.demo data --output demo_data
+    python -m examples.demo neighbors --output demo_output   # `neighbours` works too
 
 Keras and TensorFlow are imported only inside the functions that train or load a model.
 """
@@ -370,7 +370,7 @@ def make_demo_data(out: str, reviews: int = 400, per_class: int = 12, seed: int 
 
 def _load_vectors(output_dir: str, modality: str, label_field: str):
     """(table sorted by id, unit-length vectors, labels or None) of one modality of a finished run."""
-    from transforms.write import read_embeddings
+    from transforms.results import read_embeddings
 
     table = read_embeddings(output_dir, modality)
     table = table.sort_by("id")
@@ -466,7 +466,7 @@ def _text_captions(table, wanted: set[str], text_field: str) -> dict[str, str]:
 
 def format_neighbours(output_dir: str, modality: str, k: int = 3, n_queries: int = 3, label_field: str = "label") -> str:
     """A readable block: each query's label and its `k` nearest neighbours (with their text, for text)."""
-    from transforms.write import read_manifest
+    from transforms.results import read_manifest
 
     table, unit, labels = _load_vectors(output_dir, modality, label_field)
     ids = table.column("id").to_pylist()
@@ -521,7 +521,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_output_files(output_dir: str) -> list[str]:
     """Where a run's Parquet went, from its manifest; returns the modalities it embedded."""
-    from transforms.write import read_manifest
+    from transforms.results import read_manifest
 
     manifest = read_manifest(output_dir)
     print(f"Output of run {manifest['run_id']} in {output_dir}:")
@@ -529,7 +529,7 @@ def _print_output_files(output_dir: str) -> list[str]:
         for path in paths:
             print(f"  {path}")
     counts = ", ".join(f"{m}: {c['embedded']} embedded, {c['failed']} failed" for m, c in manifest["counts"].items())
-    print(f"  ({counts}; read with transforms.write.read_embeddings(dir, 'text'|'image'))")
+    print(f"  ({counts}; read with transforms.read_embeddings(dir, 'text'|'image'))")
     return list(manifest["models"])
 
 
@@ -538,7 +538,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     if args.demo_command == "data":
         make_demo_data(args.out, args.reviews, args.images_per_class, args.seed, args.epochs)
         return 0
-    from transforms.write import IncompleteOutputError
+    from transforms.results import IncompleteOutputError
 
     try:
         modalities = _print_output_files(args.output)
@@ -555,7 +555,7 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m pipeline.demo data|neighbors ...` (quiet unless --verbose, as `python -m pipeline`)."""
+    """`python -m examples.demo data|neighbors ...` (quiet unless --verbose, as `python -m pipeline`)."""
     from pipeline.cli import GENERAL_HELP, HelpFormatter, configure_logging, version_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -564,7 +564,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     verbose = "--verbose" in argv
     configure_logging(verbose)
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--verbose", action="store_true", help=GENERAL_HELP["verbose"])
     parser.add_argument("--version", action="store_true", help=GENERAL_HELP["version"])

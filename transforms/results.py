@@ -1,0 +1,96 @@
+"""Reading a finished run: its manifest, embeddings and dead letters (no TensorFlow imported).
+
+A run's folder is complete only when `_MANIFEST.json` exists (`transforms.write` writes it last):
+`read_manifest` and `read_embeddings` refuse a folder without it, and a run that failed its checks
+unless given `allow_failed=True`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import fileio
+from transforms.records import ERROR_SCHEMA
+
+__all__ = [
+    "MANIFEST_NAME",
+    "OUTPUT_FOLDERS",
+    "IncompleteOutputError",
+    "FailedRunError",
+    "read_manifest",
+    "run_files",
+    "read_embeddings",
+    "read_errors",
+]
+
+MANIFEST_NAME = "_MANIFEST.json"
+OUTPUT_FOLDERS = ("text", "image", "errors")
+
+
+class IncompleteOutputError(RuntimeError):
+    """An output folder without `_MANIFEST.json`: its run did not finish."""
+
+
+class FailedRunError(IncompleteOutputError):
+    """A run that finished but failed its checks (e.g. more dead letters than --max-failed-fraction):
+    its manifest says `"status": "failed"`; readers refuse it unless given `allow_failed=True`. A kind
+    of IncompleteOutputError (its embeddings are incomplete), so every caller that refuses an
+    unfinished run also refuses a failed one, with its one-line message."""
+
+
+def read_manifest(output: str, allow_failed: bool = False) -> dict:
+    """The manifest of a finished run; IncompleteOutputError when the run did not finish, and
+    FailedRunError when it failed its checks (unless `allow_failed`)."""
+    path = fileio.join(output, MANIFEST_NAME)
+    if not FileSystems.exists(path):
+        raise IncompleteOutputError(
+            f"{output} has no {MANIFEST_NAME}: the run that wrote it did not finish (or it is not a job "
+            "output folder); rerun the same command to complete it"
+        )
+    manifest = json.loads(fileio.read_bytes(path))
+    if manifest.get("status") == "failed" and not allow_failed:
+        why = "; ".join(f"{m}: {r}" for m, r in sorted(manifest.get("failures", {}).items())) or "see its manifest"
+        raise FailedRunError(
+            f"{output}: run {manifest.get('run_id')} failed ({why}); its embeddings are incomplete. "
+            "Read its dead letters with read_errors, or pass allow_failed=True to use it anyway"
+        )
+    return manifest
+
+
+def _read_tables(paths: Sequence[str], schema: Optional[pa.Schema] = None) -> pa.Table:
+    tables = []
+    for path in paths:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            # use_threads=False: pyarrow 25's threaded read of several files here aborted the process at
+            # exit ("terminate called without an active exception") about one run in three.
+            tables.append(pq.read_table(pa.BufferReader(handle.read()), use_threads=False))
+    if not tables:
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables(tables)
+
+
+def run_files(output: str, manifest: dict, folder: str) -> list[str]:
+    """A finished run's files of one folder (text, image, errors), as paths to open: the manifest
+    stores them relative to the run's folder so that it can be moved or copied whole."""
+    paths = manifest.get("files", {}).get(folder, [])
+    return [p if fileio.is_remote(p) or p.startswith("/") else fileio.join(output, p) for p in paths]
+
+
+def read_embeddings(output: str, modality: str, allow_failed: bool = False) -> pa.Table:
+    """All embeddings of one modality of a finished run, as one table (refuses an unfinished run, and
+    a failed one unless `allow_failed`)."""
+    manifest = read_manifest(output, allow_failed=allow_failed)
+    if modality not in manifest.get("models", {}):
+        raise ValueError(f"{output}: the run embedded no {modality} (it has: {', '.join(manifest.get('models', {}))})")
+    return _read_tables(run_files(output, manifest, modality))
+
+
+def read_errors(output: str, allow_failed: bool = True) -> pa.Table:
+    """The dead letters of a finished run (also of a failed one: they say why it failed)."""
+    manifest = read_manifest(output, allow_failed=allow_failed)
+    return _read_tables(run_files(output, manifest, "errors"), ERROR_SCHEMA)
