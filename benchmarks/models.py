@@ -32,7 +32,7 @@ def train_text_model(shared: pathlib.Path, output: pathlib.Path, epochs: Optiona
 
     output.parent.mkdir(parents=True, exist_ok=True)
     sentiment = shared / "sentiment"
-    if (PROJECT_ROOT / "pipeline" / "train_text.py").exists():
+    if any((PROJECT_ROOT / "pipeline" / p).exists() for p in ("train/text.py", "train_text.py")):  # now / before the layout move
         cmd = [
             sys.executable, "-m", "pipeline", "train-text",
             "--labelled-lines", f"{sentiment / 'rt-polarity.pos'}=1",
