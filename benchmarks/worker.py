@@ -262,18 +262,10 @@ def main(argv: list[str]) -> int:
     with open(spec_path) as handle:
         spec = json.load(handle)
     logging.basicConfig(level=logging.WARNING)
-    if spec.get("instrument"):
-        from benchmarks import instrument
-
-        instrument.install()
     started = time.perf_counter()
     result = KINDS[spec["kind"]](spec)
     result["process"] = peak_rss_mb()
     result["process"]["seconds_in_worker"] = time.perf_counter() - started
-    if spec.get("instrument"):
-        from benchmarks import instrument
-
-        result["instrumentation"] = instrument.report()
     with open(result_path, "w") as handle:
         json.dump(result, handle, indent=2, default=str)
     return 0

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from benchmarks import profile
 from benchmarks.run import marginal
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -22,26 +21,6 @@ def test_marginal_rate_cancels_start_up():
     assert marginal(small, {"count": 600, "seconds": 11.0}) is None  # noise: no rate rather than a wrong one
 
 
-def test_profile_categorises_collapsed_stacks(tmp_path):
-    collapsed = tmp_path / "stacks.txt"
-    collapsed.write_text(
-        "thread (7): MainThread;main (benchmarks/worker.py:1);BundleProcessor.process_bundle (apache_beam/runners/worker/"
-        "bundle_processor.py:1350);quick_execute (tensorflow/python/eager/execute.py:53) 30\n"
-        "thread (8);_worker (concurrent/futures/thread.py:83);decode_image (transforms/decode.py:130) 20\n"
-        "thread (8): decode_0;_worker (concurrent/futures/thread.py:83);Condition.wait (threading.py:327) 5\n"
-        "thread (7): MainThread 1\n"
-    )
-    summary = profile.summarise_samples(profile.parse_collapsed(collapsed), rate=10)
-    main = summary["groups"]["MainThread"]["categories"]
-    assert main["model forward (TF call)"]["seconds"] == pytest.approx(3.0)
-    assert "MainThread, inside bundles" in summary["groups"]
-    decode = summary["groups"]["decode threads"]  # the unnamed sample of thread 8 is named from the other
-    assert decode["categories"]["image decode + resize (Pillow)"]["seconds"] == pytest.approx(2.0)
-    assert decode["busy_seconds"] == pytest.approx(2.0)
-
-
-@pytest.mark.slow
-@pytest.mark.shared_data
 def test_harness_runs_tiny_sizes_and_writes_json(shared_data, tiny_text_model, tmp_path):
     results = tmp_path / "results"
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
