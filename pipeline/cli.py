@@ -4,6 +4,10 @@ Every command takes `--help`, `--version` and `--verbose`. Quiet by default: Ten
 start-up lines are hidden (`transforms.quiet`), Python logging shows warnings and the job's own
 progress only, and the chatter of Beam's local worker processes is dropped; `--verbose` shows it
 all (INFO logs of every library, TensorFlow's start-up lines, in worker processes too).
+
+One exit path (`exit_status`): the commands raise `transforms.errors.UserError` for what the user
+fixes; it becomes one `error:` line on stderr and the error's exit code (2 bad usage, 1 the data or
+the run failed a check); Ctrl-C is 130; any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
