@@ -534,29 +534,29 @@ def _print_output_files(output_dir: str) -> list[str]:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run a parsed demo command; 0 on success, 2 on bad input."""
+    """Run a parsed demo command; a folder that is not a finished run, or did not embed a modality
+    asked for, raises a `UserError` (exit 2)."""
     if args.demo_command == "data":
         make_demo_data(args.out, args.reviews, args.images_per_class, args.seed, args.epochs)
         return 0
+    from transforms.errors import UserError
     from transforms.results import IncompleteOutputError
 
     try:
         modalities = _print_output_files(args.output)
-    except IncompleteOutputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except IncompleteOutputError as exc:  # here a wrong --output: bad usage (2), not a failed check (1)
+        raise UserError(str(exc)) from None
     for modality in args.modality or modalities:
         if modality not in modalities:
-            print(f"error: the run in {args.output} embedded no {modality}", file=sys.stderr)
-            return 2
+            raise UserError(f"the run in {args.output} embedded no {modality}")
         print()
         print(format_neighbours(args.output, modality, args.k, args.queries, args.label_field))
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m examples.demo data|neighbors ...` (quiet unless --verbose, as `python -m pipeline`)."""
-    from pipeline.cli import GENERAL_HELP, HelpFormatter, configure_logging, version_line
+    """`python -m examples.demo data|neighbors ...` (quiet unless --verbose, as `python -m pipeline`; the same exit path)."""
+    from pipeline.cli import GENERAL_HELP, HelpFormatter, configure_logging, exit_status, version_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--version" in argv:
@@ -569,7 +569,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--verbose", action="store_true", help=GENERAL_HELP["verbose"])
     parser.add_argument("--version", action="store_true", help=GENERAL_HELP["version"])
     add_arguments(parser)
-    return main_from_args(parser.parse_args([a for a in argv if a != "--verbose"]))
+    args = parser.parse_args([a for a in argv if a != "--verbose"])
+    return exit_status(None, lambda: main_from_args(args), verbose)
 
 
 if __name__ == "__main__":

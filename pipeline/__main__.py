@@ -1,4 +1,7 @@
-"""`python -m pipeline`: see pipeline.cli."""
+"""`python -m pipeline`: see pipeline.cli, whose `exit_status` is the one exit path of every command.
+
+Only a Ctrl-C while that module is still being imported (TensorFlow, Beam) ends here: exit 130.
+"""
 
 import sys
 

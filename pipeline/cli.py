@@ -4,6 +4,10 @@ Every command takes `--help`, `--version` and `--verbose`. Quiet by default: Ten
 start-up lines are hidden (`transforms.quiet`), Python logging shows warnings and the job's own
 progress only, and the chatter of Beam's local worker processes is dropped; `--verbose` shows it
 all (INFO logs of every library, TensorFlow's start-up lines, in worker processes too).
+
+One exit path (`exit_status`): the commands raise `transforms.errors.UserError` for what the user
+fixes; it becomes one `error:` line on stderr and the error's exit code (2 bad usage, 1 the data or
+the run failed a check); Ctrl-C is 130; any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import logging
 import os
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from pipeline import __version__
 from pipeline.tools import TOOL_COMMANDS
 from transforms import quiet
+from transforms.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
-__all__ = ["main", "COMMANDS", "HelpFormatter", "version_line", "configure_logging", "run_help"]
+__all__ = ["main", "exit_status", "COMMANDS", "HelpFormatter", "version_line", "configure_logging", "run_help"]
 
 # command -> (module, one-line help). Modules are imported only when their command runs,
 # so `--help` is quick and a command's heavy imports are paid only by that command.
@@ -189,37 +194,61 @@ def configure_logging(verbose: bool) -> None:
         service.addFilter(_WorkerLogFilter())
 
 
+def exit_status(command: Optional[str], body: Callable[[], Optional[int]], verbose: bool = False) -> int:
+    """The one exit path of every command: run `body` and turn how it ended into the exit code.
+
+    Returns what `body` returned (None: 0). A `UserError` (a bad flag, file, model or output folder,
+    an unfinished or failed run, ...) becomes one line on stderr and its `exit_code` (2 for bad usage,
+    1 for data or a run that failed its checks); Ctrl-C becomes one line and 130 (with `verbose`: the
+    traceback). Anything else is a bug and propagates with its traceback. `run` and the demo
+    (`command` "run" or None) print `error: ...`; the other commands name themselves,
+    `COMMAND: error: ...`, as argparse does.
+    """
+    try:
+        code = body()
+    except UserError as exc:
+        prefix = "" if command in (None, "run") else f"{command}: "
+        print(f"{prefix}error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # e.g. during the start-up imports, before `run` has its own handler
+        if verbose:
+            raise
+        print(f"error: {command + ' ' if command else ''}interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if code is None else code
+
+
+def _run_command(command: str, rest: list[str]) -> Optional[int]:
+    """Run one command with its arguments; user errors are raised, not printed (see `exit_status`)."""
+    if command == "run":
+        if "-h" in rest or "--help" in rest:
+            print(run_help())
+            return EXIT_OK
+        from pipeline.run import run_command
+
+        return run_command(rest)
+    module = importlib.import_module(COMMANDS[command][0])
+    args = command_parser(command).parse_args(rest)
+    return module.main_from_args(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m pipeline COMMAND ...`: the exit code (0 done, 1 failed its checks, 2 bad usage, 130 Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     configure_logging(verbose)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
-        return 0
+        return EXIT_OK
     if argv[0] in ("--version", "-V"):
         print(version_line())
-        return 0
+        return EXIT_OK
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if "--version" in rest:
         print(version_line())
-        return 0
-    try:
-        if command == "run":
-            if "-h" in rest or "--help" in rest:
-                print(run_help())
-                return 0
-            from pipeline.run import main as run_main
-
-            return run_main(rest)
-        module = importlib.import_module(COMMANDS[command][0])
-        args = command_parser(command).parse_args(rest)
-        return module.main_from_args(args)
-    except KeyboardInterrupt:  # e.g. during the start-up imports, before `run` has its own handler
-        if verbose:
-            raise
-        print(f"error: {command} interrupted (Ctrl-C)", file=sys.stderr)
-        return 130
+        return EXIT_OK
+    return exit_status(command, lambda: _run_command(command, rest), verbose)

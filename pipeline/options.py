@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms import fileio
 from transforms.backends import BACKENDS, PRECISIONS
 from transforms.decode import DEFAULT_MAX_IMAGE_PIXELS
+from transforms.errors import UserError
 from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
 from transforms.records import IMAGE, TEXT
 from transforms.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A flag whose value cannot work. Raised before the pipeline starts; the message names the flag."""
 
 

@@ -33,24 +33,30 @@ from pipeline.options import (
     config_from_options,
 )
 from transforms import fileio, progress
-from transforms.models import ModelConfigError, load_image_embedder, load_text_embedder
+from transforms.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, UserError
+from transforms.models import load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
 from transforms.results import read_manifest, run_files
 from transforms.write import OutputInUseError, claim_output, clear_previous_output, release_output
 
-__all__ = ["run", "inspect_models", "format_summary", "local_in_process", "known_image_count", "main", "RunFailed"]
+__all__ = ["run", "inspect_models", "format_summary", "local_in_process", "known_image_count", "main", "run_command", "RunFailed", "RunStopped"]
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class RunFailed(RuntimeError):
+class RunFailed(DataError, RuntimeError):
     """The pipeline finished but the run failed its checks (failure budget, counts): the manifest
-    says `"status": "failed"`. Carries the manifest."""
+    says `"status": "failed"`. Carries the manifest. Exit code 1."""
 
     def __init__(self, manifest: dict):
         self.manifest = manifest
         why = "; ".join(f"{m}: {r}" for m, r in sorted(manifest.get("failures", {}).items()))
         super().__init__(f"run {manifest.get('run_id')} failed: {why} (dead letters: {manifest.get('output')}/errors/)")
+
+
+class RunStopped(DataError, RuntimeError):
+    """The run stopped with an exception before it finished (storage unreachable, disk full, a pipeline
+    error): the message is `failure_message`'s one line, the exception its `__cause__`. Exit code 1."""
 
 
 def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
@@ -364,7 +370,7 @@ def _interrupted(signum: int) -> None:
             release_output(_CLAIMED["output"], _CLAIMED["run_id"])
     with contextlib.suppress(Exception):
         sys.stdout.flush()
-    os._exit(143 if terminated else 130)
+    os._exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 @contextlib.contextmanager
@@ -408,11 +414,15 @@ def _signals_end_the_run() -> Iterator[None]:
         os.close(read_fd)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: exit 0 on success, 2 on a bad flag or model, 1 on a failed run (over its
-    failure budget, storage unreachable, disk full, ...), 130 on Ctrl-C and 143 on SIGTERM (the process
-    ends at once, see `_signals_end_the_run`); every
-    failure ends with one `error:` line on stderr."""
+def run_command(argv: Optional[Sequence[str]] = None) -> None:
+    """`python -m pipeline run`'s body: run the job; a failure is raised as a `UserError` for the CLI's exit path.
+
+    A bad flag or model raises `ConfigError`/`ModelConfigError` (exit 2), a run over its failure
+    budget `RunFailed` (exit 1), and any other exception of the run (storage unreachable, disk full,
+    a pipeline error) `RunStopped` (exit 1) with one line naming the cause; its traceback is logged
+    for --verbose only. Ctrl-C and SIGTERM end the process at once (130, 143; see
+    `_signals_end_the_run`).
+    """
     quiet = [] if logging.getLogger().isEnabledFor(logging.INFO) else [
         logging.getLogger(name) for name in _BEAM_ERROR_LOGGERS
     ]
@@ -422,19 +432,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with _signals_end_the_run():
             run(argv)
-    except (ConfigError, ModelConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RunFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the pipeline failed: one line, the traceback only with --verbose
         stop_workers()
         # Its own logger, outside "pipeline" (kept at INFO for progress): shown only with --verbose.
         logging.getLogger("beam_embeddings.traceback").info("The run failed", exc_info=True)
-        print(f"error: {failure_message(exc)}", file=sys.stderr)
-        return 1
+        raise RunStopped(failure_message(exc)) from exc
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
-    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry (also the flex template's): exit 0 on success, 2 on a bad flag or model, 1 on a
+    failed run (over its failure budget, storage unreachable, disk full, ...), 130 on Ctrl-C and 143 on
+    SIGTERM; every failure ends with one `error:` line on stderr. The same exit path as
+    `python -m pipeline run` (`pipeline.cli.exit_status`)."""
+    from pipeline.cli import exit_status
+
+    return exit_status("run", lambda: run_command(argv))

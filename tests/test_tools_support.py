@@ -71,12 +71,16 @@ def write_run(
 
 
 def run_cli(module, argv: Sequence[str]) -> int:
-    """A command module's exit code for some flags, as `pipeline.cli` would run it."""
+    """A command module's exit code for some flags, as `pipeline.cli` would run it (its one exit path)."""
     import argparse
+
+    from pipeline.cli import COMMANDS, exit_status
 
     parser = argparse.ArgumentParser(prog="test")
     module.add_arguments(parser)
-    return module.main_from_args(parser.parse_args(list(argv)))
+    args = parser.parse_args(list(argv))
+    command = next(name for name, (home, _) in COMMANDS.items() if home == module.__name__)
+    return exit_status(command, lambda: module.main_from_args(args))
 
 
 POSITIVE = ("good", "great", "excellent")

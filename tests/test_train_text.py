@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from pipeline.cli import exit_status
 from pipeline.train import text as train_text
 from pipeline.train.text import (
     TextTrainingConfig,
@@ -280,7 +281,7 @@ def test_bad_records_are_counted_with_their_reasons(tmp_path):
 def test_too_many_bad_records_fail_clearly(tmp_path, capsys):
     path = _with_bad_records(tmp_path, BAD_LINES + [json.dumps({"text": "meh", "label": "maybe"})])
     args = _args("--input", str(path), "--output", str(tmp_path / "m.keras"))
-    assert train_text.main_from_args(args) == 1
+    assert exit_status("train-text", lambda: train_text.main_from_args(args)) == 1  # TrainingDataError
     err = capsys.readouterr().err
     assert "11 of 101 records are bad" in err and "--max-bad-fraction" in err and "label 'maybe'" in err
     assert not (tmp_path / "m.keras").exists()
@@ -328,7 +329,7 @@ def test_bad_flag_values_name_the_flag(flags, message, jsonl_corpus, tmp_path):
 
 def test_output_must_be_a_keras_file(jsonl_corpus, tmp_path, capsys):
     args = _args("--input", str(jsonl_corpus), "--output", str(tmp_path / "model.h5"))
-    assert train_text.main_from_args(args) == 2
+    assert exit_status("train-text", lambda: train_text.main_from_args(args)) == 2  # TrainingConfigError
     assert f"--output must end in .keras (the Keras 3 format), got '{tmp_path / 'model.h5'}'" in capsys.readouterr().err
 
 

@@ -22,6 +22,8 @@ from typing import Iterator, Optional
 import apache_beam as beam
 import pyarrow as pa
 
+from transforms.errors import UserError
+
 __all__ = [
     "BigQueryTableError",
     "parse_table",
@@ -38,7 +40,7 @@ RUN_ID_COLUMN = "run_id"
 _TABLE = re.compile(r"^(?P<project>(?:[a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,61}[a-z0-9]):(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[A-Za-z0-9_-]{1,1000})$")
 
 
-class BigQueryTableError(ValueError):
+class BigQueryTableError(UserError, ValueError):
     """A `--bigquery-table` value that is not PROJECT:DATASET.TABLE."""
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from transforms import backends, fileio
+from transforms.errors import UserError
 
 __all__ = [
     "ModelConfigError",
@@ -40,7 +41,7 @@ WORD_EMBEDDING_LAYER = "embedding"
 _LOGGER = logging.getLogger(__name__)
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """A model flag whose value cannot work; the message names the flag and the value."""
 
     def __init__(self, flag: str, value: object, reason: str):

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import fileio
+from transforms.errors import DataError
 from transforms.records import ERROR_SCHEMA
 
 __all__ = [
@@ -32,7 +33,7 @@ MANIFEST_NAME = "_MANIFEST.json"
 OUTPUT_FOLDERS = ("text", "image", "errors")
 
 
-class IncompleteOutputError(RuntimeError):
+class IncompleteOutputError(DataError, RuntimeError):
     """An output folder without `_MANIFEST.json`: its run did not finish."""
 
 

@@ -23,6 +23,7 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.parquetio import _ParquetSink
 
 from transforms import fileio
+from transforms.errors import UserError
 from transforms.records import ERROR_SCHEMA, MODALITIES, error_table
 from transforms.results import MANIFEST_NAME, OUTPUT_FOLDERS
 
@@ -134,7 +135,7 @@ class TopErrorReasons(beam.PTransform):
 RUNNING_NAME = "_RUNNING.json"
 
 
-class OutputInUseError(RuntimeError):
+class OutputInUseError(UserError, RuntimeError):
     """Another run is writing into the same output folder (its `_RUNNING.json` marker is there)."""
 
 

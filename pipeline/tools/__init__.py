@@ -1,7 +1,7 @@
 """Commands that read a finished run's embeddings (or a text model's word vectors): search, evaluate, visualise.
 
 One module per command, each exposing `add_arguments(parser)` and `main_from_args(args) -> int`
-for `pipeline.cli`:
+for `pipeline.cli` (0, or a `transforms.errors.UserError` raised for `pipeline.cli.exit_status`):
 
 - `neighbors` (`neighbors`): nearest neighbours of an id, a text or an image, streamed over the Parquet output.
 - `index` (`build-index`): a FAISS index of a run's embeddings, which `neighbors` then uses.

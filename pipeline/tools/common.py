@@ -1,14 +1,12 @@
-"""What the tool commands share: their error class, output writing and plain-text tables."""
+"""What the tool commands share: their error class (a `UserError`), output writing and plain-text tables."""
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Callable, Mapping, Sequence
 
+from transforms.errors import UserError
 from transforms.fileio import upload as copy_local_file, write_bytes  # re-exported for the tools
-from transforms.models import ModelConfigError
-from transforms.results import IncompleteOutputError
 
 __all__ = [
     "ToolError",
@@ -23,20 +21,19 @@ __all__ = [
 ]
 
 
-class ToolError(ValueError):
-    """A user-facing failure of a tool command: bad flag values or unusable input. The message says what to do."""
+class ToolError(UserError, ValueError):
+    """A user-facing failure of a tool command: bad flag values or unusable input. The message says what to do.
+
+    A `UserError` (exit code 2): `pipeline.cli.exit_status` prints it as one line.
+    """
 
 
 def run_command(command: str, body: Callable[[], int]) -> int:
-    """Run a command's body; a known failure becomes one line on stderr and exit code 2 (bad input) or 1."""
-    try:
-        return body()
-    except (ToolError, ModelConfigError) as exc:
-        print(f"{command}: error: {exc}", file=sys.stderr)
-        return 2
-    except IncompleteOutputError as exc:
-        print(f"{command}: error: {exc}", file=sys.stderr)
-        return 1
+    """Run a command's body. Its errors propagate: the CLI's one exit path (`pipeline.cli.exit_status`)
+    turns a `UserError` into one `COMMAND: error: ...` line and its exit code. Kept so the commands'
+    `main_from_args` read as before; `command` names the command for readers of the code."""
+    del command
+    return body()
 
 
 def _cell(value) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import fileio
+from transforms.errors import DataError, UserError
 from transforms.text_formats import detect_format, iter_records
 
 __all__ = [
@@ -56,11 +57,11 @@ _TRUE = ("1", "true")
 _FALSE = ("0", "false")
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(UserError, ValueError):
     """A flag whose value cannot work; the message names the flag."""
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(DataError, ValueError):
     """The training files cannot give a usable model (too many bad records, one class only, ...)."""
 
 
@@ -472,17 +473,10 @@ def config_from_args(args: argparse.Namespace) -> TextTrainingConfig:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run `train-text`: 0 on success, 2 for a bad flag, 1 for unusable data; the report alone on stdout, progress on stderr."""
-    try:
-        config = config_from_args(args)
-    except TrainingConfigError as exc:
-        print(f"train-text: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines are progress: stdout holds the report only
-            report = train_text_model(config)
-    except TrainingDataError as exc:
-        print(f"train-text: error: {exc}", file=sys.stderr)
-        return 1
+    """Run `train-text`: the report alone on stdout, progress on stderr. A bad flag raises
+    TrainingConfigError (exit 2), unusable data TrainingDataError (exit 1), both `UserError`s."""
+    config = config_from_args(args)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines are progress: stdout holds the report only
+        report = train_text_model(config)
     print(json.dumps(report, indent=2))
     return 0
