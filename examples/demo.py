@@ -11,7 +11,8 @@ Nothing is downloaded and everything is seeded, so the same seed gives the same 
 * `train_demo_image_model`: a small CNN classifier (`Rescaling` inside the model, a pooled
   `features` layer, a softmax `classes` head) trained in seconds on those pictures. The job then
   uses it headless, `--image-layer features`: the transfer-learning idea at toy scale.
-* `nearest_neighbours`: cosine neighbours of a finished run's embeddings, with NumPy.
+* `nearest_neighbours`: cosine neighbours of a finished run's embeddings, found by the
+  `neighbors` command's own search (`pipeline.tools`), as `format_neighbours` prints them.
 
 Command line (`python -m examples.demo`)::
 
@@ -368,50 +369,37 @@ def make_demo_data(out: str, reviews: int = 400, per_class: int = 12, seed: int 
 # Nearest neighbours of a finished run
 
 
-def _load_vectors(output_dir: str, modality: str, label_field: str):
-    """(table sorted by id, unit-length vectors, labels or None) of one modality of a finished run."""
-    from transforms.results import read_embeddings
-
-    table = read_embeddings(output_dir, modality)
-    table = table.sort_by("id")
-    dimension = table.schema.field("embedding").type.list_size
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = np.asarray(flat, dtype=np.float32).reshape(len(table), dimension)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-    labels = table.column(label_field).to_pylist() if label_field in table.column_names else None
-    return table, unit, labels
-
-
-def _neighbours_of(unit: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and cosine scores of the `k` nearest other rows for each of `rows`, best first."""
-    scores = unit[rows] @ unit.T
-    scores[np.arange(len(rows)), rows] = -np.inf  # a row is not its own neighbour
-    k = min(k, len(unit) - 1)
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return best, np.take_along_axis(scores, best, axis=1)
-
-
-def _query_neighbours(ids: list[str], unit: np.ndarray, labels: Optional[list], k: int, n_queries: int) -> list:
-    if len(ids) < 2 or n_queries < 1 or k < 1:
+def _query_ids(embeddings, n_queries: int) -> list[str]:
+    """`n_queries` ids spread evenly over the run's sorted ids (reads the ids only)."""
+    ids = sorted(record_id for batch in embeddings.vector_batches(with_vectors=False) for record_id in batch.ids)
+    if len(ids) < 2 or n_queries < 1:
         return []
     rows = np.unique(np.linspace(0, len(ids) - 1, min(n_queries, len(ids))).round().astype(int))
-    best, scores = _neighbours_of(unit, rows, k)
-    return [
-        (ids[q], [(ids[j], float(s), labels[j] if labels is not None else None) for j, s in zip(best[i], scores[i])])
-        for i, q in enumerate(rows)
-    ]
+    return [ids[i] for i in rows]
 
 
-def _label_agreement(unit: np.ndarray, labels: list, chunk: int = 1024) -> float:
-    if len(unit) < 2:
-        return float("nan")
-    same = 0
-    for start in range(0, len(unit), chunk):  # chunks keep the score matrix small
-        rows = np.arange(start, min(start + chunk, len(unit)))
-        best, _ = _neighbours_of(unit, rows, 1)
-        same += sum(labels[r] == labels[b] for r, b in zip(rows, best[:, 0]))
-    return same / len(unit)
+def _neighbour_search(embeddings, k: int, n_queries: int, label_field: str) -> tuple[list, dict]:
+    """The `neighbors` tool's search (`--id`) for each query id; and the labels of the ids found
+    (None each when the run has no `label_field` column)."""
+    from pipeline.tools.common import ToolError
+    from pipeline.tools.neighbors import find_neighbours
+
+    if k < 1:
+        return [], {}
+    labelled = label_field in embeddings.passthrough
+    results, label_of = [], {}
+    for query in _query_ids(embeddings, n_queries):
+        try:
+            position, vector = embeddings.find_id(query)
+            found = find_neighbours(embeddings, vector, k, exclude_id=query)
+        except ToolError:  # a null, non-finite or zero vector has no direction: not a query
+            continue
+        if labelled:
+            label_of[query] = embeddings.rows_at([position], [label_field])[position][label_field]
+        neighbours = [(row["id"], row["score"], row[label_field] if labelled else None) for row in found.rows]
+        label_of.update((record_id, label) for record_id, _, label in neighbours if labelled)
+        results.append((query, neighbours))
+    return results, label_of
 
 
 def nearest_neighbours(
@@ -420,30 +408,42 @@ def nearest_neighbours(
     """Cosine neighbours of `n_queries` records spread evenly over the ids of a finished run.
 
     Returns `[(query id, [(neighbour id, cosine score, label), ...]), ...]`, best neighbour first;
-    the label is the `label_field` passthrough column, or None when the run has none.
+    the label is the `label_field` passthrough column, or None when the run has none. The search is
+    the `neighbors` command's (`pipeline.tools.neighbors.find_neighbours`).
     """
-    table, unit, labels = _load_vectors(output_dir, modality, label_field)
-    return _query_neighbours(table.column("id").to_pylist(), unit, labels, k, n_queries)
+    from pipeline.tools.store import open_embeddings
+
+    return _neighbour_search(open_embeddings(output_dir, modality), k, n_queries, label_field)[0]
+
+
+def _label_agreement(embeddings, label_field: str) -> float:
+    from pipeline.tools.evaluate import knn_precision, load_labelled_vectors
+
+    labelled = load_labelled_vectors(embeddings, label_field)
+    if len(labelled.labels) < 2:
+        return float("nan")
+    return knn_precision(labelled.vectors, labelled.labels, k=1)["precision_at_1"]
 
 
 def nearest_label_agreement(output_dir: str, modality: str, label_field: str = "label") -> float:
-    """The fraction of records whose nearest neighbour has the same label (a quick embedding check)."""
-    _, unit, labels = _load_vectors(output_dir, modality, label_field)
-    if labels is None:
-        raise ValueError(f"{output_dir}: the {modality} output has no {label_field!r} column (run with --passthrough {label_field})")
-    return _label_agreement(unit, labels)
+    """The fraction of labelled records whose nearest neighbour has the same label (a quick embedding
+    check): the `evaluate` command's leave-one-out precision@1."""
+    from pipeline.tools.store import open_embeddings
+
+    return _label_agreement(open_embeddings(output_dir, modality), label_field)
 
 
-def _text_captions(table, wanted: set[str], text_field: str) -> dict[str, str]:
+def _text_captions(embeddings, wanted: set[str], text_field: str) -> dict[str, str]:
     """The text of some records, read back from their JSONL or plain-text source line (the output holds no text)."""
     from apache_beam.io.filesystems import FileSystems
 
     from transforms.text_formats import detect_format
 
     by_source: dict[str, dict[int, str]] = {}
-    for record_id, source, line in zip(*(table.column(c).to_pylist() for c in ("id", "source", "line"))):
-        if record_id in wanted and source and line and detect_format(source) in ("jsonl", "lines"):
-            by_source.setdefault(source, {})[line] = record_id
+    for batch in embeddings.vector_batches(columns=["source", "line"], with_vectors=False):
+        for record_id, source, line in zip(batch.ids, batch.columns["source"], batch.columns["line"]):
+            if record_id in wanted and source and line and detect_format(source) in ("jsonl", "lines"):
+                by_source.setdefault(source, {})[line] = record_id
     captions = {}
     for source, lines in by_source.items():
         try:
@@ -466,17 +466,15 @@ def _text_captions(table, wanted: set[str], text_field: str) -> dict[str, str]:
 
 def format_neighbours(output_dir: str, modality: str, k: int = 3, n_queries: int = 3, label_field: str = "label") -> str:
     """A readable block: each query's label and its `k` nearest neighbours (with their text, for text)."""
-    from transforms.results import read_manifest
+    from pipeline.tools.store import open_embeddings
 
-    table, unit, labels = _load_vectors(output_dir, modality, label_field)
-    ids = table.column("id").to_pylist()
-    results = _query_neighbours(ids, unit, labels, k, n_queries)
-    label_of = dict(zip(ids, labels)) if labels is not None else {}
+    embeddings = open_embeddings(output_dir, modality)
+    results, label_of = _neighbour_search(embeddings, k, n_queries, label_field)
     captions = {}
     if modality == "text":
         wanted = {q for q, _ in results} | {n[0] for _, ns in results for n in ns}
-        text_field = read_manifest(output_dir).get("options", {}).get("text_field", "text")
-        captions = _text_captions(table, wanted, text_field)
+        text_field = embeddings.manifest.get("options", {}).get("text_field", "text")
+        captions = _text_captions(embeddings, wanted, text_field)
 
     def describe(record_id: str) -> str:
         parts = [record_id]
@@ -486,9 +484,10 @@ def format_neighbours(output_dir: str, modality: str, k: int = 3, n_queries: int
             parts.append(repr(captions[record_id][:70]))
         return " ".join(parts)
 
-    lines = [f"{modality}: {len(table)} embeddings of dimension {unit.shape[1]}"]
-    if labels is not None:
-        lines.append(f"  nearest neighbour has the same {label_field}: {_label_agreement(unit, labels):.0%} of records")
+    lines = [f"{modality}: {embeddings.num_rows()} embeddings of dimension {embeddings.dimension}"]
+    if label_field in embeddings.passthrough:
+        agreement = _label_agreement(embeddings, label_field)
+        lines.append(f"  nearest neighbour has the same {label_field}: {agreement:.0%} of labelled records")
     for query, neighbours in results:
         lines.append(f"  query {describe(query)}")
         for neighbour_id, score, _ in neighbours:

@@ -11,14 +11,9 @@ import pytest
 from PIL import Image
 
 from pipeline.train import image as train_image
-from pipeline.train.image import (
-    PREPROCESS_MODES,
-    list_labelled_images,
-    preprocessing_layers,
-    report_path_for,
-)
+from pipeline.train.image import ImageTrainingConfig, base_network, list_labelled_images, report_path_for
 from test_tools_support import run_cli
-from transforms.models import NETWORKS
+from transforms.models import NETWORKS, ImageModelSpec, load_image_embedder, preprocessing_layers
 
 CIFAR = "images/cifar10-subset"
 MOBILENET_WEIGHTS = "weights/mobilenet_2_5_224_tf_no_top.h5"
@@ -37,7 +32,11 @@ def _write_class_folders(root: pathlib.Path, per_class: int = 8, size: int = 40)
     return root
 
 
-@pytest.mark.parametrize("network", ["MobileNet", "ResNet50", "DenseNet121", "EfficientNetB0", "MobileNetV3Small", "Xception"])
+# One network per keras.applications module: every preprocess_input the table knows.
+ONE_PER_MODULE = sorted({n.module: name for name, n in NETWORKS.items()}.values())
+
+
+@pytest.mark.parametrize("network", ONE_PER_MODULE)
 def test_preprocessing_layers_reproduce_preprocess_input(network):
     pixels = np.random.default_rng(1).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
     x = pixels
@@ -47,8 +46,38 @@ def test_preprocessing_layers_reproduce_preprocess_input(network):
     np.testing.assert_allclose(np.asarray(x), np.asarray(expected), rtol=1e-5, atol=1e-4)
 
 
-def test_every_known_network_has_a_preprocessing_mode():
-    assert {n.module for n in NETWORKS.values()} <= set(PREPROCESS_MODES)
+def test_the_trainer_and_the_job_build_the_same_base_network(tmp_path):
+    """`train-image --base MobileNet` trains on the features `run --image-model MobileNet` embeds with,
+    for the same weights, alpha and size: same weights, same preprocessing, same vectors."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    weights = tmp_path / "random.weights.h5"
+    keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, include_top=False, pooling="avg",
+                                 weights=None).save_weights(weights)
+    config = ImageTrainingConfig(input=str(tmp_path), base="MobileNet", output=str(tmp_path / "m.keras"),
+                                 base_weights=str(weights), alpha=0.25, image_size=32)
+    base = base_network(config)
+    embedder = load_image_embedder(ImageModelSpec("MobileNet", weights=str(weights), alpha=0.25, image_size=32,
+                                                  batch_size=3, backend="tensorflow"))
+    assert embedder.input_size == (32, 32) and embedder.dimension == base.output.shape[-1]
+    job_weights = embedder._model.get_weights()  # the pooled network the job runs
+    assert len(job_weights) == len(base.get_weights())
+    for ours, theirs in zip(base.get_weights(), job_weights):
+        np.testing.assert_array_equal(ours, theirs)
+
+    pixels = np.random.default_rng(4).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    x = pixels.astype(np.float32)
+    for layer in preprocessing_layers(config.network):  # what the trainer puts in front of the base
+        x = layer(x)
+    np.testing.assert_allclose(np.asarray(base(x, training=False)), embedder.embed(pixels), rtol=1e-4, atol=1e-5)
+
+
+def test_base_network_errors_name_the_trainers_flags(tmp_path):
+    config = ImageTrainingConfig(input=str(tmp_path), base="MobileNet", output=str(tmp_path / "m.keras"),
+                                 base_weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(ValueError, match="--image-weights .*missing.h5.*no such file"):
+        base_network(config)
 
 
 def test_images_are_listed_from_class_folders_and_from_a_manifest(tmp_path):

@@ -32,11 +32,31 @@ __all__ = [
     "load_text_embedder",
     "load_image_embedder",
     "pinned_spec",
+    "PREPROCESSING_MODES",
+    "preprocessing_layers",
+    "build_base_network",
+    "TEXT_INPUT",
+    "TEXT_VECTORIZE_LAYER",
+    "WORD_EMBEDDING_LAYER",
     "TEXT_EMBEDDING_LAYER",
+    "TEXT_OUTPUT_LAYER",
+    "TEXT_MODEL_LAYER_TYPES",
+    "text_model_layer",
 ]
 
-TEXT_EMBEDDING_LAYER = "text_embedding"
-WORD_EMBEDDING_LAYER = "embedding"
+# The text model's contract: the names `train-text` gives its input and layers, and that the job
+# (`load_text_embedder`) and the tools (word vectors, similar words) look up.
+TEXT_INPUT = "text"  # one string per row, shape (1,)
+TEXT_VECTORIZE_LAYER = "vectorize"  # TextVectorization: standardisation, split and the vocabulary
+WORD_EMBEDDING_LAYER = "embedding"  # Embedding: row i is the vector of vocabulary entry i
+TEXT_EMBEDDING_LAYER = "text_embedding"  # GlobalAveragePooling1D (masked mean): the record's embedding
+TEXT_OUTPUT_LAYER = "sentiment"  # the training head (a sigmoid), not used by the job
+# The Keras class of each looked-up layer, to find it in a model whose layers were named otherwise.
+TEXT_MODEL_LAYER_TYPES = {
+    TEXT_VECTORIZE_LAYER: "TextVectorization",
+    WORD_EMBEDDING_LAYER: "Embedding",
+    TEXT_EMBEDDING_LAYER: "GlobalAveragePooling1D",
+}
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,15 +69,36 @@ class ModelConfigError(UserError, ValueError):
         super().__init__(f"{flag} {value!r}: {reason}")
 
 
+# What a Keras Applications module's preprocess_input does to 0..255 RGB pixels:
+#   tf:    x / 127.5 - 1
+#   caffe: RGB -> BGR, minus the ImageNet mean of each BGR channel
+#   torch: x / 255, minus the ImageNet means, over the ImageNet standard deviations
+#   none:  nothing (the network rescales inside itself)
+PREPROCESSING_MODES = ("tf", "caffe", "torch", "none")
+_CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEANS = (0.485, 0.456, 0.406)
+_TORCH_STDS = (0.229, 0.224, 0.225)
+
+
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """A Keras Applications network: how to build it and how to feed it."""
+    """A Keras Applications network: how to build it and how to feed it.
+
+    The job feeds it through `preprocess()` (Keras' own `preprocess_input`); `train-image` puts
+    `preprocessing_layers(network)` (built-in layers computing the same, after `preprocessing`)
+    inside the models it saves.
+    """
 
     name: str
     module: str  # keras.applications submodule holding preprocess_input
     default_size: int
+    preprocessing: str  # what that preprocess_input does: one of PREPROCESSING_MODES
     has_alpha: bool = False
     fixed_size: bool = False  # NASNetMobile only takes its own size with imagenet weights
+
+    def __post_init__(self):
+        if self.preprocessing not in PREPROCESSING_MODES:
+            raise ValueError(f"{self.name}: preprocessing {self.preprocessing!r} is not one of {PREPROCESSING_MODES}")
 
     def builder(self) -> Callable:
         import keras
@@ -73,29 +114,58 @@ class Network:
 NETWORKS: dict[str, Network] = {
     n.name: n
     for n in [
-        Network("MobileNet", "mobilenet", 224, has_alpha=True),
-        Network("MobileNetV2", "mobilenet_v2", 224, has_alpha=True),
-        Network("MobileNetV3Small", "mobilenet_v3", 224, has_alpha=True),
-        Network("MobileNetV3Large", "mobilenet_v3", 224, has_alpha=True),
-        Network("ResNet50", "resnet50", 224),
-        Network("ResNet101", "resnet", 224),
-        Network("ResNet152", "resnet", 224),
-        Network("ResNet50V2", "resnet_v2", 224),
-        Network("VGG16", "vgg16", 224),
-        Network("VGG19", "vgg19", 224),
-        Network("InceptionV3", "inception_v3", 299),
-        Network("InceptionResNetV2", "inception_resnet_v2", 299),
-        Network("Xception", "xception", 299),
-        Network("DenseNet121", "densenet", 224),
-        Network("EfficientNetB0", "efficientnet", 224),
-        Network("EfficientNetB1", "efficientnet", 240),
-        Network("EfficientNetB2", "efficientnet", 260),
-        Network("EfficientNetB3", "efficientnet", 300),
-        Network("EfficientNetV2B0", "efficientnet_v2", 224),
-        Network("ConvNeXtTiny", "convnext", 224),
-        Network("NASNetMobile", "nasnet", 224, fixed_size=True),
+        Network("MobileNet", "mobilenet", 224, "tf", has_alpha=True),
+        Network("MobileNetV2", "mobilenet_v2", 224, "tf", has_alpha=True),
+        Network("MobileNetV3Small", "mobilenet_v3", 224, "none", has_alpha=True),
+        Network("MobileNetV3Large", "mobilenet_v3", 224, "none", has_alpha=True),
+        Network("ResNet50", "resnet50", 224, "caffe"),
+        Network("ResNet101", "resnet", 224, "caffe"),
+        Network("ResNet152", "resnet", 224, "caffe"),
+        Network("ResNet50V2", "resnet_v2", 224, "tf"),
+        Network("VGG16", "vgg16", 224, "caffe"),
+        Network("VGG19", "vgg19", 224, "caffe"),
+        Network("InceptionV3", "inception_v3", 299, "tf"),
+        Network("InceptionResNetV2", "inception_resnet_v2", 299, "tf"),
+        Network("Xception", "xception", 299, "tf"),
+        Network("DenseNet121", "densenet", 224, "torch"),
+        Network("EfficientNetB0", "efficientnet", 224, "none"),
+        Network("EfficientNetB1", "efficientnet", 240, "none"),
+        Network("EfficientNetB2", "efficientnet", 260, "none"),
+        Network("EfficientNetB3", "efficientnet", 300, "none"),
+        Network("EfficientNetV2B0", "efficientnet_v2", 224, "none"),
+        Network("ConvNeXtTiny", "convnext", 224, "none"),
+        Network("NASNetMobile", "nasnet", 224, "tf", fixed_size=True),
     ]
 }
+
+
+def preprocessing_layers(network: Network) -> list:
+    """Built-in Keras layers computing `network`'s preprocess_input on 0..255 RGB float pixels.
+
+    Built-in layers only (Rescaling, Normalization, or a fixed 1x1 Conv2D for the RGB->BGR "caffe"
+    networks), so a model holding them loads in Keras safe mode; empty when the network needs none.
+    """
+    import keras
+
+    mode = network.preprocessing
+    if mode == "tf":
+        return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")]
+    if mode == "torch":
+        means = [255.0 * m for m in _TORCH_MEANS]
+        variances = [(255.0 * s) ** 2 for s in _TORCH_STDS]
+        return [keras.layers.Normalization(mean=means, variance=variances, name="preprocess")]
+    if mode == "caffe":
+        # Channel c of the output is input channel 2 - c (RGB -> BGR), minus the ImageNet mean of that BGR channel.
+        kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
+        for c in range(3):
+            kernel[0, 0, 2 - c, c] = 1.0
+        layer = keras.layers.Conv2D(
+            3, 1, name="preprocess", trainable=False,
+            kernel_initializer=keras.initializers.Constant(kernel),
+            bias_initializer=keras.initializers.Constant(-np.asarray(_CAFFE_MEANS_BGR, dtype=np.float32)),
+        )
+        return [layer]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +241,18 @@ def _load_keras_file(path: str, flag: str, unsafe: bool):
         raise ModelConfigError(flag, path, f"not a loadable Keras model ({type(exc).__name__}: {exc})") from exc
 
 
+def text_model_layer(model, name: str):
+    """The layer of a text model that the contract calls `name` (see TEXT_MODEL_LAYER_TYPES): the
+    layer of that name, else the (first) layer of its Keras class; None when there is none."""
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        pass
+    kind = TEXT_MODEL_LAYER_TYPES[name]
+    found = [layer for layer in model.layers if type(layer).__name__ == kind]
+    return found[0] if found else None
+
+
 class TextEmbedder:
     """Raw strings in, pooled Embedding-layer vectors out, in fixed-size batches."""
 
@@ -185,7 +267,7 @@ class TextEmbedder:
         layer = model.get_layer(TEXT_EMBEDDING_LAYER)
         self._embedding_model = keras.Model(model.inputs, layer.output, name="text_embedder")
         self.dimension = int(layer.output.shape[-1])
-        vectorize = next((l for l in model.layers if type(l).__name__ == "TextVectorization"), None)
+        vectorize = text_model_layer(model, TEXT_VECTORIZE_LAYER)
         self.sequence_length = getattr(vectorize, "_output_sequence_length", None) if vectorize else None
         input_shape = model.inputs[0].shape
         self._input_rank = len(input_shape)
@@ -347,24 +429,38 @@ def load_text_embedder(spec: TextModelSpec) -> TextEmbedder:
 _BUILD_LOCK = threading.Lock()
 
 
-def _build_network(spec: ImageModelSpec):
+def build_base_network(
+    name: str,
+    weights: Optional[str] = "imagenet",
+    alpha: Optional[float] = None,
+    image_size: Optional[int] = None,
+    seed: int = 0,
+    model_flag: str = "--image-model",
+):
+    """The headless, average-pooled Keras Applications network `name`: what the job embeds with
+    and what `train-image` trains on.
+
+    `weights`: "imagenet" (Keras' own download, cached), a no-top weights file (local or gs://), or
+    None for random weights. The global Keras seed is set to `seed` just before building (under a
+    lock: seeding is process-global), so random weights are the same in every process. Raises
+    ModelConfigError naming the flag at fault: --image-weights, --image-alpha, --image-size, or
+    `model_flag` (the flag that named the network: the job's --image-model, the trainer's --base).
+    """
     import keras
 
-    network = NETWORKS[spec.model]
-    size = spec.image_size or network.default_size
+    if name not in NETWORKS:
+        raise ModelConfigError(model_flag, name, f"unknown network; one of {', '.join(NETWORKS)}")
+    network = NETWORKS[name]
+    size = image_size or network.default_size
     if network.fixed_size and size != network.default_size:
         raise ModelConfigError("--image-size", size, f"{network.name} only takes {network.default_size}")
     kwargs = dict(input_shape=(size, size, 3), include_top=False, pooling="avg")
-    if spec.alpha is not None:
+    if alpha is not None:
         if not network.has_alpha:
-            raise ModelConfigError("--image-alpha", spec.alpha, f"{network.name} has no alpha (width multiplier)")
-        kwargs["alpha"] = spec.alpha
-    weights = spec.weights
-    weights_sha256 = None
-    if weights == "imagenet":
-        kwargs["weights"] = "imagenet"  # Keras downloads and caches the file on a machine with internet
-    elif weights == "none":
-        kwargs["weights"] = None
+            raise ModelConfigError("--image-alpha", alpha, f"{network.name} has no alpha (width multiplier)")
+        kwargs["alpha"] = alpha
+    if weights in ("imagenet", None):
+        kwargs["weights"] = weights  # imagenet: Keras downloads and caches the file on a machine with internet
     else:
         try:
             local = fileio.local_copy(weights)
@@ -373,19 +469,19 @@ def _build_network(spec: ImageModelSpec):
         if not os.path.exists(local):
             raise ModelConfigError("--image-weights", weights, "no such file")
         kwargs["weights"] = local
-        weights_sha256 = fileio.sha256_of_file(weights)
     with _BUILD_LOCK:  # seeding is process-global: build one network at a time
-        keras.utils.set_random_seed(spec.seed)
+        keras.utils.set_random_seed(seed)
         try:
-            model = network.builder()(**kwargs)
+            return network.builder()(**kwargs)
         except ValueError as exc:
-            if weights not in ("imagenet", "none") and "shape" in str(exc).lower():  # issue 12: blame the weights/alpha/size
+            if weights not in ("imagenet", None) and "shape" in str(exc).lower():  # issue 12: blame the weights/alpha/size
                 raise ModelConfigError("--image-weights", weights, (
-                    f"does not fit {network.name} at --image-alpha {spec.alpha} and --image-size {size} "
+                    f"does not fit {network.name} at --image-alpha {alpha} and --image-size {size} "
                     f"({str(exc).splitlines()[0][:160]}); use the weights made for that alpha and size, or change "
                     "--image-alpha/--image-size to match the file")) from exc
-            flag = "--image-weights" if "weights" in str(exc).lower() else "--image-model"
-            raise ModelConfigError(flag, spec.weights if flag == "--image-weights" else spec.model, str(exc).splitlines()[0]) from exc
+            flag = "--image-weights" if "weights" in str(exc).lower() else model_flag
+            value = ("none" if weights is None else weights) if flag == "--image-weights" else name
+            raise ModelConfigError(flag, value, str(exc).splitlines()[0]) from exc
         except Exception as exc:
             if weights == "imagenet":
                 raise ModelConfigError(
@@ -394,9 +490,18 @@ def _build_network(spec: ImageModelSpec):
                     "pass a local or gs:// weights file instead",
                 ) from exc
             raise
-    sha = weights_sha256 or _weights_fingerprint(model)
+
+
+def _build_network(spec: ImageModelSpec):
+    """(model, preprocess_input, name, sha256) of a named network as the job runs it."""
+    network = NETWORKS[spec.model]
+    weights = None if spec.weights == "none" else spec.weights
+    model = build_base_network(spec.model, weights, spec.alpha, spec.image_size, spec.seed)
+    is_file = weights not in ("imagenet", None)
+    sha = fileio.sha256_of_file(weights) if is_file else _weights_fingerprint(model)
+    size = spec.image_size or network.default_size
     params = [f"size={size}"] + ([f"alpha={spec.alpha}"] if spec.alpha is not None else [])
-    params.append(f"weights={os.path.basename(weights) if weights not in ('imagenet', 'none') else weights}")
+    params.append(f"weights={os.path.basename(weights) if is_file else spec.weights}")
     name = f"keras.applications.{network.name}({', '.join(params)})"
     return model, network.preprocess(), name, sha
 

@@ -1,7 +1,7 @@
 """Word vectors of a `train-text` model, and the `export-word-vectors` command.
 
 A text model's `embedding` layer holds one learnt vector per token of its `vectorize`
-(TextVectorization) vocabulary: row i is the vector of vocabulary entry i. Row 0 is the padding
+(TextVectorization) vocabulary (the layer names of `transforms.models`' text-model contract): row i is the vector of vocabulary entry i. Row 0 is the padding
 token (masked, never learnt) and is left out; row 1 is `[UNK]`, the vector shared by every word
 outside the vocabulary. Rows past the end of the vocabulary (when `--vocab-size` was larger than
 the words seen) are never used and are left out too.
@@ -60,25 +60,24 @@ class WordVectors:
         return [int(i) for i in ids if i != PADDING_INDEX]
 
 
-def _layer_of_type(model, name: str, type_name: str):
-    try:
-        return model.get_layer(name)
-    except ValueError:
-        pass
-    for layer in model.layers:
-        if type(layer).__name__ == type_name:
-            return layer
-    raise ToolError(f"--text-model: the model has no {type_name} layer (looked for one named {name!r})")
+def _contract_layer(model, name: str):
+    """The text model's layer called `name` by the contract (transforms.models), or a ToolError."""
+    from transforms.models import TEXT_MODEL_LAYER_TYPES, text_model_layer
+
+    layer = text_model_layer(model, name)
+    if layer is None:
+        raise ToolError(f"--text-model: the model has no {TEXT_MODEL_LAYER_TYPES[name]} layer (looked for one named {name!r})")
+    return layer
 
 
 def load_word_vectors(model_path: str, unsafe: bool = False) -> WordVectors:
     """The vocabulary and word vectors of a `train-text` model (local or gs://)."""
-    from transforms.models import TextModelSpec, load_text_embedder
+    from transforms.models import TEXT_VECTORIZE_LAYER, WORD_EMBEDDING_LAYER, TextModelSpec, load_text_embedder
 
     embedder = load_text_embedder(TextModelSpec(model_path, batch_size=1, unsafe_loading=unsafe))
     model = embedder.full_model
-    vectorize = _layer_of_type(model, "vectorize", "TextVectorization")
-    embedding = _layer_of_type(model, "embedding", "Embedding")
+    vectorize = _contract_layer(model, TEXT_VECTORIZE_LAYER)
+    embedding = _contract_layer(model, WORD_EMBEDDING_LAYER)
     vocabulary = [str(t) for t in vectorize.get_vocabulary()]
     weights = np.asarray(embedding.embeddings.numpy(), dtype=np.float32)
     rows = min(len(vocabulary), weights.shape[0])

@@ -31,33 +31,38 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
-import json
 import logging
 import os
-import sys
-import tempfile
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, copy_local_file, run_command, write_bytes
+from pipeline.tools.common import ToolError, run_command
+from pipeline.train.common import (
+    check_at_least,
+    check_output,
+    check_training_settings,
+    history_lists,
+    report_footer,
+    report_path_for,
+    save_model,
+    train_and_print,
+    write_report,
+)
 from transforms import fileio
-from transforms.models import NETWORKS, Network
+from transforms.models import NETWORKS, ModelConfigError, Network, build_base_network, preprocessing_layers
 from transforms.text_formats import detect_format, iter_records
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "PREPROCESS_MODES",
     "ImageTrainingConfig",
     "LabelledImages",
     "list_labelled_images",
     "load_labelled_images",
-    "preprocessing_layers",
-    "build_base_network",
+    "base_network",
     "report_path_for",
     "train_image_model",
     "add_arguments",
@@ -67,24 +72,10 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-MODEL_SUFFIX = ".keras"
-REPORT_SUFFIX = ".training.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 EMBEDDING_LAYER = "embedding"
 CLASSES_LAYER = "classes"
 _MAX_BAD_EXAMPLES = 10
-
-# What each Keras Applications module's preprocess_input does to 0..255 RGB pixels.
-PREPROCESS_MODES = {
-    "mobilenet": "tf", "mobilenet_v2": "tf", "inception_v3": "tf", "inception_resnet_v2": "tf",
-    "xception": "tf", "nasnet": "tf", "resnet_v2": "tf",  # x / 127.5 - 1
-    "resnet50": "caffe", "resnet": "caffe", "vgg16": "caffe", "vgg19": "caffe",  # RGB->BGR, minus ImageNet means
-    "densenet": "torch",  # x / 255, minus ImageNet means, over ImageNet stds
-    "mobilenet_v3": "none", "efficientnet": "none", "efficientnet_v2": "none", "convnext": "none",  # built in
-}
-_CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEANS = (0.485, 0.456, 0.406)
-_TORCH_STDS = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +106,10 @@ class ImageTrainingConfig:
     verbose: int = 2
 
     def __post_init__(self):
-        if not self.output.endswith(MODEL_SUFFIX):
-            raise ToolError(f"--output must end in {MODEL_SUFFIX} (the Keras 3 format), got {self.output!r}")
+        check_output(self.output, ToolError)
         if self.base not in NETWORKS:
             raise ToolError(f"--base {self.base!r}: unknown network; one of {', '.join(NETWORKS)}")
         network = NETWORKS[self.base]
-        if network.module not in PREPROCESS_MODES:
-            raise ToolError(f"--base {self.base}: no known preprocessing for keras.applications.{network.module}")
         if self.alpha is not None and not network.has_alpha:
             raise ToolError(f"--image-alpha: {self.base} has no width multiplier")
         if self.image_size is not None and self.image_size < 32:
@@ -134,17 +122,12 @@ class ImageTrainingConfig:
                                      ("--patience", self.patience, 0), ("--fine-tune-layers", self.fine_tune_layers, 0),
                                      ("--fine-tune-epochs", self.fine_tune_epochs, 1), ("--batch-size", self.batch_size, 1),
                                      ("--seed", self.seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ToolError(f"{flag} must be an integer >= {minimum}, got {value!r}")
-        if not 0 < self.validation_split < 1:
-            raise ToolError(f"--validation-split must be in (0, 1), got {self.validation_split}")
-        if not 0 <= self.dropout < 1:
-            raise ToolError(f"--dropout must be in [0, 1), got {self.dropout}")
-        for flag, value in (("--learning-rate", self.learning_rate), ("--fine-tune-learning-rate", self.fine_tune_learning_rate)):
-            if not value > 0:
-                raise ToolError(f"{flag} must be positive, got {value}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ToolError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
+            check_at_least(flag, value, minimum, ToolError)
+        check_training_settings(
+            ToolError, self.validation_split, self.dropout,
+            (("--learning-rate", self.learning_rate), ("--fine-tune-learning-rate", self.fine_tune_learning_rate)),
+            self.max_bad_fraction,
+        )
 
     @property
     def network(self) -> Network:
@@ -160,11 +143,6 @@ class ImageTrainingConfig:
 
     def describe(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def report_path_for(model_path: str) -> str:
-    """`MODEL.keras` -> `MODEL.training.json`."""
-    return model_path[: -len(MODEL_SUFFIX)] + REPORT_SUFFIX
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,57 +239,14 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
 # The model
 
 
-def preprocessing_layers(network: Network) -> list:
-    """Built-in Keras layers computing `network`'s preprocess_input on 0..255 RGB float pixels."""
-    import keras
-
-    mode = PREPROCESS_MODES[network.module]
-    if mode == "tf":
-        return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")]
-    if mode == "torch":
-        means = [255.0 * m for m in _TORCH_MEANS]
-        variances = [(255.0 * s) ** 2 for s in _TORCH_STDS]
-        return [keras.layers.Normalization(mean=means, variance=variances, name="preprocess")]
-    if mode == "caffe":
-        # Channel c of the output is input channel 2 - c (RGB -> BGR), minus the ImageNet mean of that BGR channel.
-        kernel = np.zeros((1, 1, 3, 3), dtype=np.float32)
-        for c in range(3):
-            kernel[0, 0, 2 - c, c] = 1.0
-        layer = keras.layers.Conv2D(
-            3, 1, name="preprocess", trainable=False,
-            kernel_initializer=keras.initializers.Constant(kernel),
-            bias_initializer=keras.initializers.Constant(-np.asarray(_CAFFE_MEANS_BGR, dtype=np.float32)),
-        )
-        return [layer]
-    return []
-
-
-def build_base_network(config: ImageTrainingConfig):
-    """The headless, average-pooled base network with its pretrained weights (imagenet, or a local/gs:// file)."""
-    kwargs = dict(input_shape=(config.size, config.size, 3), include_top=False, pooling="avg")
-    if config.alpha is not None:
-        kwargs["alpha"] = config.alpha
-    if config.base_weights == "imagenet":
-        kwargs["weights"] = "imagenet"
-    else:
-        try:
-            local = fileio.local_copy(config.base_weights)
-        except Exception as exc:  # noqa: BLE001 - missing bucket, no permission
-            raise ToolError(f"--image-weights {config.base_weights!r}: cannot read ({type(exc).__name__}: {exc})") from exc
-        if not os.path.exists(local):
-            raise ToolError(f"--image-weights {config.base_weights!r}: no such file")
-        kwargs["weights"] = local
+def base_network(config: ImageTrainingConfig):
+    """The headless, average-pooled base network, built as the job builds `--image-model NAME`
+    (`transforms.models.build_base_network`, seeded with `--seed`); errors name this command's flags."""
     try:
-        return config.network.builder()(**kwargs)
-    except ValueError as exc:
-        raise ToolError(f"--base {config.base} / --image-weights {config.base_weights!r}: {str(exc).splitlines()[0]}") from exc
-    except Exception as exc:
-        if config.base_weights == "imagenet":
-            raise ToolError(
-                f"--image-weights imagenet: could not download the ImageNet weights ({type(exc).__name__}); without "
-                "internet access pass a local or gs:// weights file"
-            ) from exc
-        raise
+        return build_base_network(config.base, config.base_weights, config.alpha, config.image_size, config.seed,
+                                  model_flag="--base")
+    except ModelConfigError as exc:
+        raise ToolError(str(exc)) from exc
 
 
 def _head_layers(config: ImageTrainingConfig, classes: int) -> list:
@@ -382,7 +317,7 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
     train, val = _stratified_split(images.labels, config.validation_split, config.seed)
 
     keras.utils.set_random_seed(config.seed)
-    base = build_base_network(config)
+    base = base_network(config)
     base.trainable = False
     pixels_in = keras.Input(shape=(config.size, config.size, 3), dtype="float32", name="pixels")
     features = base(_apply(preprocessing_layers(config.network), pixels_in), training=False)
@@ -437,38 +372,32 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
             "val_accuracy": float(tuned_accuracy),
             "val_loss": float(tuned_loss),
             "kept": kept,
-            "history": {k: [float(v) for v in values] for k, values in fine_history.history.items()},
+            "history": history_lists(fine_history),
         }
         base.trainable = False
 
-    with tempfile.TemporaryDirectory(prefix="train-image-") as scratch:
-        local_model = os.path.join(scratch, "model.keras")
-        keras.Model(pixels_in, model.output, name=model.name).save(local_model)  # uncompiled: no optimizer state
-        copy_local_file(local_model, config.output)
-        report = {
-            "model": config.output,
-            "val_accuracy": float(val_accuracy),
-            "val_loss": float(val_loss),
-            "head_val_accuracy": float(head_val_accuracy),
-            "fine_tune": report_fine_tune,
-            "classes": images.classes,
-            "class_counts": dict(zip(images.classes, counts.tolist())),
-            "train_images": int(len(train)),
-            "val_images": int(len(val)),
-            "bad_images": len(images.bad),
-            "bad_examples": images.bad[:_MAX_BAD_EXAMPLES],
-            "input_size": [config.size, config.size],
-            "embedding_layer": EMBEDDING_LAYER,
-            "embedding_dim": config.embedding_dim,
-            "preprocessing": PREPROCESS_MODES[config.network.module],
-            "head_epochs_run": len(head_history.history["loss"]),
-            "head_history": {k: [float(v) for v in values] for k, values in head_history.history.items()},
-            "settings": config.describe(),
-            "elapsed_seconds": round(time.monotonic() - started, 3),
-            "keras_version": keras.__version__,
-            "tensorflow_version": tf.__version__,
-        }
-        write_bytes(config.report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"), "application/json")
+    save_model(pixels_in, model.output, model.name, config.output)
+    report = {
+        "model": config.output,
+        "val_accuracy": float(val_accuracy),
+        "val_loss": float(val_loss),
+        "head_val_accuracy": float(head_val_accuracy),
+        "fine_tune": report_fine_tune,
+        "classes": images.classes,
+        "class_counts": dict(zip(images.classes, counts.tolist())),
+        "train_images": int(len(train)),
+        "val_images": int(len(val)),
+        "bad_images": len(images.bad),
+        "bad_examples": images.bad[:_MAX_BAD_EXAMPLES],
+        "input_size": [config.size, config.size],
+        "embedding_layer": EMBEDDING_LAYER,
+        "embedding_dim": config.embedding_dim,
+        "preprocessing": config.network.preprocessing,
+        "head_epochs_run": len(head_history.history["loss"]),
+        "head_history": history_lists(head_history),
+        **report_footer(config.describe(), started),
+    }
+    write_report(report, config.output)
     return report
 
 
@@ -525,10 +454,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     """Run `train-image`: Keras' progress on stderr, the report alone on stdout."""
 
     def body() -> int:
-        config = config_from_args(args)
-        with contextlib.redirect_stdout(sys.stderr):
-            report = train_image_model(config)
-        print(json.dumps(report, indent=2))
+        train_and_print(train_image_model, config_from_args(args))
         return 0
 
     return run_command("train-image", body)

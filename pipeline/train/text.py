@@ -3,7 +3,8 @@
 The saved `.keras` file is the contract with the embedding job: a functional model taking one
 string per row (`text`, shape `(1,)`), with the layers `vectorize` -> `embedding` ->
 `text_embedding` (masked average of the token vectors, the record embedding) -> `sentiment`.
-It loads with `keras.saving.load_model(path, safe_mode=True)`: built-in layers only.
+These names are defined once, in `transforms.models` (TEXT_INPUT, TEXT_VECTORIZE_LAYER,
+WORD_EMBEDDING_LAYER, TEXT_EMBEDDING_LAYER, TEXT_OUTPUT_LAYER). It loads with `keras.saving.load_model(path, safe_mode=True)`: built-in layers only.
 
 A text with no token after standardisation (empty, or punctuation only) has nothing to average:
 `text_embedding` then gives NaN (0 / 0). Such texts are bad records here, and the job must not
@@ -17,21 +18,34 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import contextlib
 import dataclasses
-import json
 import logging
 import os
-import sys
-import tempfile
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import fileio
+from pipeline.train.common import (
+    check_at_least,
+    check_output,
+    check_training_settings,
+    history_lists,
+    report_footer,
+    report_path_for,
+    save_model,
+    train_and_print,
+    write_report,
+)
 from transforms.errors import DataError, UserError
+from transforms.models import (
+    TEXT_EMBEDDING_LAYER,
+    TEXT_INPUT,
+    TEXT_OUTPUT_LAYER,
+    TEXT_VECTORIZE_LAYER,
+    WORD_EMBEDDING_LAYER,
+)
 from transforms.text_formats import detect_format, iter_records
 
 __all__ = [
@@ -50,8 +64,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-MODEL_SUFFIX = ".keras"
-REPORT_SUFFIX = ".training.json"
 _MAX_BAD_EXAMPLES = 10
 _TRUE = ("1", "true")
 _FALSE = ("0", "false")
@@ -89,8 +101,7 @@ class TextTrainingConfig:
     verbose: int = 2
 
     def __post_init__(self):
-        if not self.output.endswith(MODEL_SUFFIX):
-            raise TrainingConfigError(f"--output must end in {MODEL_SUFFIX} (the Keras 3 format), got {self.output!r}")
+        check_output(self.output, TrainingConfigError)
         if not self.inputs and not self.labelled_lines:
             raise TrainingConfigError("give training data with --input GLOB or --labelled-lines FILE=LABEL")
         for path, label in self.labelled_lines:
@@ -110,14 +121,8 @@ class TextTrainingConfig:
         _at_least("--patience", self.patience, 0)
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--seed", self.seed, 0)
-        if not 0 < self.validation_split < 1:
-            raise TrainingConfigError(f"--validation-split must be in (0, 1), got {self.validation_split}")
-        if not 0 <= self.dropout < 1:
-            raise TrainingConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not self.learning_rate > 0:
-            raise TrainingConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise TrainingConfigError(f"--max-bad-fraction must be in [0, 1], got {self.max_bad_fraction}")
+        check_training_settings(TrainingConfigError, self.validation_split, self.dropout,
+                                (("--learning-rate", self.learning_rate),), self.max_bad_fraction)
 
     @property
     def report_path(self) -> str:
@@ -133,13 +138,7 @@ class TextTrainingConfig:
 
 
 def _at_least(flag: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise TrainingConfigError(f"{flag} must be an integer >= {minimum}, got {value!r}")
-
-
-def report_path_for(model_path: str) -> str:
-    """`MODEL.keras` -> `MODEL.training.json`."""
-    return model_path[: -len(MODEL_SUFFIX)] + REPORT_SUFFIX
+    check_at_least(flag, value, minimum, TrainingConfigError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,20 +316,20 @@ def build_text_model(config: TextTrainingConfig, train_texts: Sequence[str]):
     import tensorflow as tf
 
     vectorize = keras.layers.TextVectorization(
-        name="vectorize",
+        name=TEXT_VECTORIZE_LAYER,
         max_tokens=config.vocab_size,
         output_sequence_length=config.sequence_length,
         standardize="lower_and_strip_punctuation",
     )
     vectorize.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(list(train_texts))).batch(1024))
-    text = keras.Input(shape=(1,), dtype="string", name="text")
+    text = keras.Input(shape=(1,), dtype="string", name=TEXT_INPUT)
     tokens = vectorize(text)
     vectors = keras.layers.Embedding(
-        name="embedding", input_dim=config.vocab_size, output_dim=config.embedding_dim, mask_zero=True
+        name=WORD_EMBEDDING_LAYER, input_dim=config.vocab_size, output_dim=config.embedding_dim, mask_zero=True
     )(tokens)
-    pooled = keras.layers.GlobalAveragePooling1D(name="text_embedding")(vectors)  # masked mean: padding ignored
+    pooled = keras.layers.GlobalAveragePooling1D(name=TEXT_EMBEDDING_LAYER)(vectors)  # masked mean: padding ignored
     features = keras.layers.Dropout(config.dropout, name="dropout")(pooled) if config.dropout else pooled
-    sentiment = keras.layers.Dense(1, activation="sigmoid", name="sentiment")(features)
+    sentiment = keras.layers.Dense(1, activation="sigmoid", name=TEXT_OUTPUT_LAYER)(features)
     return keras.Model(text, sentiment, name="text_sentiment")
 
 
@@ -347,7 +346,6 @@ def _dataset(texts: Sequence[str], labels: np.ndarray, batch_size: int, shuffle_
 def train_text_model(config: TextTrainingConfig) -> dict:
     """Read, split, train with early stopping, save `config.output` and its report; the report's dict."""
     import keras
-    import tensorflow as tf
 
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -376,34 +374,27 @@ def train_text_model(config: TextTrainingConfig) -> dict:
     train_loss, train_accuracy = model.evaluate(_dataset(train_texts, train_labels, 1024), verbose=0)
     val_loss, val_accuracy = model.evaluate(_dataset(val_texts, val_labels, 1024), verbose=0)
 
-    with tempfile.TemporaryDirectory(prefix="train-text-") as scratch:
-        local_model = os.path.join(scratch, "model.keras")
-        # An uncompiled view of the same layers: the file holds no optimizer state (a third of the size).
-        keras.Model(model.inputs, model.outputs, name=model.name).save(local_model)
-        fileio.upload(local_model, config.output)
-        report = {
-            "model": config.output,
-            "train_accuracy": float(train_accuracy),
-            "train_loss": float(train_loss),
-            "val_accuracy": float(val_accuracy),
-            "val_loss": float(val_loss),
-            "train_records": len(train_texts),
-            "val_records": len(val_texts),
-            "train_positive": int(train_labels.sum()),
-            "val_positive": int(val_labels.sum()),
-            "bad_records": records.bad_records,
-            "bad_examples": list(records.bad_examples),
-            "vocabulary_size": int(model.get_layer("vectorize").vocabulary_size()),
-            "epochs_run": len(history.history["loss"]),
-            "best_epoch": int(stopper.best_epoch) + 1,
-            "history": {name: [float(v) for v in values] for name, values in history.history.items()},
-            "files": list(records.files),
-            "settings": config.describe(),
-            "elapsed_seconds": round(time.monotonic() - started, 3),
-            "keras_version": keras.__version__,
-            "tensorflow_version": tf.__version__,
-        }
-        fileio.write_bytes(config.report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"), "application/json")
+    save_model(model.inputs, model.outputs, model.name, config.output)
+    report = {
+        "model": config.output,
+        "train_accuracy": float(train_accuracy),
+        "train_loss": float(train_loss),
+        "val_accuracy": float(val_accuracy),
+        "val_loss": float(val_loss),
+        "train_records": len(train_texts),
+        "val_records": len(val_texts),
+        "train_positive": int(train_labels.sum()),
+        "val_positive": int(val_labels.sum()),
+        "bad_records": records.bad_records,
+        "bad_examples": list(records.bad_examples),
+        "vocabulary_size": int(model.get_layer(TEXT_VECTORIZE_LAYER).vocabulary_size()),
+        "epochs_run": len(history.history["loss"]),
+        "best_epoch": int(stopper.best_epoch) + 1,
+        "history": history_lists(history),
+        "files": list(records.files),
+        **report_footer(config.describe(), started),
+    }
+    write_report(report, config.output)
     _LOG.info("saved %s and %s", config.output, config.report_path)
     return report
 
@@ -476,7 +467,5 @@ def main_from_args(args: argparse.Namespace) -> int:
     """Run `train-text`: the report alone on stdout, progress on stderr. A bad flag raises
     TrainingConfigError (exit 2), unusable data TrainingDataError (exit 1), both `UserError`s."""
     config = config_from_args(args)
-    with contextlib.redirect_stdout(sys.stderr):  # Keras' epoch lines are progress: stdout holds the report only
-        report = train_text_model(config)
-    print(json.dumps(report, indent=2))
+    train_and_print(train_text_model, config)  # Keras' epoch lines are progress: stdout holds the report only
     return 0
