@@ -24,6 +24,7 @@ __all__ = [
     "is_remote",
     "join",
     "match_paths",
+    "InputListing",
     "read_bytes",
     "read_parquet_table",
     "parquet_batches",
@@ -239,6 +240,34 @@ def match_paths(patterns: Iterable[str]) -> list[str]:
             for metadata in result.metadata_list:
                 found.add(metadata.path)
     return sorted(found)
+
+
+class InputListing:
+    """The files that input globs/paths match, each pattern listed once and kept: the launcher checks
+    the inputs, counts the images and sizes the job from one listing (`clear` it once the job is
+    built). The pipeline's own `MatchFiles` lists again where it runs, on the workers."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, list[tuple[str, int]]] = {}
+
+    def files(self, pattern: str) -> list[tuple[str, int]]:
+        """(path, size in bytes) of every file `pattern` matches (listed on first use; a listing
+        error is raised, and the pattern is listed again next time)."""
+        if pattern not in self._files:
+            self._files[pattern] = [
+                (metadata.path, int(metadata.size_in_bytes or 0))
+                for result in FileSystems.match([pattern])
+                for metadata in result.metadata_list
+            ]
+        return self._files[pattern]
+
+    def paths(self, patterns: Iterable[str]) -> list[str]:
+        """Every file the patterns match, sorted, each once (as `match_paths`)."""
+        return sorted({path for pattern in patterns for path, _ in self.files(pattern)})
+
+    def clear(self) -> None:
+        """Forget the listing (it holds a path per matched file)."""
+        self._files.clear()
 
 
 def _is_not_found(exc: BaseException) -> bool:
