@@ -278,6 +278,16 @@ def _is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, NotFound)
 
 
+def _raise_storage_error(path: str, exc: Exception) -> None:
+    """Raise what `exc` (from opening or reading `path`) means to a caller: FileNotFoundError for a
+    missing gs:// object (GCS raises google.api_core's NotFound, whose message does not say so),
+    StorageUnavailable for an outage; otherwise return, and the caller re-raises `exc` as it is."""
+    if _is_not_found(exc):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
+    if is_remote(path) and is_transient_storage_error(exc):
+        raise _storage_outage(path, exc) from exc
+
+
 @contextlib.contextmanager
 def _open_raw(path: str) -> Iterator[IO[bytes]]:
     """A file's raw bytes; a missing gs:// object raises FileNotFoundError as a missing local file
@@ -288,10 +298,7 @@ def _open_raw(path: str) -> Iterator[IO[bytes]]:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             yield handle
     except Exception as exc:
-        if _is_not_found(exc):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
-        if is_remote(path) and is_transient_storage_error(exc):
-            raise _storage_outage(path, exc) from exc
+        _raise_storage_error(path, exc)
         raise
 
 
@@ -348,10 +355,7 @@ def open_input(path: str):
     try:
         raw = FileSystems.open(path, compression_type="uncompressed")
     except Exception as exc:
-        if _is_not_found(exc):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
-        if is_remote(path) and is_transient_storage_error(exc):
-            raise _storage_outage(path, exc) from exc
+        _raise_storage_error(path, exc)
         raise
     if opener is None:
         return raw
