@@ -41,14 +41,12 @@ def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
     return pcoll | label >> beam.Map(lambda element, n=name: (n, per_element(element)))
 
 
-def _estimated_records(patterns, bytes_per_record: int = 64) -> int:
+def _estimated_records(patterns, listing: fileio.InputListing, bytes_per_record: int = 64) -> int:
     """A generous guess of the record count from the inputs' sizes (sizes the hash buckets)."""
-    from apache_beam.io.filesystems import FileSystems
-
     total = 0
     for pattern in patterns:
         try:
-            total += sum(m.size_in_bytes or 0 for r in FileSystems.match([pattern]) for m in r.metadata_list)
+            total += sum(size for _, size in listing.files(pattern))
         except Exception:  # noqa: BLE001 - a pattern that matches nothing is reported elsewhere
             continue
     return total // bytes_per_record
@@ -95,11 +93,14 @@ def build_pipeline(
     started_at: str,
     text_batch_rows: int = 4096,
     prior_files: Optional[dict[str, list[str]]] = None,
+    listing: Optional[fileio.InputListing] = None,
 ) -> dict:
     """Wire the job into `p`; returns the main PCollections (for tests) by name.
 
-    `prior_files` ({modality: Parquet paths of earlier runs}) turns on incremental skipping.
+    `prior_files` ({modality: Parquet paths of earlier runs}) turns on incremental skipping;
+    `listing`: the launcher's listing of the inputs, to list them only once.
     """
+    listing = fileio.InputListing() if listing is None else listing
     counts, files, errors = [], [], []
     prior_files = prior_files or {}
     out: dict = {}
@@ -113,7 +114,7 @@ def build_pipeline(
         )
         embed_schema = without_provenance(schema)  # embedded_run_id (carry-over) is added after embedding
         carry = bool(config.carry_over and prior_files.get(TEXT))
-        text_files = fileio.match_paths(config.text_inputs)  # sorted: file order for "first occurrence"
+        text_files = listing.paths(config.text_inputs)  # sorted: file order for "first occurrence"
         read_options = dict(
             text_field=config.text_field, id_field=config.text_id_field, encoding=config.text_encoding,
             batch_rows=text_batch_rows, max_text_bytes=config.max_text_bytes, split_bytes=config.read_split_bytes,
@@ -129,7 +130,7 @@ def build_pipeline(
             # Its own source, not a sibling of ReadTextRecords: the runner would otherwise fuse the
             # two reads and hold every record in memory until the check is done.
             file_index = {path: i for i, path in enumerate(text_files)}  # file order: "first occurrence"
-            bits = bucket_bits_for(_estimated_records(config.text_inputs) * (2 if prior_files.get(TEXT) else 1))
+            bits = bucket_bits_for(_estimated_records(config.text_inputs, listing) * (2 if prior_files.get(TEXT) else 1))
             if prior_files.get(TEXT):  # content hashes too: the reader's own records, uncounted
                 keys = (
                     p
@@ -206,7 +207,7 @@ def build_pipeline(
         batch = config.image_model.batch_size
         side = {}
         # Hash buckets sized from the manifests (a glob's files are not counted before the run).
-        image_bits = bucket_bits_for(2 * _estimated_records(manifests))
+        image_bits = bucket_bits_for(2 * _estimated_records(manifests, listing))
         if not config.allow_duplicate_ids:
             duplicates = (
                 refs

@@ -205,10 +205,11 @@ def _positive(name: str, value: Optional[int]) -> None:
         raise ConfigError(f"{name} must be a positive number, got {value}")
 
 
-def _check_inputs(flag: str, patterns: Sequence[str]) -> None:
+def _check_inputs(flag: str, patterns: Sequence[str], listing: Optional[fileio.InputListing] = None) -> None:
+    listing = fileio.InputListing() if listing is None else listing
     for pattern in patterns:
         try:
-            matched = fileio.match_paths([pattern])
+            matched = listing.files(pattern)
         except Exception as exc:  # noqa: BLE001 - bucket missing, no permission
             raise ConfigError(f"{flag} {pattern!r}: cannot list ({type(exc).__name__}: {exc})") from exc
         if not matched:
@@ -319,8 +320,10 @@ def check_unknown_flags(argv: Sequence[str]) -> None:
         raise ConfigError(f"unexpected argument {stray!r}{after} (each flag takes one value){hint}")
 
 
-def config_from_options(options: PipelineOptions, check_paths: bool = True) -> JobConfig:
-    """Validate the flags into a JobConfig; raises ConfigError naming the first bad flag."""
+def config_from_options(options: PipelineOptions, check_paths: bool = True,
+                        listing: Optional[fileio.InputListing] = None) -> JobConfig:
+    """Validate the flags into a JobConfig; raises ConfigError naming the first bad flag (`listing`:
+    where the inputs' listings are kept, to list each input pattern only once at launch)."""
     o = options.view_as(EmbeddingJobOptions)
     if not o.output:
         raise ConfigError("--output is required (a local folder or gs:// path)")
@@ -441,6 +444,6 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True) -> J
         except BigQueryTableError as exc:
             raise ConfigError(str(exc)) from None
     if check_paths:
-        _check_inputs("--text-input", config.text_inputs)
-        _check_inputs("--image-input", config.image_inputs)
+        _check_inputs("--text-input", config.text_inputs, listing)
+        _check_inputs("--image-input", config.image_inputs, listing)
     return config

@@ -104,13 +104,13 @@ def local_in_process(options: PipelineOptions) -> bool:
     return runner in ("DirectRunner", "direct", "SwitchingDirectRunner") and mode != "multi_processing"
 
 
-def known_image_count(config: JobConfig) -> Optional[int]:
+def known_image_count(config: JobConfig, listing: Optional[fileio.InputListing] = None) -> Optional[int]:
     """How many images the run will see, when every --image-input is a glob (a manifest's rows are not counted)."""
     from transforms.image_read import is_manifest
 
     if not config.has_images or any(is_manifest(i) for i in config.image_inputs):
         return None
-    return len(fileio.match_paths(list(config.image_inputs)))
+    return len((listing or fileio.InputListing()).paths(config.image_inputs))
 
 
 def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
@@ -184,7 +184,8 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     check_unknown_flags(argv)
     options = PipelineOptions(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
-    config = config_from_options(options)
+    listing = fileio.InputListing()  # each input pattern is listed once at launch
+    config = config_from_options(options, listing=listing)
     os.environ[fileio.STORAGE_TIMEOUT_ENV] = str(config.storage_timeout)  # local worker processes inherit it
     fileio.bound_storage_retries(config.storage_timeout)
     prior = prior_embedding_files(config)
@@ -205,13 +206,13 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
             cleared = clear_previous_output(config.output)
             if cleared:
                 _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
-            return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only)
+            return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only, listing)
         finally:
             _CLAIMED.clear()
             if not config.detach:  # a detached run frees the folder itself, when it writes its manifest
                 with contextlib.suppress(Exception):
                     release_output(config.output, config.run_id)
-    return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only)
+    return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only, listing)
 
 
 def pipeline_factory(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
@@ -221,14 +222,17 @@ def pipeline_factory(options: PipelineOptions, test_pipeline=None) -> beam.Pipel
     return test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
 
 
-def _run_claimed(pipeline, options, config: JobConfig, models, prior, builds_only: bool) -> dict:
+def _run_claimed(pipeline, options, config: JobConfig, models, prior, builds_only: bool,
+                 listing: Optional[fileio.InputListing] = None) -> dict:
     progress.reset()
-    progress.set_total(IMAGE, known_image_count(config) if local_in_process(options) else None)
+    progress.set_total(IMAGE, known_image_count(config, listing) if local_in_process(options) else None)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
     runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
     local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
-    build_pipeline(pipeline, config, models, started_at, prior_files=prior)
+    build_pipeline(pipeline, config, models, started_at, prior_files=prior, listing=listing)
+    if listing is not None:
+        listing.clear()  # built: the workers list the inputs again themselves
     with loopback_only_servers() if local else contextlib.nullcontext():
         result = pipeline.run()
         if builds_only:

@@ -20,6 +20,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
+from tests_support import DATAFLOW_PROJECT as PROJECT
+from tests_support import build_dataflow_template, pipeline_do_fns
 
 from transforms.bigquery import (
     BigQueryTableError,
@@ -32,7 +34,6 @@ from transforms.bigquery import (
 )
 from transforms.records import IMAGE, TEXT, embedding_schema
 
-PROJECT = "embeddings-test-project"
 TABLE = f"{PROJECT}:embeddings.reviews"
 SDK_IMAGE = "europe-docker.pkg.dev/embeddings-test-project/beam/embeddings:0.1.0"
 
@@ -165,48 +166,20 @@ def test_table_to_rows_in_a_pipeline():
 @pytest.fixture(scope="module")
 def bigquery_job(gcs_emulator, tiny_text_model, tiny_image_model, tmp_path_factory) -> dict:
     """A Dataflow template with `--bigquery-table`, built on the GCS emulator, and its pipeline proto."""
-    from apache_beam.portability.api import beam_runner_api_pb2
-
-    from pipeline.run import run
-    from transforms import fileio
-
     job = "embed-bigquery"
     folder = tmp_path_factory.mktemp("bigquery") / "in"
     folder.mkdir()
     (folder / "a.jsonl").write_text(json.dumps({"id": "a", "text": "good movie", "label": "1"}) + "\n")
     (folder / "dog.png").write_bytes(b"not decoded at build time")
     gcs_emulator.upload_tree(folder, job, "in")
-    location = gcs_emulator.url(job, "template", "embed.json")
-    argv = [
-        "--runner", "DataflowRunner", "--project", PROJECT, "--region", "europe-west1", "--job_name", job,
-        "--temp_location", gcs_emulator.url(job, "temp"), "--staging_location", gcs_emulator.url(job, "staging"),
-        "--sdk_container_image", SDK_IMAGE, "--sdk_location", "container", "--template_location", location,
-        "--output", gcs_emulator.url(job, "out"),
+    return build_dataflow_template(gcs_emulator, job, SDK_IMAGE, [
         "--text-input", gcs_emulator.url(job, "in", "*.jsonl"),
         "--text-model", gcs_emulator.upload(tiny_text_model, job, "models", "text.keras"),
         "--image-input", gcs_emulator.url(job, "in", "*.png"),
         "--image-model", gcs_emulator.upload(tiny_image_model, job, "models", "image.keras"),
         "--passthrough", "label", "--run-id", "2026-11-26",
         "--bigquery-table", TABLE,
-    ]
-    assert run(argv) == {}
-    request = json.loads(fileio.read_bytes(location))
-    options = request["environment"]["sdkPipelineOptions"]["options"]
-    pipeline = beam_runner_api_pb2.Pipeline.FromString(fileio.read_bytes(options["pipelineUrl"]))
-    return {"request": request, "options": options, "pipeline": pipeline}
-
-
-def _do_fns(pipeline, prefix: str) -> dict:
-    """The DoFns under a composite, by their step name."""
-    from apache_beam.internal import pickler
-    from apache_beam.portability.api import beam_runner_api_pb2
-
-    found = {}
-    for transform in pipeline.components.transforms.values():
-        if transform.unique_name.startswith(prefix) and transform.spec.urn == "beam:transform:pardo:v1":
-            payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
-            found[transform.unique_name] = pickler.loads(payload.do_fn.payload)[0]
-    return found
+    ])
 
 
 @pytest.mark.gcs
@@ -219,7 +192,7 @@ def test_dataflow_job_loads_each_modality_into_its_table_by_file_loads(bigquery_
     names = {t.unique_name for t in pipeline.components.transforms.values()}
     assert f"{step}/LoadIntoBigQuery/BigQueryBatchFileLoads" in names  # method=FILE_LOADS, not streaming inserts
     assert not any(n.startswith(f"{step}/") and "StreamingInserts" in n for n in names)
-    fns = _do_fns(pipeline, f"{step}/")
+    fns = pipeline_do_fns(pipeline, f"{step}/")
     rows_fn = [f for f in fns.values() if isinstance(f, TableToRowsFn)]
     assert len(rows_fn) == 1 and rows_fn[0]._run_id == "2026-11-26"
 

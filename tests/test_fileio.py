@@ -54,3 +54,22 @@ def test_nesting_prescreen_never_under_counts():
 
     assert nesting_exceeds(b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"\n")
     assert not nesting_exceeds(b'{"id": "1", "text": "[[fine]]"}\n' * 1000)
+
+
+def test_parquet_reads_give_the_columns_row_groups_and_batches_asked_for(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms import fileio
+
+    table = pa.table({"id": [f"r{i}" for i in range(250)], "n": list(range(250)), "x": [float(i) for i in range(250)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=100)
+    assert fileio.read_parquet_table(sink.getvalue()).equals(table)
+    parquet = pq.ParquetFile(io.BytesIO(sink.getvalue()))
+    batches = list(fileio.parquet_batches(parquet, 40, columns=("n",), row_groups=[1, 2]))
+    assert [b.num_rows for b in batches] == [40, 40, 40, 30] and batches[0].schema.names == ["n"]
+    assert pa.Table.from_batches(batches).column("n").to_pylist() == list(range(100, 250))
+    assert pa.Table.from_batches(list(fileio.parquet_batches(parquet, 1000))).equals(table)

@@ -7,7 +7,6 @@ Not run here: a real GPU, the image build (no Docker engine), a Dataflow job.
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import re
@@ -17,10 +16,9 @@ import sys
 
 import pytest
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
+from tests_support import PROJECT_ROOT, build_dataflow_template, pipeline_do_fns
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCKERFILE = PROJECT_ROOT / "Dockerfile.gpu"
-PROJECT = "embeddings-test-project"
 GPU_IMAGE = "europe-docker.pkg.dev/embeddings-test-project/beam/embeddings-gpu:0.1.0"
 ACCELERATOR = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
 
@@ -134,43 +132,23 @@ def test_a_worker_without_a_gpu_logs_the_cpu_and_why(caplog):
 
 @pytest.fixture(scope="module")
 def gpu_job(gcs_emulator, tiny_image_model, tmp_path_factory) -> dict:
-    from apache_beam.portability.api import beam_runner_api_pb2
-
-    from pipeline.run import run
-    from transforms import fileio
-
     job = "embed-gpu"
     folder = tmp_path_factory.mktemp("gpu") / "in"
     folder.mkdir()
     (folder / "dog.png").write_bytes(b"not decoded at build time")
     gcs_emulator.upload_tree(folder, job, "in")
-    location = gcs_emulator.url(job, "template", "embed.json")
-    argv = [
-        "--runner", "DataflowRunner", "--project", PROJECT, "--region", "europe-west1", "--job_name", job,
-        "--temp_location", gcs_emulator.url(job, "temp"), "--staging_location", gcs_emulator.url(job, "staging"),
-        "--template_location", location,
-        "--sdk_container_image", GPU_IMAGE, "--sdk_location", "container",
+    return build_dataflow_template(gcs_emulator, job, GPU_IMAGE, [
         "--dataflow_service_options", f"worker_accelerator={ACCELERATOR}",
         "--machine_type", "n1-standard-8",
         "--experiments", "no_use_multiple_sdk_containers", "--number_of_worker_harness_threads", "2",
-        "--output", gcs_emulator.url(job, "out"),
         "--image-input", gcs_emulator.url(job, "in", "*.png"),
         "--image-model", gcs_emulator.upload(tiny_image_model, job, "models", "image.keras"),
         "--image-batch-size", "128",
-    ]
-    assert run(argv) == {}
-    request = json.loads(fileio.read_bytes(location))
-    options = request["environment"]["sdkPipelineOptions"]["options"]
-    pipeline = beam_runner_api_pb2.Pipeline.FromString(fileio.read_bytes(options["pipelineUrl"]))
-    return {"request": request, "options": options, "pipeline": pipeline}
+    ])
 
 
 def _do_fn(pipeline, name: str):
-    from apache_beam.internal import pickler
-    from apache_beam.portability.api import beam_runner_api_pb2
-
-    transform = next(t for t in pipeline.components.transforms.values() if t.unique_name == name)
-    return pickler.loads(beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).do_fn.payload)[0]
+    return pipeline_do_fns(pipeline, name)[name]
 
 
 @pytest.mark.gcs

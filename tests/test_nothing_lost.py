@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from tests_support import PROJECT_ROOT
+from tests_support import PROJECT_ROOT, descendants, refused_storage
 
 from pipeline.run import main
 from transforms import fileio
@@ -224,24 +224,6 @@ def test_a_full_disk_ends_in_one_line(tmp_path, tiny_text_model):
         subprocess.run(["umount", str(small)], check=False)
 
 
-def _descendants(pid: int) -> set[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = set(), [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = {p for p, pp in parents.items() if pp == parent} - found
-        found |= children
-        frontier += list(children)
-    return found
-
-
 def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -264,7 +246,7 @@ def test_a_signal_ends_a_multi_process_run_with_one_line_and_no_worker_left(tmp_
         workers: set[int] = set()
         deadline = time.time() + 180
         while len(workers) < 2 and process.poll() is None and time.time() < deadline:
-            workers = {p for p in _descendants(process.pid) if b"sdk_worker_main" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()}
+            workers = {p for p in descendants(process.pid) if b"sdk_worker_main" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()}
             time.sleep(0.1)
         assert workers, "no worker process started"
         time.sleep(2)
@@ -285,52 +267,29 @@ def test_a_signal_ends_a_multi_process_run_with_one_line_and_no_worker_left(tmp_
 
 
 @pytest.mark.gcs
-def test_an_unreachable_storage_raises_storage_unavailable_not_a_record_error(tmp_path, monkeypatch):
-    from gcs_emulator import start_emulator, stop_emulator
-
-    start_emulator()  # fake credentials in the environment: no 20 s auth lookups
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]  # closed again: connections are refused
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        previous = fileio.storage_timeout()
-        fileio.bound_storage_retries(2)
-        try:
-            with pytest.raises(fileio.StorageUnavailable, match="storage unreachable: gs://b/x.png: connection refused"):
-                fileio.read_bytes("gs://b/x.png")
-            # right after, other reads give up at once instead of waiting again
-            started = time.monotonic()
-            with pytest.raises(fileio.StorageUnavailable, match="not tried"):
-                fileio.read_bytes("gs://b/y.png")
-            assert time.monotonic() - started < 1
-        finally:
-            fileio.bound_storage_retries(previous)
-            fileio._down_until = 0.0
-    finally:
-        stop_emulator()
+def test_an_unreachable_storage_raises_storage_unavailable_not_a_record_error(tmp_path):
+    with refused_storage(timeout=2):
+        with pytest.raises(fileio.StorageUnavailable, match="storage unreachable: gs://b/x.png: connection refused"):
+            fileio.read_bytes("gs://b/x.png")
+        # right after, other reads give up at once instead of waiting again
+        started = time.monotonic()
+        with pytest.raises(fileio.StorageUnavailable, match="not tried"):
+            fileio.read_bytes("gs://b/y.png")
+        assert time.monotonic() - started < 1
 
 
 @pytest.mark.gcs
 @pytest.mark.parametrize("name", ["reviews.jsonl", "reviews.parquet", "manifest.csv"])
-def test_text_and_manifest_reads_fail_on_a_storage_outage_instead_of_dead_lettering_the_file(tmp_path, monkeypatch, name):
+def test_text_and_manifest_reads_fail_on_a_storage_outage_instead_of_dead_lettering_the_file(tmp_path, name):
     """A text file or manifest on gs:// whose storage is unreachable stops the run (StorageUnavailable
     is raised out of the reader), never becomes one quiet dead letter per file under the budget."""
     from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
-    from gcs_emulator import start_emulator, stop_emulator
 
     from transforms.image_read import ReadImageManifestFn
     from transforms.splits import FileRestrictions, plan_file
     from transforms.text_read import ReadTextFileFn
 
-    start_emulator()  # fake credentials in the environment: no 20 s auth lookups
-    previous = fileio.storage_timeout()
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]  # closed again: connections are refused
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-        fileio.bound_storage_retries(2)
+    with refused_storage(timeout=2):
         path = f"gs://outage/{name}"
         with pytest.raises(Exception) as raised:
             plan = plan_file(path, path, 10_000)  # a Parquet footer is read here
@@ -339,10 +298,6 @@ def test_text_and_manifest_reads_fail_on_a_storage_outage_instead_of_dead_letter
             outputs = list(fn.process(plan, tracker))
             pytest.fail(f"the read ended normally with {outputs!r}")
         assert fileio.is_transient_storage_error(raised.value), repr(raised.value)
-    finally:
-        fileio.bound_storage_retries(previous)
-        fileio._down_until = 0.0
-        stop_emulator()
 
 
 _SERVER = """

@@ -14,26 +14,13 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from tests_support import PROJECT_ROOT
+from tests_support import PROJECT_ROOT, descendants
 from transforms.results import MANIFEST_NAME, read_embeddings
 
 
 def _listening_sockets(root_pid: int) -> set[str]:
     """Local addresses of the TCP sockets in LISTEN state owned by `root_pid` or its descendants."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    family = {root_pid}
-    changed = True
-    while changed:
-        new = {pid for pid, parent in parents.items() if parent in family} - family
-        family |= new
-        changed = bool(new)
+    family = {root_pid} | descendants(root_pid)
     inodes = set()
     for pid in family:
         try:

@@ -175,3 +175,32 @@ def test_three_spellings_of_one_glob_give_the_same_ids(tmp_path, monkeypatch, ti
         assert all(pathlib.Path(s).resolve().parent == (data / "sub").resolve() for s in text.column("source").to_pylist())
     assert results[0] == results[1] == results[2]
     assert results[0] == (["sub/r.jsonl:1", "sub/r.jsonl:2", "sub/r.jsonl:3"], ["sub/0.png", "sub/1.png"])
+
+
+def test_the_launcher_lists_each_input_pattern_once(tmp_path, monkeypatch, tiny_text_model, tiny_image_model):
+    """Checking the inputs, sizing the duplicate check, ordering the files and counting the images
+    share one listing per pattern (a gs:// glob of many files is listed once at launch, not three
+    times); the pipeline's own MatchFiles lists them again where it runs."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms import splits
+
+    for i in range(3):
+        (tmp_path / f"{i}.jsonl").write_text("".join(json.dumps({"id": f"{i}-{n}", "text": f"good film {n}"}) + "\n" for n in range(5)))
+        Image.new("RGB", (20, 20), (i * 60, 10, 10)).save(tmp_path / f"{i}.png")
+    texts, images = str(tmp_path / "*.jsonl"), str(tmp_path / "*.png")
+    real = FileSystems.match
+    calls = {"launcher": [], "pipeline": []}
+
+    def match(patterns, limits=None):
+        caller = sys._getframe(1).f_code  # MatchFiles' own listing (its function may arrive pickled)
+        in_pipeline = (caller.co_name, caller.co_filename) == ("_match", splits.__file__)
+        calls["pipeline" if in_pipeline else "launcher"].extend(patterns)
+        return real(patterns, limits)
+
+    monkeypatch.setattr(FileSystems, "match", staticmethod(match))
+    result = run(["--output", str(tmp_path / "out"), "--text-input", texts, "--text-model", str(tiny_text_model),
+                  "--image-input", images, "--image-model", str(tiny_image_model)])
+    assert result["counts"]["text"]["embedded"] == 15 and result["counts"]["image"]["embedded"] == 3
+    assert calls["launcher"].count(texts) == 1 and calls["launcher"].count(images) == 1, calls["launcher"]
+    assert calls["pipeline"].count(texts) >= 1 and calls["pipeline"].count(images) >= 1, calls["pipeline"]

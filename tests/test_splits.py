@@ -99,6 +99,50 @@ def test_parquet_is_read_by_row_groups(tmp_path):
     assert [r["line"] for r in whole[0]] == list(range(1000)) and whole[0][5]["id"] == "e.parquet:5"
 
 
+def _manifest_records(path, split_bytes):
+    """(line, uri, error type) of every record of an image manifest, read range by range."""
+    size = os.path.getsize(path)
+    plan = splits.plan_file(str(path), str(path), size, split_bytes=split_bytes)
+    if splits._needs_counts(plan):
+        plan = splits._assemble((str(path), [splits._count_chunk((plan, k))[1] for k in range(-(-size // split_bytes))]))
+    provider = splits.FileRestrictions()
+    records = []
+    for restriction in provider.split(plan, provider.initial_restriction(plan)):
+        with splits.fileio.open_input(str(path)) as handle:
+            for parsed in splits.iter_range_records(plan, OffsetRestrictionTracker(restriction), handle, "utf-8", "uri", max_bytes=200):
+                records.append((parsed.line, (parsed.record or {}).get("uri"), type(parsed.error).__name__ if parsed.error else None))
+    return sorted(records)
+
+
+@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz", "m.jsonl", "m.parquet", "m.parquet.gz"])
+def test_image_manifest_ranges_read_every_row_once_with_its_number(tmp_path, name):
+    rows = [{"uri": f"img{i}.jpg", "label": f"two\nlines {i}" if i % 7 == 0 else "x" * (i % 40)} for i in range(400)]
+    path = tmp_path / name
+    if ".csv" in name:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, ["uri", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+        data = buffer.getvalue().encode()
+    elif ".jsonl" in name:
+        data = ("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"uri": "long", "label": "x" * 300}) + "\n").encode()
+    else:
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), sink, row_group_size=50)
+        data = sink.getvalue()
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    whole = _manifest_records(path, 1 << 20)
+    if name.startswith("m.jsonl"):
+        assert whole[-1] == (401, None, "RecordTooLarge")
+        whole = whole[:-1]
+    assert [uri for _, uri, _ in whole] == [r["uri"] for r in rows]
+    # Parquet: 0-based rows; JSONL: 1-based lines; CSV: the line where a record ends (row 0 spans lines 2-3)
+    first = 0 if ".parquet" in name else 1 if ".jsonl" in name else 3
+    assert [line for line, _, _ in whole[:2]] == [first, first + 1]
+    for split_bytes in (97, 1000):
+        assert _manifest_records(path, split_bytes) == _manifest_records(path, 1 << 20)
+
+
 def test_a_runner_split_mid_range_gives_every_line_to_exactly_one_range(tmp_path):
     """Dynamic splitting (Dataflow rebalancing) at arbitrary byte offsets, on both read paths."""
     path = tmp_path / "f.jsonl"

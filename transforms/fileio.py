@@ -11,16 +11,23 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import IO, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from apache_beam.io.filesystems import FileSystems
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 __all__ = [
     "has_glob",
     "is_remote",
     "join",
     "match_paths",
+    "InputListing",
     "read_bytes",
+    "read_parquet_table",
+    "parquet_batches",
     "write_bytes",
     "upload",
     "sha256_of_file",
@@ -235,12 +242,50 @@ def match_paths(patterns: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
+class InputListing:
+    """The files that input globs/paths match, each pattern listed once and kept: the launcher checks
+    the inputs, counts the images and sizes the job from one listing (`clear` it once the job is
+    built). The pipeline's own `MatchFiles` lists again where it runs, on the workers."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, list[tuple[str, int]]] = {}
+
+    def files(self, pattern: str) -> list[tuple[str, int]]:
+        """(path, size in bytes) of every file `pattern` matches (listed on first use; a listing
+        error is raised, and the pattern is listed again next time)."""
+        if pattern not in self._files:
+            self._files[pattern] = [
+                (metadata.path, int(metadata.size_in_bytes or 0))
+                for result in FileSystems.match([pattern])
+                for metadata in result.metadata_list
+            ]
+        return self._files[pattern]
+
+    def paths(self, patterns: Iterable[str]) -> list[str]:
+        """Every file the patterns match, sorted, each once (as `match_paths`)."""
+        return sorted({path for pattern in patterns for path, _ in self.files(pattern)})
+
+    def clear(self) -> None:
+        """Forget the listing (it holds a path per matched file)."""
+        self._files.clear()
+
+
 def _is_not_found(exc: BaseException) -> bool:
     try:
         from google.api_core.exceptions import NotFound
     except ImportError:  # pragma: no cover - the gcp extras are always installed
         return False
     return isinstance(exc, NotFound)
+
+
+def _raise_storage_error(path: str, exc: Exception) -> None:
+    """Raise what `exc` (from opening or reading `path`) means to a caller: FileNotFoundError for a
+    missing gs:// object (GCS raises google.api_core's NotFound, whose message does not say so),
+    StorageUnavailable for an outage; otherwise return, and the caller re-raises `exc` as it is."""
+    if _is_not_found(exc):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
+    if is_remote(path) and is_transient_storage_error(exc):
+        raise _storage_outage(path, exc) from exc
 
 
 @contextlib.contextmanager
@@ -253,10 +298,7 @@ def _open_raw(path: str) -> Iterator[IO[bytes]]:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             yield handle
     except Exception as exc:
-        if _is_not_found(exc):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
-        if is_remote(path) and is_transient_storage_error(exc):
-            raise _storage_outage(path, exc) from exc
+        _raise_storage_error(path, exc)
         raise
 
 
@@ -313,10 +355,7 @@ def open_input(path: str):
     try:
         raw = FileSystems.open(path, compression_type="uncompressed")
     except Exception as exc:
-        if _is_not_found(exc):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
-        if is_remote(path) and is_transient_storage_error(exc):
-            raise _storage_outage(path, exc) from exc
+        _raise_storage_error(path, exc)
         raise
     if opener is None:
         return raw
@@ -337,6 +376,37 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
     if len(data) > limit:
         raise FileTooLarge(f"file is larger than {limit:,} bytes; not read (see --max-image-bytes)")
     return data
+
+
+# ---- Parquet reads, single-threaded -----------------------------------------------------------
+# Every Parquet read of whole tables or batches (the readers of a finished run, the tools, the
+# earlier run's keys of an incremental run, Parquet text input read whole) goes through these two.
+
+
+def parquet_batches(parquet: pq.ParquetFile, batch_rows: int, columns: Sequence[str] | None = None,
+                    row_groups: Sequence[int] | None = None) -> Iterator[pa.RecordBatch]:
+    """The record batches (at most `batch_rows` rows each) of an open `pyarrow.parquet.ParquetFile`,
+    `columns` only (all when None), of `row_groups` only (all when None), read single-threaded.
+
+    Why single-threaded: pyarrow 25's threaded reads (its default, `use_threads=True`) of several
+    files in one process aborted the process at exit about one run in three ("terminate called
+    without an active exception"), after correct output. Threads bought nothing here (a file is
+    read a row group or a batch at a time), so every such read passes `use_threads=False`."""
+    return parquet.iter_batches(
+        batch_size=batch_rows,
+        row_groups=None if row_groups is None else list(row_groups),
+        columns=None if columns is None else list(columns),
+        use_threads=False,
+    )
+
+
+def read_parquet_table(data: bytes) -> pa.Table:
+    """A whole Parquet file held in memory (`data`, its bytes) as a `pyarrow.Table`, read
+    single-threaded: see `parquet_batches` for why (pyarrow's threaded reads aborted the process at exit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(data), use_threads=False)
 
 
 def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:

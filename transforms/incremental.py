@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import fileio
 from transforms.dedup import _as_arrow_strings, _fmix, hash64, id_hashes, split_by_bucket
 
 __all__ = [
@@ -157,7 +158,7 @@ def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16, file_inde
     parquet = _open_parquet(path)
     try:
         if file_index is None:
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=KEY_COLUMNS, use_threads=False):
+            for batch in fileio.parquet_batches(parquet, batch_rows, columns=KEY_COLUMNS):
                 ikeys = id_hashes(batch.column(0))
                 ckeys = content_keys(batch.column(1), batch.column(2))
                 for bucket, rows in split_by_bucket(ikeys, bits):

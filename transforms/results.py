@@ -11,7 +11,6 @@ import json
 from typing import Optional, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import fileio
@@ -67,9 +66,7 @@ def _read_tables(paths: Sequence[str], schema: Optional[pa.Schema] = None) -> pa
     tables = []
     for path in paths:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            # use_threads=False: pyarrow 25's threaded read of several files here aborted the process at
-            # exit ("terminate called without an active exception") about one run in three.
-            tables.append(pq.read_table(pa.BufferReader(handle.read()), use_threads=False))
+            tables.append(fileio.read_parquet_table(handle.read()))
     if not tables:
         return schema.empty_table() if schema is not None else pa.table({})
     return pa.concat_tables(tables)

@@ -33,7 +33,7 @@ How a file is planned (`PlanFiles`), by kind:
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -42,6 +42,9 @@ from apache_beam.transforms.core import RestrictionProvider
 
 from transforms import fileio
 from transforms.text_formats import detect_format
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "DEFAULT_SPLIT_BYTES",
@@ -56,6 +59,9 @@ __all__ = [
     "is_compressed",
     "RangeLines",
     "find_record_start",
+    "range_start",
+    "range_lines",
+    "range_row_groups",
     "range_blocks",
     "line_blocks",
     "read_header",
@@ -180,19 +186,25 @@ def _count_chunk(task: tuple[FilePlan, int]) -> tuple[str, tuple[FilePlan, int, 
     plan, k = task
     start = k * plan.split_bytes
     stop = min(start + plan.split_bytes, plan.size)
-    newlines = quotes = 0
     with fileio.open_input(plan.path) as handle:
         handle.seek(start)
-        left = stop - start
-        while left > 0:
-            data = handle.read(min(_READ_CHUNK, left))
-            if not data:
-                break
-            left -= len(data)
-            newlines += data.count(b"\n")
-            if plan.fmt == "csv":
-                quotes += data.count(b'"')
+        newlines, quotes = _count_bytes(handle, stop - start, quotes=plan.fmt == "csv")
     return plan.path, (plan, k, newlines, quotes)
+
+
+def _count_bytes(handle, length: int, quotes: bool = True) -> tuple[int, int]:
+    """(newlines, `"` characters) in the next `length` bytes of `handle` (fewer at the end of the
+    file), read `_READ_CHUNK` at a time; the quotes are not counted (0) when `quotes` is false."""
+    newlines = quote_count = 0
+    while length > 0:
+        data = handle.read(min(_READ_CHUNK, length))
+        if not data:
+            break
+        length -= len(data)
+        newlines += data.count(b"\n")
+        if quotes:
+            quote_count += data.count(b'"')
+    return newlines, quote_count
 
 
 def _assemble(entry: tuple[str, Sequence[tuple[FilePlan, int, int, int]]]) -> FilePlan:
@@ -287,15 +299,8 @@ def counts_before(plan: FilePlan, handle, position: int) -> tuple[int, int]:
     else:
         base, newlines, quotes = 0, 0, 0
     handle.seek(base)
-    left = position - base
-    while left > 0:
-        data = handle.read(min(_READ_CHUNK, left))
-        if not data:
-            break
-        left -= len(data)
-        newlines += data.count(b"\n")
-        quotes += data.count(b'"')
-    return newlines, quotes
+    more_newlines, more_quotes = _count_bytes(handle, position - base)
+    return newlines + more_newlines, quotes + more_quotes
 
 
 def _skip_line(handle, limit: int = _READ_CHUNK) -> tuple[int, int, bool]:
@@ -396,6 +401,40 @@ class RangeLines:
         if self._quoted:
             self._quotes += line.count(b'"')
         return line
+
+
+def range_start(plan: FilePlan, tracker, handle) -> Optional[tuple[int, int]]:
+    """(position, 1-based line number) where the records of a line-based range start, or None when
+    the range has none to read.
+
+    A compressed file is one unsplittable unit: its one claim is made here and reading starts at
+    (0, 1), with nothing more to claim (None when the claim fails). Otherwise it is the first record
+    boundary at or after the range's start (`find_record_start`); when there is none, the range is
+    marked done and None is returned."""
+    restriction = tracker.current_restriction()
+    if is_compressed(plan.path):  # one unsplittable unit: read to the end, nothing more to claim
+        if not tracker.try_claim(restriction.start):
+            return None
+        return 0, 1
+    found = find_record_start(plan, handle, restriction.start, quoted=plan.fmt == "csv")
+    if found is None:
+        tracker.try_claim(restriction.stop)  # refused: no line starts in this range
+    return found
+
+
+def range_lines(plan: FilePlan, tracker, handle, position: int, first_line: int,
+                max_bytes: int) -> tuple[RangeLines, int]:
+    """The lines of a range from its start (`range_start`), for the line-by-line parsers, and the
+    number to add to a parser's 1-based line numbers to get the file's own. A CSV/TSV range that
+    does not start the file reads the file's header first (handed out as the range's first line)."""
+    header = None
+    if plan.fmt in ("csv", "tsv") and position > 0:  # every range reads the file's header
+        handle.seek(0)
+        header = handle.readline(max_bytes + 1)
+        handle.seek(position)
+    lines = RangeLines(handle, tracker, position, max_bytes, quoted=plan.fmt == "csv", header=header,
+                       claim=not is_compressed(plan.path))
+    return lines, first_line - (2 if header is not None else 1)
 
 
 def range_blocks(handle, tracker, position: int, first_line: int, max_bytes: int,
@@ -536,6 +575,35 @@ def read_header(path: str, max_bytes: int) -> bytes:
         return handle.readline(max_bytes + 1)
 
 
+def range_row_groups(plan: FilePlan, tracker, handle, columns: Optional[Sequence[str]] = None) -> Iterator[tuple[int, pa.Table]]:
+    """(first row, table) for each row group of a Parquet range, claimed before it is read; rows
+    are numbered 0-based as in the whole file. `columns`: only those of them the file has (all
+    columns when None). The file is read with seeks (footer, then each row group), never whole,
+    except a compressed Parquet file, which cannot seek: it is read whole, once, as one unit."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    restriction = tracker.current_restriction()
+    if is_compressed(plan.path):
+        if not tracker.try_claim(restriction.start):
+            return
+        parquet = pq.ParquetFile(io.BytesIO(handle.read()))
+        groups, first_row, claim = range(parquet.num_row_groups), 0, False
+    else:
+        parquet = pq.ParquetFile(handle)
+        groups, first_row, claim = range(restriction.start, restriction.stop), sum(plan.row_groups[: restriction.start]), True
+    if columns is not None:
+        names = parquet.schema_arrow.names
+        columns = [c for c in dict.fromkeys(columns) if c in names]
+    for index in groups:
+        if claim and not tracker.try_claim(index):
+            return
+        table = parquet.read_row_group(index, columns=columns)
+        yield first_row, table
+        first_row += table.num_rows
+
+
 def iter_range_records(plan: FilePlan, tracker, handle, encoding: str, field: str,
                        max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Iterator:
     """The records of one range, parsed line by line (`text_formats.iter_records`), as
@@ -544,45 +612,15 @@ def iter_range_records(plan: FilePlan, tracker, handle, encoding: str, field: st
     after the complete records."""
     from transforms.text_formats import ParsedLine, iter_records
 
-    restriction = tracker.current_restriction()
     if plan.fmt == "parquet":
-        import io as _io
-
-        import pyarrow.parquet as pq
-
-        if is_compressed(plan.path):
-            if not tracker.try_claim(restriction.start):
-                return
-            parquet, groups, row, claim = pq.ParquetFile(_io.BytesIO(handle.read())), None, 0, False
-            groups = range(parquet.num_row_groups)
-        else:
-            parquet, claim = pq.ParquetFile(handle), True
-            groups, row = range(restriction.start, restriction.stop), sum(plan.row_groups[: restriction.start])
-        for index in groups:
-            if claim and not tracker.try_claim(index):
-                return
-            for record in parquet.read_row_group(index).to_pylist():
+        for first_row, table in range_row_groups(plan, tracker, handle):
+            for row, record in enumerate(table.to_pylist(), first_row):
                 yield ParsedLine(row, record)
-                row += 1
         return
-    compressed = is_compressed(plan.path)
-    if compressed:
-        if not tracker.try_claim(restriction.start):
-            return
-        position, first_line = 0, 1
-    else:
-        found = find_record_start(plan, handle, restriction.start, quoted=plan.fmt == "csv")
-        if found is None:
-            tracker.try_claim(restriction.stop)  # refused: no line starts in this range
-            return
-        position, first_line = found
-    header = None
-    if plan.fmt in ("csv", "tsv") and position > 0:
-        handle.seek(0)
-        header = handle.readline(max_bytes + 1)
-        handle.seek(position)
-    lines = RangeLines(handle, tracker, position, max_bytes, quoted=plan.fmt == "csv", header=header, claim=not compressed)
-    offset = first_line - (2 if header is not None else 1)
+    start = range_start(plan, tracker, handle)
+    if start is None:
+        return
+    lines, offset = range_lines(plan, tracker, handle, *start, max_bytes)
     for parsed in iter_records(lines, plan.fmt, encoding, field):
         if parsed.error is not None and parsed.line in lines.too_large:
             yield ParsedLine(parsed.line + offset, None, RecordTooLarge(

@@ -184,10 +184,12 @@ def _iter_lines(binary: IO[bytes], encoding: str, text_field: str) -> Iterator[P
 def _iter_parquet(binary: IO[bytes]) -> Iterator[ParsedLine]:
     import pyarrow.parquet as pq
 
+    from transforms import fileio
+
     data = binary.read()  # Parquet needs random access; Beam's GCS reader seeks, but a buffer is simplest
     parquet = pq.ParquetFile(io.BytesIO(data))
     row = 0
-    for batch in parquet.iter_batches(batch_size=8192, use_threads=False):
+    for batch in fileio.parquet_batches(parquet, 8192):
         for record in batch.to_pylist():
             yield ParsedLine(row, record)
             row += 1

@@ -26,11 +26,13 @@ from transforms.splits import (
     MatchFiles,
     PlanFiles,
     RangeLines,
-    find_record_start,
     is_compressed,
     line_blocks,
     plan_file,
     range_blocks,
+    range_lines,
+    range_row_groups,
+    range_start,
 )
 from transforms.text_formats import ParsedLine, iter_records, nesting_exceeds
 
@@ -301,56 +303,23 @@ class ReadTextFileFn(beam.DoFn):
             yield from self._columns_out(columns, plan.path)
 
     def _lines(self, plan: FilePlan, tracker, id_part: str, handle) -> Iterator:
-        restriction = tracker.current_restriction()
-        compressed = is_compressed(plan.path)
-        fast = self._fast_jsonl and plan.fmt == "jsonl" and _is_utf8(self._encoding)
-        if compressed:  # one unsplittable unit: read to the end, nothing more to claim
-            if not tracker.try_claim(restriction.start):
-                return
-            position, first_line = 0, 1
-        else:
-            found = find_record_start(plan, handle, restriction.start, quoted=plan.fmt == "csv")
-            if found is None:
-                tracker.try_claim(restriction.stop)  # refused: no line starts in this range
-                return
-            position, first_line = found
-        if fast:
-            if compressed:
+        start = range_start(plan, tracker, handle)
+        if start is None:
+            return
+        position, first_line = start
+        if self._fast_jsonl and plan.fmt == "jsonl" and _is_utf8(self._encoding):
+            if is_compressed(plan.path):
                 blocks = line_blocks(RangeLines(handle, tracker, 0, self._max_bytes, claim=False), 1, self.block_bytes)
             else:
                 blocks = range_blocks(handle, tracker, position, first_line, self._max_bytes, self.block_bytes)
             yield from self._jsonl_fast(blocks, plan, id_part)
             return
-        header = None
-        if plan.fmt in ("csv", "tsv") and position > 0:  # every range reads the file's header
-            handle.seek(0)
-            header = handle.readline(self._max_bytes + 1)
-            handle.seek(position)
-        lines = RangeLines(handle, tracker, position, self._max_bytes, quoted=plan.fmt == "csv",
-                           header=header, claim=not compressed)
-        offset = first_line - (2 if header is not None else 1)
+        lines, offset = range_lines(plan, tracker, handle, position, first_line, self._max_bytes)
         yield from self._records(iter_records(lines, plan.fmt, self._encoding, self._text_field), plan, id_part, offset, lines.too_large)
 
     def _parquet(self, plan: FilePlan, tracker, id_part: str, handle) -> Iterator:
-        import pyarrow.parquet as pq
-
-        restriction = tracker.current_restriction()
-        if is_compressed(plan.path):  # a compressed Parquet file cannot seek: read whole, once
-            if not tracker.try_claim(restriction.start):
-                return
-            parquet = pq.ParquetFile(io.BytesIO(handle.read()))
-            groups, first_row = range(parquet.num_row_groups), 0
-            claim = False
-        else:
-            parquet = pq.ParquetFile(handle)  # reads the footer, then each row group with seeks
-            groups, first_row = range(restriction.start, restriction.stop), sum(plan.row_groups[: restriction.start])
-            claim = True
-        names = parquet.schema_arrow.names
-        wanted = [c for c in dict.fromkeys((self._text_field, self._id_field) + self._passthrough) if c in names]
-        for index in groups:
-            if claim and not tracker.try_claim(index):
-                return
-            table = parquet.read_row_group(index, columns=wanted)
+        wanted = (self._text_field, self._id_field) + self._passthrough
+        for first_row, table in range_row_groups(plan, tracker, handle, columns=wanted):
             for offset in range(0, table.num_rows, self._batch_rows):
                 part = table.slice(offset, self._batch_rows)
                 columns = _table_columns(
@@ -363,7 +332,6 @@ class ReadTextFileFn(beam.DoFn):
                 yield from self._records(
                     (ParsedLine(first_row + offset + i, row) for i, row in enumerate(rows)), plan, id_part
                 )
-            first_row += table.num_rows
 
     def _items(self, plan: FilePlan, tracker, id_part: str) -> Iterator:
         if plan.error:

@@ -170,7 +170,7 @@ def load_index(embeddings: EmbeddingSet) -> tuple[Optional[FaissIndex], str]:
         return None, "an index exists but FAISS is not installed (pip install faiss-cpu)"
     faiss = require_faiss()
     index = faiss.deserialize_index(np.frombuffer(fileio.read_bytes(paths["index"]), dtype=np.uint8))
-    table = pq.read_table(pa.BufferReader(fileio.read_bytes(paths["ids"])), use_threads=False)
+    table = fileio.read_parquet_table(fileio.read_bytes(paths["ids"]))
     if index.ntotal != table.num_rows:
         return None, f"the index in {paths['index']} and its ids disagree: rebuild it with `build-index`"
     return FaissIndex(index, table.column("id").to_pylist(), table.column("position").to_numpy(), info), "faiss " + info["kind"]

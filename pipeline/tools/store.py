@@ -117,7 +117,7 @@ class EmbeddingSet:
         for path in self.files:
             parquet = self._open(path)
             for group in range(parquet.metadata.num_row_groups):
-                yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns), use_threads=False)
+                yield from fileio.parquet_batches(parquet, batch_rows, columns=columns, row_groups=[group])
 
     def vector_batches(
         self, batch_rows: int = DEFAULT_BATCH_ROWS, columns: Sequence[str] = (), with_vectors: bool = True
