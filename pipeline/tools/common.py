@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from transforms.errors import UserError
 from transforms.fileio import upload as copy_local_file, write_bytes  # re-exported for the tools
 
 __all__ = [
     "ToolError",
-    "run_command",
     "write_bytes",
     "copy_local_file",
     "format_table",
@@ -26,14 +25,6 @@ class ToolError(UserError, ValueError):
 
     A `UserError` (exit code 2): `pipeline.cli.exit_status` prints it as one line.
     """
-
-
-def run_command(command: str, body: Callable[[], int]) -> int:
-    """Run a command's body. Its errors propagate: the CLI's one exit path (`pipeline.cli.exit_status`)
-    turns a `UserError` into one `COMMAND: error: ...` line and its exit code. Kept so the commands'
-    `main_from_args` read as before; `command` names the command for readers of the code."""
-    del command
-    return body()
 
 
 def _cell(value) -> str:

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, format_table, print_json, run_command
+from pipeline.tools.common import ToolError, add_json_flag, format_fields, format_table, print_json
 from pipeline.tools.knn import leave_one_out_neighbours, precision_at_k
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 
@@ -241,19 +241,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `evaluate`: a table on stdout (`--json`: the full report)."""
-
-    def body() -> int:
-        if args.max_rows is not None and args.max_rows < 2:
-            raise ToolError(f"--max-rows must be at least 2, got {args.max_rows}")
-        if args.block_rows < 1:
-            raise ToolError(f"--block-rows must be at least 1, got {args.block_rows}")
-        embeddings = open_embeddings(args.embeddings, args.modality)
-        report = evaluate_embeddings(embeddings, args.label_field, args.k, args.test_fraction, args.seed,
-                                     args.max_rows, args.block_rows, args.batch_rows)
-        if args.json:
-            print_json(report)
-        else:
-            print(format_evaluation(report))
-        return 0
-
-    return run_command("evaluate", body)
+    if args.max_rows is not None and args.max_rows < 2:
+        raise ToolError(f"--max-rows must be at least 2, got {args.max_rows}")
+    if args.block_rows < 1:
+        raise ToolError(f"--block-rows must be at least 1, got {args.block_rows}")
+    embeddings = open_embeddings(args.embeddings, args.modality)
+    report = evaluate_embeddings(embeddings, args.label_field, args.k, args.test_fraction, args.seed,
+                                 args.max_rows, args.block_rows, args.batch_rows)
+    if args.json:
+        print_json(report)
+    else:
+        print(format_evaluation(report))
+    return 0

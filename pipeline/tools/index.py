@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, run_command, write_bytes
+from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms import fileio
 
@@ -206,15 +206,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `build-index`: what it built, as a table (`--json`: the index's info)."""
-
-    def body() -> int:
-        require_faiss()
-        embeddings = open_embeddings(args.embeddings, args.modality)
-        info = build_index(embeddings, kind=args.kind, batch_rows=args.batch_rows)
-        if args.json:
-            print_json(info)
-        else:
-            print(format_index_info(info))
-        return 0
-
-    return run_command("build-index", body)
+    require_faiss()
+    embeddings = open_embeddings(args.embeddings, args.modality)
+    info = build_index(embeddings, kind=args.kind, batch_rows=args.batch_rows)
+    if args.json:
+        print_json(info)
+    else:
+        print(format_index_info(info))
+    return 0

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, format_table, print_json_lines, run_command
+from pipeline.tools.common import ToolError, format_table, print_json_lines
 from pipeline.tools.index import load_index
 from pipeline.tools.knn import RunningTopK
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
@@ -208,29 +208,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `neighbors`: the table (or JSON lines) on stdout, how it searched on stderr."""
-
-    def body() -> int:
-        modality = TEXT if args.text is not None else IMAGE if args.image is not None else args.modality
-        if args.modality and modality != args.modality:
-            raise ToolError(f"--modality {args.modality} contradicts the query (--{modality} searches {modality} embeddings)")
-        embeddings = open_embeddings(args.embeddings, modality)
-        if args.id is not None:
-            query, exclude = query_from_id(embeddings, args.id), args.id
-        elif args.text is not None:
-            query, exclude = query_from_text(embeddings, args.text, args.text_model, args.unsafe_model_loading,
-                                             args.allow_model_mismatch), None
-        else:
-            overrides = dict(model=args.image_model, weights=args.image_weights, alpha=args.image_alpha,
-                             image_size=args.image_size, layer=args.image_layer, preprocess=args.image_preprocess)
-            query, exclude = query_from_image(embeddings, args.image, overrides, args.unsafe_model_loading,
-                                              args.allow_model_mismatch), None
-        result = find_neighbours(embeddings, query, args.k, exclude, args.batch_rows, use_index=not args.brute_force)
-        where = f"{result.method}" + (f"; {result.note}" if result.note else "")
-        print(f"{len(result.rows)} nearest {embeddings.modality} neighbors by cosine ({where})", file=sys.stderr)
-        if args.json:
-            print_json_lines(result.rows)
-        else:
-            print(format_table(result.rows, ["rank", "score", "id", *embeddings.passthrough]))
-        return 0
-
-    return run_command("neighbors", body)
+    modality = TEXT if args.text is not None else IMAGE if args.image is not None else args.modality
+    if args.modality and modality != args.modality:
+        raise ToolError(f"--modality {args.modality} contradicts the query (--{modality} searches {modality} embeddings)")
+    embeddings = open_embeddings(args.embeddings, modality)
+    if args.id is not None:
+        query, exclude = query_from_id(embeddings, args.id), args.id
+    elif args.text is not None:
+        query, exclude = query_from_text(embeddings, args.text, args.text_model, args.unsafe_model_loading,
+                                         args.allow_model_mismatch), None
+    else:
+        overrides = dict(model=args.image_model, weights=args.image_weights, alpha=args.image_alpha,
+                         image_size=args.image_size, layer=args.image_layer, preprocess=args.image_preprocess)
+        query, exclude = query_from_image(embeddings, args.image, overrides, args.unsafe_model_loading,
+                                          args.allow_model_mismatch), None
+    result = find_neighbours(embeddings, query, args.k, exclude, args.batch_rows, use_index=not args.brute_force)
+    where = f"{result.method}" + (f"; {result.note}" if result.note else "")
+    print(f"{len(result.rows)} nearest {embeddings.modality} neighbors by cosine ({where})", file=sys.stderr)
+    if args.json:
+        print_json_lines(result.rows)
+    else:
+        print(format_table(result.rows, ["rank", "score", "id", *embeddings.passthrough]))
+    return 0

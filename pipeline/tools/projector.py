@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, run_command, write_bytes
+from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms import fileio
 
@@ -326,14 +326,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `export-projector`: a summary table on stdout (`--json` for scripts)."""
-
-    def body() -> int:
-        embeddings = open_embeddings(args.embeddings, args.modality)
-        summary = export_projector(embeddings, args.out, args.label_field, args.max_points, args.seed, args.batch_rows)
-        if args.json:
-            print_json(summary)
-        else:
-            print(format_export_summary(summary))
-        return 0
-
-    return run_command("export-projector", body)
+    embeddings = open_embeddings(args.embeddings, args.modality)
+    summary = export_projector(embeddings, args.out, args.label_field, args.max_points, args.seed, args.batch_rows)
+    if args.json:
+        print_json(summary)
+    else:
+        print(format_export_summary(summary))
+    return 0

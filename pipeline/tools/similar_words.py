@@ -12,7 +12,7 @@ import difflib
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, format_table, print_json_lines, run_command
+from pipeline.tools.common import ToolError, format_table, print_json_lines
 from pipeline.tools.knn import top_k
 from pipeline.tools.store import unit_rows
 from pipeline.tools.word_vectors import OOV_INDEX, PADDING_INDEX, WordVectors, load_word_vectors
@@ -69,14 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `similar-words`: a table (or JSON lines) on stdout."""
-
-    def body() -> int:
-        words = load_word_vectors(args.text_model, args.unsafe_model_loading)
-        rows = similar_words(words, args.word, args.k)
-        if args.json:
-            print_json_lines(rows)
-        else:
-            print(format_table(rows, ["rank", "word", "score"]))
-        return 0
-
-    return run_command("similar-words", body)
+    words = load_word_vectors(args.text_model, args.unsafe_model_loading)
+    rows = similar_words(words, args.word, args.k)
+    if args.json:
+        print_json_lines(rows)
+    else:
+        print(format_table(rows, ["rank", "word", "score"]))
+    return 0

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.tools.common import ToolError, run_command, write_bytes
+from pipeline.tools.common import ToolError, write_bytes
 
 __all__ = [
     "PADDING_INDEX",
@@ -127,17 +127,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `export-word-vectors`: a JSON summary on stdout."""
-
-    def body() -> int:
-        if not args.out.endswith(".parquet"):
-            raise ToolError(f"--output must end in .parquet, got {args.out!r}")
-        words = load_word_vectors(args.text_model, args.unsafe_model_loading)
-        table = word_vector_table(words)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="snappy")
-        write_bytes(args.out, buffer.getvalue())
-        print(json.dumps({"out": args.out, "tokens": table.num_rows, "dimension": words.dimension,
-                          "model": args.text_model, "model_sha256": words.model_sha256}, indent=2))
-        return 0
-
-    return run_command("export-word-vectors", body)
+    if not args.out.endswith(".parquet"):
+        raise ToolError(f"--output must end in .parquet, got {args.out!r}")
+    words = load_word_vectors(args.text_model, args.unsafe_model_loading)
+    table = word_vector_table(words)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="snappy")
+    write_bytes(args.out, buffer.getvalue())
+    print(json.dumps({"out": args.out, "tokens": table.num_rows, "dimension": words.dimension,
+                      "model": args.text_model, "model_sha256": words.model_sha256}, indent=2))
+    return 0

@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, run_command
+from pipeline.tools.common import ToolError
 from pipeline.train.common import (
     check_at_least,
     check_output,
@@ -452,9 +452,5 @@ def config_from_args(args: argparse.Namespace) -> ImageTrainingConfig:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `train-image`: Keras' progress on stderr, the report alone on stdout."""
-
-    def body() -> int:
-        train_and_print(train_image_model, config_from_args(args))
-        return 0
-
-    return run_command("train-image", body)
+    train_and_print(train_image_model, config_from_args(args))
+    return 0
