@@ -242,10 +242,9 @@ def _run_claimed(pipeline, options, config: JobConfig, models, prior, builds_onl
             return {}
         result.wait_until_finish()
     elapsed = time.monotonic() - start
-    try:
-        manifest = read_manifest(config.output, allow_failed=True)
-    except Exception:  # noqa: BLE001 - e.g. a template run: nothing ran here
-        return {}
+    # The pipeline finished: its manifest must be there. Any failure to read it back (storage gone,
+    # no manifest) fails the run loudly (`main`: one line, exit 1) rather than passing without counts.
+    manifest = read_manifest(config.output, allow_failed=True)
     progress.finish()  # the final counts end the live progress line
     manifest["model_loads"] = _model_loads(result)
     print(format_summary(manifest, elapsed, manifest["model_loads"]))

@@ -75,6 +75,24 @@ def test_a_run_that_embeds_nothing_fails_loudly_with_the_reason(tmp_path, tiny_t
     assert read_errors(str(out)).num_rows == 40  # the dead letters of a failed run stay readable
 
 
+def test_a_finished_run_whose_manifest_cannot_be_read_back_fails(tmp_path, tiny_text_model, capsys, monkeypatch):
+    # The storage goes away between the pipeline's end and the launcher's read-back of the manifest
+    # (fault injected at that one call, with the error the storage layer raises): exit 1, not 0.
+    import pipeline.run as run_module
+
+    def storage_gone(output, allow_failed=False):
+        raise fileio.StorageUnavailable(f"storage unreachable: {output}/_MANIFEST.json: connection refused")
+
+    monkeypatch.setattr(run_module, "read_manifest", storage_gone)
+    data = _jsonl(tmp_path / "in.jsonl", 5)
+    code = main(["--output", str(tmp_path / "out"), "--text-input", str(data), "--text-model", str(tiny_text_model)])
+    captured = capsys.readouterr()
+    assert code == 1
+    [line] = _error_lines(captured.err)
+    assert "storage unreachable" in line and "_MANIFEST.json" in line
+    assert "modality" not in captured.out  # no summary table of counts that were never read
+
+
 def test_under_the_budget_the_run_passes_and_still_prints_the_top_reasons(tmp_path, tiny_text_model, capsys):
     data = _jsonl(tmp_path / "in.jsonl", 50, bad_every=25)  # 2 malformed lines of 50: 4 %
     out = tmp_path / "out"
