@@ -36,7 +36,7 @@ from transforms import decode
 from transforms.embed import DEFAULT_MAX_IMAGE_BYTES, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.models import ImageModelSpec, ModelConfigError, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema
-from transforms.text_read import passthrough_value, text_batch_schema
+from transforms.text_read import passthrough_value, text_batch_schema, text_field_problem
 
 __all__ = [
     "EmbedText",
@@ -135,16 +135,7 @@ class _TextRecordsToTableFn(beam.DoFn):
             return ErrorRecord(None, TEXT, None, "read", "InvalidRecord", f"expected a dict, got {type(record).__name__}")
         if record_id is None:
             return ErrorRecord(None, TEXT, None, "read", "MissingId", f"record has no {self._id_field!r} value (set id_field)")
-        text = record.get(self._text_field)
-        problem = None
-        if self._text_field not in record:
-            problem = f"record has no {self._text_field!r} field (set text_field)"
-        elif text is None:
-            problem = f"{self._text_field!r} is null"
-        elif not isinstance(text, str):
-            problem = f"{self._text_field!r} is a {type(text).__name__}, not a string"
-        elif "\x00" in text:
-            problem = f"{self._text_field!r} contains NUL characters"
+        problem = text_field_problem(record, self._text_field, "text_field")
         return ErrorRecord(record_id, TEXT, None, "read", "InvalidTextField", problem) if problem else None
 
     def process(self, records: Sequence[Any]) -> Iterator:
