@@ -224,6 +224,16 @@ class EmbedTextFiles(beam.PTransform):
         return ModalityOutput(embedded.tables, (read[ERRORS], embedded.errors), tuple(counts), tuple(files), carried)
 
 
+def _duplicate_image_ids(refs, bits: int):
+    """{id: first occurrence} of the ids that occur more than once (hash-bucketed shuffles)."""
+    return (
+        refs
+        | "BatchImageIds" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+        | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
+        | "FindDuplicateImageIds" >> FindDuplicateIds(1 << bits)
+    )
+
+
 class EmbedImageFiles(beam.PTransform):
     """The job's image branch: list --image-input (globs and manifests), check ids, skip images
     earlier runs embedded, read, decode and embed, write OUTPUT/image/. Returns a `ModalityOutput`."""
@@ -256,14 +266,7 @@ class EmbedImageFiles(beam.PTransform):
         refs, read_errors = self._list_refs(p, manifests)
         # Hash buckets sized from the manifests (a glob's files are not counted before the run).
         bits = bucket_bits_for(2 * _estimated_records(manifests))
-        duplicates = None
-        if not config.allow_duplicate_ids:
-            duplicates = beam.pvalue.AsDict(
-                refs
-                | "BatchImageIds" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
-                | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
-                | "FindDuplicateImageIds" >> FindDuplicateIds(1 << bits)
-            )
+        duplicates = None if config.allow_duplicate_ids else beam.pvalue.AsDict(_duplicate_image_ids(refs, bits))
         to_embed = refs
         if self._prior_files:  # each ref travels on with the keys earlier runs stored for its id (a keyed join)
             to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(self._prior_files, bits, positions=carry)

@@ -145,7 +145,7 @@ class EmbedImageRefs(beam.PTransform):
         if not isinstance(refs.windowing.windowfn, GlobalWindows):
             # the image DoFn keeps batches in flight across elements and emits the last ones when its
             # bundle ends, in the global window: windowed input would come out in the wrong windows
-            raise ValueError("EmbedImages needs a globally windowed (batch) PCollection; apply it before WindowInto")
+            raise ValueError("EmbedImageRefs needs a globally windowed (batch) PCollection; apply it before WindowInto")
         if self._reshuffle:
             refs = refs | "SpreadImages" >> beam.Reshuffle()
         out = (

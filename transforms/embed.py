@@ -154,11 +154,10 @@ class _SharedModelDoFn(beam.DoFn):
 class EmbedTextBatchesFn(_SharedModelDoFn):
     """Embeds a table of text records (id, source, line, text, content_sha256, passthrough...)."""
 
-    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False, files: Sequence[str] = ()):
+    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False):
         super().__init__(spec, load_text_embedder, TEXT)
         self._schema = schema
         self._normalize = normalize
-        del files  # accepted for older callers: duplicates now arrive with their first occurrence
 
     def process(self, table: pa.Table, skips=None, duplicates=None) -> Iterator:
         """`skips` and `duplicates`: the multimap side inputs of `dedup.CheckTextRecords` (or None).
