@@ -17,19 +17,19 @@ from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+
+from pipeline.options import JobConfig
 from transforms import fileio
 from transforms.api import EmbedImageRefs, EmbedTextTables
+from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
-from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
+from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
 from transforms.image_read import ListImageFiles, ReadImageManifests, is_manifest
+from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.text_read import ReadTextFiles
 from transforms.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
-from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
-from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
-
-from pipeline.options import JobConfig
 
 __all__ = ["ModelInfo", "ModalityOutput", "EmbedTextFiles", "EmbedImageFiles", "output_schema", "build_pipeline"]
 
