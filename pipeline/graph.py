@@ -1,30 +1,37 @@
-"""The pipeline graph: read -> embed -> write for each modality, dead letters, then the manifest.
+"""The pipeline graph: per modality read -> embed -> write, then the dead letters and the manifest.
 
-`build_pipeline` only wires transforms together; it is called by `pipeline.run` and by the tests
-with a `TestPipeline`.
+    Text    ReadTextRecords -> [CheckTextRecords] -> EmbedText -> WriteTextEmbeddings
+    Images  MatchImageFiles / ReadImageManifests -> [FindDuplicateImageIds] -> EmbedImages -> WriteImageEmbeddings
+    WriteErrors (every dead letter), SumCounts -> WriteManifest
+
+Each modality is one composite step (`Text`, `Images`), built from the public columnar transforms
+(`transforms.api.EmbedTextTables` / `EmbedImageRefs`); the duplicate-id check and incremental
+skipping reach them as side inputs. `build_pipeline` only wires these together; it is called by
+`pipeline.run` and by the tests with a `TestPipeline`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
+
+from pipeline.options import JobConfig
 from transforms import fileio
+from transforms.api import EmbedImageRefs, EmbedTextTables
+from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
-from transforms.embed import CARRIED, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
-from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
+from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
 from transforms.image_read import ListImageFiles, ReadImageManifests, is_manifest
+from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.text_read import ReadTextFiles
 from transforms.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
-from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
-from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
 
-from pipeline.options import JobConfig
-
-__all__ = ["ModelInfo", "build_pipeline"]
+__all__ = ["ModelInfo", "ModalityOutput", "EmbedTextFiles", "EmbedImageFiles", "output_schema", "build_pipeline"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +44,30 @@ class ModelInfo:
     details: dict = dataclasses.field(default_factory=dict)
 
 
+class ModalityOutput(NamedTuple):
+    """What one modality's branch hands on to the dead letters, the manifest and optional sinks."""
+
+    tables: beam.PCollection  # this run's embedded tables, as embedded (before --carry-over's run id)
+    errors: tuple  # PCollections of dead letters (records.ErrorRecord)
+    counts: tuple  # PCollections of (counter, n) for the manifest
+    files: tuple  # PCollections of (output folder, written file)
+    carried: Optional[beam.PCollection] = None  # --carry-over: the earlier rows copied
+
+
+def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schema:
+    """The Parquet schema of a modality's embeddings, with the model's identity in its metadata."""
+    metadata = {"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()}
+    if modality == IMAGE:
+        metadata.update(backend=str(info.details.get("backend", "tensorflow")), precision=str(info.details.get("precision", "f32")))
+    return embedding_schema(modality, info.dimension, config.passthrough, metadata=metadata, provenance=config.carry_over)
+
+
 def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
     return pcoll | label >> beam.Map(lambda element, n=name: (n, per_element(element)))
+
+
+def _rows(table) -> int:
+    return table.num_rows
 
 
 def _estimated_records(patterns, listing: fileio.InputListing, bytes_per_record: int = 64) -> int:
@@ -86,6 +115,182 @@ def _table_keys(table, file_index: dict, model_sha256: str, bits: int):
         yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], ckeys[rows], bits)
 
 
+# The labels of the write steps, per modality (docs/scaling.md and the Dataflow tests name them).
+_WRITE_LABELS = {
+    TEXT: {"write": "WriteTextEmbeddings", "carry": "CarryTextRows", "write_carried": "WriteCarriedText"},
+    IMAGE: {"write": "WriteImageEmbeddings", "carry": "CarryImageRows", "write_carried": "WriteCarriedImages"},
+}
+
+
+def _write_embeddings(modality: str, tables, carry_rows, config: JobConfig, schema: pa.Schema,
+                      prior_files: Sequence[str]) -> tuple[list, list, Optional[beam.PCollection]]:
+    """Write a modality's embeddings to OUTPUT/<modality>/ (with this run's id under --carry-over)
+    and, when `carry_rows` (earlier rows chosen to carry over) is given, copy those rows to their
+    own files (OUTPUT/<modality>/carried-*). Returns (file name PCollections, counts, carried)."""
+    labels = _WRITE_LABELS[modality]
+    folder = fileio.join(config.output, modality)
+    files, counts, carried = [], [], None
+    if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
+        tables = tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)
+    if carry_rows is not None:
+        run_ids = dict(prior_run_ids(config.incremental_from, modality))
+        carried = carry_rows | labels["carry"] >> CarryRows(
+            [(path, run_ids.get(path, "unknown")) for path in prior_files], schema, modality
+        )
+        # Their own sink, not a Flatten with the new rows: a local runner would buffer both inputs
+        # of a Flatten whole; this way each streams into its files.
+        carried_files = carried | labels["write_carried"] >> WriteTables(folder, schema, prefix="carried")
+        files.append(carried_files | "CarriedFileNames" >> beam.Map(lambda path, m=modality: (m, path)))
+        counts.append(_count("CountCarried", f"{modality}_carried", carried, _rows))
+    written = tables | labels["write"] >> WriteTables(folder, schema)
+    files.append(written | "FileNames" >> beam.Map(lambda path, m=modality: (m, path)))
+    return files, counts, carried
+
+
+class EmbedTextFiles(beam.PTransform):
+    """The job's text branch: read --text-input, check ids (and earlier runs), embed, write OUTPUT/text/.
+
+    Applied to the pipeline's root; returns a `ModalityOutput`. `prior_files`: the Parquet files of
+    earlier runs (--incremental-from), whose unchanged records are skipped (or carried over)."""
+
+    def __init__(self, config: JobConfig, info: ModelInfo, schema: pa.Schema, prior_files: Sequence[str] = (),
+                 batch_rows: int = 4096, listing: Optional[fileio.InputListing] = None, label: Optional[str] = None):
+        super().__init__(label)
+        self._config = config
+        self._listing = fileio.InputListing() if listing is None else listing  # the launcher's, to list inputs once
+        self._info = info
+        self._schema = schema
+        self._prior_files = list(prior_files)
+        self._read_options = dict(
+            text_field=config.text_field, id_field=config.text_id_field, encoding=config.text_encoding,
+            batch_rows=batch_rows, max_text_bytes=config.max_text_bytes, split_bytes=config.read_split_bytes,
+        )
+
+    def _check_records(self, p: beam.pvalue.PBegin, carry: bool):
+        """Duplicates and unchanged records, found by a separate, lighter pass over the input.
+
+        Keyed shuffles on id-hash buckets (`dedup.CheckTextRecords`); embedding then streams, and only
+        duplicates and per-chunk bitmaps of lines to skip reach it as side inputs. Its own source,
+        not a sibling of ReadTextRecords: the runner would otherwise fuse the two reads and hold
+        every record in memory until the check is done."""
+        config = self._config
+        file_index = {path: i for i, path in enumerate(self._listing.paths(config.text_inputs))}  # file order: "first occurrence"
+        bits = bucket_bits_for(_estimated_records(config.text_inputs, self._listing) * (2 if self._prior_files else 1))
+        if self._prior_files:  # content hashes too: the reader's own records, uncounted
+            keys = (
+                p
+                | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **self._read_options)
+            ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, self._info.sha256, bits)
+            keys = (
+                (keys, p | "PriorTextKeys" >> ReadPriorKeys(self._prior_files, bits, positions=carry))
+                | "TextAndPriorKeys" >> beam.Flatten()
+            )
+        else:
+            keys = (
+                p
+                | "ReadTextIds" >> ReadTextFiles(config.text_inputs, ids_only=True, **self._read_options)
+                | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
+            )
+        return keys | "CheckTextRecords" >> CheckTextRecords(bits, carry=carry, first_only=not config.allow_duplicate_ids)
+
+    def expand(self, p: beam.pvalue.PBegin) -> ModalityOutput:
+        config = self._config
+        carry = bool(config.carry_over and self._prior_files)
+        # Each file is matched once, planned (large files in ranges of --read-split-bytes) and read
+        # range by range by a splittable DoFn: one big file is spread over every worker.
+        read = p | "ReadTextRecords" >> ReadTextFiles(
+            config.text_inputs, passthrough=config.text_read_passthrough, **self._read_options
+        )
+        side, checked = {}, None
+        if not config.allow_duplicate_ids or self._prior_files:
+            checked = self._check_records(p, carry)
+            if not config.allow_duplicate_ids:
+                side["duplicates"] = beam.pvalue.AsMultiMap(checked["duplicates"])
+            if self._prior_files:
+                side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
+        embedded = read.records | "EmbedText" >> EmbedTextTables(
+            config.text_model, without_provenance(self._schema), config.normalize, **side
+        )  # embedded_run_id (--carry-over) is added after embedding
+        files, counts, carried = _write_embeddings(
+            TEXT, embedded.tables, checked["carry"] if carry else None, config, self._schema, self._prior_files
+        )
+        counts += [
+            _count("CountRead", "text_read", read.records, _rows),
+            _count("CountReadErrors", "text_read", read[ERRORS]),
+            _count("CountEmbedded", "text_embedded", embedded.tables, _rows),
+            _count("CountSkipped", "text_skipped", embedded.skipped, lambda n: n),
+        ]
+        return ModalityOutput(embedded.tables, (read[ERRORS], embedded.errors), tuple(counts), tuple(files), carried)
+
+
+def _duplicate_image_ids(refs, bits: int):
+    """{id: first occurrence} of the ids that occur more than once (hash-bucketed shuffles)."""
+    return (
+        refs
+        | "BatchImageIds" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+        | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
+        | "FindDuplicateImageIds" >> FindDuplicateIds(1 << bits)
+    )
+
+
+class EmbedImageFiles(beam.PTransform):
+    """The job's image branch: list --image-input (globs and manifests), check ids, skip images
+    earlier runs embedded, read, decode and embed, write OUTPUT/image/. Returns a `ModalityOutput`."""
+
+    def __init__(self, config: JobConfig, schema: pa.Schema, prior_files: Sequence[str] = (),
+                 listing: Optional[fileio.InputListing] = None, label: Optional[str] = None):
+        super().__init__(label)
+        self._config = config
+        self._listing = fileio.InputListing() if listing is None else listing  # the launcher's, to list inputs once
+        self._schema = schema
+        self._prior_files = list(prior_files)
+
+    def _list_refs(self, p: beam.pvalue.PBegin, manifests: list) -> tuple:
+        """(ImageRefs of every input, the manifests' read errors)."""
+        config = self._config
+        globs = [i for i in config.image_inputs if not is_manifest(i)]
+        parts, errors = [], []
+        if globs:
+            parts.append(p | "MatchImageFiles" >> ListImageFiles(globs))
+        if manifests:
+            listed = p | "ReadImageManifests" >> ReadImageManifests(
+                manifests, config.image_uri_field, config.image_id_field, config.passthrough, config.read_split_bytes
+            )
+            parts.append(listed.refs)
+            errors.append(listed[ERRORS])
+        return (parts | "AllImageRefs" >> beam.Flatten() if len(parts) > 1 else parts[0]), errors
+
+    def expand(self, p: beam.pvalue.PBegin) -> ModalityOutput:
+        config = self._config
+        carry = bool(config.carry_over and self._prior_files)
+        manifests = [i for i in config.image_inputs if is_manifest(i)]
+        refs, read_errors = self._list_refs(p, manifests)
+        # Hash buckets sized from the manifests (a glob's files are not counted before the run).
+        bits = bucket_bits_for(2 * _estimated_records(manifests, self._listing))
+        duplicates = None if config.allow_duplicate_ids else beam.pvalue.AsDict(_duplicate_image_ids(refs, bits))
+        to_embed = refs
+        if self._prior_files:  # each ref travels on with the keys earlier runs stored for its id (a keyed join)
+            to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(self._prior_files, bits, positions=carry)
+        embedded = to_embed | "EmbedImages" >> EmbedImageRefs(
+            config.image_model, without_provenance(self._schema), config.normalize, config.max_image_pixels,
+            config.decode_threads, config.max_image_bytes, duplicates=duplicates,
+        )  # embedded_run_id (--carry-over) is added after embedding
+        files, counts, carried = _write_embeddings(
+            IMAGE, embedded.tables, embedded.carried if carry else None, config, self._schema, self._prior_files
+        )
+        counts.append(_count("CountListed", "image_read", refs))
+        counts += [_count(f"CountReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
+        counts += [
+            _count("CountEmbedded", "image_embedded", embedded.tables, _rows),
+            _count("CountSkipped", "image_skipped", embedded.skipped, lambda n: n),
+        ]
+        errors = (*read_errors, embedded.errors)
+        return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried)
+
+
+_BIGQUERY_LABELS = {TEXT: "WriteTextToBigQuery", IMAGE: "WriteImagesToBigQuery"}
+
+
 def build_pipeline(
     p: beam.Pipeline,
     config: JobConfig,
@@ -95,173 +300,45 @@ def build_pipeline(
     prior_files: Optional[dict[str, list[str]]] = None,
     listing: Optional[fileio.InputListing] = None,
 ) -> dict:
-    """Wire the job into `p`; returns the main PCollections (for tests) by name.
+    """Wire the job into `p`: each modality's branch, every dead letter to OUTPUT/errors/, then
+    the manifest. Returns the main PCollections by name (for tests): a `ModalityOutput` per
+    modality (`text`, `image`), `errors`, `counts` and `manifest`.
 
     `prior_files` ({modality: Parquet paths of earlier runs}) turns on incremental skipping;
     `listing`: the launcher's listing of the inputs, to list them only once.
     """
     listing = fileio.InputListing() if listing is None else listing
-    counts, files, errors = [], [], []
     prior_files = prior_files or {}
-    out: dict = {}
-
+    schemas, branches = {}, {}
     if config.has_text:
-        info = models[TEXT]
-        schema = embedding_schema(
-            TEXT, info.dimension, config.passthrough,
-            metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()},
-            provenance=config.carry_over,
+        schemas[TEXT] = output_schema(TEXT, models[TEXT], config)
+        branches[TEXT] = p | "Text" >> EmbedTextFiles(
+            config, models[TEXT], schemas[TEXT], prior_files.get(TEXT, ()), text_batch_rows, listing
         )
-        embed_schema = without_provenance(schema)  # embedded_run_id (carry-over) is added after embedding
-        carry = bool(config.carry_over and prior_files.get(TEXT))
-        text_files = listing.paths(config.text_inputs)  # sorted: file order for "first occurrence"
-        read_options = dict(
-            text_field=config.text_field, id_field=config.text_id_field, encoding=config.text_encoding,
-            batch_rows=text_batch_rows, max_text_bytes=config.max_text_bytes, split_bytes=config.read_split_bytes,
-        )
-        # Each file is matched once, planned (large files in ranges of --read-split-bytes) and read
-        # range by range by a splittable DoFn: one big file is spread over every worker.
-        read = p | "ReadTextRecords" >> ReadTextFiles(config.text_inputs, passthrough=config.text_read_passthrough, **read_options)
-        side = {}
-        if not config.allow_duplicate_ids or prior_files.get(TEXT):
-            # A separate, lighter pass over the input finds duplicates and unchanged records (keyed
-            # shuffles on id-hash buckets, `dedup.CheckTextRecords`); embedding then streams, and
-            # only duplicates and per-chunk bitmaps of lines to skip reach it as side inputs.
-            # Its own source, not a sibling of ReadTextRecords: the runner would otherwise fuse the
-            # two reads and hold every record in memory until the check is done.
-            file_index = {path: i for i, path in enumerate(text_files)}  # file order: "first occurrence"
-            bits = bucket_bits_for(_estimated_records(config.text_inputs, listing) * (2 if prior_files.get(TEXT) else 1))
-            if prior_files.get(TEXT):  # content hashes too: the reader's own records, uncounted
-                keys = (
-                    p
-                    | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **read_options)
-                ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, info.sha256, bits)
-                keys = (
-                    (keys, p | "PriorTextKeys" >> ReadPriorKeys(prior_files[TEXT], bits, positions=carry))
-                    | "TextAndPriorKeys" >> beam.Flatten()
-                )
-            else:
-                keys = (
-                    p
-                    | "ReadTextIds" >> ReadTextFiles(config.text_inputs, ids_only=True, **read_options)
-                    | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
-                )
-            checked = keys | "CheckTextRecords" >> CheckTextRecords(bits, carry=carry, first_only=not config.allow_duplicate_ids)
-            if not config.allow_duplicate_ids:
-                side["duplicates"] = beam.pvalue.AsMultiMap(checked["duplicates"])
-            if prior_files.get(TEXT):
-                side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
-        embedded = read.records | "EmbedText" >> beam.ParDo(
-            EmbedTextBatchesFn(config.text_model, embed_schema, config.normalize, text_files), **side
-        ).with_outputs(ERRORS, SKIPPED, main="tables")
-        to_write = embedded.tables
-        if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
-            to_write = embedded.tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)
-        if carry:
-            carry_files = dict(prior_run_ids(config.incremental_from, TEXT))
-            carried = checked["carry"] | "CarryTextRows" >> CarryRows(
-                [(path, carry_files.get(path, "unknown")) for path in prior_files[TEXT]], schema
-            )
-            # Their own sink (text/carried-*.parquet), not a Flatten with the new rows: a local runner
-            # would buffer both inputs of a Flatten whole; this way each streams into its files.
-            carried_files = carried | "WriteCarriedText" >> WriteTables(fileio.join(config.output, "text"), schema, prefix="carried")
-            files.append(carried_files | "CarriedTextFileNames" >> beam.Map(lambda path: ("text", path)))
-            counts.append(_count("CountTextCarried", "text_carried", carried, lambda t: t.num_rows))
-            out.update(text_carried=carried)
-        written = to_write | "WriteTextEmbeddings" >> WriteTables(fileio.join(config.output, "text"), schema)
-        files.append(written | "TextFileNames" >> beam.Map(lambda path: ("text", path)))
-        if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
-            counts.append(embedded.tables | "WriteTextToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, TEXT, embed_schema, config.run_id))
-        counts += [
-            _count("CountTextRead", "text_read", read.records, lambda t: t.num_rows),
-            _count("CountTextReadErrors", "text_read", read[ERRORS]),
-            _count("CountTextEmbedded", "text_embedded", embedded.tables, lambda t: t.num_rows),
-            _count("CountTextSkipped", "text_skipped", embedded[SKIPPED], lambda n: n),
-        ]
-        errors += [read[ERRORS], embedded[ERRORS]]
-        out.update(text_tables=embedded.tables, text_errors=(read[ERRORS], embedded[ERRORS]))
-
     if config.has_images:
-        info = models[IMAGE]
-        schema = embedding_schema(
-            IMAGE, info.dimension, config.passthrough,
-            metadata={"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower(),
-                      "backend": str(info.details.get("backend", "tensorflow")), "precision": str(info.details.get("precision", "f32"))},
-            provenance=config.carry_over,
-        )
-        embed_schema = without_provenance(schema)  # embedded_run_id (carry-over) is added after embedding
-        carry = bool(config.carry_over and prior_files.get(IMAGE))
-        manifests = [i for i in config.image_inputs if is_manifest(i)]
-        globs = [i for i in config.image_inputs if not is_manifest(i)]
-        ref_parts = []
-        read_errors = []
-        if globs:
-            ref_parts.append(p | "MatchImageFiles" >> ListImageFiles(globs))
-        if manifests:
-            listed = p | "ReadImageManifests" >> ReadImageManifests(
-                manifests, config.image_uri_field, config.image_id_field, config.passthrough, config.read_split_bytes
-            )
-            ref_parts.append(listed.refs)
-            read_errors.append(listed[ERRORS])
-        refs = ref_parts | "AllImageRefs" >> beam.Flatten() if len(ref_parts) > 1 else ref_parts[0]
-        batch = config.image_model.batch_size
-        side = {}
-        # Hash buckets sized from the manifests (a glob's files are not counted before the run).
-        image_bits = bucket_bits_for(2 * _estimated_records(manifests, listing))
-        if not config.allow_duplicate_ids:
-            duplicates = (
-                refs
-                | "BatchImageIds" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
-                | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
-                | "FindDuplicateImageIds" >> FindDuplicateIds(1 << image_bits)
-            )
-            side["duplicates"] = beam.pvalue.AsDict(duplicates)
-        if prior_files.get(IMAGE):
-            # Each ref travels on with the keys earlier runs stored for its id (a keyed join).
-            refs_to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(prior_files[IMAGE], image_bits, positions=carry)
-        else:
-            refs_to_embed = refs
-        embedded = (
-            refs_to_embed
-            | "SpreadImages" >> beam.Reshuffle()
-            | "BatchImageRefs" >> beam.BatchElements(min_batch_size=batch * 8, max_batch_size=batch * 8)
-            | "EmbedImages" >> beam.ParDo(
-                EmbedImageBatchesFn(
-                    config.image_model, embed_schema, config.normalize, config.max_image_pixels, config.decode_threads,
-                    config.max_image_bytes,
-                ),
-                **side,
-            ).with_outputs(ERRORS, SKIPPED, CARRIED, main="tables")
-        )
-        to_write = embedded.tables
-        if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
-            to_write = embedded.tables | "MarkEmbeddedImageRun" >> beam.Map(with_run_id, config.run_id, schema)
-        if carry:
-            carry_files = dict(prior_run_ids(config.incremental_from, IMAGE))
-            carried = embedded[CARRIED] | "CarryImageRows" >> CarryRows(
-                [(path, carry_files.get(path, "unknown")) for path in prior_files[IMAGE]], schema, IMAGE
-            )
-            carried_files = carried | "WriteCarriedImages" >> WriteTables(fileio.join(config.output, "image"), schema, prefix="carried")
-            files.append(carried_files | "CarriedImageFileNames" >> beam.Map(lambda path: ("image", path)))
-            counts.append(_count("CountImagesCarried", "image_carried", carried, lambda t: t.num_rows))
-            out.update(image_carried=carried)
-        written = to_write | "WriteImageEmbeddings" >> WriteTables(fileio.join(config.output, "image"), schema)
-        files.append(written | "ImageFileNames" >> beam.Map(lambda path: ("image", path)))
-        if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
-            counts.append(embedded.tables | "WriteImagesToBigQuery" >> WriteEmbeddingsToBigQuery(config.bigquery_table, IMAGE, embed_schema, config.run_id))
-        counts += [_count("CountImagesListed", "image_read", refs)]
-        counts += [_count(f"CountImageReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
-        counts += [_count("CountImagesEmbedded", "image_embedded", embedded.tables, lambda t: t.num_rows)]
-        counts += [_count("CountImagesSkipped", "image_skipped", embedded[SKIPPED], lambda n: n)]
-        errors += read_errors + [embedded[ERRORS]]
-        out.update(image_tables=embedded.tables, image_errors=tuple(read_errors) + (embedded[ERRORS],))
+        schemas[IMAGE] = output_schema(IMAGE, models[IMAGE], config)
+        branches[IMAGE] = p | "Images" >> EmbedImageFiles(config, schemas[IMAGE], prior_files.get(IMAGE, ()), listing)
 
-    all_errors = errors | "AllErrors" >> beam.Flatten()
-    error_files = all_errors | "WriteErrors" >> WriteErrors(fileio.join(config.output, "errors"))
+    counts = [c for branch in branches.values() for c in branch.counts]
+    files = [f for branch in branches.values() for f in branch.files]
+    if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
+        for modality, branch in branches.items():
+            counts.append(branch.tables | _BIGQUERY_LABELS[modality] >> WriteEmbeddingsToBigQuery(
+                config.bigquery_table, modality, without_provenance(schemas[modality]), config.run_id
+            ))
+
+    errors = [e for branch in branches.values() for e in branch.errors] | "AllErrors" >> beam.Flatten()
+    error_files = errors | "WriteErrors" >> WriteErrors(fileio.join(config.output, "errors"))
     files.append(error_files | "ErrorFileNames" >> beam.Map(lambda path: ("errors", path)))
-    counts.append(all_errors | "CountFailed" >> beam.Map(lambda e: (f"{e.modality}_failed", 1)))
+    counts.append(errors | "CountFailed" >> beam.Map(lambda e: (f"{e.modality}_failed", 1)))
     totals = counts | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
+    manifest = _write_manifest(p, config, models, started_at, totals, files, errors)
+    return {**branches, "errors": errors, "counts": totals, "manifest": manifest}
 
+
+def _write_manifest(p: beam.Pipeline, config: JobConfig, models: dict[str, ModelInfo], started_at: str,
+                    totals, files: list, errors) -> beam.PCollection:
+    """OUTPUT/_MANIFEST.json, written once every count, output file and dead letter is known."""
     static = {
         "run_id": config.run_id,
         "started_at": started_at,
@@ -274,15 +351,13 @@ def build_pipeline(
     if config.carry_over:
         static["carry_over"] = True
     static["workers"] = requested_workers(p.options)  # accelerator, image, processes per VM, threads
-    manifest = (
+    return (
         p
         | "ManifestTrigger" >> beam.Create([None])
         | "WriteManifest" >> beam.ParDo(
             WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed),
             counts=beam.pvalue.AsDict(totals),
             files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),
-            reasons=beam.pvalue.AsList(all_errors | "TopErrorReasons" >> TopErrorReasons()),
+            reasons=beam.pvalue.AsList(errors | "TopErrorReasons" >> TopErrorReasons()),
         )
     )
-    out.update(errors=all_errors, counts=totals, manifest=manifest)
-    return out

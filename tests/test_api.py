@@ -220,6 +220,80 @@ def test_normalize_gives_unit_vectors(tiny_text_model):
     p.run().wait_until_finish()
 
 
+def test_columnar_core_keeps_the_schema_and_gives_the_dict_transforms_vectors(tmp_path, tiny_text_model, tiny_image_model):
+    """EmbedTextTables / EmbedImageRefs, what the job is built from: text batch tables and ImageRefs
+    in, tables in the given schema (its metadata kept) out, the same vectors as EmbedText /
+    EmbedImages bit for bit, and the same dead letters."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from transforms import EmbedImageRefs, EmbedTextTables
+    from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+    from transforms.records import IMAGE, TEXT, ImageRef, embedding_schema
+    from transforms.text_read import text_batch_schema
+
+    texts = {"a": "good movie", "b": "   ", "c": "bad film, awful plot twist", "d": "great acting", "e": "good good"}
+    labels = {"a": "x", "b": None, "c": "y", "d": None, "e": "z"}
+    batch = pa.Table.from_pydict({
+        "id": list(texts), "source": ["reviews.jsonl"] * 5, "line": [1, 2, 3, 4, 5], "text": list(texts.values()),
+        "content_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in texts.values()], "label": list(labels.values()),
+    }, schema=text_batch_schema(("label",)))
+    text_spec = TextModelSpec(str(tiny_text_model), batch_size=2)  # 2: a padded last batch too
+    text_schema = embedding_schema(TEXT, load_text_embedder(text_spec).dimension, ("label",), metadata={"run": "mine"})
+    images = _write_images(tmp_path / "images")
+    image_spec = ImageModelSpec(str(tiny_image_model), layer="features", batch_size=2)
+    image_schema = embedding_schema(IMAGE, load_image_embedder(image_spec).dimension, ("label",), metadata={"run": "mine"})
+
+    def rows(kind: str, schema):
+        def each(table):
+            _check(f"{kind}: schema {table.schema} (metadata {table.schema.metadata})", table.schema.equals(schema, check_metadata=True))
+            return [(kind, r["id"], np.asarray(r["embedding"], np.float32).tobytes(), r["content_sha256"], r["label"])
+                    for r in table.to_pylist()]
+        return each
+
+    def dict_row(kind: str):
+        return lambda r: (kind, r["id"], r["embedding"].tobytes(), r["content_sha256"], r["label"])
+
+    def same_as(expected_ids: dict):
+        def match(actual):
+            by_kind: dict = {}
+            for kind, *row in actual:
+                by_kind.setdefault(kind[:4], {}).setdefault(kind[5:], set()).add(tuple(row))
+            for kind, got in by_kind.items():
+                _check(f"{kind}: {sorted(got)} sources", set(got) == {"core", "dict"})
+                _check(f"{kind}: ids {sorted(r[0] for r in got['core'])}", {r[0] for r in got["core"]} == expected_ids[kind])
+                _check(f"{kind}: the columnar core and the dict transform differ", got["core"] == got["dict"])
+        return match
+
+    p = _runner_pipeline()
+    text_core = (p | "Tables" >> beam.Create([batch.slice(0, 3), batch.slice(3)])
+                 | EmbedTextTables(text_spec, text_schema))
+    text_dicts = (p | "TextDicts" >> beam.Create([{"id": i, "text": t, "label": labels[i]} for i, t in texts.items()])
+                  | EmbedText(str(tiny_text_model), passthrough=["label"], batch_size=2))
+    refs = [ImageRef(r["id"], r["uri"], {"label": r["label"]}) for r in images]
+    image_core = p | "Refs" >> beam.Create(refs) | EmbedImageRefs(image_spec, image_schema)
+    image_dicts = (p | "ImageDicts" >> beam.Create(images)
+                   | EmbedImages(str(tiny_image_model), layer="features", passthrough=["label"], batch_size=2))
+    assert_that(
+        (text_core.tables | "TextCoreRows" >> beam.FlatMap(rows("text/core", text_schema)),
+         text_dicts.embeddings | "TextDictRows" >> beam.Map(dict_row("text/dict")),
+         image_core.tables | "ImageCoreRows" >> beam.FlatMap(rows("imag/core", image_schema)),
+         image_dicts.embeddings | "ImageDictRows" >> beam.Map(dict_row("imag/dict")))
+        | beam.Flatten(),
+        same_as({"text": {"a", "c", "d", "e"}, "imag": {f"img{i}" for i in range(6)}}),
+    )
+    assert_that(
+        (text_core.errors, image_core.errors) | "CoreErrors" >> beam.Flatten() | beam.Map(lambda e: (e.id, e.stage, e.error_type)),
+        lambda got: _check(str(got), sorted(got) == [("b", "preprocess", "EmptyText"), ("broken", "decode", "CorruptImage"),
+                                                     ("missing", "read", "FileNotFoundError")]),
+        label="CoreDeadLetters",
+    )
+    assert_that((text_core.skipped, image_core.skipped) | "Skipped" >> beam.Flatten(), lambda got: _check(str(got), got == []),
+                label="NothingSkipped")
+    p.run().wait_until_finish()
+
+
 def test_bad_arguments_fail_when_the_transform_is_built_or_applied(tmp_path, tiny_text_model, tiny_image_model):
     with pytest.raises(ValueError, match="'embedding' clashes"):
         EmbedText(model=str(tiny_text_model), passthrough=["embedding"])
@@ -262,6 +336,7 @@ def test_transforms_package_exports_the_api():
     import transforms
 
     assert {"EmbedText", "EmbedImages", "EmbedResult", "read_embeddings"} <= set(transforms.__all__)
+    assert {"EmbedTextTables", "EmbedImageRefs", "EmbeddedTables"} <= set(transforms.__all__)
     assert transforms.read_embeddings.__module__ == "transforms.results"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         transforms.nothing  # noqa: B018

@@ -236,7 +236,7 @@ def test_manifest_waits_for_the_bigquery_load_jobs(bigquery_job):
 def test_parquet_output_and_dead_letters_stay_beside_the_sink(bigquery_job):
     assert bigquery_job["options"]["bigquery_table"] == TABLE
     names = {t.unique_name for t in bigquery_job["pipeline"].components.transforms.values()}
-    assert {"WriteTextEmbeddings", "WriteImageEmbeddings", "WriteErrors", "WriteManifest"} <= names
+    assert {"Text/WriteTextEmbeddings", "Images/WriteImageEmbeddings", "WriteErrors", "WriteManifest"} <= names
     assert not any(n.startswith("WriteErrors/") and "BigQuery" in n for n in names)  # dead letters: Parquet only
 
 

@@ -35,10 +35,13 @@ pytestmark = pytest.mark.gcs
 
 # The steps a user sees in Dataflow's job graph.
 EXPECTED_STEPS = {
-    "ReadTextRecords/MatchFiles", "ReadTextRecords/PlanReads", "ReadTextRecords", "EmbedText", "WriteTextEmbeddings",
-    "MatchImageFiles", "ReadImageManifests", "EmbedImages", "WriteImageEmbeddings",
+    "Text", "Text/ReadTextRecords/MatchFiles", "Text/ReadTextRecords/PlanReads", "Text/ReadTextRecords", "Text/EmbedText",
+    "Text/WriteTextEmbeddings",
+    "Images", "Images/MatchImageFiles", "Images/ReadImageManifests", "Images/EmbedImages", "Images/WriteImageEmbeddings",
     "WriteErrors", "SumCounts", "WriteManifest",
 }
+TEXT_EMBED_STEP = "Text/EmbedText/EmbedTextBatches/ParDo(EmbedTextBatchesFn)"
+IMAGE_EMBED_STEP = "Images/EmbedImages/EmbedImageBatches/ParDo(EmbedImageBatchesFn)"
 
 
 def _read(path: str) -> bytes:
@@ -137,8 +140,8 @@ def test_job_graph_has_every_labelled_step(template):
     transforms = template["pipeline"].components.transforms
     names = {t.unique_name for t in transforms.values()}
     assert EXPECTED_STEPS <= names, EXPECTED_STEPS - names
-    assert "EmbedText/ParDo(EmbedTextBatchesFn)" in names
-    assert "EmbedImages/ParDo(EmbedImageBatchesFn)" in names
+    assert TEXT_EMBED_STEP in names
+    assert IMAGE_EMBED_STEP in names
 
 
 def test_workers_get_the_gcs_model_paths_not_launcher_copies(template, models_on_gcs):
@@ -148,7 +151,7 @@ def test_workers_get_the_gcs_model_paths_not_launcher_copies(template, models_on
 
     specs = {}
     for transform in template["pipeline"].components.transforms.values():
-        if transform.unique_name in ("EmbedText/ParDo(EmbedTextBatchesFn)", "EmbedImages/ParDo(EmbedImageBatchesFn)"):
+        if transform.unique_name in (TEXT_EMBED_STEP, IMAGE_EMBED_STEP):
             payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
             do_fn = pickler.loads(payload.do_fn.payload)[0]
             specs[type(do_fn).__name__] = do_fn._spec

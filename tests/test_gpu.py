@@ -164,7 +164,7 @@ def test_job_request_asks_for_a_gpu_one_sdk_process_and_the_gpu_image(gpu_job):
 
 @pytest.mark.gcs
 def test_job_embeds_with_the_requested_batch_and_records_the_workers_in_the_manifest(gpu_job):
-    embed = _do_fn(gpu_job["pipeline"], "EmbedImages/ParDo(EmbedImageBatchesFn)")
+    embed = _do_fn(gpu_job["pipeline"], "Images/EmbedImages/EmbedImageBatches/ParDo(EmbedImageBatchesFn)")
     assert embed._spec.batch_size == 128
     manifest = _do_fn(gpu_job["pipeline"], "WriteManifest")
     assert manifest._static["workers"] == {

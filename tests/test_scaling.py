@@ -126,18 +126,18 @@ def test_image_refs_travel_with_the_earlier_keys_of_their_id(tmp_path):
 
 # Side inputs may come only from these steps: each is exceptional or compact, never 16+ bytes a record.
 ALLOWED_SIDE_INPUT_PRODUCERS = {
-    "CheckTextRecords/": "text duplicates (later occurrences only) and per-chunk skip bitmaps (1 bit a line)",
-    "FindDuplicateImageIds/": "image ids that occur more than once, with their first occurrence",
-    "WriteTextEmbeddings/": "the sink's temp folder and file names (one per output file)",
-    "WriteImageEmbeddings/": "the sink's temp folder and file names",
-    "WriteCarriedText/": "carry-over's own sink (text/carried-*): its temp folder and file names",
-    "WriteCarriedImages/": "carry-over's own sink (image/carried-*): its temp folder and file names",
+    "Text/CheckTextRecords/": "text duplicates (later occurrences only) and per-chunk skip bitmaps (1 bit a line)",
+    "Images/FindDuplicateImageIds/": "image ids that occur more than once, with their first occurrence",
+    "Text/WriteTextEmbeddings/": "the sink's temp folder and file names (one per output file)",
+    "Images/WriteImageEmbeddings/": "the sink's temp folder and file names",
+    "Text/WriteCarriedText/": "carry-over's own sink (text/carried-*): its temp folder and file names",
+    "Images/WriteCarriedImages/": "carry-over's own sink (image/carried-*): its temp folder and file names",
     "WriteErrors/": "the sink's temp folder and file names",
     "SumCounts": "a few counters",
     "TopErrorReasons/": "one dict of error kinds (modality, stage, type): bounded by the kinds, not the records",
     "AllOutputFiles": "output file names",
 }
-MULTIMAP_ONLY = ("CheckTextRecords/",)  # fetched lazily per (file, chunk): never all at once
+MULTIMAP_ONLY = ("Text/CheckTextRecords/",)  # fetched lazily per (file, chunk): never all at once
 # Combines allowed: keyed ones whose keys spread over the shuffle (a file path each), and the counters.
 # TopErrorReasons: a global combine whose accumulator holds one entry per error kind, never per record.
 ALLOWED_COMBINES = ("SumCounts", "DedupTextFiles/", "DedupImageFiles/", "TopErrorReasons/")
@@ -209,13 +209,14 @@ def test_dataflow_job_side_inputs_carry_no_per_record_data(request, incremental_
                 assert side.access_pattern.urn == common_urns.side_inputs.MULTIMAP.urn, (transform.unique_name, producer)
             seen[(transform.unique_name, producer)] = side.access_pattern.urn
     consumers = {name for name, _ in seen}
-    assert any(name.startswith("EmbedText/") for name in consumers)  # the checks are wired, as multimaps
-    text_checks = {p.split("/")[1] for name, p in seen if name.startswith("EmbedText/") and p.startswith("CheckTextRecords/")}
+    assert any(name.startswith("Text/EmbedText/") for name in consumers)  # the checks are wired, as multimaps
+    text_checks = {p.split("/")[2] for name, p in seen
+                   if name.startswith("Text/EmbedText/") and p.startswith("Text/CheckTextRecords/")}
     assert text_checks == {"CheckBuckets", "SkipBitmaps"}  # duplicates and skips, both multimaps
     names = {t.unique_name for t in incremental_job.components.transforms.values()}
-    assert {"PriorTextKeys/PriorKeys", "AttachPriorImageKeys/GroupRefBuckets"} <= names  # the joins are shuffles
-    carry = {"CarryTextRows/GroupCarryRowGroups", "CarryTextRows/ReadCarriedRows", "CarryImageRows/GroupCarryRowGroups",
-             "CarryImageRows/ReadCarriedRows"}  # carry-over: earlier rows chosen in the joins, read by row group
+    assert {"Text/PriorTextKeys/PriorKeys", "Images/AttachPriorImageKeys/GroupRefBuckets"} <= names  # the joins are shuffles
+    carry = {"Text/CarryTextRows/GroupCarryRowGroups", "Text/CarryTextRows/ReadCarriedRows",
+             "Images/CarryImageRows/GroupCarryRowGroups", "Images/CarryImageRows/ReadCarriedRows"}  # carry-over: read by row group
     if request.node.callspec.params["incremental_job"] == "carry-over":
         assert carry <= names
     else:

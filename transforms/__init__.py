@@ -3,7 +3,8 @@
     from transforms import EmbedText, EmbedImages, read_embeddings
 
 `EmbedText` / `EmbedImages` (see `transforms.api`) embed a PCollection of dicts inside your own
-pipeline; `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.results`) read a
+pipeline; `EmbedTextTables` / `EmbedImageRefs` are their columnar core, which the job is built
+from. `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.results`) read a
 finished run of the job. The names are imported on first use, so `import transforms.fileio`
 stays light and reading a run never imports TensorFlow.
 """
@@ -17,12 +18,18 @@ from transforms import quiet as _quiet  # hides TensorFlow's C++ start-up lines 
 
 _quiet.install()
 
-__all__ = ["EmbedText", "EmbedImages", "EmbedResult", "read_embeddings", "read_errors", "read_manifest"]
+__all__ = [
+    "EmbedText", "EmbedImages", "EmbedResult", "EmbedTextTables", "EmbedImageRefs", "EmbeddedTables",
+    "read_embeddings", "read_errors", "read_manifest",
+]
 
 _HOMES = {
     "EmbedText": "transforms.api",
     "EmbedImages": "transforms.api",
     "EmbedResult": "transforms.api",
+    "EmbedTextTables": "transforms.api",
+    "EmbedImageRefs": "transforms.api",
+    "EmbeddedTables": "transforms.api",
     "read_embeddings": "transforms.results",
     "read_errors": "transforms.results",
     "read_manifest": "transforms.results",

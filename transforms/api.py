@@ -19,6 +19,12 @@ file, an unknown network or layer fails there, naming the argument, before anyth
 
 Not done here (the job does them over files it reads itself): the duplicate-id check and
 incremental skipping. Ids are the caller's business: make them unique if you join on them.
+
+One level down, the columnar core that both these transforms and the job (`pipeline.graph`) are
+built from: `EmbedTextTables` (pyarrow tables of text records in, embedded tables out) and
+`EmbedImageRefs` (`ImageRef`s in, embedded tables out), each returning `EmbeddedTables`. The job
+feeds them its tables and refs directly, with its duplicate-id and incremental side inputs (the
+round trip through dicts halves the text job's throughput, measured).
 """
 
 from __future__ import annotations
@@ -33,15 +39,18 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import decode
-from transforms.embed import DEFAULT_MAX_IMAGE_BYTES, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.embed import CARRIED, DEFAULT_MAX_IMAGE_BYTES, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
 from transforms.models import ImageModelSpec, ModelConfigError, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema
-from transforms.text_read import passthrough_value, text_batch_schema
+from transforms.text_read import passthrough_value, text_batch_schema, text_field_problem
 
 __all__ = [
     "EmbedText",
     "EmbedImages",
     "EmbedResult",
+    "EmbedTextTables",
+    "EmbedImageRefs",
+    "EmbeddedTables",
     "InlineImageRef",
 ]
 
@@ -62,6 +71,89 @@ class EmbedResult(NamedTuple):
 
     embeddings: beam.PCollection
     errors: beam.PCollection
+
+
+class EmbeddedTables(NamedTuple):
+    """What `EmbedTextTables` / `EmbedImageRefs` return: the columnar outputs of the embedding step."""
+
+    tables: beam.PCollection  # pyarrow tables in the output schema given to the transform
+    errors: beam.PCollection  # records.ErrorRecord dead letters
+    skipped: beam.PCollection  # ints: records an earlier run already embedded (incremental runs)
+    carried: Optional[beam.PCollection] = None  # images only: earlier rows to copy (carry-over)
+
+
+class EmbedTextTables(beam.PTransform):
+    """Tables of text records in (`text_read.text_batch_schema`: id, source, line, text,
+    content_sha256, passthrough...; one model batch or more each); `EmbeddedTables` out.
+
+    `spec`: the text model (`models.TextModelSpec`); `schema`: the output schema
+    (`records.embedding_schema(TEXT, dimension, passthrough)`, its metadata kept). The job passes
+    the side inputs of `dedup.CheckTextRecords` as `beam.pvalue.AsMultiMap` views: `duplicates`
+    (later occurrences of an id become `DuplicateId` dead letters) and `skips` (records an earlier
+    run embedded are dropped and counted in `skipped`). Empty texts and model failures are dead
+    letters; the rest comes out as one table per input table.
+    """
+
+    def __init__(
+        self,
+        spec: TextModelSpec,
+        schema: pa.Schema,
+        normalize: bool = False,
+        duplicates: Optional[beam.pvalue.AsSideInput] = None,
+        skips: Optional[beam.pvalue.AsSideInput] = None,
+        label: Optional[str] = None,
+    ):
+        super().__init__(label)
+        self._fn = EmbedTextBatchesFn(spec, schema, normalize)
+        self._side = {name: view for name, view in (("skips", skips), ("duplicates", duplicates)) if view is not None}
+
+    def expand(self, tables: beam.PCollection) -> EmbeddedTables:
+        out = tables | "EmbedTextBatches" >> beam.ParDo(self._fn, **self._side).with_outputs(ERRORS, SKIPPED, main="tables")
+        return EmbeddedTables(out.tables, out[ERRORS], out[SKIPPED])
+
+
+class EmbedImageRefs(beam.PTransform):
+    """`records.ImageRef`s in (or the `(ref, earlier keys, positions)` of
+    `incremental.AttachPriorKeys`); `EmbeddedTables` out.
+
+    With `reshuffle` the refs are first spread over the workers; then `spec.batch_size * 8` refs at
+    a time are read, decoded and embedded by `embed.EmbedImageBatchesFn` (a few model batches in
+    flight per worker). `duplicates`: the job's `beam.pvalue.AsDict` of `dedup.FindDuplicateIds`
+    (later occurrences become `DuplicateId` dead letters). For batch pipelines: the input must be
+    globally windowed (it is refused otherwise).
+    """
+
+    def __init__(
+        self,
+        spec: ImageModelSpec,
+        schema: pa.Schema,
+        normalize: bool = False,
+        max_pixels: int = decode.DEFAULT_MAX_IMAGE_PIXELS,
+        decode_threads: Optional[int] = None,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        duplicates: Optional[beam.pvalue.AsSideInput] = None,
+        reshuffle: bool = True,
+        label: Optional[str] = None,
+    ):
+        super().__init__(label)
+        self._fn = EmbedImageBatchesFn(spec, schema, normalize, max_pixels, decode_threads, max_bytes)
+        self._chunk = spec.batch_size * 8  # a few model batches per element
+        self._side = {"duplicates": duplicates} if duplicates is not None else {}
+        self._reshuffle = reshuffle
+
+    def expand(self, refs: beam.PCollection) -> EmbeddedTables:
+        if not isinstance(refs.windowing.windowfn, GlobalWindows):
+            # the image DoFn keeps batches in flight across elements and emits the last ones when its
+            # bundle ends, in the global window: windowed input would come out in the wrong windows
+            raise ValueError("EmbedImageRefs needs a globally windowed (batch) PCollection; apply it before WindowInto")
+        if self._reshuffle:
+            refs = refs | "SpreadImages" >> beam.Reshuffle()
+        out = (
+            refs
+            | "BatchImageRefs" >> beam.BatchElements(min_batch_size=self._chunk, max_batch_size=self._chunk)
+            | "EmbedImageBatches" >> beam.ParDo(self._fn, **self._side).with_outputs(ERRORS, SKIPPED, CARRIED, main="tables")
+        )
+        return EmbeddedTables(out.tables, out[ERRORS], out[SKIPPED], out[CARRIED])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,16 +227,7 @@ class _TextRecordsToTableFn(beam.DoFn):
             return ErrorRecord(None, TEXT, None, "read", "InvalidRecord", f"expected a dict, got {type(record).__name__}")
         if record_id is None:
             return ErrorRecord(None, TEXT, None, "read", "MissingId", f"record has no {self._id_field!r} value (set id_field)")
-        text = record.get(self._text_field)
-        problem = None
-        if self._text_field not in record:
-            problem = f"record has no {self._text_field!r} field (set text_field)"
-        elif text is None:
-            problem = f"{self._text_field!r} is null"
-        elif not isinstance(text, str):
-            problem = f"{self._text_field!r} is a {type(text).__name__}, not a string"
-        elif "\x00" in text:
-            problem = f"{self._text_field!r} contains NUL characters"
+        problem = text_field_problem(record, self._text_field, "text_field")
         return ErrorRecord(record_id, TEXT, None, "read", "InvalidTextField", problem) if problem else None
 
     def process(self, records: Sequence[Any]) -> Iterator:
@@ -212,12 +295,10 @@ class EmbedText(beam.PTransform):
                 _TextRecordsToTableFn(self._text_field, self._id_field, self._passthrough)
             ).with_outputs(ERRORS, main="tables")
         )
-        embedded = tables.tables | "EmbedText" >> beam.ParDo(
-            EmbedTextBatchesFn(self._spec, schema, self._normalize)
-        ).with_outputs(ERRORS, SKIPPED, main="tables")
+        embedded = tables.tables | "EmbedTextTables" >> EmbedTextTables(self._spec, schema, self._normalize)
         embeddings = embedded.tables | "TextEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
         errors = (
-            (tables[ERRORS], embedded[ERRORS])
+            (tables[ERRORS], embedded.errors)
             | "AllTextErrors" >> beam.Flatten()
             | "TextErrorDicts" >> beam.Map(_error_dict)
         )
@@ -318,9 +399,7 @@ class EmbedImages(beam.PTransform):
         self._reshuffle = reshuffle
 
     def expand(self, records: beam.PCollection) -> EmbedResult:
-        if not isinstance(records.windowing.windowfn, GlobalWindows):
-            # the image DoFn keeps batches in flight across elements and emits the last ones when its
-            # bundle ends, in the global window: windowed input would come out in the wrong windows
+        if not isinstance(records.windowing.windowfn, GlobalWindows):  # checked again by EmbedImageRefs; here before loading
             raise ValueError("EmbedImages needs a globally windowed (batch) PCollection; apply it before WindowInto")
         embedder = _load("EmbedImages", load_image_embedder, self._spec)
         schema = embedding_schema(IMAGE, embedder.dimension, self._passthrough)
@@ -328,22 +407,13 @@ class EmbedImages(beam.PTransform):
         refs = records | "ImageRecordsToRefs" >> beam.ParDo(
             _ImageRecordToRefFn(*self._fields, self._passthrough, self._max_bytes)
         ).with_outputs(ERRORS, main="refs")
-        images = refs.refs
-        if self._reshuffle:
-            images = images | "SpreadImages" >> beam.Reshuffle()
-        chunk = self._spec.batch_size * 8  # as the job: a few model batches per element
-        embedded = (
-            images
-            | "BatchImageRefs" >> beam.BatchElements(min_batch_size=chunk, max_batch_size=chunk)
-            | "EmbedImages" >> beam.ParDo(
-                EmbedImageBatchesFn(
-                    self._spec, schema, self._normalize, self._max_pixels, self._decode_threads, self._max_bytes
-                )
-            ).with_outputs(ERRORS, SKIPPED, main="tables")
+        embedded = refs.refs | "EmbedImageRefs" >> EmbedImageRefs(
+            self._spec, schema, self._normalize, self._max_pixels, self._decode_threads, self._max_bytes,
+            reshuffle=self._reshuffle,
         )
         embeddings = embedded.tables | "ImageEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
         errors = (
-            (refs[ERRORS], embedded[ERRORS])
+            (refs[ERRORS], embedded.errors)
             | "AllImageErrors" >> beam.Flatten()
             | "ImageErrorDicts" >> beam.Map(_error_dict)
         )

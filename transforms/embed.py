@@ -123,6 +123,8 @@ class _SharedModelDoFn(beam.DoFn):
         self._gpu_model_loads = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{modality}_model_loads_on_gpu")
         self._pending_load_count = 0
         self._pending_gpu_loads = 0  # loads in a process whose TensorFlow sees a GPU (logged at load)
+        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{modality}_embedded")
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{modality}_failed")
 
     def setup(self):
         def load():
@@ -131,6 +133,14 @@ class _SharedModelDoFn(beam.DoFn):
             return self._loader(self._spec)
 
         self._embedder = self._shared.acquire(load, tag=self._spec.cache_key())
+
+    def _count(self, embedded: int, failed: int, skipped: int) -> None:
+        """Beam counters (`<modality>_embedded`, `<modality>_failed`) and the progress line for one
+        batch's outcome; in the DoFn's own thread (Beam's metrics are per thread)."""
+        self._failed.inc(failed)
+        if embedded:
+            self._embedded.inc(embedded)
+        progress.add(self._modality, embedded=embedded, failed=failed, skipped=skipped)
 
     def _report_loads(self):
         if self._pending_load_count:
@@ -144,73 +154,88 @@ class _SharedModelDoFn(beam.DoFn):
 class EmbedTextBatchesFn(_SharedModelDoFn):
     """Embeds a table of text records (id, source, line, text, content_sha256, passthrough...)."""
 
-    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False, files: Sequence[str] = ()):
+    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False):
         super().__init__(spec, load_text_embedder, TEXT)
         self._schema = schema
         self._normalize = normalize
-        del files  # accepted for older callers: duplicates now arrive with their first occurrence
-        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_embedded")
-        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "text_failed")
 
     def process(self, table: pa.Table, skips=None, duplicates=None) -> Iterator:
-        """`skips` and `duplicates`: the multimap side inputs of `dedup.CheckTextRecords` (or None)."""
+        """`skips` and `duplicates`: the multimap side inputs of `dedup.CheckTextRecords` (or None).
+
+        Unchanged records (incremental runs) are dropped and counted, later occurrences of an id
+        and empty texts become dead letters, the rest is embedded; one output table per input table."""
         self._report_loads()
-        skipped = 0
         flags = LineFlags(skips, duplicates)
+        skipped = 0
         if skips is not None:
-            unchanged = flags.skipped(table)
-            if unchanged.any():
-                skipped = int(unchanged.sum())
+            table, skipped = _without_unchanged(table, flags)
+            if skipped:
                 yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
-                table = table.filter(pa.array(~unchanged))
-        firsts = flags.first_occurrences(table) if duplicates is not None else {}
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
-        lines = table.column("line").to_pylist() if firsts else None
-        candidates, failures = [], 0
-        for i, text in enumerate(texts):
-            first = firsts.get(i)
-            if first is not None and tuple(first) != (sources[i], lines[i]):
-                reason = later_occurrence_reason(ids[i], *first)
-                failures += 1
-                yield beam.pvalue.TaggedOutput(
-                    ERRORS, ErrorRecord(ids[i], TEXT, f"{sources[i]}:{lines[i]}", "read", "DuplicateId", reason)
-                )
-            elif not text or not text.strip():
-                failures += 1
-                yield beam.pvalue.TaggedOutput(
-                    ERRORS,
-                    ErrorRecord.from_exception(ids[i], TEXT, sources[i], "preprocess", EmptyText("text is empty or only whitespace")),
-                )
-            else:
-                candidates.append(i)
+        rejected, candidates = _screen_texts(table, texts, ids, sources, flags if duplicates is not None else None)
+        keep, vectors, failed = self._embed(texts, candidates, ids, sources)
+        for error in rejected + failed:
+            yield beam.pvalue.TaggedOutput(ERRORS, error)
+        self._count(embedded=len(keep), failed=len(rejected) + len(failed), skipped=skipped)
+        if keep:
+            yield _output_table(
+                table, np.array(keep), vectors, self._embedder.model_name, self._embedder.model_sha256, self._schema
+            )
+
+    def _embed(self, texts: list, candidates: list[int], ids: list, sources: list) -> tuple[list[int], np.ndarray, list]:
+        """Embed the `candidates` rows: (rows embedded, their vectors, dead letters of the others)."""
         vectors, errors = embed_isolating_failures(self._embedder.embed, [texts[i] for i in candidates])
-        keep = []
+        keep, failed = [], []
         for position, error in zip(candidates, errors):
             if error is None:
                 keep.append(position)
-                continue
-            failures += 1
-            stage = "embed"
-            if isinstance(error, NonFiniteEmbedding):  # the pooled mean of zero tokens is 0/0
-                stage, error = "preprocess", EmptyText(
-                    "text has no words left after the model's standardization (e.g. only punctuation)"
-                )
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, ErrorRecord.from_exception(ids[position], TEXT, sources[position], stage, error)
-            )
+            else:
+                failed.append(_text_embed_error(ids[position], sources[position], error))
         good = np.array([e is None for e in errors], dtype=bool)
         vectors = vectors[good] if len(candidates) else vectors
         if self._normalize:
             vectors = _l2_normalize(vectors)
-        self._failed.inc(failures)
-        progress.add(TEXT, embedded=len(keep), failed=failures, skipped=skipped)
-        if keep:
-            self._embedded.inc(len(keep))
-            yield _output_table(
-                table, np.array(keep), vectors, self._embedder.model_name, self._embedder.model_sha256, self._schema
-            )
+        return keep, vectors, failed
+
+
+def _without_unchanged(table: pa.Table, flags: LineFlags) -> tuple[pa.Table, int]:
+    """The rows an earlier run did not embed (incremental runs), and how many were dropped."""
+    unchanged = flags.skipped(table)
+    if not unchanged.any():
+        return table, 0
+    return table.filter(pa.array(~unchanged)), int(unchanged.sum())
+
+
+def _screen_texts(
+    table: pa.Table, texts: list, ids: list, sources: list, flags: Optional[LineFlags]
+) -> tuple[list[ErrorRecord], list[int]]:
+    """(dead letters, rows to embed): later occurrences of an id (when `flags` has the duplicates)
+    and empty or whitespace-only texts are dead letters, in row order."""
+    firsts = flags.first_occurrences(table) if flags is not None else {}
+    lines = table.column("line").to_pylist() if firsts else None
+    rejected, candidates = [], []
+    for i, text in enumerate(texts):
+        first = firsts.get(i)
+        if first is not None and tuple(first) != (sources[i], lines[i]):
+            reason = later_occurrence_reason(ids[i], *first)
+            rejected.append(ErrorRecord(ids[i], TEXT, f"{sources[i]}:{lines[i]}", "read", "DuplicateId", reason))
+        elif not text or not text.strip():
+            rejected.append(ErrorRecord.from_exception(
+                ids[i], TEXT, sources[i], "preprocess", EmptyText("text is empty or only whitespace")
+            ))
+        else:
+            candidates.append(i)
+    return rejected, candidates
+
+
+def _text_embed_error(record_id: str, source: Optional[str], error: BaseException) -> ErrorRecord:
+    """The dead letter of a text the model failed on; NaN from zero tokens (0/0 mean) is an EmptyText."""
+    if isinstance(error, NonFiniteEmbedding):
+        empty = EmptyText("text has no words left after the model's standardization (e.g. only punctuation)")
+        return ErrorRecord.from_exception(record_id, TEXT, source, "preprocess", empty)
+    return ErrorRecord.from_exception(record_id, TEXT, source, "embed", error)
 
 
 _SKIP = object()
@@ -289,8 +314,6 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         self._max_bytes = max_bytes
         self._decode_threads = decode_threads
         self._passthrough = [f.name for f in schema][schema.names.index("model_sha256") + 1 :]
-        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "image_embedded")
-        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "image_failed")
 
     def setup(self):
         super().setup()
@@ -341,12 +364,8 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
 
     def _emit(self, result: _ImageBatchResult) -> Iterator:
         """Count a finished batch and hand its outputs to Beam (in the DoFn's thread)."""
-        if result.errors:
-            self._failed.inc(len(result.errors))
         embedded = result.table.num_rows if result.table is not None else 0
-        if embedded:
-            self._embedded.inc(embedded)
-        progress.add(IMAGE, embedded=embedded, failed=len(result.errors), skipped=result.skipped)
+        self._count(embedded=embedded, failed=len(result.errors), skipped=result.skipped)
         for error in result.errors:
             yield beam.pvalue.TaggedOutput(ERRORS, error)
         if result.skipped:

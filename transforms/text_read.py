@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -41,6 +42,7 @@ __all__ = [
     "ReadTextFiles",
     "read_text_file",
     "text_batch_schema",
+    "text_field_problem",
     "passthrough_value",
     "fast_jsonl_columns",
 ]
@@ -51,6 +53,21 @@ def passthrough_value(value) -> Optional[str]:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def text_field_problem(record: Mapping, text_field: str, setting: str) -> Optional[str]:
+    """Why `record[text_field]` is no text to embed (None when it is one): missing, null, not a
+    string, or holding NUL characters. `setting` names what picks the field (a flag or an argument)."""
+    if text_field not in record:
+        return f"record has no {text_field!r} field (set {setting})"
+    text = record[text_field]
+    if text is None:
+        return f"{text_field!r} is null"
+    if not isinstance(text, str):
+        return f"{text_field!r} is a {type(text).__name__}, not a string"
+    if "\x00" in text:
+        return f"{text_field!r} contains NUL characters"
+    return None
 
 
 def text_batch_schema(passthrough: Sequence[str]) -> pa.Schema:
@@ -246,16 +263,8 @@ class ReadTextFileFn(beam.DoFn):
             raw_id = record.get(self._id_field)
             record_id = line_id if raw_id is None or raw_id == "" else passthrough_value(raw_id)
             text = record.get(self._text_field)
-            problem, kind = None, "InvalidTextField"
-            if self._text_field not in record:
-                problem = f"record has no {self._text_field!r} field (set --text-field)"
-            elif text is None:
-                problem = f"{self._text_field!r} is null"
-            elif not isinstance(text, str):
-                problem = f"{self._text_field!r} is a {type(text).__name__}, not a string"
-            elif "\x00" in text:
-                problem = f"{self._text_field!r} contains NUL characters"
-            elif len(text) * 4 > self._max_bytes and len(text.encode("utf-8", "surrogatepass")) > self._max_bytes:
+            problem, kind = text_field_problem(record, self._text_field, "--text-field"), "InvalidTextField"
+            if problem is None and len(text) * 4 > self._max_bytes and len(text.encode("utf-8", "surrogatepass")) > self._max_bytes:
                 problem, kind = f"{self._text_field!r} is longer than --max-text-bytes ({self._max_bytes:,})", "RecordTooLarge"
             if problem:
                 yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, TEXT, f"{path}:{line}", "read", kind, problem))

@@ -18,9 +18,9 @@ from typing import Iterable, Optional, Sequence
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io import filebasedsink
-from apache_beam.io.parquetio import _ParquetSink
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from transforms import fileio
 from transforms.errors import UserError
@@ -252,23 +252,30 @@ class _BufferedWriter:
             self.pending, self.rows = [], 0
 
 
-class _EmbeddingParquetSink(_ParquetSink):
-    """Beam's batched Parquet sink, with row groups of a useful size and dictionary encoding only
-    where it pays (ids, paths and model names repeat; float vectors and hashes do not)."""
+class _EmbeddingParquetSink(filebasedsink.FileBasedSink):
+    """Parquet files from pyarrow tables on Beam's public file sink (temp files, then finalised
+    under their shard names), with row groups of a useful size and dictionary encoding only where
+    it pays (ids, paths and model names repeat; float vectors and hashes do not). Snappy
+    compression inside the file, as Beam's own `WriteToParquetBatched`."""
 
     def __init__(self, file_path_prefix: str, schema: pa.Schema, row_group_rows: int):
         super().__init__(
-            file_path_prefix, schema, "snappy", False, False, ".parquet", 0, None, "application/x-parquet", 60
+            file_path_prefix, coder=None, file_name_suffix=".parquet", num_shards=0, shard_name_template=None,
+            mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED,  # Parquet compresses its pages
+            triggering_frequency=60,
         )
+        self._schema = schema
         self._row_group_rows = row_group_rows
         self._dictionary_columns = [f.name for f in schema if pa.types.is_string(f.type) and f.name != "content_sha256"]
+        self._file_handle = None
 
     def open(self, temp_path):
-        self._file_handle = filebasedsink.FileBasedSink.open(self, temp_path)
-        writer = pq.ParquetWriter(
-            self._file_handle, self._schema, compression=self._codec, use_dictionary=self._dictionary_columns
-        )
+        self._file_handle = super().open(temp_path)
+        writer = pq.ParquetWriter(self._file_handle, self._schema, compression="snappy", use_dictionary=self._dictionary_columns)
         return _BufferedWriter(writer, self._row_group_rows)
+
+    def display_data(self):
+        return {**super().display_data(), "codec": "snappy", "schema": str(self._schema)}
 
     def write_record(self, writer: _BufferedWriter, table: pa.Table):
         writer.add(table)
