@@ -269,7 +269,9 @@ def failure_message(exc: BaseException) -> str:
     chain = _chain(exc)
     text = "\n".join(f"{type(e).__name__}: {e}" for e in chain)
     step = re.search(r"\[while running '([^']+)'\]", text)
-    where = f" in step {step.group(1).split('/')[0]!r}" if step else ""
+    parts = step.group(1).split("/") if step else []
+    # The top-level step, inside a modality's branch the branch's step: 'WriteManifest', 'Images/EmbedImages'.
+    where = f" in step {'/'.join(parts[:2] if parts[0] in ('Text', 'Images') else parts[:1])!r}" if parts else ""
     outage = re.search(r"storage unreachable: .*?(?= \[while running|\n|$)", text)
     if any(isinstance(e, fileio.StorageUnavailable) for e in chain) or outage:
         detail = outage.group(0) if outage else "storage unreachable"
