@@ -408,7 +408,7 @@ def format_table(report: dict) -> str:
                 f"{entry['cpu_utilisation_large']:>6.2f}  {loads_text}"
             )
     lines.append("")
-    lines.append(f"batch sizes: " + ", ".join(f"{k} {sc['scenario']['batch']}" for k, sc in report["scenarios"].items()
+    lines.append("batch sizes: " + ", ".join(f"{k} {sc['scenario']['batch']}" for k, sc in report["scenarios"].items()
                                               if "scenario" in sc) + f"; repeats per measurement: {report.get('repeat', 1)} (median)")
     for key, sc in report["scenarios"].items():
         for t in sc.get("targets", [sc["target"]] if "target" in sc else []):

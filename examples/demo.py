@@ -524,7 +524,7 @@ def _print_output_files(output_dir: str) -> list[str]:
 
     manifest = read_manifest(output_dir)
     print(f"Output of run {manifest['run_id']} in {output_dir}:")
-    for folder, paths in manifest["files"].items():
+    for paths in manifest["files"].values():
         for path in paths:
             print(f"  {path}")
     counts = ", ".join(f"{m}: {c['embedded']} embedded, {c['failed']} failed" for m, c in manifest["counts"].items())

@@ -7,9 +7,9 @@ import pathlib
 import numpy as np
 import pytest
 from PIL import Image
+from test_decode import encode, halves, png_header_only, with_exif_orientation
 
 from pipeline.run import run
-from test_decode import encode, halves, png_header_only, with_exif_orientation
 from transforms.embed import embed_isolating_failures
 from transforms.results import read_embeddings, read_errors
 

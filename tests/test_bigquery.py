@@ -19,10 +19,10 @@ import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from tests_support import DATAFLOW_PROJECT as PROJECT
 from tests_support import build_dataflow_template, pipeline_do_fns
-
 from transforms.bigquery import (
     BigQueryTableError,
     TableToRowsFn,

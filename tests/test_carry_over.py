@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 
+from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from pipeline.run import main, run
 from transforms.results import read_embeddings, read_manifest
 

@@ -133,7 +133,7 @@ def test_random_bytes_are_not_an_image():
 
 
 def test_text_is_not_an_image_and_the_message_says_text():
-    data = "id,caption\n1,a dog on a beach\n2,un café au lait\n".encode("utf-8")
+    data = "id,caption\n1,a dog on a beach\n2,un café au lait\n".encode()
     with pytest.raises(UnsupportedImageFormat) as info:
         decode_image(data, (8, 8))
     assert_user_message(info.value, "not an image", "text")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from tests_support import PROJECT_ROOT, build_dataflow_template, pipeline_do_fns
 

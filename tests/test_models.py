@@ -1,6 +1,5 @@
 """Model loading: every required network headless with its own preprocessing, and the weights paths."""
 
-import os
 import shutil
 
 import numpy as np

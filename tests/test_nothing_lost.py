@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from tests_support import PROJECT_ROOT, descendants, refused_storage
 
 from pipeline.run import main
+from tests_support import PROJECT_ROOT, descendants, refused_storage
 from transforms import fileio
 from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
 from transforms.write import RUNNING_NAME, failure_verdict
@@ -334,9 +334,10 @@ sys.stdin.read()
 @pytest.mark.parametrize("output_on", ["local", "gs"])
 def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_image_model, output_on):
     """A private emulator (the shared one serves other tests) holds the images, then dies mid-run."""
-    from gcs_emulator import _fake_credentials
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
+
+    from gcs_emulator import _fake_credentials
 
     server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
-from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 
+from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from transforms.dedup import CHUNK_LINES, CheckTextRecords, LineFlags, hash64, id_hashes, text_key_batch
 from transforms.incremental import AttachPriorKeys, content_keys, prior_key_batches
 from transforms.records import ImageRef

@@ -34,9 +34,9 @@ def test_a_missing_required_flag_is_an_argparse_error(capsys):
 
 def test_commands_run_through_the_cli_once_registered(monkeypatch, tmp_path, capsys):
     import numpy as np
+    from test_tools_support import write_run
 
     from pipeline import cli
-    from test_tools_support import write_run
 
     for name, entry in TOOL_COMMANDS.items():
         monkeypatch.setitem(cli.COMMANDS, name, entry)

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from test_tools_support import run_cli, write_run
 
 from pipeline.tools import evaluate
 from pipeline.tools.evaluate import evaluate_embeddings, knn_precision, linear_probe
 from pipeline.tools.knn import leave_one_out_neighbours
 from pipeline.tools.store import open_embeddings, unit_rows
-from test_tools_support import run_cli, write_run
 
 
 def _clusters(classes: int, per_class: int, dim: int, spread: float, seed: int = 0):

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from test_tools_support import run_cli, write_run
 
 from pipeline.tools import evaluate, index, neighbors, projector
 from pipeline.tools.knn import RunningTopK, top_k
 from pipeline.tools.neighbors import find_neighbours
 from pipeline.tools.store import open_embeddings
-from test_tools_support import run_cli, write_run
 from transforms.results import IncompleteOutputError
 
 N, D = 103, 12

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from test_tools_support import run_cli, write_run
 
 from pipeline.tools import projector
 from pipeline.tools.projector import pca_2d
-from test_tools_support import run_cli, write_run
 
 N, D = 30, 6
 

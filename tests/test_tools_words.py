@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_tools_support import NEGATIVE, POSITIVE, build_text_model, run_cli, sentiment_sentences, train_text_model
 
 from pipeline.tools import neighbors, similar_words, word_vectors
 from pipeline.tools.similar_words import UnknownWordError
 from pipeline.tools.word_vectors import load_word_vectors
-from test_tools_support import NEGATIVE, POSITIVE, build_text_model, run_cli, sentiment_sentences, train_text_model
 
 
 @pytest.fixture(scope="module")

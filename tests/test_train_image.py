@@ -9,10 +9,10 @@ import pathlib
 import numpy as np
 import pytest
 from PIL import Image
+from test_tools_support import run_cli
 
 from pipeline.train import image as train_image
 from pipeline.train.image import ImageTrainingConfig, base_network, list_labelled_images, report_path_for
-from test_tools_support import run_cli
 from transforms.models import NETWORKS, ImageModelSpec, load_image_embedder, preprocessing_layers
 
 CIFAR = "images/cifar10-subset"

@@ -46,7 +46,6 @@ def refused_storage(timeout: float = 2.0) -> Iterator[None]:
     emulator's fake credentials in the environment (no 20 s auth lookups) and this process's
     storage retries bounded to `timeout` seconds; all restored on exit."""
     from gcs_emulator import start_emulator, stop_emulator
-
     from transforms import fileio
 
     start_emulator()

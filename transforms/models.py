@@ -532,7 +532,7 @@ def _build_user_model(spec: ImageModelSpec):
         try:
             layer = model.get_layer(spec.layer)
         except ValueError:
-            names = [l.name for l in model.layers]
+            names = [layer.name for layer in model.layers]
             raise ModelConfigError(
                 "--image-layer", spec.layer, f"no such layer in {spec.model}; layers are: {', '.join(names)[:400]}"
             ) from None

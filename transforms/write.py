@@ -326,8 +326,8 @@ class WriteErrors(beam.PTransform):
 def _versions() -> dict:
     versions = {"python": platform.python_version(), "apache_beam": beam.__version__, "pyarrow": pa.__version__}
     try:
-        import tensorflow as tf
         import keras
+        import tensorflow as tf
 
         versions.update(tensorflow=tf.__version__, keras=keras.__version__)
     except ImportError:  # pragma: no cover - the job always has them

@@ -6,7 +6,8 @@ import json
 from typing import Mapping, Sequence
 
 from transforms.errors import UserError
-from transforms.fileio import upload as copy_local_file, write_bytes  # re-exported for the tools
+from transforms.fileio import upload as copy_local_file  # re-exported for the tools
+from transforms.fileio import write_bytes
 
 __all__ = [
     "ToolError",
