@@ -67,8 +67,12 @@ def measure(network: str, alpha, weights: str, batch: int, rounds: int, calls: i
         def run(session=session, name=name):
             return session.run(None, {name: pixels})[0]
 
-        report["onnxruntime"] = {"version": ort.__version__, "tf2onnx": tf2onnx.__version__,
-                                 "convert_seconds": convert, **_fidelity(run(), ref)}
+        report["onnxruntime"] = {
+            "version": ort.__version__,
+            "tf2onnx": tf2onnx.__version__,
+            "convert_seconds": convert,
+            **_fidelity(run(), ref),
+        }
         runners["onnxruntime"] = (run, 1)
     except ImportError as exc:
         report["onnxruntime"] = {"error": f"not installed ({exc})"}

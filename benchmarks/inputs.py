@@ -134,7 +134,7 @@ def _short_text(words: list[list[str]], index: int) -> str:
     pool = words[first] + words[second]
     length = min(len(pool), int(rng.integers(4, 31)))
     start = int(rng.integers(0, len(pool) - length + 1))
-    return " ".join(pool[start:start + length])
+    return " ".join(pool[start : start + length])
 
 
 def text_set(shared: pathlib.Path, work: pathlib.Path, count: int, shards: int = TEXT_SHARDS) -> str:

@@ -113,8 +113,9 @@ class _TreeWatcher(threading.Thread):
         self.join()
 
 
-def run_worker(spec: dict, label: str, folder: pathlib.Path, env: dict, watch_sockets: bool = False,
-               wrap: Optional[list[str]] = None) -> dict:
+def run_worker(
+    spec: dict, label: str, folder: pathlib.Path, env: dict, watch_sockets: bool = False, wrap: Optional[list[str]] = None
+) -> dict:
     """Run `benchmarks.worker` on `spec` in a fresh process (its spec, log and result in `folder`);
     its result plus what was seen from outside."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,8 +126,14 @@ def run_worker(spec: dict, label: str, folder: pathlib.Path, env: dict, watch_so
     cmd = list(wrap or []) + [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(result_path)]
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, cwd=env.get("BENCH_JOB_ROOT", PROJECT_ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            cmd,
+            cwd=env.get("BENCH_JOB_ROOT", PROJECT_ROOT),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         watcher = _TreeWatcher(process.pid, sockets_after=8.0 if watch_sockets else None)
         watcher.start()
         _, status, usage = os.wait4(process.pid, 0)

@@ -21,6 +21,7 @@ from typing import Optional
 
 __all__ = ["train_text_model", "save_peer_image_model", "save_headless_text_model"]
 
+
 def train_text_model(shared: pathlib.Path, output: pathlib.Path, epochs: Optional[int] = None) -> str:
     """The Embedding-layer text model, made by the project's own trainer (`python -m pipeline
     train-text` on rt-polarity). Returns how it was made."""
@@ -29,15 +30,24 @@ def train_text_model(shared: pathlib.Path, output: pathlib.Path, epochs: Optiona
     output.parent.mkdir(parents=True, exist_ok=True)
     sentiment = shared / "sentiment"
     cmd = [
-        sys.executable, "-m", "pipeline", "train-text",
-        "--labelled-lines", f"{sentiment / 'rt-polarity.pos'}=1",
-        "--labelled-lines", f"{sentiment / 'rt-polarity.neg'}=0",
-        "--encoding", "cp1252", "--output", str(output),
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train-text",
+        "--labelled-lines",
+        f"{sentiment / 'rt-polarity.pos'}=1",
+        "--labelled-lines",
+        f"{sentiment / 'rt-polarity.neg'}=0",
+        "--encoding",
+        "cp1252",
+        "--output",
+        str(output),
     ] + (["--epochs", str(epochs)] if epochs else [])
     log = output.with_suffix(".log")
     with open(log, "w") as handle:
-        done = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        done = subprocess.run(
+            cmd, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        )
     if done.returncode != 0 or not output.exists():
         raise RuntimeError(f"train-text failed (exit {done.returncode}); see {log}")
     return "python -m pipeline train-text"

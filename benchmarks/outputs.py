@@ -23,8 +23,13 @@ def _spread(values: Sequence[int]) -> dict:
     if not values:
         return {"count": 0}
     array = np.asarray(values)
-    return {"count": int(array.size), "min": int(array.min()), "median": float(np.median(array)),
-            "max": int(array.max()), "total": int(array.sum())}
+    return {
+        "count": int(array.size),
+        "min": int(array.min()),
+        "median": float(np.median(array)),
+        "max": int(array.max()),
+        "total": int(array.sum()),
+    }
 
 
 def describe_parquet(files: Sequence[str]) -> dict:

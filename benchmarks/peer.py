@@ -75,8 +75,9 @@ def _row(keyed, model_name: str, model_sha256: str, line: bool = False) -> dict:
     return row
 
 
-def run_image_peer(pattern: str, model_path: str, size: int, batch: int, dimension: int, output: str,
-                   beam_args: Sequence[str] = ()) -> None:
+def run_image_peer(
+    pattern: str, model_path: str, size: int, batch: int, dimension: int, output: str, beam_args: Sequence[str] = ()
+) -> None:
     """Embed every image matching `pattern` into `output/part-*.parquet`."""
     schema = embedding_schema(IMAGE, dimension)
     name, sha = os.path.basename(model_path), _sha256_of_file(model_path)
@@ -90,8 +91,7 @@ def run_image_peer(pattern: str, model_path: str, size: int, batch: int, dimensi
             | "Key" >> beam.MapTuple(lambda key, pixels: ((key[0], key[0], key[1]), pixels))
             | "RunInference" >> RunInference(handler)
             | "ToRow" >> beam.Map(_row, name, sha)
-            | "Write" >> beam.io.WriteToParquet(os.path.join(output, "part"), schema, codec="snappy",
-                                                file_name_suffix=".parquet")
+            | "Write" >> beam.io.WriteToParquet(os.path.join(output, "part"), schema, codec="snappy", file_name_suffix=".parquet")
         )
 
 
@@ -105,8 +105,7 @@ def parse_for_peer(file_and_line):
     return (record["id"], path, hashlib.sha256(text.encode("utf-8")).hexdigest()), tf.constant([text])
 
 
-def run_text_peer(pattern: str, model_path: str, batch: int, dimension: int, output: str,
-                  beam_args: Sequence[str] = ()) -> None:
+def run_text_peer(pattern: str, model_path: str, batch: int, dimension: int, output: str, beam_args: Sequence[str] = ()) -> None:
     """Embed every JSONL record matching `pattern` into `output/part-*.parquet`."""
     schema = embedding_schema(TEXT, dimension)
     name, sha = os.path.basename(model_path), _sha256_of_file(model_path)
@@ -118,6 +117,5 @@ def run_text_peer(pattern: str, model_path: str, batch: int, dimension: int, out
             | "Parse" >> beam.Map(parse_for_peer)
             | "RunInference" >> RunInference(handler)
             | "ToRow" >> beam.Map(_row, name, sha, line=True)
-            | "Write" >> beam.io.WriteToParquet(os.path.join(output, "part"), schema, codec="snappy",
-                                                file_name_suffix=".parquet")
+            | "Write" >> beam.io.WriteToParquet(os.path.join(output, "part"), schema, codec="snappy", file_name_suffix=".parquet")
         )

@@ -34,11 +34,24 @@ from typing import Optional, Sequence
 from benchmarks import inputs
 from benchmarks.measure import WorkerFailed, run_worker, worker_env
 
-__all__ = ["SCENARIOS", "MODES", "Scenario", "Context", "main", "run_benchmarks", "format_table", "marginal", "job_argv", "prepare", "make_context"]
+__all__ = [
+    "SCENARIOS",
+    "MODES",
+    "Scenario",
+    "Context",
+    "main",
+    "run_benchmarks",
+    "format_table",
+    "marginal",
+    "job_argv",
+    "prepare",
+    "make_context",
+]
 
 MOBILENET_WEIGHTS = "weights/mobilenet_2_5_224_tf_no_top.h5"
-PEER_UNAVAILABLE = ("Beam's tensorflow_inference needs tensorflow_hub and tf-keras: "
-                    "pip install --no-deps -r benchmarks/requirements.txt")
+PEER_UNAVAILABLE = (
+    "Beam's tensorflow_inference needs tensorflow_hub and tf-keras: pip install --no-deps -r benchmarks/requirements.txt"
+)
 WORKERS2_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
 
@@ -63,12 +76,31 @@ class Scenario:
 
 
 SCENARIOS = {
-    "a": Scenario("a", "images, MobileNet a=0.25 @224, shared ImageNet weights, 500x375 JPEGs", "image", 32,
-                  "peer", 2.0, "MobileNet", 0.25, MOBILENET_WEIGHTS, more_targets=(("limit", 1.2),)),
-    "b": Scenario("b", "images, MobileNetV2 @224, random weights (seed 0), 500x375 JPEGs", "image", 32,
-                  "limit", 1.8, "MobileNetV2", None, "none", more_targets=(("limit_openvino", 0.85),)),
-    "c": Scenario("c", "text, train-text Embedding model, JSONL records from rt-polarity", "text", 256,
-                  "limit", 0.3),
+    "a": Scenario(
+        "a",
+        "images, MobileNet a=0.25 @224, shared ImageNet weights, 500x375 JPEGs",
+        "image",
+        32,
+        "peer",
+        2.0,
+        "MobileNet",
+        0.25,
+        MOBILENET_WEIGHTS,
+        more_targets=(("limit", 1.2),),
+    ),
+    "b": Scenario(
+        "b",
+        "images, MobileNetV2 @224, random weights (seed 0), 500x375 JPEGs",
+        "image",
+        32,
+        "limit",
+        1.8,
+        "MobileNetV2",
+        None,
+        "none",
+        more_targets=(("limit_openvino", 0.85),),
+    ),
+    "c": Scenario("c", "text, train-text Embedding model, JSONL records from rt-polarity", "text", 256, "limit", 0.3),
 }
 
 # (warm-up, small, large) records per scenario; the warm-up only runs in the in-process modes.
@@ -124,7 +156,8 @@ def prepare(ctx: Context, scenarios: Sequence[Scenario]) -> dict:
                 inputs.image_set(ctx.shared, ctx.work, n)
             weights, peer_model = _image_model_files(ctx, sc)
             spec["peer_image_models"].append(
-                {"network": sc.network, "size": sc.size, "alpha": sc.alpha, "weights": weights, "output": peer_model})
+                {"network": sc.network, "size": sc.size, "alpha": sc.alpha, "weights": weights, "output": peer_model}
+            )
         else:
             ctx.log(f"[{sc.key}] text: JSONL sets of {warm}, {small} and {large} records")
             for n in (warm, small, large):
@@ -140,8 +173,10 @@ def prepare(ctx: Context, scenarios: Sequence[Scenario]) -> dict:
                     ctx.log(f"[{sc.key}] training the text model -> {path}")
                     how_file.write_text(train_text_model(ctx.shared, path))
                 made["text_model"] = {"path": str(path), "how": how_file.read_text() if how_file.exists() else "?"}
-            spec["headless_text_model"] = {"source": made["text_model"]["path"],
-                                           "output": str(models_dir / f"text-embedding-{_file_tag(made['text_model']['path'])}.keras")}
+            spec["headless_text_model"] = {
+                "source": made["text_model"]["path"],
+                "output": str(models_dir / f"text-embedding-{_file_tag(made['text_model']['path'])}.keras"),
+            }
             made["peer_text_model"] = spec["headless_text_model"]["output"]
     run_worker(spec, "prepare", ctx.run_dir, ctx.env)
     return made
@@ -179,19 +214,27 @@ def _run_sized(ctx: Context, sc: Scenario, thing: str, make_run, base_spec: dict
                 result = run_worker(spec, f"{sc.key}-{thing}-{label}{suffix}", ctx.run_dir, ctx.env, watch_sockets)
                 tries[label].append(dict(result["runs"][0], outside=result["outside"]))
     runs = {label: _median_run(found) for label, found in tries.items()}
-    entry = {"runs": runs, "processes": "one process for all sizes" if ctx.in_process else "one process per size",
-             "repeats": ctx.repeat}
+    entry = {
+        "runs": runs,
+        "processes": "one process for all sizes" if ctx.in_process else "one process per size",
+        "repeats": ctx.repeat,
+    }
     if ctx.in_process:  # the quick modes save a process start: read back here (no reader memory figure)
         from benchmarks import outputs
 
         files = outputs.parquet_files(runs["large"]["output"])
-        entry["output"] = {"parquet": outputs.describe_parquet(files),
-                           "read_back": dict(outputs.read_back_seconds(files), process_peak_rss_mb=None)}
+        entry["output"] = {
+            "parquet": outputs.describe_parquet(files),
+            "read_back": dict(outputs.read_back_seconds(files), process_peak_rss_mb=None),
+        }
         return entry
-    inspected = run_worker({"kind": "inspect", "folder": runs["large"]["output"]}, f"{sc.key}-{thing}-inspect",
-                           ctx.run_dir, ctx.env)
-    entry["output"] = {"parquet": inspected["parquet"], "read_back": dict(
-        inspected["read_back"], process_peak_rss_mb=inspected["process"]["vmhwm_mb"])}
+    inspected = run_worker(
+        {"kind": "inspect", "folder": runs["large"]["output"]}, f"{sc.key}-{thing}-inspect", ctx.run_dir, ctx.env
+    )
+    entry["output"] = {
+        "parquet": inspected["parquet"],
+        "read_back": dict(inspected["read_back"], process_peak_rss_mb=inspected["process"]["vmhwm_mb"]),
+    }
     return entry
 
 
@@ -216,20 +259,42 @@ def _limit(ctx: Context, sc: Scenario, made: dict, backend: str = "tensorflow") 
     _, small, large = MODES[ctx.mode][sc.key]
     if sc.modality == "image":
         weights, _ = _image_model_files(ctx, sc)
-        spec = {"kind": "limit_image", "network": sc.network, "alpha": sc.alpha, "weights": weights,
-                "size": sc.size, "batch": sc.batch, "images": _pattern(ctx, sc, max(small, 128)),
-                "counts": [small, large], "extras": not ctx.in_process, "backend": backend}
+        spec = {
+            "kind": "limit_image",
+            "network": sc.network,
+            "alpha": sc.alpha,
+            "weights": weights,
+            "size": sc.size,
+            "batch": sc.batch,
+            "images": _pattern(ctx, sc, max(small, 128)),
+            "counts": [small, large],
+            "extras": not ctx.in_process,
+            "backend": backend,
+        }
     else:
-        spec = {"kind": "limit_text", "model": made["text_model"]["path"], "batch": sc.batch,
-                "texts": _pattern(ctx, sc, large), "counts": [small, large], "extras": not ctx.in_process}
+        spec = {
+            "kind": "limit_text",
+            "model": made["text_model"]["path"],
+            "batch": sc.batch,
+            "texts": _pattern(ctx, sc, large),
+            "counts": [small, large],
+            "extras": not ctx.in_process,
+        }
     label = f"{sc.key}-limit" + ("" if backend == "tensorflow" else f"-{backend}")
-    results = [run_worker(spec, label + (f"-r{i + 1}" if ctx.repeat > 1 else ""), ctx.run_dir, ctx.env)
-               for i in range(ctx.repeat)]
+    results = [
+        run_worker(spec, label + (f"-r{i + 1}" if ctx.repeat > 1 else ""), ctx.run_dir, ctx.env) for i in range(ctx.repeat)
+    ]
     result = results[0]
-    runs = {label: _median_run([dict(r["runs"][i], outside=r["outside"]) for r in results])
-            for i, label in enumerate(("small", "large"))}
-    entry = {"runs": runs, "processes": "one process, both sizes after a warm-up",
-             "model_load_seconds": result["model_load_seconds"], "dimension": result["dimension"]}
+    runs = {
+        label: _median_run([dict(r["runs"][i], outside=r["outside"]) for r in results])
+        for i, label in enumerate(("small", "large"))
+    }
+    entry = {
+        "runs": runs,
+        "processes": "one process, both sizes after a warm-up",
+        "model_load_seconds": result["model_load_seconds"],
+        "dimension": result["dimension"],
+    }
     if "decode_images_per_second" in result:
         entry["decode_images_per_second"] = result["decode_images_per_second"]
     if "two_concurrent_callers" in result:
@@ -248,12 +313,28 @@ def job_argv(ctx: Context, sc: Scenario, made: dict, n: int, output: str, worker
     """The job's command line for `n` records of a scenario."""
     if sc.modality == "image":
         weights, _ = _image_model_files(ctx, sc)
-        argv = ["--image-input", _pattern(ctx, sc, n), "--image-model", sc.network, "--image-weights", weights,
-                "--image-size", str(sc.size), "--image-batch-size", str(sc.batch)]
+        argv = [
+            "--image-input",
+            _pattern(ctx, sc, n),
+            "--image-model",
+            sc.network,
+            "--image-weights",
+            weights,
+            "--image-size",
+            str(sc.size),
+            "--image-batch-size",
+            str(sc.batch),
+        ]
         argv += ["--image-alpha", str(sc.alpha)] if sc.alpha is not None else []
     else:
-        argv = ["--text-input", _pattern(ctx, sc, n), "--text-model", made["text_model"]["path"],
-                "--text-batch-size", str(sc.batch)]
+        argv = [
+            "--text-input",
+            _pattern(ctx, sc, n),
+            "--text-model",
+            made["text_model"]["path"],
+            "--text-batch-size",
+            str(sc.batch),
+        ]
     argv += ["--output", output, "--run-id", f"bench-{sc.key}-{n}"]
     return argv + (WORKERS2_ARGS if workers == 2 else [])
 
@@ -284,8 +365,12 @@ def _peer(ctx: Context, sc: Scenario, made: dict, dimension: int) -> dict:
         base = {"kind": "peer_text", "model": made["peer_text_model"], "batch": sc.batch, "dimension": dimension}
 
     def make_run(label: str, n: int) -> dict:
-        return {"label": label, "count": n, "pattern": _pattern(ctx, sc, n),
-                "output": str(ctx.run_dir / "out" / f"{sc.key}-peer-{label}")}
+        return {
+            "label": label,
+            "count": n,
+            "pattern": _pattern(ctx, sc, n),
+            "output": str(ctx.run_dir / "out" / f"{sc.key}-peer-{label}"),
+        }
 
     return _summarise(_run_sized(ctx, sc, "peer", make_run, base))
 
@@ -313,8 +398,13 @@ def _compare_outputs(job_dir: str, peer_dir: str) -> dict:
         return {"common_ids": 0, "job_rows": len(job), "peer_rows": len(peer)}
     diff = np.abs(np.stack([job[i] for i in common]) - np.stack([peer[i] for i in common]))
     scale = float(np.abs(np.stack([job[i] for i in common])).max())
-    return {"common_ids": len(common), "job_rows": len(job), "peer_rows": len(peer),
-            "max_abs_diff": float(diff.max()), "max_abs_value": scale}
+    return {
+        "common_ids": len(common),
+        "job_rows": len(job),
+        "peer_rows": len(peer),
+        "max_abs_diff": float(diff.max()),
+        "max_abs_value": scale,
+    }
 
 
 def _scenario(ctx: Context, sc: Scenario, made: dict) -> dict:
@@ -348,7 +438,8 @@ def _scenario(ctx: Context, sc: Scenario, made: dict) -> dict:
             result["job_2_workers"] = {"error": str(exc)}
     if "error" not in result["peer"]:
         result["job_vs_peer_embeddings"] = _compare_outputs(
-            result["job"]["runs"]["large"]["output"], result["peer"]["runs"]["large"]["output"])
+            result["job"]["runs"]["large"]["output"], result["peer"]["runs"]["large"]["output"]
+        )
     limit = result["limit"]["marginal_per_second"]
     peer = result["peer"].get("marginal_per_second")
     job = result["job"]["marginal_per_second"]
@@ -363,8 +454,9 @@ def _scenario(ctx: Context, sc: Scenario, made: dict) -> dict:
     result["targets"] = []
     for against, ratio in sc.targets():
         reached = result["ratios"][f"job_over_{against}"]
-        result["targets"].append({"ratio": ratio, "against": against, "reached": reached,
-                                  "met": bool(reached is not None and reached >= ratio)})
+        result["targets"].append(
+            {"ratio": ratio, "against": against, "reached": reached, "met": bool(reached is not None and reached >= ratio)}
+        )
     result["target"] = result["targets"][0]
     return result
 
@@ -375,13 +467,19 @@ def _fmt(value, spec: str = ",.0f") -> str:
 
 def format_table(report: dict) -> str:
     """The printed table: one row per measured thing, then the targets."""
-    head = (f"{'scen':<5}{'thing':<14}{'n small':>10}{'n large':>10}{'t small':>9}{'t large':>9}"
-            f"{'marginal/s':>12}{'e2e/s':>10}{'x limit':>8}{'x peer':>8}{'RSS MB':>9}{'tree MB':>9}{'CPU':>6}  loads")
+    head = (
+        f"{'scen':<5}{'thing':<14}{'n small':>10}{'n large':>10}{'t small':>9}{'t large':>9}"
+        f"{'marginal/s':>12}{'e2e/s':>10}{'x limit':>8}{'x peer':>8}{'RSS MB':>9}{'tree MB':>9}{'CPU':>6}  loads"
+    )
     env = report.get("environment", {})
     load = env.get("loadavg_at_start", [None])[0], env.get("loadavg_at_end", [None])[0]
-    lines = [f"{report['mode']} run of {report.get('started_at', '?')}: job code {str(env.get('job_code_commit', '?'))[:12]}, "
-             f"{env.get('cpus')} CPUs ({env.get('cpu_model')}), 1-min load average {_fmt(load[0], '.1f')} at start, "
-             f"{_fmt(load[1], '.1f')} at end", head, "-" * len(head)]
+    lines = [
+        f"{report['mode']} run of {report.get('started_at', '?')}: job code {str(env.get('job_code_commit', '?'))[:12]}, "
+        f"{env.get('cpus')} CPUs ({env.get('cpu_model')}), 1-min load average {_fmt(load[0], '.1f')} at start, "
+        f"{_fmt(load[1], '.1f')} at end",
+        head,
+        "-" * len(head),
+    ]
     for key, sc in report["scenarios"].items():
         if "error" in sc:
             lines.append(f"{key:<5}ERROR: {sc['error'].splitlines()[0]}")
@@ -408,12 +506,17 @@ def format_table(report: dict) -> str:
                 f"{entry['cpu_utilisation_large']:>6.2f}  {loads_text}"
             )
     lines.append("")
-    lines.append("batch sizes: " + ", ".join(f"{k} {sc['scenario']['batch']}" for k, sc in report["scenarios"].items()
-                                              if "scenario" in sc) + f"; repeats per measurement: {report.get('repeat', 1)} (median)")
+    lines.append(
+        "batch sizes: "
+        + ", ".join(f"{k} {sc['scenario']['batch']}" for k, sc in report["scenarios"].items() if "scenario" in sc)
+        + f"; repeats per measurement: {report.get('repeat', 1)} (median)"
+    )
     for key, sc in report["scenarios"].items():
         for t in sc.get("targets", [sc["target"]] if "target" in sc else []):
-            lines.append(f"target ({key}) job >= {t['ratio']} x {t['against']}: {_fmt(t['reached'], '.2f')} -> "
-                         f"{'MET' if t['met'] else 'NOT MET'}")
+            lines.append(
+                f"target ({key}) job >= {t['ratio']} x {t['against']}: {_fmt(t['reached'], '.2f')} -> "
+                f"{'MET' if t['met'] else 'NOT MET'}"
+            )
     for key, sc in report["scenarios"].items():
         job = sc.get("job")
         if not job or "output" not in job or not job.get("output"):
@@ -440,29 +543,40 @@ def format_table(report: dict) -> str:
             )
         cmp_ = sc.get("job_vs_peer_embeddings", {})
         if cmp_.get("common_ids"):
-            lines.append(f"same model ({key}): {cmp_['common_ids']} ids in both outputs, max |job - peer| = "
-                         f"{cmp_['max_abs_diff']:.2e} (values up to {cmp_['max_abs_value']:.3g})")
+            lines.append(
+                f"same model ({key}): {cmp_['common_ids']} ids in both outputs, max |job - peer| = "
+                f"{cmp_['max_abs_diff']:.2e} (values up to {cmp_['max_abs_value']:.3g})"
+            )
         limit_entry = sc["limit"]
         ov = sc.get("limit_openvino", {})
         if ov.get("marginal_per_second"):
             b = ov.get("backend", {})
-            lines.append(f"limit OV ({key}): OpenVINO {b.get('openvino_version')} {b.get('precision')}, "
-                         f"{ov.get('concurrent_calls')} batch(es) in flight, converted in {_fmt(b.get('convert_seconds'), '.1f')} s: "
-                         f"{_fmt(sc['ratios'].get('limit_openvino_over_limit'), '.2f')} x TensorFlow's bare forward pass")
+            lines.append(
+                f"limit OV ({key}): OpenVINO {b.get('openvino_version')} {b.get('precision')}, "
+                f"{ov.get('concurrent_calls')} batch(es) in flight, converted in {_fmt(b.get('convert_seconds'), '.1f')} s: "
+                f"{_fmt(sc['ratios'].get('limit_openvino_over_limit'), '.2f')} x TensorFlow's bare forward pass"
+            )
         if "decode_images_per_second" in limit_entry:
             d = limit_entry["decode_images_per_second"]
-            lines.append(f"limit ({key}): job's decode_image alone {d['1_thread']:,.0f} img/s on 1 thread, {_fmt(d.get('2_threads'))} on 2; "
-                         f"model with 2 concurrent callers {_fmt(limit_entry.get('two_concurrent_callers_per_second'))} img/s")
+            lines.append(
+                f"limit ({key}): job's decode_image alone {d['1_thread']:,.0f} img/s on 1 thread, {_fmt(d.get('2_threads'))} on 2; "
+                f"model with 2 concurrent callers {_fmt(limit_entry.get('two_concurrent_callers_per_second'))} img/s"
+            )
         if limit_entry.get("embedder_embed_marginal_per_second"):
-            lines.append(f"limit ({key}): the job's TextEmbedder.embed on ready lists of str: "
-                         f"{limit_entry['embedder_embed_marginal_per_second']:,.0f} rec/s")
+            lines.append(
+                f"limit ({key}): the job's TextEmbedder.embed on ready lists of str: "
+                f"{limit_entry['embedder_embed_marginal_per_second']:,.0f} rec/s"
+            )
         mem = job["peak_rss_mb"]
-        lines.append(f"memory ({key}) job peak RSS by size: " + ", ".join(
-            f"{label} {sc['sizes'][label]:,} -> {mb:,.0f} MB" for label, mb in mem.items()) +
-            ("" if report["mode"] == "full" else " (sizes share one process in this mode)"))
+        lines.append(
+            f"memory ({key}) job peak RSS by size: "
+            + ", ".join(f"{label} {sc['sizes'][label]:,} -> {mb:,.0f} MB" for label, mb in mem.items())
+            + ("" if report["mode"] == "full" else " (sizes share one process in this mode)")
+        )
         if sc.get("job_2_workers", {}).get("listening_sockets"):
-            lines.append(f"gRPC ({key}) 2 workers listening: " + "; ".join(
-                s.split()[3] for s in sc["job_2_workers"]["listening_sockets"]))
+            lines.append(
+                f"gRPC ({key}) 2 workers listening: " + "; ".join(s.split()[3] for s in sc["job_2_workers"]["listening_sockets"])
+            )
     return "\n".join(lines)
 
 
@@ -483,10 +597,13 @@ def _environment(ctx: Context) -> dict:
         "git_head": _git("rev-parse", "HEAD"),
         "job_code": ctx.env["BENCH_JOB_ROOT"],
         "job_code_commit": (pathlib.Path(ctx.env["BENCH_JOB_ROOT"]) / ".done").read_text().strip()
-        if (pathlib.Path(ctx.env["BENCH_JOB_ROOT"]) / ".done").exists() else "working tree",
+        if (pathlib.Path(ctx.env["BENCH_JOB_ROOT"]) / ".done").exists()
+        else "working tree",
         "job_files_changed_since_head": (_git("status", "--porcelain", "--", "transforms", "pipeline") or "").splitlines(),
-        "thread_settings": {k: ctx.env.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
-                                                       "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")},
+        "thread_settings": {
+            k: ctx.env.get(k)
+            for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")
+        },
         "decode_threads": "job default (max(2, cpu_count))",
     }
 
@@ -507,8 +624,9 @@ def _job_tree(work: pathlib.Path, ref: str) -> pathlib.Path:
     folder = work / "job-trees" / sha[:12]
     if not (folder / ".done").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", sha, "pipeline", "transforms"], cwd=inputs.PROJECT_ROOT,
-                                 capture_output=True, check=True).stdout
+        archive = subprocess.run(
+            ["git", "archive", sha, "pipeline", "transforms"], cwd=inputs.PROJECT_ROOT, capture_output=True, check=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
         (folder / ".done").write_text(sha + "\n")
     return folder
@@ -531,10 +649,19 @@ def make_context(args: argparse.Namespace, mode: str) -> Context:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_dir = work / "sessions" / f"{mode}-{stamp}-{os.getpid()}"
     run_dir.mkdir(parents=True)
-    return Context(shared, work, worker_env(work, args.tf_threads, job_root), mode, in_process=(mode != "full"),
-                   workers2=workers2 if workers2 is not None else mode == "full", text_model=args.text_model, log=log,
-                   run_dir=run_dir, keep_outputs=getattr(args, "keep_outputs", False),
-                   repeat=max(1, getattr(args, "repeat", 1) or 1))
+    return Context(
+        shared,
+        work,
+        worker_env(work, args.tf_threads, job_root),
+        mode,
+        in_process=(mode != "full"),
+        workers2=workers2 if workers2 is not None else mode == "full",
+        text_model=args.text_model,
+        log=log,
+        run_dir=run_dir,
+        keep_outputs=getattr(args, "keep_outputs", False),
+        repeat=max(1, getattr(args, "repeat", 1) or 1),
+    )
 
 
 def _with_batch(sc: Scenario, args: argparse.Namespace) -> Scenario:
@@ -549,8 +676,13 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
     ctx = make_context(args, mode)
     keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
     scenarios = [_with_batch(SCENARIOS[k], args) for k in keys]
-    report = {"mode": mode, "repeat": ctx.repeat, "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "environment": _environment(ctx), "scenarios": {}}
+    report = {
+        "mode": mode,
+        "repeat": ctx.repeat,
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": _environment(ctx),
+        "scenarios": {},
+    }
     report["prepared"] = prepare(ctx, scenarios)
     report["environment"]["run_dir"] = str(ctx.run_dir)
     for sc in scenarios:
@@ -572,21 +704,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="Smaller sizes, one process per thing (about 2 minutes).")
     parser.add_argument("--tiny", action="store_true", help="Smallest sizes: checks the harness, measures nothing useful.")
     parser.add_argument("--scenarios", default="a,b,c", help="Comma-separated scenario keys (default: a,b,c).")
-    parser.add_argument("--workers2", action=argparse.BooleanOptionalAction, default=None,
-                        help="Also run the job with 2 workers (multi_processing); default: on in the full mode only "
-                        "(each such run starts 2 worker processes that import TensorFlow: ~25 s of start-up).")
+    parser.add_argument(
+        "--workers2",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Also run the job with 2 workers (multi_processing); default: on in the full mode only "
+        "(each such run starts 2 worker processes that import TensorFlow: ~25 s of start-up).",
+    )
     parser.add_argument("--text-model", help="Use this train-text .keras model instead of training one.")
     parser.add_argument("--tf-threads", type=int, help="Set TF intra/inter-op threads for every measured process.")
     parser.add_argument("--table", metavar="RESULTS.json", help="Run nothing: print (and rewrite the .txt of) an earlier result.")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="Run every measured process this many times and keep the median (the machine is shared).")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="Run every measured process this many times and keep the median (the machine is shared).",
+    )
     parser.add_argument("--image-batch-size", type=int, help="Images per model call for limit, peer and job (default: 32).")
     parser.add_argument("--text-batch-size", type=int, help="Texts per model call for limit, peer and job (default: 256).")
     parser.add_argument("--keep-outputs", action="store_true", help="Keep the Parquet outputs (default: deleted per scenario).")
-    parser.add_argument("--job-ref", help="Measure the job as committed at this git ref (e.g. HEAD, a tag) instead of "
-                        "the working tree's pipeline/ and transforms/.")
-    parser.add_argument("--work-dir", default=str(inputs.DEFAULT_WORK_DIR), help="Derived inputs and outputs (default: benchmarks/work).")
-    parser.add_argument("--results-dir", default=str(inputs.PROJECT_ROOT / "benchmarks" / "results"), help="Where the JSON and table go.")
+    parser.add_argument(
+        "--job-ref",
+        help="Measure the job as committed at this git ref (e.g. HEAD, a tag) instead of "
+        "the working tree's pipeline/ and transforms/.",
+    )
+    parser.add_argument(
+        "--work-dir", default=str(inputs.DEFAULT_WORK_DIR), help="Derived inputs and outputs (default: benchmarks/work)."
+    )
+    parser.add_argument(
+        "--results-dir", default=str(inputs.PROJECT_ROOT / "benchmarks" / "results"), help="Where the JSON and table go."
+    )
     parser.add_argument("--shared-data", default=str(inputs.DEFAULT_SHARED_DATA), help="The shared data folder.")
     return parser
 

@@ -86,8 +86,13 @@ def gbk_probe(count: int, buckets: int = 32, batch_rows: int = 65536) -> dict:
             yield b, (rng.integers(0, 2**63, k).astype(np.uint64), np.arange(k, dtype=np.uint32), np.zeros(k, np.uint8))
 
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        (p | beam.Create(range((count + batch_rows - 1) // batch_rows)) | beam.FlatMap(slices)
-         | beam.GroupByKey() | beam.Map(lambda kv: sum(len(v[0]) for v in kv[1])))
+        (
+            p
+            | beam.Create(range((count + batch_rows - 1) // batch_rows))
+            | beam.FlatMap(slices)
+            | beam.GroupByKey()
+            | beam.Map(lambda kv: sum(len(v[0]) for v in kv[1]))
+        )
     with open("/proc/self/status") as handle:
         peak = next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM"))
     return {"count": count, "shuffled_bytes_per_record": 13, "peak_rss_mb": peak}
@@ -96,8 +101,13 @@ def gbk_probe(count: int, buckets: int = 32, batch_rows: int = 65536) -> dict:
 def _probe_in_fresh_process(count: int) -> dict:
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--gbk-probe", str(count)], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--gbk-probe", str(count)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -117,8 +127,14 @@ def run_scale(sizes: Sequence[int], shared: pathlib.Path, work: pathlib.Path, lo
         log(f"  {plain['seconds']:.1f} s, peak {plain['peak_rss_mb']:.0f} MB, counts {plain['counts']}")
         inc_out = str(run_dir / "out" / f"incremental-{n}")
         log(f"incremental {n:,} ...")
-        inc = _one(f"incremental-{n}", n, common + ["--output", inc_out, "--run-id", f"scale-incremental-{n}",
-                                                    "--incremental-from", plain_out], inc_out, run_dir, env)
+        inc = _one(
+            f"incremental-{n}",
+            n,
+            common + ["--output", inc_out, "--run-id", f"scale-incremental-{n}", "--incremental-from", plain_out],
+            inc_out,
+            run_dir,
+            env,
+        )
         log(f"  {inc['seconds']:.1f} s, peak {inc['peak_rss_mb']:.0f} MB, counts {inc['counts']}")
         runs[n] = {"plain": plain, "incremental": inc}
     summary = {}
@@ -139,22 +155,30 @@ def run_scale(sizes: Sequence[int], shared: pathlib.Path, work: pathlib.Path, lo
         "runner_bare_gbk": {str(n): r for n, r in probes.items()},
         "summary": summary,
         "targets": {"growth_bytes_per_record_at_most": TARGET_GROWTH, "incremental_speed_vs_plain_at_least": 1.0},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
-                        "loadavg_at_end": os.getloadavg()},
+        "environment": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "loadavg_at_end": os.getloadavg(),
+        },
         "run_dir": str(run_dir),
     }
 
 
 def format_report(report: dict) -> str:
     """The report as a small text table."""
-    lines = [f"benchmarks.scale {report['stamp']} (local runner, short JSONL text records)",
-             f"{'records':>10} {'kind':<12} {'seconds':>8} {'CPU s':>8} {'load':>5} {'peak RSS MB':>12} {'read':>9} {'embedded':>9} {'skipped':>9}"]
+    lines = [
+        f"benchmarks.scale {report['stamp']} (local runner, short JSONL text records)",
+        f"{'records':>10} {'kind':<12} {'seconds':>8} {'CPU s':>8} {'load':>5} {'peak RSS MB':>12} {'read':>9} {'embedded':>9} {'skipped':>9}",
+    ]
     for n in report["sizes"]:
         for kind in ("plain", "incremental"):
             r = report["runs"][str(n)][kind]
             c = r.get("counts", {}).get("text", {}) if r.get("counts") else {}
-            lines.append(f"{n:>10,} {kind:<12} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {r['loadavg_after'] or 0:>5.1f} {r['peak_rss_mb']:>12.0f} "
-                         f"{c.get('read', 0):>9,} {c.get('embedded', 0):>9,} {c.get('skipped', 0):>9,}")
+            lines.append(
+                f"{n:>10,} {kind:<12} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} {r['loadavg_after'] or 0:>5.1f} {r['peak_rss_mb']:>12.0f} "
+                f"{c.get('read', 0):>9,} {c.get('embedded', 0):>9,} {c.get('skipped', 0):>9,}"
+            )
     s = report["summary"]
     for kind in ("plain", "incremental"):
         value = s.get(f"{kind}_growth_bytes_per_record")
@@ -167,8 +191,10 @@ def format_report(report: dict) -> str:
     for n in report["sizes"]:
         ratio, cpu = s[f"incremental_speed_vs_plain_{n}"], s[f"incremental_cpu_speed_vs_plain_{n}"]
         mark = "ok" if ratio >= 1.0 else "BELOW TARGET"
-        lines.append(f"incremental (all skipped) vs plain speed at {n:,}: {ratio:.2f}x wall (target >= 1: {mark}), "
-                     f"{cpu:.2f}x in CPU seconds")
+        lines.append(
+            f"incremental (all skipped) vs plain speed at {n:,}: {ratio:.2f}x wall (target >= 1: {mark}), "
+            f"{cpu:.2f}x in CPU seconds"
+        )
     return "\n".join(lines)
 
 

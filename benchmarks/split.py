@@ -32,21 +32,29 @@ __all__ = ["main", "run_job"]
 def run_job(data: str, model: str, output: pathlib.Path, workers: int, extra: list[str]) -> dict:
     """One CLI run; its wall time and manifest counts."""
     shutil.rmtree(output, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline", "run", "--output", str(output), "--text-input", data,
-           "--text-model", model] + extra
+    cmd = [sys.executable, "-m", "pipeline", "run", "--output", str(output), "--text-input", data, "--text-model", model] + extra
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     start = time.monotonic()
-    done = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT_ROOT)))
+    done = subprocess.run(
+        cmd,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT_ROOT)),
+    )
     seconds = time.monotonic() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     manifest = json.loads((output / "_MANIFEST.json").read_text())
     parts = sorted((output / "text").glob("part-*.parquet"))
     shutil.rmtree(output, ignore_errors=True)
-    return {"seconds": round(seconds, 2), "counts": manifest["counts"]["text"], "text_part_files": len(parts),
-            "loadavg_after": os.getloadavg()[0]}
+    return {
+        "seconds": round(seconds, 2),
+        "counts": manifest["counts"]["text"],
+        "text_part_files": len(parts),
+        "loadavg_after": os.getloadavg()[0],
+    }
 
 
 def main(argv=None) -> int:
@@ -66,7 +74,8 @@ def main(argv=None) -> int:
 
         train_text_model(args.shared, model)
     extra = (["--read-split-bytes", str(args.split_bytes)] if args.split_bytes else []) + (
-        ["--allow-duplicate-ids"] if args.allow_duplicate_ids else [])
+        ["--allow-duplicate-ids"] if args.allow_duplicate_ids else []
+    )
     sizes = {"small": args.small, "large": args.records}
     files = {name: text_set(args.shared, args.work, n, shards=1) for name, n in sizes.items()}
     import statistics
@@ -78,8 +87,11 @@ def main(argv=None) -> int:
                 result = run_job(files[name], str(model), args.work / "split-out", workers, extra)
                 assert result["counts"]["read"] == n and result["counts"]["balanced"], result
                 runs.setdefault(f"{workers}w-{name}", []).append(result)
-                print(f"round {round_ + 1}: {workers} worker(s), {n:,} records: {result['seconds']:.1f} s, "
-                      f"{result['text_part_files']} part file(s), load {result['loadavg_after']:.1f}", flush=True)
+                print(
+                    f"round {round_ + 1}: {workers} worker(s), {n:,} records: {result['seconds']:.1f} s, "
+                    f"{result['text_part_files']} part file(s), load {result['loadavg_after']:.1f}",
+                    flush=True,
+                )
     marginal = {}
     for workers in (1, 2):
         small = statistics.median(r["seconds"] for r in runs[f"{workers}w-small"])
@@ -89,9 +101,14 @@ def main(argv=None) -> int:
     file_bytes = pathlib.Path(files["large"].replace("*.jsonl", "")).glob("*.jsonl")
     result = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "records": sizes, "file_bytes": sum(p.stat().st_size for p in file_bytes), "extra_flags": extra,
-        "runs": runs, "marginal_rec_per_s": {f"{k}w": round(v) for k, v in marginal.items()},
-        "speedup_2w_over_1w": round(speedup, 2), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+        "records": sizes,
+        "file_bytes": sum(p.stat().st_size for p in file_bytes),
+        "extra_flags": extra,
+        "runs": runs,
+        "marginal_rec_per_s": {f"{k}w": round(v) for k, v in marginal.items()},
+        "speedup_2w_over_1w": round(speedup, 2),
+        "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
     }
     results = PROJECT_ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)

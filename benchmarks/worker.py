@@ -36,8 +36,11 @@ def peak_rss_mb() -> dict:
                 key, value = line.split(":")
                 fields[key] = int(value.split()[0]) / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"vmhwm_mb": round(fields["VmHWM"], 1), "vmrss_mb": round(fields["VmRSS"], 1),
-            "children_maxrss_mb": round(children, 1)}
+    return {
+        "vmhwm_mb": round(fields["VmHWM"], 1),
+        "vmrss_mb": round(fields["VmRSS"], 1),
+        "children_maxrss_mb": round(children, 1),
+    }
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -52,8 +55,14 @@ def _timed(label: str, count: int, body: Callable[[], dict]) -> dict:
     extra = body() or {}
     seconds = time.perf_counter() - start
     cpu1, kids1 = _cpu_seconds()
-    result = {"label": label, "count": count, "seconds": seconds, "cpu_seconds": cpu1 - cpu0,
-              "children_cpu_seconds": kids1 - kids0, "loadavg_after": os.getloadavg()[0]}
+    result = {
+        "label": label,
+        "count": count,
+        "seconds": seconds,
+        "cpu_seconds": cpu1 - cpu0,
+        "children_cpu_seconds": kids1 - kids0,
+        "loadavg_after": os.getloadavg()[0],
+    }
     result.update(extra)
     result.update(peak_rss_mb())
     return result
@@ -111,8 +120,14 @@ def _limit_image(spec: dict) -> dict:
     from transforms.models import ImageModelSpec, load_image_embedder
 
     backend = spec.get("backend", "tensorflow")
-    model_spec = ImageModelSpec(model=spec["network"], weights=spec["weights"], image_size=spec["size"],
-                                alpha=spec["alpha"], batch_size=spec["batch"], backend=backend)
+    model_spec = ImageModelSpec(
+        model=spec["network"],
+        weights=spec["weights"],
+        image_size=spec["size"],
+        alpha=spec["alpha"],
+        batch_size=spec["batch"],
+        backend=backend,
+    )
     load_start = time.perf_counter()
     embedder = load_image_embedder(model_spec)
     load_seconds = time.perf_counter() - load_start
@@ -126,8 +141,13 @@ def _limit_image(spec: dict) -> dict:
     decode_one_thread = len(blobs) / (time.perf_counter() - start)
     batch = spec["batch"]
     batches = [np.ascontiguousarray(pool[(np.arange(batch) + k * batch) % len(pool)]) for k in range(8)]
-    result = {"model_load_seconds": load_seconds, "dimension": embedder.dimension, "model": embedder.model_name,
-              "decode_images_per_second": {"1_thread": decode_one_thread}, "backend": embedder.backend_details}
+    result = {
+        "model_load_seconds": load_seconds,
+        "dimension": embedder.dimension,
+        "model": embedder.model_name,
+        "decode_images_per_second": {"1_thread": decode_one_thread},
+        "backend": embedder.backend_details,
+    }
     if backend == "openvino":
         # OpenVINO's own best: one batch in flight per stream (its THROUGHPUT hint), as an
         # AsyncInferQueue would keep them, through the job's thread-safe embedder.
@@ -153,8 +173,11 @@ def _limit_image(spec: dict) -> dict:
     calls = max(1, spec["counts"][-1] // batch)
     with concurrent.futures.ThreadPoolExecutor(2) as executor:
         list(executor.map(lambda i: embedder.embed(batches[i % len(batches)]), range(4)))
-        result["two_concurrent_callers"] = _timed("two concurrent callers", calls * batch, lambda: list(
-            executor.map(lambda i: embedder.embed(batches[i % len(batches)]), range(calls))) and None)
+        result["two_concurrent_callers"] = _timed(
+            "two concurrent callers",
+            calls * batch,
+            lambda: list(executor.map(lambda i: embedder.embed(batches[i % len(batches)]), range(calls))) and None,
+        )
     return result
 
 
@@ -176,17 +199,15 @@ def _limit_text(spec: dict) -> dict:
                     break
         if len(texts) >= 64 * batch:
             break
-    chunks = [texts[k * batch:(k + 1) * batch] for k in range(len(texts) // batch)]
+    chunks = [texts[k * batch : (k + 1) * batch] for k in range(len(texts) // batch)]
     import keras
 
     model = embedder.full_model
     headless = keras.Model(model.inputs, model.get_layer(TEXT_EMBEDDING_LAYER).output)
-    forward = tf.function(lambda x: headless(x, training=False),
-                          input_signature=[tf.TensorSpec([batch, 1], tf.string)])
+    forward = tf.function(lambda x: headless(x, training=False), input_signature=[tf.TensorSpec([batch, 1], tf.string)])
     tensors = [tf.constant([[t] for t in chunk]) for chunk in chunks]
     compiled = _loop_rate(lambda i: forward(tensors[i % len(tensors)]).numpy(), batch, spec["counts"], 20)
-    result = {"runs": compiled, "model_load_seconds": load_seconds, "dimension": embedder.dimension,
-              "model": embedder.model_name}
+    result = {"runs": compiled, "model_load_seconds": load_seconds, "dimension": embedder.dimension, "model": embedder.model_name}
     if spec.get("extras", True):
         result["embedder_embed_runs"] = _loop_rate(lambda i: embedder.embed(chunks[i % len(chunks)]), batch, spec["counts"], 20)
     return result
@@ -219,9 +240,12 @@ def _job(spec: dict) -> dict:
             with contextlib.redirect_stdout(sys.stderr):
                 manifest = run(item["argv"])
             details = manifest.get("models", {}).get(spec["modality"], {}).get("details", {})
-            return {"counts": manifest.get("counts"), "model_loads": manifest.get("model_loads"),
-                    "output": os.path.join(item["output"], spec["modality"]),
-                    "backend": {k: details[k] for k in ("backend", "precision", "convert_seconds", "backend_note") if k in details}}
+            return {
+                "counts": manifest.get("counts"),
+                "model_loads": manifest.get("model_loads"),
+                "output": os.path.join(item["output"], spec["modality"]),
+                "backend": {k: details[k] for k in ("backend", "precision", "convert_seconds", "backend_note") if k in details},
+            }
 
         runs.append(_timed(item["label"], item["count"], body))
     return {"runs": runs}
@@ -232,14 +256,23 @@ def _peer(spec: dict) -> dict:
 
     runs = []
     for item in spec["runs"]:
+
         def body(item=item):
             _fresh_folder(item["output"])
             if spec["kind"] == "peer_image":
-                peer.run_image_peer(item["pattern"], spec["model"], spec["size"], spec["batch"], spec["dimension"],
-                                    item["output"], spec.get("beam_args", ()))
+                peer.run_image_peer(
+                    item["pattern"],
+                    spec["model"],
+                    spec["size"],
+                    spec["batch"],
+                    spec["dimension"],
+                    item["output"],
+                    spec.get("beam_args", ()),
+                )
             else:
-                peer.run_text_peer(item["pattern"], spec["model"], spec["batch"], spec["dimension"],
-                                   item["output"], spec.get("beam_args", ()))
+                peer.run_text_peer(
+                    item["pattern"], spec["model"], spec["batch"], spec["dimension"], item["output"], spec.get("beam_args", ())
+                )
             return {"output": item["output"]}
 
         runs.append(_timed(item["label"], item["count"], body))

@@ -72,16 +72,45 @@ _TOPICS = {
     "book": ("story", "chapter", "author", "heroine", "cover", "prose", "translation"),
 }
 _ADJECTIVES = {
-    1: ("great", "wonderful", "excellent", "delightful", "superb", "lovely", "fantastic",
-        "brilliant", "charming", "perfect", "impressive", "pleasant"),
-    0: ("terrible", "awful", "boring", "disappointing", "dreadful", "poor", "mediocre",
-        "horrible", "bland", "broken", "annoying", "useless"),
+    1: (
+        "great",
+        "wonderful",
+        "excellent",
+        "delightful",
+        "superb",
+        "lovely",
+        "fantastic",
+        "brilliant",
+        "charming",
+        "perfect",
+        "impressive",
+        "pleasant",
+    ),
+    0: (
+        "terrible",
+        "awful",
+        "boring",
+        "disappointing",
+        "dreadful",
+        "poor",
+        "mediocre",
+        "horrible",
+        "bland",
+        "broken",
+        "annoying",
+        "useless",
+    ),
 }
 _CLOSERS = {
-    1: ("I would recommend it.", "Worth every penny.", "I will be back for more.", "Five stars.",
-        "Loved it.", "A real pleasure."),
-    0: ("I would not recommend it.", "A waste of money.", "Never again.", "One star.",
-        "I want a refund.", "What a letdown."),
+    1: (
+        "I would recommend it.",
+        "Worth every penny.",
+        "I will be back for more.",
+        "Five stars.",
+        "Loved it.",
+        "A real pleasure.",
+    ),
+    0: ("I would not recommend it.", "A waste of money.", "Never again.", "One star.", "I want a refund.", "What a letdown."),
 }
 _INTENSIFIERS = ("really", "truly", "quite", "very", "absolutely", "rather", "simply")
 _TEMPLATES = (
@@ -314,9 +343,7 @@ def build_demo_image_model(num_classes: int, size: int = IMAGE_SIZE):
     return keras.Model(pixels, classes, name="demo_shapes")
 
 
-def train_demo_image_model(
-    folder: str, output_keras: str, seed: int = 0, epochs: int = 30, verbose: bool = True
-) -> dict:
+def train_demo_image_model(folder: str, output_keras: str, seed: int = 0, epochs: int = 30, verbose: bool = True) -> dict:
     """Train the small CNN on the images of `make_demo_images` and save it; returns a short report."""
     import keras
 
@@ -503,7 +530,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sub-commands `data` and `neighbors` (also spelt `neighbours`)."""
     commands = parser.add_subparsers(dest="demo_command", required=True, metavar="{data,neighbors}")
     data = commands.add_parser("data", help="Write the demo text, images and image model into --output.")
-    data.add_argument("--output", "--out", dest="out", required=True, help="Folder for text/reviews.jsonl, images/ and image_model.keras.")
+    data.add_argument(
+        "--output", "--out", dest="out", required=True, help="Folder for text/reviews.jsonl, images/ and image_model.keras."
+    )
     data.add_argument("--reviews", type=int, default=400, help="Good review records (default: %(default)s).")
     data.add_argument("--images-per-class", type=int, default=12, help="Images per shape class (default: %(default)s).")
     data.add_argument("--epochs", type=int, default=30, help="Training epochs of the image model (default: %(default)s).")
@@ -511,8 +540,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     near = commands.add_parser("neighbors", aliases=["neighbours"], help="Print nearest neighbors from a finished run's output.")
     commands._choices_actions[-1].metavar = "neighbors"  # help shows one spelling; `neighbours` still works
     near.add_argument("--output", required=True, help="The run's --output folder (holding _MANIFEST.json).")
-    near.add_argument("--modality", choices=("text", "image"), action="append",
-                      help="Modality to search (repeatable; default: every one the run embedded).")
+    near.add_argument(
+        "--modality",
+        choices=("text", "image"),
+        action="append",
+        help="Modality to search (repeatable; default: every one the run embedded).",
+    )
     near.add_argument("-k", "--k", type=int, default=3, help="Neighbours per query (default: %(default)s).")
     near.add_argument("--queries", type=int, default=3, help="Queries per modality (default: %(default)s).")
     near.add_argument("--label-field", default="label", help="Passthrough column shown as the label (default: %(default)s).")
@@ -563,8 +596,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     verbose = "--verbose" in argv
     configure_logging(verbose)
-    parser = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.demo", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--verbose", action="store_true", help=GENERAL_HELP["verbose"])
     parser.add_argument("--version", action="store_true", help=GENERAL_HELP["version"])
     add_arguments(parser)

@@ -81,7 +81,11 @@ def _usage() -> str:
 
 # Beam's own flags shown in `run --help` (they keep Beam's underscore spelling).
 _BEAM_FLAGS = (
-    ("--runner", "RUNNER", "DirectRunner (default: this machine) or DataflowRunner (Google Cloud: every path must then be gs://)."),
+    (
+        "--runner",
+        "RUNNER",
+        "DirectRunner (default: this machine) or DataflowRunner (Google Cloud: every path must then be gs://).",
+    ),
     ("--direct_num_workers", "N", "Local runner: parallel workers (0: one per CPU)."),
     ("--direct_running_mode", "MODE", "Local runner: in_memory (default), multi_threading or multi_processing."),
     ("--project", "PROJECT", "Dataflow: the Google Cloud project."),

@@ -58,7 +58,9 @@ def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schem
     """The Parquet schema of a modality's embeddings, with the model's identity in its metadata."""
     metadata = {"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()}
     if modality == IMAGE:
-        metadata.update(backend=str(info.details.get("backend", "tensorflow")), precision=str(info.details.get("precision", "f32")))
+        metadata.update(
+            backend=str(info.details.get("backend", "tensorflow")), precision=str(info.details.get("precision", "f32"))
+        )
     return embedding_schema(modality, info.dimension, config.passthrough, metadata=metadata, provenance=config.carry_over)
 
 
@@ -122,8 +124,9 @@ _WRITE_LABELS = {
 }
 
 
-def _write_embeddings(modality: str, tables, carry_rows, config: JobConfig, schema: pa.Schema,
-                      prior_files: Sequence[str]) -> tuple[list, list, Optional[beam.PCollection]]:
+def _write_embeddings(
+    modality: str, tables, carry_rows, config: JobConfig, schema: pa.Schema, prior_files: Sequence[str]
+) -> tuple[list, list, Optional[beam.PCollection]]:
     """Write a modality's embeddings to OUTPUT/<modality>/ (with this run's id under --carry-over)
     and, when `carry_rows` (earlier rows chosen to carry over) is given, copy those rows to their
     own files (OUTPUT/<modality>/carried-*). Returns (file name PCollections, counts, carried)."""
@@ -153,8 +156,16 @@ class EmbedTextFiles(beam.PTransform):
     Applied to the pipeline's root; returns a `ModalityOutput`. `prior_files`: the Parquet files of
     earlier runs (--incremental-from), whose unchanged records are skipped (or carried over)."""
 
-    def __init__(self, config: JobConfig, info: ModelInfo, schema: pa.Schema, prior_files: Sequence[str] = (),
-                 batch_rows: int = 4096, listing: Optional[fileio.InputListing] = None, label: Optional[str] = None):
+    def __init__(
+        self,
+        config: JobConfig,
+        info: ModelInfo,
+        schema: pa.Schema,
+        prior_files: Sequence[str] = (),
+        batch_rows: int = 4096,
+        listing: Optional[fileio.InputListing] = None,
+        label: Optional[str] = None,
+    ):
         super().__init__(label)
         self._config = config
         self._listing = fileio.InputListing() if listing is None else listing  # the launcher's, to list inputs once
@@ -162,8 +173,12 @@ class EmbedTextFiles(beam.PTransform):
         self._schema = schema
         self._prior_files = list(prior_files)
         self._read_options = dict(
-            text_field=config.text_field, id_field=config.text_id_field, encoding=config.text_encoding,
-            batch_rows=batch_rows, max_text_bytes=config.max_text_bytes, split_bytes=config.read_split_bytes,
+            text_field=config.text_field,
+            id_field=config.text_id_field,
+            encoding=config.text_encoding,
+            batch_rows=batch_rows,
+            max_text_bytes=config.max_text_bytes,
+            split_bytes=config.read_split_bytes,
         )
 
     def _check_records(self, p: beam.pvalue.PBegin, carry: bool):
@@ -178,13 +193,12 @@ class EmbedTextFiles(beam.PTransform):
         bits = bucket_bits_for(_estimated_records(config.text_inputs, self._listing) * (2 if self._prior_files else 1))
         if self._prior_files:  # content hashes too: the reader's own records, uncounted
             keys = (
-                p
-                | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **self._read_options)
+                p | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **self._read_options)
             ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, self._info.sha256, bits)
             keys = (
-                (keys, p | "PriorTextKeys" >> ReadPriorKeys(self._prior_files, bits, positions=carry))
-                | "TextAndPriorKeys" >> beam.Flatten()
-            )
+                keys,
+                p | "PriorTextKeys" >> ReadPriorKeys(self._prior_files, bits, positions=carry),
+            ) | "TextAndPriorKeys" >> beam.Flatten()
         else:
             keys = (
                 p
@@ -237,8 +251,14 @@ class EmbedImageFiles(beam.PTransform):
     """The job's image branch: list --image-input (globs and manifests), check ids, skip images
     earlier runs embedded, read, decode and embed, write OUTPUT/image/. Returns a `ModalityOutput`."""
 
-    def __init__(self, config: JobConfig, schema: pa.Schema, prior_files: Sequence[str] = (),
-                 listing: Optional[fileio.InputListing] = None, label: Optional[str] = None):
+    def __init__(
+        self,
+        config: JobConfig,
+        schema: pa.Schema,
+        prior_files: Sequence[str] = (),
+        listing: Optional[fileio.InputListing] = None,
+        label: Optional[str] = None,
+    ):
         super().__init__(label)
         self._config = config
         self._listing = fileio.InputListing() if listing is None else listing  # the launcher's, to list inputs once
@@ -272,8 +292,13 @@ class EmbedImageFiles(beam.PTransform):
         if self._prior_files:  # each ref travels on with the keys earlier runs stored for its id (a keyed join)
             to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(self._prior_files, bits, positions=carry)
         embedded = to_embed | "EmbedImages" >> EmbedImageRefs(
-            config.image_model, without_provenance(self._schema), config.normalize, config.max_image_pixels,
-            config.decode_threads, config.max_image_bytes, duplicates=duplicates,
+            config.image_model,
+            without_provenance(self._schema),
+            config.normalize,
+            config.max_image_pixels,
+            config.decode_threads,
+            config.max_image_bytes,
+            duplicates=duplicates,
         )  # embedded_run_id (--carry-over) is added after embedding
         files, counts, carried = _write_embeddings(
             IMAGE, embedded.tables, embedded.carried if carry else None, config, self._schema, self._prior_files
@@ -323,9 +348,13 @@ def build_pipeline(
     files = [f for branch in branches.values() for f in branch.files]
     if config.bigquery_table:  # BigQuery sink; its finished load jobs feed the manifest's counts
         for modality, branch in branches.items():
-            counts.append(branch.tables | _BIGQUERY_LABELS[modality] >> WriteEmbeddingsToBigQuery(
-                config.bigquery_table, modality, without_provenance(schemas[modality]), config.run_id
-            ))
+            counts.append(
+                branch.tables
+                | _BIGQUERY_LABELS[modality]
+                >> WriteEmbeddingsToBigQuery(
+                    config.bigquery_table, modality, without_provenance(schemas[modality]), config.run_id
+                )
+            )
 
     errors = [e for branch in branches.values() for e in branch.errors] | "AllErrors" >> beam.Flatten()
     error_files = errors | "WriteErrors" >> WriteErrors(fileio.join(config.output, "errors"))
@@ -336,8 +365,9 @@ def build_pipeline(
     return {**branches, "errors": errors, "counts": totals, "manifest": manifest}
 
 
-def _write_manifest(p: beam.Pipeline, config: JobConfig, models: dict[str, ModelInfo], started_at: str,
-                    totals, files: list, errors) -> beam.PCollection:
+def _write_manifest(
+    p: beam.Pipeline, config: JobConfig, models: dict[str, ModelInfo], started_at: str, totals, files: list, errors
+) -> beam.PCollection:
     """OUTPUT/_MANIFEST.json, written once every count, output file and dead letter is known."""
     static = {
         "run_id": config.run_id,
@@ -354,7 +384,8 @@ def _write_manifest(p: beam.Pipeline, config: JobConfig, models: dict[str, Model
     return (
         p
         | "ManifestTrigger" >> beam.Create([None])
-        | "WriteManifest" >> beam.ParDo(
+        | "WriteManifest"
+        >> beam.ParDo(
             WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed),
             counts=beam.pvalue.AsDict(totals),
             files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),

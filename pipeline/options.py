@@ -67,17 +67,39 @@ FLAG_GROUPS = {
 }
 # Flags whose group does not follow from their name.
 _GROUP_OF = {
-    "output": "output", "passthrough": "output", "normalize": "output", "run_id": "output",
-    "max_image_pixels": "images", "max_image_bytes": "images", "decode_threads": "images",
+    "output": "output",
+    "passthrough": "output",
+    "normalize": "output",
+    "run_id": "output",
+    "max_image_pixels": "images",
+    "max_image_bytes": "images",
+    "decode_threads": "images",
 }
 # Placeholders shown in --help (argparse would show the upper-cased name).
 _METAVARS = {
-    "output": "DIR", "text_input": "GLOB", "image_input": "GLOB_OR_MANIFEST", "text_model": "MODEL.keras",
-    "image_model": "NETWORK_OR_MODEL.keras", "image_weights": "WEIGHTS", "incremental_from": "DIR",
-    "text_field": "FIELD", "text_id_field": "FIELD", "image_uri_field": "FIELD", "image_id_field": "FIELD",
-    "text_encoding": "ENCODING", "passthrough": "FIELD,...", "image_layer": "LAYER", "image_preprocess": "NETWORK",
-    "run_id": "ID", "image_size": "PIXELS", "image_alpha": "ALPHA", "max_image_pixels": "PIXELS",
-    "max_image_bytes": "BYTES", "decode_threads": "N", "text_batch_size": "N", "image_batch_size": "N",
+    "output": "DIR",
+    "text_input": "GLOB",
+    "image_input": "GLOB_OR_MANIFEST",
+    "text_model": "MODEL.keras",
+    "image_model": "NETWORK_OR_MODEL.keras",
+    "image_weights": "WEIGHTS",
+    "incremental_from": "DIR",
+    "text_field": "FIELD",
+    "text_id_field": "FIELD",
+    "image_uri_field": "FIELD",
+    "image_id_field": "FIELD",
+    "text_encoding": "ENCODING",
+    "passthrough": "FIELD,...",
+    "image_layer": "LAYER",
+    "image_preprocess": "NETWORK",
+    "run_id": "ID",
+    "image_size": "PIXELS",
+    "image_alpha": "ALPHA",
+    "max_image_pixels": "PIXELS",
+    "max_image_bytes": "BYTES",
+    "decode_threads": "N",
+    "text_batch_size": "N",
+    "image_batch_size": "N",
 }
 
 
@@ -109,44 +131,189 @@ class EmbeddingJobOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         _flag(parser, "--output", help="Output folder (local or gs://): text/, image/, errors/ and _MANIFEST.json.")
-        _flag(parser, "--bigquery-table", help="Also load the embeddings into BigQuery (PROJECT:DATASET.TABLE): text rows go to TABLE_text, image rows to TABLE_image (created if needed, appended to, embedding as ARRAY<FLOAT64>, with a run_id column); needs --temp_location gs://... Dead letters stay in errors/ (Parquet).")
+        _flag(
+            parser,
+            "--bigquery-table",
+            help="Also load the embeddings into BigQuery (PROJECT:DATASET.TABLE): text rows go to TABLE_text, image rows to TABLE_image (created if needed, appended to, embedding as ARRAY<FLOAT64>, with a run_id column); needs --temp_location gs://... Dead letters stay in errors/ (Parquet).",
+        )
         # Text
-        _flag(parser, "--text-input", action="append", help="Glob of text record files (JSONL, CSV, TSV, Parquet, plain lines). Repeatable.")
+        _flag(
+            parser,
+            "--text-input",
+            action="append",
+            help="Glob of text record files (JSONL, CSV, TSV, Parquet, plain lines). Repeatable.",
+        )
         _flag(parser, "--text-model", help="The .keras model made by `train-text` (local or gs://).")
         _flag(parser, "--text-field", default="text", help="Field/column holding the text (default: text).")
-        _flag(parser, "--text-id-field", default="id", help="Field/column holding the record id (default: id; file:line where absent).")
+        _flag(
+            parser,
+            "--text-id-field",
+            default="id",
+            help="Field/column holding the record id (default: id; file:line where absent).",
+        )
         _flag(parser, "--text-encoding", default="utf-8", help="Encoding of text files (default: utf-8; e.g. cp1252).")
         _flag(parser, "--text-batch-size", type=int, default=1024, help="Texts per model call (default: 1024).")
-        _flag(parser, "--max-text-bytes", type=int, default=DEFAULT_MAX_TEXT_BYTES, help="A text line (record) longer than this is a RecordTooLarge dead letter, skipped without being held (default: 10,485,760 = 10 MiB).")
-        _flag(parser, "--read-split-bytes", type=int, default=DEFAULT_SPLIT_BYTES, help="Large uncompressed text files and image manifests are read in ranges of about this many bytes, spread over workers (default: 67,108,864 = 64 MiB).")
+        _flag(
+            parser,
+            "--max-text-bytes",
+            type=int,
+            default=DEFAULT_MAX_TEXT_BYTES,
+            help="A text line (record) longer than this is a RecordTooLarge dead letter, skipped without being held (default: 10,485,760 = 10 MiB).",
+        )
+        _flag(
+            parser,
+            "--read-split-bytes",
+            type=int,
+            default=DEFAULT_SPLIT_BYTES,
+            help="Large uncompressed text files and image manifests are read in ranges of about this many bytes, spread over workers (default: 67,108,864 = 64 MiB).",
+        )
         # Images
-        _flag(parser, "--image-input", action="append", help="Glob of image files, or a manifest (.csv, .jsonl, .parquet) with a uri column. Repeatable.")
+        _flag(
+            parser,
+            "--image-input",
+            action="append",
+            help="Glob of image files, or a manifest (.csv, .jsonl, .parquet) with a uri column. Repeatable.",
+        )
         _flag(parser, "--image-model", help=f"A Keras Applications network ({', '.join(NETWORKS)}) or a .keras classifier.")
-        _flag(parser, "--image-weights", default="imagenet", help="imagenet (Keras download), none (random, seeded) or a weights file path (local or gs://).")
+        _flag(
+            parser,
+            "--image-weights",
+            default="imagenet",
+            help="imagenet (Keras download), none (random, seeded) or a weights file path (local or gs://).",
+        )
         _flag(parser, "--image-size", type=int, help="Input size in pixels for a named network (default: the network's own).")
         _flag(parser, "--image-alpha", type=float, help="Width multiplier for MobileNet networks (e.g. 0.25).")
-        _flag(parser, "--image-layer", help="For a .keras classifier: the layer whose output is the embedding (default: the one feeding the last layer).")
-        _flag(parser, "--image-preprocess", help="For a .keras classifier: apply this network's preprocess_input (default: none; the model gets 0..255 pixels).")
+        _flag(
+            parser,
+            "--image-layer",
+            help="For a .keras classifier: the layer whose output is the embedding (default: the one feeding the last layer).",
+        )
+        _flag(
+            parser,
+            "--image-preprocess",
+            help="For a .keras classifier: apply this network's preprocess_input (default: none; the model gets 0..255 pixels).",
+        )
         _flag(parser, "--image-uri-field", default="uri", help="Manifest column holding the image uri (default: uri).")
         _flag(parser, "--image-id-field", help="Manifest column holding the image id (default: the uri as written).")
         _flag(parser, "--image-batch-size", type=int, default=32, help="Images per model call (default: 32).")
-        _flag(parser, "--image-backend", default="auto", choices=BACKENDS, help="What runs the image network: openvino, tensorflow, or auto (default: OpenVINO where installed and the network converts, else TensorFlow; the manifest says which).")
-        _flag(parser, "--image-precision", default="f32", choices=PRECISIONS, help="f32 (default; OpenVINO matches TensorFlow to ~1e-6) or bf16 (OpenVINO only: faster on CPUs with bf16, embeddings move to cosine ~0.99; a different model_sha256).")
-        _flag(parser, "--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help=f"Reject images declaring more pixels than this, before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,}).")
-        _flag(parser, "--max-image-bytes", type=int, default=256 << 20, help="Image files larger than this are dead letters, never read whole (default: 268,435,456 = 256 MiB).")
+        _flag(
+            parser,
+            "--image-backend",
+            default="auto",
+            choices=BACKENDS,
+            help="What runs the image network: openvino, tensorflow, or auto (default: OpenVINO where installed and the network converts, else TensorFlow; the manifest says which).",
+        )
+        _flag(
+            parser,
+            "--image-precision",
+            default="f32",
+            choices=PRECISIONS,
+            help="f32 (default; OpenVINO matches TensorFlow to ~1e-6) or bf16 (OpenVINO only: faster on CPUs with bf16, embeddings move to cosine ~0.99; a different model_sha256).",
+        )
+        _flag(
+            parser,
+            "--max-image-pixels",
+            type=int,
+            default=DEFAULT_MAX_IMAGE_PIXELS,
+            help=f"Reject images declaring more pixels than this, before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,}).",
+        )
+        _flag(
+            parser,
+            "--max-image-bytes",
+            type=int,
+            default=256 << 20,
+            help="Image files larger than this are dead letters, never read whole (default: 268,435,456 = 256 MiB).",
+        )
         _flag(parser, "--decode-threads", type=int, help="Threads decoding images per worker process (default: number of CPUs).")
         # Both
-        _flag(parser, "--storage-timeout", type=int, default=45, help="Seconds one gs:// call keeps retrying transient errors (with backoff) before the run fails as storage unreachable (default: 45; with the 60 s request timeout a run fails within 2 minutes of losing its storage).")
-        _flag(parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label).")
-        _flag(parser, "--normalize", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="L2-normalise embeddings.")
-        _flag(parser, "--unsafe-model-loading", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Allow .keras models with custom Python code (only for files you trust).")
-        _flag(parser, "--max-failed-fraction", default="0.1", help="Failure budget: the run fails (exit 1, manifest status failed) when more than this fraction of a modality's records are dead letters; one number for both, or per modality as text=0.2,image=0.05 (default: 0.1).")
-        _flag(parser, "--max-failed", type=int, help="Failure budget as a count: the run fails when a modality has more dead letters than this (default: no limit; --max-failed-fraction still applies).")
-        _flag(parser, "--allow-duplicate-ids", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).")
-        _flag(parser, "--incremental-from", action="append", help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.")
-        _flag(parser, "--carry-over", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="With --incremental-from: also copy the earlier embeddings of the skipped (unchanged) text records into this run's output (no re-embedding), so the run folder is a complete snapshot of the current input, one row per record; rows say in which run they were embedded (embedded_run_id). Text and images.")
-        _flag(parser, "--detach", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Submit the job and return without waiting (e.g. from a flex-template launcher); the pipeline still writes _MANIFEST.json when it finishes.")
-        _flag(parser, "--force-unlock", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false", help="Start even though --output holds another run's _RUNNING.json marker (only once you know that run is dead; a marker of a dead process on this machine is replaced anyway).")
+        _flag(
+            parser,
+            "--storage-timeout",
+            type=int,
+            default=45,
+            help="Seconds one gs:// call keeps retrying transient errors (with backoff) before the run fails as storage unreachable (default: 45; with the 60 s request timeout a run fails within 2 minutes of losing its storage).",
+        )
+        _flag(
+            parser, "--passthrough", default="", help="Comma-separated input fields copied to the output as strings (e.g. label)."
+        )
+        _flag(
+            parser,
+            "--normalize",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="L2-normalise embeddings.",
+        )
+        _flag(
+            parser,
+            "--unsafe-model-loading",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="Allow .keras models with custom Python code (only for files you trust).",
+        )
+        _flag(
+            parser,
+            "--max-failed-fraction",
+            default="0.1",
+            help="Failure budget: the run fails (exit 1, manifest status failed) when more than this fraction of a modality's records are dead letters; one number for both, or per modality as text=0.2,image=0.05 (default: 0.1).",
+        )
+        _flag(
+            parser,
+            "--max-failed",
+            type=int,
+            help="Failure budget as a count: the run fails when a modality has more dead letters than this (default: no limit; --max-failed-fraction still applies).",
+        )
+        _flag(
+            parser,
+            "--allow-duplicate-ids",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="Skip the duplicate-id check (by default, every record after the first with an id is a DuplicateId dead letter).",
+        )
+        _flag(
+            parser,
+            "--incremental-from",
+            action="append",
+            help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.",
+        )
+        _flag(
+            parser,
+            "--carry-over",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="With --incremental-from: also copy the earlier embeddings of the skipped (unchanged) text records into this run's output (no re-embedding), so the run folder is a complete snapshot of the current input, one row per record; rows say in which run they were embedded (embedded_run_id). Text and images.",
+        )
+        _flag(
+            parser,
+            "--detach",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="Submit the job and return without waiting (e.g. from a flex-template launcher); the pipeline still writes _MANIFEST.json when it finishes.",
+        )
+        _flag(
+            parser,
+            "--force-unlock",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="Start even though --output holds another run's _RUNNING.json marker (only once you know that run is dead; a marker of a dead process on this machine is replaced anyway).",
+        )
         _flag(parser, "--run-id", help="An id for this run, recorded in the manifest (default: random).")
 
 
@@ -229,7 +396,7 @@ def parse_failed_fraction(value: str) -> dict[str, float]:
             raise ConfigError(f"--max-failed-fraction {value!r}: expected a number from 0 to 1, or text=F,image=F") from None
         if not 0 <= fraction <= 1:
             raise ConfigError(f"--max-failed-fraction {value!r}: {fraction:g} is not between 0 and 1")
-        for modality in ([name] if name else list(fractions)):
+        for modality in [name] if name else list(fractions):
             fractions[modality] = fraction
     return fractions
 
@@ -286,11 +453,17 @@ def check_remote_paths(options: PipelineOptions) -> None:
     o = options.view_as(EmbeddingJobOptions)
     gcp = options.view_as(GoogleCloudOptions)
     image_model = o.image_model if (o.image_model or "").endswith((".keras", ".h5")) else None
-    checks = [("--output", [o.output]), ("--text-input", o.text_input or []), ("--text-model", [o.text_model]),
-              ("--image-input", o.image_input or []), ("--image-model", [image_model]),
-              ("--image-weights", [o.image_weights if _is_file_path(o.image_weights, ("imagenet", "none")) else None]),
-              ("--incremental-from", o.incremental_from or []),
-              ("--temp_location", [gcp.temp_location]), ("--staging_location", [gcp.staging_location])]
+    checks = [
+        ("--output", [o.output]),
+        ("--text-input", o.text_input or []),
+        ("--text-model", [o.text_model]),
+        ("--image-input", o.image_input or []),
+        ("--image-model", [image_model]),
+        ("--image-weights", [o.image_weights if _is_file_path(o.image_weights, ("imagenet", "none")) else None]),
+        ("--incremental-from", o.incremental_from or []),
+        ("--temp_location", [gcp.temp_location]),
+        ("--staging_location", [gcp.staging_location]),
+    ]
     for flag, values in checks:
         for value in values:
             if value and not fileio.is_remote(value):
@@ -315,13 +488,16 @@ def check_unknown_flags(argv: Sequence[str]) -> None:
         previous = next((a.split("=")[0] for a in reversed(list(argv)[:position]) if a.startswith("-")), None)
         after = f" after {previous}" if previous else ""
         folder, ext = os.path.dirname(stray) or ".", os.path.splitext(stray)[1]
-        hint = (f"; {len(unknown)} extra value(s): an unquoted glob is expanded by the shell into many files, "
-                f"so quote it, e.g. {previous or '--image-input'} '{folder}/*{ext}'")
+        hint = (
+            f"; {len(unknown)} extra value(s): an unquoted glob is expanded by the shell into many files, "
+            f"so quote it, e.g. {previous or '--image-input'} '{folder}/*{ext}'"
+        )
         raise ConfigError(f"unexpected argument {stray!r}{after} (each flag takes one value){hint}")
 
 
-def config_from_options(options: PipelineOptions, check_paths: bool = True,
-                        listing: Optional[fileio.InputListing] = None) -> JobConfig:
+def config_from_options(
+    options: PipelineOptions, check_paths: bool = True, listing: Optional[fileio.InputListing] = None
+) -> JobConfig:
     """Validate the flags into a JobConfig; raises ConfigError naming the first bad flag (`listing`:
     where the inputs' listings are kept, to list each input pattern only once at launch)."""
     o = options.view_as(EmbeddingJobOptions)
@@ -342,8 +518,17 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True,
         raise ConfigError("--image-model is set but no --image-input was given")
     if o.max_failed is not None and o.max_failed < 0:
         raise ConfigError(f"--max-failed must be 0 or more, got {o.max_failed}")
-    for name in ("storage_timeout", "text_batch_size", "image_batch_size", "max_image_pixels", "max_image_bytes", "decode_threads", "image_size",
-                 "max_text_bytes", "read_split_bytes"):
+    for name in (
+        "storage_timeout",
+        "text_batch_size",
+        "image_batch_size",
+        "max_image_pixels",
+        "max_image_bytes",
+        "decode_threads",
+        "image_size",
+        "max_text_bytes",
+        "read_split_bytes",
+    ):
         _positive("--" + name.replace("_", "-"), getattr(o, name))
     if o.image_alpha is not None and o.image_alpha <= 0:
         raise ConfigError(f"--image-alpha must be positive, got {o.image_alpha}")
@@ -421,8 +606,12 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True,
         storage_timeout=o.storage_timeout,
         force_unlock=o.force_unlock,
     )
-    paths = [("--output", config.output), ("--text-model", o.text_model), ("--image-model", o.image_model),
-             ("--image-weights", o.image_weights)]
+    paths = [
+        ("--output", config.output),
+        ("--text-model", o.text_model),
+        ("--image-model", o.image_model),
+        ("--image-weights", o.image_weights),
+    ]
     paths += [("--text-input", p) for p in text_inputs] + [("--image-input", p) for p in image_inputs]
     paths += [("--incremental-from", p) for p in config.incremental_from]
     for flag, path in paths:
@@ -431,9 +620,13 @@ def config_from_options(options: PipelineOptions, check_paths: bool = True,
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     if config.output in config.incremental_from:
-        raise ConfigError(f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)")
+        raise ConfigError(
+            f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)"
+        )
     if config.carry_over and not config.incremental_from:
-        raise ConfigError("--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from DIR")
+        raise ConfigError(
+            "--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from DIR"
+        )
     if config.bigquery_table:  # PROJECT:DATASET.TABLE, and a gs:// temp location for the load files
         from apache_beam.options.pipeline_options import GoogleCloudOptions
 

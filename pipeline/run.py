@@ -39,7 +39,17 @@ from transforms.records import IMAGE, TEXT
 from transforms.results import read_manifest, run_files
 from transforms.write import OutputInUseError, claim_output, clear_previous_output, release_output
 
-__all__ = ["run", "inspect_models", "format_summary", "local_in_process", "known_image_count", "main", "run_command", "RunFailed", "RunStopped"]
+__all__ = [
+    "run",
+    "inspect_models",
+    "format_summary",
+    "local_in_process",
+    "known_image_count",
+    "main",
+    "run_command",
+    "RunFailed",
+    "RunStopped",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,16 +75,26 @@ def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
     if config.text_model is not None:
         embedder = load_text_embedder(config.text_model)
         models[TEXT] = ModelInfo(
-            embedder.model_name, embedder.model_sha256, embedder.dimension,
+            embedder.model_name,
+            embedder.model_sha256,
+            embedder.dimension,
             {"path": config.text_model.path, "sequence_length": embedder.sequence_length},
         )
     if config.image_model is not None:
         embedder = load_image_embedder(config.image_model, hand_off=True)
         spec = config.image_model
         models[IMAGE] = ModelInfo(
-            embedder.model_name, embedder.model_sha256, embedder.dimension,
-            {"model": spec.model, "weights": spec.weights, "input_size": list(embedder.input_size),
-             "layer": spec.layer, "alpha": spec.alpha, **embedder.backend_details},
+            embedder.model_name,
+            embedder.model_sha256,
+            embedder.dimension,
+            {
+                "model": spec.model,
+                "weights": spec.weights,
+                "input_size": list(embedder.input_size),
+                "layer": spec.layer,
+                "alpha": spec.alpha,
+                **embedder.backend_details,
+            },
         )
     return models
 
@@ -137,12 +157,12 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
         check = "ok" if c["balanced"] else "COUNTS DO NOT ADD UP"
         if modality in failures and c["balanced"]:
             check = "FAILED: " + failures[modality]
-        lines.append(
-            f"{modality:<10}{c['read']:>10}{c['embedded']:>10}{c['failed']:>10}{c['skipped']:>10}{rate:>10.1f}  {check}"
-        )
+        lines.append(f"{modality:<10}{c['read']:>10}{c['embedded']:>10}{c['failed']:>10}{c['skipped']:>10}{rate:>10.1f}  {check}")
     for modality, c in manifest["counts"].items():  # --carry-over: the folder is a complete snapshot
         if "carried" in c:
-            lines.append(f"  {modality}: {c['carried']} earlier embedding(s) carried over: {c['embedded'] + c['carried']} rows in {modality}/")
+            lines.append(
+                f"  {modality}: {c['carried']} earlier embedding(s) carried over: {c['embedded'] + c['carried']} rows in {modality}/"
+            )
     for folder, paths in manifest["files"].items():
         lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
     for modality, reasons in manifest.get("top_errors", {}).items():
@@ -150,15 +170,15 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
             lines.append(f"  top reasons ({modality}):")
         for r in reasons:
             message = r["example_message"] if len(r["example_message"]) <= 100 else r["example_message"][:97] + "..."
-            lines.append(
-                f"    {r['count']:>8} x {r['error_type']} ({r['stage']}), e.g. {r['example_id']!r}: {message}"
-            )
+            lines.append(f"    {r['count']:>8} x {r['error_type']} ({r['stage']}), e.g. {r['example_id']!r}: {message}")
     if any(c["failed"] for c in manifest["counts"].values()):
         lines.append(f"  dead letters (id, stage, reason): {manifest['output']}/errors/")
     for modality, info in manifest.get("models", {}).items():
         details = info.get("details", {})
         if details.get("backend"):  # which backend ran the image network, and why when it fell back
-            lines.append(f"  {modality} model on {details['backend']} {details.get('precision', '')}: {details.get('backend_note') or info['name']}")
+            lines.append(
+                f"  {modality} model on {details['backend']} {details.get('precision', '')}: {details.get('backend_note') or info['name']}"
+            )
     if model_loads:
         lines.append("  model loads: " + ", ".join(f"{k}={v}" for k, v in sorted(model_loads.items())))
     lines.append(f"  manifest: {manifest['output']}/_MANIFEST.json")
@@ -192,8 +212,10 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
     models = inspect_models(config)
     if config.image_model is not None:  # workers run what the launcher chose (auto resolved), as the manifest says
         details = models[IMAGE].details
-        config = dataclasses.replace(config, image_model=dataclasses.replace(
-            config.image_model, backend=details["backend"], precision=details["precision"]))
+        config = dataclasses.replace(
+            config,
+            image_model=dataclasses.replace(config.image_model, backend=details["backend"], precision=details["precision"]),
+        )
     builds_only = bool(options.view_as(GoogleCloudOptions).template_location) or bool(options.view_as(TestOptions).dry_run)
     if not builds_only:  # a template or dry run executes nothing now: leave any earlier output alone
         check_output_writable(config.output)
@@ -222,8 +244,9 @@ def pipeline_factory(options: PipelineOptions, test_pipeline=None) -> beam.Pipel
     return test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
 
 
-def _run_claimed(pipeline, options, config: JobConfig, models, prior, builds_only: bool,
-                 listing: Optional[fileio.InputListing] = None) -> dict:
+def _run_claimed(
+    pipeline, options, config: JobConfig, models, prior, builds_only: bool, listing: Optional[fileio.InputListing] = None
+) -> dict:
     progress.reset()
     progress.set_total(IMAGE, known_image_count(config, listing) if local_in_process(options) else None)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -280,11 +303,12 @@ def failure_message(exc: BaseException) -> str:
     # answer that never came when the storage endpoint is gone: an AttributeError on None, not a bug here.
     no_answer = "'NoneType' object has no attribute 'status_code'" in text
     if "RetryError" in text or "Timeout of" in text or no_answer or any(fileio.is_transient_storage_error(e) for e in chain[:1]):
-        return (f"storage unreachable{where}: gs:// calls kept failing for more than "
-                f"{fileio.storage_timeout():g} s (--storage-timeout); {_UNFINISHED}")
+        return (
+            f"storage unreachable{where}: gs:// calls kept failing for more than "
+            f"{fileio.storage_timeout():g} s (--storage-timeout); {_UNFINISHED}"
+        )
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "No space left on device" in text:
-        return (f"no space left on device{where} (writing --output or a temp folder); {_UNFINISHED}, "
-                "once there is space again")
+        return f"no space left on device{where} (writing --output or a temp folder); {_UNFINISHED}, once there is space again"
     first = next((line for line in str(chain[-1]).splitlines() if line.strip()), "")[:300]
     return f"the run failed{where}: {type(chain[-1]).__name__}: {first} (--verbose shows the traceback); {_UNFINISHED}"
 
@@ -428,9 +452,7 @@ def run_command(argv: Optional[Sequence[str]] = None) -> None:
     for --verbose only. Ctrl-C and SIGTERM end the process at once (130, 143; see
     `_signals_end_the_run`).
     """
-    quiet = [] if logging.getLogger().isEnabledFor(logging.INFO) else [
-        logging.getLogger(name) for name in _BEAM_ERROR_LOGGERS
-    ]
+    quiet = [] if logging.getLogger().isEnabledFor(logging.INFO) else [logging.getLogger(name) for name in _BEAM_ERROR_LOGGERS]
     levels = [logger.level for logger in quiet]
     for logger in quiet:  # Beam logs each failure with its whole traceback; the one line below says it
         logger.setLevel(logging.CRITICAL)

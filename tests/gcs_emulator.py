@@ -126,7 +126,10 @@ def start_emulator() -> GcsEmulator:
             folder = tempfile.mkdtemp(prefix="gcs-emulator-")
             process = subprocess.Popen(
                 [sys.executable, "-c", _SERVER_CODE, BUCKET],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
             )
             port_line = _read_line(process, _START_TIMEOUT_S)
             if not port_line.strip().isdigit():

@@ -65,12 +65,35 @@ def job_run(tmp_path_factory, tiny_text_model, tiny_image_model) -> dict:
             f.write(f"{record['id']},{record['uri']},{record['label']}\n")
     out = root / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--output", str(out),
-         "--text-input", str(root / "reviews.jsonl"), "--text-model", str(tiny_text_model),
-         "--image-input", str(root / "images.csv"), "--image-id-field", "id",
-         "--image-model", str(tiny_image_model), "--image-layer", "features", "--passthrough", "label",
-         "--max-failed-fraction", "1"],  # bad records on purpose: compared with the library's dead letters
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--output",
+            str(out),
+            "--text-input",
+            str(root / "reviews.jsonl"),
+            "--text-model",
+            str(tiny_text_model),
+            "--image-input",
+            str(root / "images.csv"),
+            "--image-id-field",
+            "id",
+            "--image-model",
+            str(tiny_image_model),
+            "--image-layer",
+            "features",
+            "--passthrough",
+            "label",
+            "--max-failed-fraction",
+            "1",
+        ],  # bad records on purpose: compared with the library's dead letters
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"out": out, "images": images}
@@ -94,14 +117,20 @@ def _matches_job(job_rows: dict, passthrough: tuple = ("label",)):
         for record_id, row in got.items():
             expected = job_rows[record_id]
             vector = row["embedding"]
-            _check(f"{record_id}: not a 1-D float32 array", isinstance(vector, np.ndarray) and vector.dtype == np.float32
-                   and vector.ndim == 1)
-            _check(f"{record_id}: vector differs from the job's",
-                   np.array_equal(vector, np.asarray(expected["embedding"], dtype=np.float32)))
+            _check(
+                f"{record_id}: not a 1-D float32 array",
+                isinstance(vector, np.ndarray) and vector.dtype == np.float32 and vector.ndim == 1,
+            )
+            _check(
+                f"{record_id}: vector differs from the job's",
+                np.array_equal(vector, np.asarray(expected["embedding"], dtype=np.float32)),
+            )
             for name in ("content_sha256", "model", "model_sha256", *passthrough):
                 _check(f"{record_id}: {name} {row[name]!r} != the job's {expected[name]!r}", row[name] == expected[name])
-            _check(f"{record_id}: unexpected fields {sorted(row)}",
-                   set(row) == {"id", "embedding", "content_sha256", "model", "model_sha256", *passthrough})
+            _check(
+                f"{record_id}: unexpected fields {sorted(row)}",
+                set(row) == {"id", "embedding", "content_sha256", "model", "model_sha256", *passthrough},
+            )
 
     return match
 
@@ -123,8 +152,11 @@ def _metric(result, name: str) -> int:
 @pytest.mark.slow
 def test_embed_text_gives_the_jobs_vectors_dead_letters_and_passthrough(job_run, tiny_text_model):
     job = _by_id(read_embeddings(str(job_run["out"]), "text"))
-    job_errors = {(e["id"], e["stage"], e["error_type"], e["message"])
-                  for e in read_errors(str(job_run["out"])).to_pylist() if e["modality"] == "text"}
+    job_errors = {
+        (e["id"], e["stage"], e["error_type"], e["message"])
+        for e in read_errors(str(job_run["out"])).to_pylist()
+        if e["modality"] == "text"
+    }
     assert len(job) == len(TEXT_RECORDS) - 4 and len(job_errors) == 4  # t5..t8: the job's own verdict
     p = _runner_pipeline()
     result = p | beam.Create(TEXT_RECORDS) | EmbedText(model=str(tiny_text_model), passthrough=["label"], batch_size=16)
@@ -141,19 +173,27 @@ def test_embed_text_gives_the_jobs_vectors_dead_letters_and_passthrough(job_run,
 @pytest.mark.slow
 def test_embed_images_gives_the_jobs_vectors_and_bytes_equal_uris(job_run, tiny_image_model):
     job = _by_id(read_embeddings(str(job_run["out"]), "image"))
-    job_errors = {(e["id"], e["stage"], e["error_type"], e["message"])
-                  for e in read_errors(str(job_run["out"])).to_pylist() if e["modality"] == "image"}
+    job_errors = {
+        (e["id"], e["stage"], e["error_type"], e["message"])
+        for e in read_errors(str(job_run["out"])).to_pylist()
+        if e["modality"] == "image"
+    }
     assert set(job) == {f"img{i}" for i in range(6)} and {e[0] for e in job_errors} == {"broken", "missing"}
     records = list(job_run["images"])
     # the same pictures again, as bytes held by the record instead of a uri
-    as_bytes = [{"id": f"bytes-{r['id']}", "image_bytes": pathlib.Path(r["uri"]).read_bytes(), "label": r["label"]}
-                for r in records if r["id"].startswith("img")]
+    as_bytes = [
+        {"id": f"bytes-{r['id']}", "image_bytes": pathlib.Path(r["uri"]).read_bytes(), "label": r["label"]}
+        for r in records
+        if r["id"].startswith("img")
+    ]
     expected = dict(job)
     for record in as_bytes:
-        expected[record["id"]] = job[record["id"][len("bytes-"):]]
+        expected[record["id"]] = job[record["id"][len("bytes-") :]]
     p = _runner_pipeline()
-    result = p | beam.Create(records + as_bytes) | EmbedImages(
-        model=str(tiny_image_model), layer="features", passthrough=("label",), batch_size=4
+    result = (
+        p
+        | beam.Create(records + as_bytes)
+        | EmbedImages(model=str(tiny_image_model), layer="features", passthrough=("label",), batch_size=4)
     )
     assert_that(result.embeddings, _matches_job(expected), label="SameAsTheJobFromUrisAndBytes")
     assert_that(result.errors, _errors_match(job_errors), label="SameDeadLetters")
@@ -186,24 +226,47 @@ def test_bad_records_are_dead_letters_and_everything_adds_up(tmp_path, tiny_text
     p = _runner_pipeline()
     text = p | "Texts" >> beam.Create(texts) | EmbedText(model=str(tiny_text_model))
     image = p | "Images" >> beam.Create(images) | EmbedImages(model=str(tiny_image_model), layer="features", max_bytes=4096)
-    assert_that(text.embeddings | "TextIds" >> beam.Map(lambda r: r["id"]), lambda ids: _check(str(ids), ids == ["ok"]),
-                label="OneText")
+    assert_that(
+        text.embeddings | "TextIds" >> beam.Map(lambda r: r["id"]), lambda ids: _check(str(ids), ids == ["ok"]), label="OneText"
+    )
     assert_that(
         text.errors | "TextErrors" >> beam.Map(lambda e: (e["id"], e["stage"], e["error_type"])),
-        lambda got: _check(str(got), sorted(got, key=str) == sorted([
-            (None, "read", "MissingId"), (None, "read", "MissingId"), (None, "read", "InvalidRecord"),
-            ("no-text", "read", "InvalidTextField"),
-        ], key=str)),
+        lambda got: _check(
+            str(got),
+            sorted(got, key=str)
+            == sorted(
+                [
+                    (None, "read", "MissingId"),
+                    (None, "read", "MissingId"),
+                    (None, "read", "InvalidRecord"),
+                    ("no-text", "read", "InvalidTextField"),
+                ],
+                key=str,
+            ),
+        ),
         label="TextDeadLetters",
     )
-    assert_that(image.embeddings | "ImageIds" >> beam.Map(lambda r: r["id"]),
-                lambda ids: _check(str(ids), sorted(ids) == sorted(["ok", str(good)])), label="TwoImages")
+    assert_that(
+        image.embeddings | "ImageIds" >> beam.Map(lambda r: r["id"]),
+        lambda ids: _check(str(ids), sorted(ids) == sorted(["ok", str(good)])),
+        label="TwoImages",
+    )
     assert_that(
         image.errors | "ImageErrors" >> beam.Map(lambda e: (e["id"], e["stage"], e["error_type"])),
-        lambda got: _check(str(got), sorted(got, key=str) == sorted([
-            (None, "read", "MissingId"), ("neither", "read", "InvalidRecord"), ("not-bytes", "read", "InvalidRecord"),
-            ("too-big", "read", "FileTooLarge"), (None, "read", "InvalidRecord"),
-        ], key=str)),
+        lambda got: _check(
+            str(got),
+            sorted(got, key=str)
+            == sorted(
+                [
+                    (None, "read", "MissingId"),
+                    ("neither", "read", "InvalidRecord"),
+                    ("not-bytes", "read", "InvalidRecord"),
+                    ("too-big", "read", "FileTooLarge"),
+                    (None, "read", "InvalidRecord"),
+                ],
+                key=str,
+            ),
+        ),
         label="ImageDeadLetters",
     )
     p.run().wait_until_finish()
@@ -235,10 +298,17 @@ def test_columnar_core_keeps_the_schema_and_gives_the_dict_transforms_vectors(tm
 
     texts = {"a": "good movie", "b": "   ", "c": "bad film, awful plot twist", "d": "great acting", "e": "good good"}
     labels = {"a": "x", "b": None, "c": "y", "d": None, "e": "z"}
-    batch = pa.Table.from_pydict({
-        "id": list(texts), "source": ["reviews.jsonl"] * 5, "line": [1, 2, 3, 4, 5], "text": list(texts.values()),
-        "content_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in texts.values()], "label": list(labels.values()),
-    }, schema=text_batch_schema(("label",)))
+    batch = pa.Table.from_pydict(
+        {
+            "id": list(texts),
+            "source": ["reviews.jsonl"] * 5,
+            "line": [1, 2, 3, 4, 5],
+            "text": list(texts.values()),
+            "content_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in texts.values()],
+            "label": list(labels.values()),
+        },
+        schema=text_batch_schema(("label",)),
+    )
     text_spec = TextModelSpec(str(tiny_text_model), batch_size=2)  # 2: a padded last batch too
     text_schema = embedding_schema(TEXT, load_text_embedder(text_spec).dimension, ("label",), metadata={"run": "mine"})
     images = _write_images(tmp_path / "images")
@@ -247,9 +317,15 @@ def test_columnar_core_keeps_the_schema_and_gives_the_dict_transforms_vectors(tm
 
     def rows(kind: str, schema):
         def each(table):
-            _check(f"{kind}: schema {table.schema} (metadata {table.schema.metadata})", table.schema.equals(schema, check_metadata=True))
-            return [(kind, r["id"], np.asarray(r["embedding"], np.float32).tobytes(), r["content_sha256"], r["label"])
-                    for r in table.to_pylist()]
+            _check(
+                f"{kind}: schema {table.schema} (metadata {table.schema.metadata})",
+                table.schema.equals(schema, check_metadata=True),
+            )
+            return [
+                (kind, r["id"], np.asarray(r["embedding"], np.float32).tobytes(), r["content_sha256"], r["label"])
+                for r in table.to_pylist()
+            ]
+
         return each
 
     def dict_row(kind: str):
@@ -264,33 +340,49 @@ def test_columnar_core_keeps_the_schema_and_gives_the_dict_transforms_vectors(tm
                 _check(f"{kind}: {sorted(got)} sources", set(got) == {"core", "dict"})
                 _check(f"{kind}: ids {sorted(r[0] for r in got['core'])}", {r[0] for r in got["core"]} == expected_ids[kind])
                 _check(f"{kind}: the columnar core and the dict transform differ", got["core"] == got["dict"])
+
         return match
 
     p = _runner_pipeline()
-    text_core = (p | "Tables" >> beam.Create([batch.slice(0, 3), batch.slice(3)])
-                 | EmbedTextTables(text_spec, text_schema))
-    text_dicts = (p | "TextDicts" >> beam.Create([{"id": i, "text": t, "label": labels[i]} for i, t in texts.items()])
-                  | EmbedText(str(tiny_text_model), passthrough=["label"], batch_size=2))
+    text_core = p | "Tables" >> beam.Create([batch.slice(0, 3), batch.slice(3)]) | EmbedTextTables(text_spec, text_schema)
+    text_dicts = (
+        p
+        | "TextDicts" >> beam.Create([{"id": i, "text": t, "label": labels[i]} for i, t in texts.items()])
+        | EmbedText(str(tiny_text_model), passthrough=["label"], batch_size=2)
+    )
     refs = [ImageRef(r["id"], r["uri"], {"label": r["label"]}) for r in images]
     image_core = p | "Refs" >> beam.Create(refs) | EmbedImageRefs(image_spec, image_schema)
-    image_dicts = (p | "ImageDicts" >> beam.Create(images)
-                   | EmbedImages(str(tiny_image_model), layer="features", passthrough=["label"], batch_size=2))
+    image_dicts = (
+        p
+        | "ImageDicts" >> beam.Create(images)
+        | EmbedImages(str(tiny_image_model), layer="features", passthrough=["label"], batch_size=2)
+    )
     assert_that(
-        (text_core.tables | "TextCoreRows" >> beam.FlatMap(rows("text/core", text_schema)),
-         text_dicts.embeddings | "TextDictRows" >> beam.Map(dict_row("text/dict")),
-         image_core.tables | "ImageCoreRows" >> beam.FlatMap(rows("imag/core", image_schema)),
-         image_dicts.embeddings | "ImageDictRows" >> beam.Map(dict_row("imag/dict")))
+        (
+            text_core.tables | "TextCoreRows" >> beam.FlatMap(rows("text/core", text_schema)),
+            text_dicts.embeddings | "TextDictRows" >> beam.Map(dict_row("text/dict")),
+            image_core.tables | "ImageCoreRows" >> beam.FlatMap(rows("imag/core", image_schema)),
+            image_dicts.embeddings | "ImageDictRows" >> beam.Map(dict_row("imag/dict")),
+        )
         | beam.Flatten(),
         same_as({"text": {"a", "c", "d", "e"}, "imag": {f"img{i}" for i in range(6)}}),
     )
     assert_that(
-        (text_core.errors, image_core.errors) | "CoreErrors" >> beam.Flatten() | beam.Map(lambda e: (e.id, e.stage, e.error_type)),
-        lambda got: _check(str(got), sorted(got) == [("b", "preprocess", "EmptyText"), ("broken", "decode", "CorruptImage"),
-                                                     ("missing", "read", "FileNotFoundError")]),
+        (text_core.errors, image_core.errors)
+        | "CoreErrors" >> beam.Flatten()
+        | beam.Map(lambda e: (e.id, e.stage, e.error_type)),
+        lambda got: _check(
+            str(got),
+            sorted(got)
+            == [("b", "preprocess", "EmptyText"), ("broken", "decode", "CorruptImage"), ("missing", "read", "FileNotFoundError")],
+        ),
         label="CoreDeadLetters",
     )
-    assert_that((text_core.skipped, image_core.skipped) | "Skipped" >> beam.Flatten(), lambda got: _check(str(got), got == []),
-                label="NothingSkipped")
+    assert_that(
+        (text_core.skipped, image_core.skipped) | "Skipped" >> beam.Flatten(),
+        lambda got: _check(str(got), got == []),
+        label="NothingSkipped",
+    )
     p.run().wait_until_finish()
 
 

@@ -49,8 +49,9 @@ def _classifier(path, size=32):
 
     keras.utils.set_random_seed(3)
     inp = keras.Input((size, size, 3))
-    body = keras.applications.MobileNetV3Small(input_shape=(size, size, 3), include_top=False, weights=None,
-                                               include_preprocessing=True)
+    body = keras.applications.MobileNetV3Small(
+        input_shape=(size, size, 3), include_top=False, weights=None, include_preprocessing=True
+    )
     x = body(inp)
     x = keras.layers.GlobalAveragePooling2D(name="pooled")(x)
     x = keras.layers.Dense(16, activation="relu", name="features")(x)
@@ -62,9 +63,11 @@ def _classifier(path, size=32):
 def test_openvino_gives_tensorflows_embeddings_for_a_cut_keras_classifier(tmp_path, tiny_image_model):
     model = str(_classifier(tmp_path / "classifier.keras"))
     pixels = np.random.RandomState(1).randint(0, 256, (7, 32, 32, 3)).astype(np.uint8)
-    for spec in (ImageModelSpec(model, weights="none", batch_size=4),                     # default: feeds the head
-                 ImageModelSpec(model, weights="none", layer="pooled", batch_size=4),      # cut earlier
-                 ImageModelSpec(str(tiny_image_model), weights="none", batch_size=4)):     # conftest's classifier
+    for spec in (
+        ImageModelSpec(model, weights="none", batch_size=4),  # default: feeds the head
+        ImageModelSpec(model, weights="none", layer="pooled", batch_size=4),  # cut earlier
+        ImageModelSpec(str(tiny_image_model), weights="none", batch_size=4),
+    ):  # conftest's classifier
         relative, cosine, embedder = _compare(spec, pixels)
         assert relative <= 1e-4 and cosine >= 0.99999, (spec.layer, relative, cosine)
     assert embedder.model_name == "image.keras#features"
@@ -143,8 +146,9 @@ def test_manifest_and_parquet_record_the_backend_and_a_backend_change_is_the_sam
     assert metadata[b"backend"] == b"openvino" and metadata[b"precision"] == b"f32"
 
     # switching backend at f32 is the same model: the incremental run re-embeds nothing
-    second = run(["--output", str(tmp_path / "tf"), "--image-backend", "tensorflow",
-                  "--incremental-from", str(tmp_path / "ov")] + common)
+    second = run(
+        ["--output", str(tmp_path / "tf"), "--image-backend", "tensorflow", "--incremental-from", str(tmp_path / "ov")] + common
+    )
     assert second["models"]["image"]["details"]["backend"] == "tensorflow"
     assert second["counts"]["image"] == {"read": 5, "embedded": 0, "failed": 0, "skipped": 5, "balanced": True}
     third = run(["--output", str(tmp_path / "tf2"), "--image-backend", "tensorflow"] + common)

@@ -59,12 +59,22 @@ def test_every_awkward_image_is_embedded_or_dead_lettered(tmp_path, tiny_image_m
     manifest = tmp_path / "list.csv"
     manifest.write_text("uri,id\nimages/rgb.jpg,first\nimages/nowhere.jpg,ghost\nimages/rgb.jpg,first\n")
     out = tmp_path / "out"
-    result = run([
-        "--output", str(out), "--image-model", str(tiny_image_model),
-        "--image-input", str(tmp_path / "images" / "*"), "--image-input", str(manifest),
-        "--image-id-field", "id",
-        "--max-failed-fraction", "1",  # bad files on purpose
-    ])
+    result = run(
+        [
+            "--output",
+            str(out),
+            "--image-model",
+            str(tiny_image_model),
+            "--image-input",
+            str(tmp_path / "images" / "*"),
+            "--image-input",
+            str(manifest),
+            "--image-id-field",
+            "id",
+            "--max-failed-fraction",
+            "1",  # bad files on purpose
+        ]
+    )
     embedded = set(read_embeddings(str(out), "image").column("id").to_pylist())
     assert embedded == good | {"first"}
     errors = {r["id"]: r for r in read_errors(str(out)).to_pylist()}
@@ -102,8 +112,18 @@ def test_every_awkward_text_record_is_embedded_or_dead_lettered(tmp_path, tiny_t
     (folder / "records.jsonl").write_bytes(raw)
     (folder / "table.csv").write_text('id,text\nc1,"fine, quoted"\nc2,one,too many\n')
     out = tmp_path / "out"
-    result = run(["--output", str(out), "--text-model", str(tiny_text_model), "--text-input", str(folder / "*"),
-                  "--max-failed-fraction", "1"])  # bad records on purpose
+    result = run(
+        [
+            "--output",
+            str(out),
+            "--text-model",
+            str(tiny_text_model),
+            "--text-input",
+            str(folder / "*"),
+            "--max-failed-fraction",
+            "1",
+        ]
+    )  # bad records on purpose
     embedded = set(read_embeddings(str(out), "text").column("id").to_pylist())
     assert embedded == {"ok1", "ok2", "huge", "c1"}
     errors = {(r["id"], r["error_type"]): r for r in read_errors(str(out)).to_pylist()}
@@ -183,8 +203,20 @@ def test_an_oversized_image_file_is_a_dead_letter_not_read_whole(tmp_path, tiny_
     Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "small.png")
     (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50_000)
     out = tmp_path / "out"
-    result = run(["--output", str(out), "--image-input", str(folder / "*"), "--image-model", str(tiny_image_model),
-                  "--max-image-bytes", "10000", "--max-failed-fraction", "1"])
+    result = run(
+        [
+            "--output",
+            str(out),
+            "--image-input",
+            str(folder / "*"),
+            "--image-model",
+            str(tiny_image_model),
+            "--max-image-bytes",
+            "10000",
+            "--max-failed-fraction",
+            "1",
+        ]
+    )
     assert read_embeddings(str(out), "image").column("id").to_pylist() == ["small.png"]
     (error,) = read_errors(str(out)).to_pylist()
     assert error["id"] == "huge.png" and error["stage"] == "read" and error["error_type"] == "FileTooLarge"

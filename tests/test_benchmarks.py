@@ -25,10 +25,28 @@ def test_harness_runs_tiny_sizes_and_writes_json(shared_data, tiny_text_model, t
     results = tmp_path / "results"
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--tiny", "--scenarios", "a,c", "--no-workers2",
-         "--text-model", str(tiny_text_model), "--work-dir", str(tmp_path / "work"),
-         "--results-dir", str(results), "--shared-data", str(shared_data)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--tiny",
+            "--scenarios",
+            "a,c",
+            "--no-workers2",
+            "--text-model",
+            str(tiny_text_model),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--results-dir",
+            str(results),
+            "--shared-data",
+            str(shared_data),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     [json_file] = results.glob("tiny-*.json")

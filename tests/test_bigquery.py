@@ -58,6 +58,7 @@ def _text_table(n: int = 3, dim: int = 4) -> pa.Table:
 
 # ---- the flag ---------------------------------------------------------------------------------
 
+
 def test_table_spec_is_project_dataset_table():
     assert parse_table(TABLE) == (PROJECT, "embeddings", "reviews")
     assert parse_table("example.com:my-project:ds.t_1") == ("example.com:my-project", "ds", "t_1")
@@ -71,9 +72,18 @@ def test_table_spec_is_project_dataset_table():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--bigquery-table", "embeddings.reviews", "--temp_location", "gs://b/tmp"], "--bigquery-table 'embeddings.reviews' is not PROJECT:DATASET.TABLE"),
-        (["--bigquery-table", TABLE], "--bigquery-table 'embeddings-test-project:embeddings.reviews': needs --temp_location gs://"),
-        (["--bigquery-table", TABLE, "--temp_location", "/tmp/local"], "--bigquery-table 'embeddings-test-project:embeddings.reviews': needs --temp_location gs://BUCKET/PATH for BigQuery's load files (got '/tmp/local')"),
+        (
+            ["--bigquery-table", "embeddings.reviews", "--temp_location", "gs://b/tmp"],
+            "--bigquery-table 'embeddings.reviews' is not PROJECT:DATASET.TABLE",
+        ),
+        (
+            ["--bigquery-table", TABLE],
+            "--bigquery-table 'embeddings-test-project:embeddings.reviews': needs --temp_location gs://",
+        ),
+        (
+            ["--bigquery-table", TABLE, "--temp_location", "/tmp/local"],
+            "--bigquery-table 'embeddings-test-project:embeddings.reviews': needs --temp_location gs://BUCKET/PATH for BigQuery's load files (got '/tmp/local')",
+        ),
     ],
 )
 def test_bad_bigquery_flags_fail_before_the_job_naming_the_flag(extra, message, tmp_path):
@@ -91,8 +101,18 @@ def test_the_flag_reaches_the_config_and_the_manifest_options(tmp_path):
 
     from pipeline.options import config_from_options
 
-    argv = ["--output", str(tmp_path), "--text-input", "x.jsonl", "--text-model", "m.keras",
-            "--bigquery_table", TABLE, "--temp_location", "gs://b/tmp"]
+    argv = [
+        "--output",
+        str(tmp_path),
+        "--text-input",
+        "x.jsonl",
+        "--text-model",
+        "m.keras",
+        "--bigquery_table",
+        TABLE,
+        "--temp_location",
+        "gs://b/tmp",
+    ]
     config = config_from_options(PipelineOptions(argv), check_paths=False)
     assert config.bigquery_table == TABLE and config.describe()["bigquery_table"] == TABLE
     assert config_from_options(PipelineOptions(argv[:6]), check_paths=False).bigquery_table is None
@@ -100,6 +120,7 @@ def test_the_flag_reaches_the_config_and_the_manifest_options(tmp_path):
 
 
 # ---- schema and rows ----------------------------------------------------------------------------
+
 
 def test_schema_has_the_embedding_as_repeated_float64_and_a_run_id():
     schema = bigquery_schema(_text_table().schema)
@@ -163,6 +184,7 @@ def test_table_to_rows_in_a_pipeline():
 
 # ---- the Dataflow job, built offline -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bigquery_job(gcs_emulator, tiny_text_model, tiny_image_model, tmp_path_factory) -> dict:
     """A Dataflow template with `--bigquery-table`, built on the GCS emulator, and its pipeline proto."""
@@ -172,14 +194,27 @@ def bigquery_job(gcs_emulator, tiny_text_model, tiny_image_model, tmp_path_facto
     (folder / "a.jsonl").write_text(json.dumps({"id": "a", "text": "good movie", "label": "1"}) + "\n")
     (folder / "dog.png").write_bytes(b"not decoded at build time")
     gcs_emulator.upload_tree(folder, job, "in")
-    return build_dataflow_template(gcs_emulator, job, SDK_IMAGE, [
-        "--text-input", gcs_emulator.url(job, "in", "*.jsonl"),
-        "--text-model", gcs_emulator.upload(tiny_text_model, job, "models", "text.keras"),
-        "--image-input", gcs_emulator.url(job, "in", "*.png"),
-        "--image-model", gcs_emulator.upload(tiny_image_model, job, "models", "image.keras"),
-        "--passthrough", "label", "--run-id", "2026-11-26",
-        "--bigquery-table", TABLE,
-    ])
+    return build_dataflow_template(
+        gcs_emulator,
+        job,
+        SDK_IMAGE,
+        [
+            "--text-input",
+            gcs_emulator.url(job, "in", "*.jsonl"),
+            "--text-model",
+            gcs_emulator.upload(tiny_text_model, job, "models", "text.keras"),
+            "--image-input",
+            gcs_emulator.url(job, "in", "*.png"),
+            "--image-model",
+            gcs_emulator.upload(tiny_image_model, job, "models", "image.keras"),
+            "--passthrough",
+            "label",
+            "--run-id",
+            "2026-11-26",
+            "--bigquery-table",
+            TABLE,
+        ],
+    )
 
 
 @pytest.mark.gcs
@@ -228,7 +263,9 @@ def test_manifest_waits_for_the_bigquery_load_jobs(bigquery_job):
     for step in ("WriteTextToBigQuery", "WriteImagesToBigQuery"):
         assert set(transforms[f"{step}/CountJobs"].outputs.values()) <= all_counts
         finished = set(transforms[f"{step}/FinishedJobs"].inputs.values())
-        produced = {pc for name, t in transforms.items() if name.startswith(f"{step}/LoadIntoBigQuery/") for pc in t.outputs.values()}
+        produced = {
+            pc for name, t in transforms.items() if name.startswith(f"{step}/LoadIntoBigQuery/") for pc in t.outputs.values()
+        }
         assert finished and finished <= produced
 
 

@@ -49,7 +49,9 @@ def _check_snapshot(run1: str, run2: str, texts: dict, current: dict, changed: l
     unchanged = [k for k in current if k in texts and texts[k] == current[k]]
     assert len(unchanged) == 185
     for k in unchanged:  # copied, not re-embedded: bit-identical, and said to come from run 1
-        assert np.asarray(rows[k]["embedding"], np.float32).tobytes() == np.asarray(first[k]["embedding"], np.float32).tobytes(), k
+        assert (
+            np.asarray(rows[k]["embedding"], np.float32).tobytes() == np.asarray(first[k]["embedding"], np.float32).tobytes()
+        ), k
         assert rows[k]["embedded_run_id"] == run1_id and rows[k]["content_sha256"] == first[k]["content_sha256"]
     position = {k: i + 1 for i, k in enumerate(current)}  # removed records moved the later ones up
     source = rows[added[0]]["source"]  # the current input file (on gcs, another file than run 1's)
@@ -60,7 +62,14 @@ def _check_snapshot(run1: str, run2: str, texts: dict, current: dict, changed: l
         assert rows[k]["content_sha256"] == hashlib.sha256(current[k].encode()).hexdigest()
     for k in changed:
         assert rows[k]["embedding"] != first[k]["embedding"], k
-    assert summary["counts"]["text"] == {"read": 200, "embedded": 15, "failed": 0, "skipped": 185, "carried": 185, "balanced": True}
+    assert summary["counts"]["text"] == {
+        "read": 200,
+        "embedded": 15,
+        "failed": 0,
+        "skipped": 185,
+        "carried": 185,
+        "balanced": True,
+    }
     assert summary["status"] == "complete" and summary["carry_over"] is True
 
 
@@ -112,18 +121,33 @@ def test_carry_over_on_gcs(tmp_path, gcs_emulator, tiny_text_model):
 
     current, changed, removed, added = _change(texts)
     data.write_text(_lines(current.items()))
-    second = run(["--output", run2, "--incremental-from", run1, "--carry-over",
-                  "--text-input", gcs_emulator.upload(data, "carry", "in2.jsonl"), "--text-model", model])
+    second = run(
+        [
+            "--output",
+            run2,
+            "--incremental-from",
+            run1,
+            "--carry-over",
+            "--text-input",
+            gcs_emulator.upload(data, "carry", "in2.jsonl"),
+            "--text-model",
+            model,
+        ]
+    )
     _check_snapshot(run1, run2, texts, current, changed, added, second)
 
 
 def test_carry_over_without_an_earlier_run_is_a_configuration_error(tmp_path, capsys, tiny_text_model):
     data = tmp_path / "t.jsonl"
     data.write_text(_lines([("a", "good film")]))
-    code = main(["--output", str(tmp_path / "out"), "--text-input", str(data), "--text-model", str(tiny_text_model),
-                 "--carry-over"])
+    code = main(
+        ["--output", str(tmp_path / "out"), "--text-input", str(data), "--text-model", str(tiny_text_model), "--carry-over"]
+    )
     assert code == 2
-    assert "--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from" in capsys.readouterr().err
+    assert (
+        "--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.slow
@@ -138,8 +162,16 @@ def test_carry_over_of_images_beside_text(tmp_path, tiny_text_model, tiny_image_
     texts = _texts(30)
     data = tmp_path / "t.jsonl"
     data.write_text(_lines(texts.items()))
-    common = ["--text-input", str(data), "--text-model", str(tiny_text_model),
-              "--image-input", str(images / "*.png"), "--image-model", str(tiny_image_model)]
+    common = [
+        "--text-input",
+        str(data),
+        "--text-model",
+        str(tiny_text_model),
+        "--image-input",
+        str(images / "*.png"),
+        "--image-model",
+        str(tiny_image_model),
+    ]
     run1, run2, run3 = (str(tmp_path / f"run{i}") for i in (1, 2, 3))
     run(["--output", run1] + common)
 
@@ -183,7 +215,14 @@ def _bucket_check(current, prior, first_only):
     for path, lines, ikeys, ckeys in current:
         parts += [b for _, b in text_key_batch(path, 0, lines, np.array(ikeys, np.uint64), np.array(ckeys, np.uint64), 0)]
     for file_index, group, ikeys, ckeys in prior:
-        parts.append(("prior", np.array(ikeys, np.uint64), np.array(ckeys, np.uint64), row_positions(file_index, group, np.arange(len(ikeys)))))
+        parts.append(
+            (
+                "prior",
+                np.array(ikeys, np.uint64),
+                np.array(ckeys, np.uint64),
+                row_positions(file_index, group, np.arange(len(ikeys))),
+            )
+        )
     carried = {}
     for out in _check_bucket((0, parts), carry=True, first_only=first_only):
         if getattr(out, "tag", None) == CARRY_ROWS:

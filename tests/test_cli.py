@@ -21,8 +21,14 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOISE = ("I0000", "absl::InitializeLog", "oneDNN custom operations")
 
 REVIEWS = [
-    ("good great fine film", 1), ("great acting good plot", 1), ("fine good movie", 1), ("good fun great", 1),
-    ("bad awful boring film", 0), ("awful plot bad acting", 0), ("boring bad movie", 0), ("bad dull awful", 0),
+    ("good great fine film", 1),
+    ("great acting good plot", 1),
+    ("fine good movie", 1),
+    ("good fun great", 1),
+    ("bad awful boring film", 0),
+    ("awful plot bad acting", 0),
+    ("boring bad movie", 0),
+    ("bad dull awful", 0),
 ]
 
 
@@ -46,10 +52,38 @@ def project(tmp_path_factory) -> dict:
     (root / "data").mkdir()
     lines = [json.dumps({"id": f"r{i}", "text": text, "label": str(label)}) for i, (text, label) in enumerate(REVIEWS * 4)]
     (root / "data" / "reviews.jsonl").write_text("\n".join(lines) + "\n")
-    train = _cli(["train-text", "--input", "data/reviews.jsonl", "--output", "models/text.keras", "--epochs", "2",
-                  "--sequence-length", "8", "--embedding-dim", "8", "--vocab-size", "50"], root)
-    run = _cli(["run", "--text-input", "data/*.jsonl", "--text-model", "models/text.keras", "--output", "out",
-                "--passthrough", "label,text"], root)
+    train = _cli(
+        [
+            "train-text",
+            "--input",
+            "data/reviews.jsonl",
+            "--output",
+            "models/text.keras",
+            "--epochs",
+            "2",
+            "--sequence-length",
+            "8",
+            "--embedding-dim",
+            "8",
+            "--vocab-size",
+            "50",
+        ],
+        root,
+    )
+    run = _cli(
+        [
+            "run",
+            "--text-input",
+            "data/*.jsonl",
+            "--text-model",
+            "models/text.keras",
+            "--output",
+            "out",
+            "--passthrough",
+            "label,text",
+        ],
+        root,
+    )
     return {"root": root, "train": train, "run": run}
 
 
@@ -86,16 +120,31 @@ def test_neighbors_by_text_from_another_folder_shows_the_stored_texts(project, t
 
 @pytest.mark.slow
 def test_verbose_shows_what_quiet_hides(project, tmp_path):
-    done = _cli(["neighbors", "--embeddings", str(project["root"] / "out"), "--text", "good film", "-k", "1"],
-                tmp_path, verbose=True)
+    done = _cli(
+        ["neighbors", "--embeddings", str(project["root"] / "out"), "--text", "good film", "-k", "1"], tmp_path, verbose=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "absl::InitializeLog" in done.stderr or "I0000" in done.stderr
 
 
 @pytest.mark.slow
 def test_beam_worker_processes_are_quiet_too(project):
-    done = _cli(["run", "--text-input", "data/*.jsonl", "--text-model", "models/text.keras", "--output", "out-mp",
-                 "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], project["root"])
+    done = _cli(
+        [
+            "run",
+            "--text-input",
+            "data/*.jsonl",
+            "--text-model",
+            "models/text.keras",
+            "--output",
+            "out-mp",
+            "--direct_running_mode",
+            "multi_processing",
+            "--direct_num_workers",
+            "2",
+        ],
+        project["root"],
+    )
     _assert_quiet(done)
     assert "Discarding unparseable args" not in done.stderr  # Beam's worker chatter is dropped as well
 
@@ -126,7 +175,7 @@ def test_run_help_has_groups_one_spelling_and_a_required_output(capsys):
     assert "accepted with underscores" in text  # ... and the other one explained
     assert "pass through" in text and "--runner" in text and "--temp_location" in text
     assert "--verbose" in text and "--version" in text
-    output_help = text[text.index("  --output DIR"):].split("\n  --")[0]
+    output_help = text[text.index("  --output DIR") :].split("\n  --")[0]
     assert "Required" in output_help
 
 
@@ -149,7 +198,9 @@ def test_tool_help_shows_one_spelling_and_old_names_still_work(tmp_path, capsys)
     train = cli.command_parser("train-image")
     text = train.format_help()
     assert "--image-weights" in text and "--image-alpha" in text and "--base-weights" not in text
-    args = train.parse_args(["--input", "i", "--base", "MobileNet", "--output", "m.keras", "--base-weights", "w.h5", "--alpha", "0.25"])
+    args = train.parse_args(
+        ["--input", "i", "--base", "MobileNet", "--output", "m.keras", "--base-weights", "w.h5", "--alpha", "0.25"]
+    )
     assert args.base_weights == "w.h5" and args.alpha == 0.25
 
 
@@ -172,20 +223,26 @@ DATAFLOW = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-
 REMOTE = {"--output": "gs://b/out", "--text-input": "gs://b/in/*.jsonl", "--text-model": "gs://b/m/text.keras"}
 
 
-@pytest.mark.parametrize("flag, local", [
-    ("--output", "out"),
-    ("--text-input", "data/*.jsonl"),
-    ("--text-model", "models/text.keras"),
-    ("--image-model", "/abs/image.keras"),
-    ("--image-weights", "weights.h5"),
-    ("--incremental-from", "earlier"),
-    ("--temp_location", "/tmp/beam"),
-])
+@pytest.mark.parametrize(
+    "flag, local",
+    [
+        ("--output", "out"),
+        ("--text-input", "data/*.jsonl"),
+        ("--text-model", "models/text.keras"),
+        ("--image-model", "/abs/image.keras"),
+        ("--image-weights", "weights.h5"),
+        ("--incremental-from", "earlier"),
+        ("--temp_location", "/tmp/beam"),
+    ],
+)
 def test_dataflow_with_a_local_path_fails_before_submission(flag, local, capsys):
     flags = dict(REMOTE)
     if flag.startswith("--image"):
-        flags = {"--output": "gs://b/out", "--image-input": "gs://b/img/*.png",
-                 "--image-model": "gs://b/m/image.keras" if flag != "--image-model" else local}
+        flags = {
+            "--output": "gs://b/out",
+            "--image-input": "gs://b/img/*.png",
+            "--image-model": "gs://b/m/image.keras" if flag != "--image-model" else local,
+        }
         if flag == "--image-weights":
             flags["--image-model"] = "MobileNet"
     flags[flag] = local
@@ -200,8 +257,11 @@ def test_dataflow_with_uris_passes_the_path_check():
 
     from pipeline.options import config_from_options
 
-    argv = DATAFLOW + [part for item in REMOTE.items() for part in item] + ["--image-input", "gs://b/i/*.png",
-                                                                           "--image-model", "MobileNet"]
+    argv = (
+        DATAFLOW
+        + [part for item in REMOTE.items() for part in item]
+        + ["--image-input", "gs://b/i/*.png", "--image-model", "MobileNet"]
+    )
     config = config_from_options(PipelineOptions(argv), check_paths=False)
     assert config.output == "gs://b/out" and config.text_model.path == "gs://b/m/text.keras"
 
@@ -212,8 +272,22 @@ def test_local_paths_become_absolute_in_the_config(tmp_path, monkeypatch):
     from pipeline.options import config_from_options
 
     monkeypatch.chdir(tmp_path)
-    argv = ["--text-input", "data/*.jsonl", "--text-model", "m/text.keras", "--output", "out/", "--image-input", "img/*.png",
-            "--image-model", "MobileNet", "--image-weights", "w/mobilenet.h5", "--incremental-from", "../earlier/"]
+    argv = [
+        "--text-input",
+        "data/*.jsonl",
+        "--text-model",
+        "m/text.keras",
+        "--output",
+        "out/",
+        "--image-input",
+        "img/*.png",
+        "--image-model",
+        "MobileNet",
+        "--image-weights",
+        "w/mobilenet.h5",
+        "--incremental-from",
+        "../earlier/",
+    ]
     config = config_from_options(PipelineOptions(argv), check_paths=False)
     assert config.text_inputs == (str(tmp_path / "data" / "*.jsonl"),)
     assert config.text_model.path == str(tmp_path / "m" / "text.keras")

@@ -35,10 +35,20 @@ pytestmark = pytest.mark.gcs
 
 # The steps a user sees in Dataflow's job graph.
 EXPECTED_STEPS = {
-    "Text", "Text/ReadTextRecords/MatchFiles", "Text/ReadTextRecords/PlanReads", "Text/ReadTextRecords", "Text/EmbedText",
+    "Text",
+    "Text/ReadTextRecords/MatchFiles",
+    "Text/ReadTextRecords/PlanReads",
+    "Text/ReadTextRecords",
+    "Text/EmbedText",
     "Text/WriteTextEmbeddings",
-    "Images", "Images/MatchImageFiles", "Images/ReadImageManifests", "Images/EmbedImages", "Images/WriteImageEmbeddings",
-    "WriteErrors", "SumCounts", "WriteManifest",
+    "Images",
+    "Images/MatchImageFiles",
+    "Images/ReadImageManifests",
+    "Images/EmbedImages",
+    "Images/WriteImageEmbeddings",
+    "WriteErrors",
+    "SumCounts",
+    "WriteManifest",
 }
 TEXT_EMBED_STEP = "Text/EmbedText/EmbedTextBatches/ParDo(EmbedTextBatchesFn)"
 IMAGE_EMBED_STEP = "Images/EmbedImages/EmbedImageBatches/ParDo(EmbedImageBatchesFn)"
@@ -52,25 +62,39 @@ def _read(path: str) -> bytes:
 
 def _dataflow_flags(emulator, job: str) -> list[str]:
     return [
-        "--runner", "DataflowRunner",
-        "--project", "embeddings-test-project",
-        "--region", REGION,
-        "--job_name", job,
-        "--temp_location", emulator.url(job, "temp"),
-        "--staging_location", emulator.url(job, "staging"),
+        "--runner",
+        "DataflowRunner",
+        "--project",
+        "embeddings-test-project",
+        "--region",
+        REGION,
+        "--job_name",
+        job,
+        "--temp_location",
+        emulator.url(job, "temp"),
+        "--staging_location",
+        emulator.url(job, "staging"),
     ]
 
 
 def _job_flags(emulator, job: str, text_model: str, image_model: str) -> list[str]:
     return [
-        "--output", emulator.url(job, "out"),
-        "--text-input", emulator.url(job, "in", "*.jsonl"),
-        "--text-model", text_model,
-        "--image-input", emulator.url(job, "in", "*.png"),
-        "--image-input", emulator.url(job, "in", "images.csv"),
-        "--image-model", image_model,
-        "--passthrough", "label",
-        "--text-batch-size", "64",
+        "--output",
+        emulator.url(job, "out"),
+        "--text-input",
+        emulator.url(job, "in", "*.jsonl"),
+        "--text-model",
+        text_model,
+        "--image-input",
+        emulator.url(job, "in", "*.png"),
+        "--image-input",
+        emulator.url(job, "in", "images.csv"),
+        "--image-model",
+        image_model,
+        "--passthrough",
+        "label",
+        "--text-batch-size",
+        "64",
     ]
 
 
@@ -199,9 +223,21 @@ def test_staged_package_installs_like_on_a_worker(template, tmp_path):
     tarball = tmp_path / "workflow.tar.gz"
     tarball.write_bytes(_read(template["staged"]["workflow.tar.gz"]))
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
-         "--target", str(tmp_path / "site"), str(tarball)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(tmp_path / "site"),
+            str(tarball),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "transforms" / "embed.py").exists()
@@ -221,8 +257,18 @@ def test_container_image_job_stages_no_package(gcs_emulator, models_on_gcs, tmp_
     _upload_inputs(gcs_emulator, job, tmp_path / "in")
     location = gcs_emulator.url(job, "template", "embed.json")
     argv = _dataflow_flags(gcs_emulator, job) + _job_flags(gcs_emulator, job, models_on_gcs["text"], models_on_gcs["image"])
-    argv += ["--sdk_container_image", SDK_IMAGE, "--sdk_location", "container", "--template_location", location,
-             "--experiments", "no_use_multiple_sdk_containers", "--number_of_worker_harness_threads", "4"]
+    argv += [
+        "--sdk_container_image",
+        SDK_IMAGE,
+        "--sdk_location",
+        "container",
+        "--template_location",
+        location,
+        "--experiments",
+        "no_use_multiple_sdk_containers",
+        "--number_of_worker_harness_threads",
+        "4",
+    ]
     assert _run_in_project_root(argv) == {}
     request = json.loads(_read(location))
     pool = request["environment"]["workerPools"][0]

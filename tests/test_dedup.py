@@ -28,8 +28,10 @@ def text_inputs(tmp_path_factory) -> pathlib.Path:
     # b.jsonl is listed first on purpose: the rule follows the sorted file order, then the line.
     bulk = [(f"b{i}", f"good film {i}") for i in range(5000)]  # more than one read batch
     _jsonl(folder / "b.jsonl", [("x", "bad film from b")] + bulk + [("y", "great acting, the last line of b")])
-    _jsonl(folder / "a.jsonl", [("y", "good movie"), ("z", "only once"), ("x", "awful plot twist"), ("w", "film"),
-                                ("x", "good movie again")])
+    _jsonl(
+        folder / "a.jsonl",
+        [("y", "good movie"), ("z", "only once"), ("x", "awful plot twist"), ("w", "film"), ("x", "good movie again")],
+    )
     (folder / "c.csv").write_text('id,text\ny,"a review from a csv"\nv,movie\n')
     return folder
 
@@ -37,8 +39,18 @@ def text_inputs(tmp_path_factory) -> pathlib.Path:
 @pytest.mark.slow
 def test_the_first_occurrence_is_embedded_and_later_ones_are_dead_letters(tmp_path, text_inputs, tiny_text_model):
     out = tmp_path / "out"
-    manifest = run(["--output", str(out), "--text-input", str(text_inputs / "*.jsonl"),
-                    "--text-input", str(text_inputs / "c.csv"), "--text-model", str(tiny_text_model)])
+    manifest = run(
+        [
+            "--output",
+            str(out),
+            "--text-input",
+            str(text_inputs / "*.jsonl"),
+            "--text-input",
+            str(text_inputs / "c.csv"),
+            "--text-model",
+            str(tiny_text_model),
+        ]
+    )
     rows = read_embeddings(str(out), "text").to_pylist()
     by_id = {r["id"]: r for r in rows}
     assert len(rows) == len(by_id)  # one row per id
@@ -64,8 +76,17 @@ def test_the_first_occurrence_is_embedded_and_later_ones_are_dead_letters(tmp_pa
 @pytest.mark.slow
 def test_allow_duplicate_ids_embeds_every_occurrence(tmp_path, text_inputs, tiny_text_model):
     out = tmp_path / "out"
-    manifest = run(["--output", str(out), "--text-input", str(text_inputs / "a.jsonl"), "--text-model", str(tiny_text_model),
-                    "--allow-duplicate-ids"])
+    manifest = run(
+        [
+            "--output",
+            str(out),
+            "--text-input",
+            str(text_inputs / "a.jsonl"),
+            "--text-model",
+            str(tiny_text_model),
+            "--allow-duplicate-ids",
+        ]
+    )
     ids = sorted(read_embeddings(str(out), "text").column("id").to_pylist())
     assert ids == ["w", "x", "x", "y", "z"]
     assert read_errors(str(out)).num_rows == 0
@@ -82,9 +103,24 @@ def test_duplicate_image_ids_keep_one_row_and_name_it(tmp_path, tiny_image_model
     (tmp_path / "m1.csv").write_text("id,uri\nsolo,img/one.png\ncat,img/two.png\ncat,img/three.png\n")
     (tmp_path / "m2.csv").write_text("id,uri\ncat,img/four.png\ndog,img/one.png\n")
     out = tmp_path / "out"
-    manifest = run(["--output", str(out), "--image-input", str(tmp_path / "m1.csv"), "--image-input", str(tmp_path / "m2.csv"),
-                    "--image-id-field", "id", "--image-model", str(tiny_image_model), "--image-layer", "features",
-                    "--max-failed-fraction", "1"])  # the duplicates are dead letters on purpose
+    manifest = run(
+        [
+            "--output",
+            str(out),
+            "--image-input",
+            str(tmp_path / "m1.csv"),
+            "--image-input",
+            str(tmp_path / "m2.csv"),
+            "--image-id-field",
+            "id",
+            "--image-model",
+            str(tiny_image_model),
+            "--image-layer",
+            "features",
+            "--max-failed-fraction",
+            "1",
+        ]
+    )  # the duplicates are dead letters on purpose
     rows = read_embeddings(str(out), "image").to_pylist()
     by_id = {r["id"]: r for r in rows}
     assert sorted(r["id"] for r in rows) == ["cat", "dog", "solo"]  # the same picture under two ids is no duplicate

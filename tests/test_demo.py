@@ -135,20 +135,45 @@ def small_demo(tmp_path_factory):
     image_model = str(root / "image_model.keras")
     image_report = demo.train_demo_image_model(images.folder, image_model, seed=0, epochs=30, verbose=False)
     text_model = str(root / "text_model.keras")
-    text_report = train_text_model(TextTrainingConfig(
-        output=text_model, inputs=(text.path,), epochs=15, embedding_dim=16, batch_size=16,
-        learning_rate=0.01, verbose=0,
-    ))
+    text_report = train_text_model(
+        TextTrainingConfig(
+            output=text_model,
+            inputs=(text.path,),
+            epochs=15,
+            embedding_dim=16,
+            batch_size=16,
+            learning_rate=0.01,
+            verbose=0,
+        )
+    )
     output = str(root / "output")
-    manifest = run([
-        "--output", output,
-        "--text-input", text.path, "--text-model", text_model,
-        "--image-input", images.manifest, "--image-model", image_model, "--image-layer", "features",
-        "--passthrough", "label",
-    ])
+    manifest = run(
+        [
+            "--output",
+            output,
+            "--text-input",
+            text.path,
+            "--text-model",
+            text_model,
+            "--image-input",
+            images.manifest,
+            "--image-model",
+            image_model,
+            "--image-layer",
+            "features",
+            "--passthrough",
+            "label",
+        ]
+    )
     return types.SimpleNamespace(
-        text=text, images=images, image_model=image_model, image_report=image_report,
-        text_model=text_model, text_report=text_report, output=output, manifest=manifest,
+        text=text,
+        images=images,
+        image_model=image_model,
+        image_report=image_report,
+        text_model=text_model,
+        text_report=text_report,
+        output=output,
+        manifest=manifest,
     )
 
 
@@ -171,9 +196,9 @@ def test_demo_image_model_loads_in_safe_mode_and_its_features_embed_each_image(s
 
     embedder = load_image_embedder(ImageModelSpec(small_demo.image_model, weights="none", layer="features", batch_size=8))
     rows = [r for r in _manifest_rows(pathlib.Path(small_demo.images.folder)) if r["uri"] not in small_demo.images.corrupt]
-    pixels = np.stack([
-        decode_image((pathlib.Path(small_demo.images.folder) / r["uri"]).read_bytes(), embedder.input_size) for r in rows
-    ])
+    pixels = np.stack(
+        [decode_image((pathlib.Path(small_demo.images.folder) / r["uri"]).read_bytes(), embedder.input_size) for r in rows]
+    )
     vectors = embedder.embed(pixels)
     assert vectors.shape == (24, model.get_layer("features").output.shape[-1])
     assert np.isfinite(vectors).all()
@@ -199,11 +224,16 @@ def test_demo_run_counts_add_up_and_bad_records_are_dead_letters(small_demo):
     errors = read_errors(small_demo.output).to_pylist()
     text_path = small_demo.text.path
     assert {e["id"] for e in errors if e["modality"] == "text"} == {
-        f"{pathlib.Path(text_path).name}:{small_demo.text.bad_line_numbers[0]}", "bad-empty-text", "bad-null-text", "bad-no-words",
+        f"{pathlib.Path(text_path).name}:{small_demo.text.bad_line_numbers[0]}",
+        "bad-empty-text",
+        "bad-null-text",
+        "bad-no-words",
     }
     (image_error,) = [e for e in errors if e["modality"] == "image"]
     assert (image_error["id"], image_error["stage"], image_error["error_type"]) == (
-        small_demo.images.corrupt[0], "decode", "CorruptImage",
+        small_demo.images.corrupt[0],
+        "decode",
+        "CorruptImage",
     )
 
     text = read_embeddings(small_demo.output, "text")

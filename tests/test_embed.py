@@ -17,8 +17,18 @@ from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder
 from transforms.records import ERRORS, IMAGE, TEXT, ImageRef, embedding_schema
 from transforms.text_read import text_batch_schema
 
-TEXTS = ["good movie", "bad film", "great acting", "awful plot twist", "good bad great", "film", "movie movie",
-         "acting plot", "twist", "a word nobody knows"]
+TEXTS = [
+    "good movie",
+    "bad film",
+    "great acting",
+    "awful plot twist",
+    "good bad great",
+    "film",
+    "movie movie",
+    "acting plot",
+    "twist",
+    "a word nobody knows",
+]
 
 
 def _check(description: str, condition: bool) -> None:
@@ -90,8 +100,14 @@ def test_text_dofn_output_schema_dead_letters_and_one_load(tiny_text_model):
     assert_that(out.tables, check_tables, label="Tables")
     assert_that(
         out[ERRORS] | beam.Map(lambda e: (e.id, e.modality, e.source, e.stage, e.error_type)),
-        lambda got: _check(str(got), sorted(got) == [("blank", TEXT, "other.jsonl", "preprocess", "EmptyText"),
-                                                     ("punct", TEXT, "other.jsonl", "preprocess", "EmptyText")]),
+        lambda got: _check(
+            str(got),
+            sorted(got)
+            == [
+                ("blank", TEXT, "other.jsonl", "preprocess", "EmptyText"),
+                ("punct", TEXT, "other.jsonl", "preprocess", "EmptyText"),
+            ],
+        ),
         label="Errors",
     )
     assert_that(out[SKIPPED], lambda got: _check(str(got), got == []), label="NothingSkipped")
@@ -117,8 +133,11 @@ def test_text_dofn_isolates_a_failing_record_and_normalizes(tiny_text_model, mon
     schema = embedding_schema(TEXT, load_text_embedder(spec).dimension, ["label"])
     rows = [(f"r{i}", "kaboom" if i == 6 else t) for i, t in enumerate(TEXTS)]
     p = BeamTestPipeline(runner="FnApiRunner")
-    out = p | beam.Create([_text_table(rows)]) | beam.ParDo(EmbedTextBatchesFn(spec, schema, normalize=True)).with_outputs(
-        ERRORS, SKIPPED, main="tables")
+    out = (
+        p
+        | beam.Create([_text_table(rows)])
+        | beam.ParDo(EmbedTextBatchesFn(spec, schema, normalize=True)).with_outputs(ERRORS, SKIPPED, main="tables")
+    )
 
     def check(actual):
         table = pa.concat_tables(actual)
@@ -127,9 +146,11 @@ def test_text_dofn_isolates_a_failing_record_and_normalizes(tiny_text_model, mon
         _check(f"norms {norms}", np.allclose(norms, 1.0, atol=1e-5))
 
     assert_that(out.tables, check, label="BatchMatesEmbedded")
-    assert_that(out[ERRORS] | beam.Map(lambda e: (e.id, e.stage, e.error_type, e.message)),
-                lambda got: _check(str(got), got == [("r6", "embed", "RuntimeError", "the model cannot take kaboom")]),
-                label="OneDeadLetter")
+    assert_that(
+        out[ERRORS] | beam.Map(lambda e: (e.id, e.stage, e.error_type, e.message)),
+        lambda got: _check(str(got), got == [("r6", "embed", "RuntimeError", "the model cannot take kaboom")]),
+        label="OneDeadLetter",
+    )
     p.run().wait_until_finish()
 
 
@@ -169,13 +190,22 @@ def test_image_dofn_embeds_batches_in_threads_like_the_model_alone(tmp_path, tin
 
     p = BeamTestPipeline(runner="FnApiRunner")
     # two elements, as BatchElements would hand them over; each is split into model batches of 2
-    out = p | beam.Create([refs[:5], refs[5:]]) | beam.ParDo(
-        EmbedImageBatchesFn(spec, schema, decode_threads=2)).with_outputs(ERRORS, SKIPPED, main="tables")
+    out = (
+        p
+        | beam.Create([refs[:5], refs[5:]])
+        | beam.ParDo(EmbedImageBatchesFn(spec, schema, decode_threads=2)).with_outputs(ERRORS, SKIPPED, main="tables")
+    )
     assert_that(out.tables, check, label="Tables")
-    assert_that(out[ERRORS] | beam.Map(lambda e: (e.id, e.modality, e.stage, e.error_type)),
-                lambda got: _check(str(got), sorted(got)[0][:3] == ("corrupt", IMAGE, "decode") and
-                                   sorted(got)[1] == ("gone", IMAGE, "read", "FileNotFoundError") and len(got) == 2),
-                label="Errors")
+    assert_that(
+        out[ERRORS] | beam.Map(lambda e: (e.id, e.modality, e.stage, e.error_type)),
+        lambda got: _check(
+            str(got),
+            sorted(got)[0][:3] == ("corrupt", IMAGE, "decode")
+            and sorted(got)[1] == ("gone", IMAGE, "read", "FileNotFoundError")
+            and len(got) == 2,
+        ),
+        label="Errors",
+    )
     result = p.run()
     result.wait_until_finish()
     assert _metric(result, "image_model_loads") == 1

@@ -29,15 +29,22 @@ from transforms.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, DataErr
 # to be placed on one side or the other.
 NOT_USER_ERRORS = {
     # one bad record or image: a dead letter (id, stage, reason), never a stop
-    "transforms.decode.ImageDecodeError", "transforms.decode.EmptyImageFile",
-    "transforms.decode.UnsupportedImageFormat", "transforms.decode.CorruptImage",
-    "transforms.decode.ImageTooLarge", "transforms.embed.NonFiniteEmbedding", "transforms.embed.EmptyText",
-    "transforms.fileio.TruncatedInput", "transforms.fileio.FileTooLarge", "transforms.splits.RecordTooLarge",
+    "transforms.decode.ImageDecodeError",
+    "transforms.decode.EmptyImageFile",
+    "transforms.decode.UnsupportedImageFormat",
+    "transforms.decode.CorruptImage",
+    "transforms.decode.ImageTooLarge",
+    "transforms.embed.NonFiniteEmbedding",
+    "transforms.embed.EmptyText",
+    "transforms.fileio.TruncatedInput",
+    "transforms.fileio.FileTooLarge",
+    "transforms.splits.RecordTooLarge",
     "transforms.text_formats.RecordError",
     # the storage went away mid-run: `run` reports it as RunStopped (exit 1) with one line
     "transforms.fileio.StorageUnavailable",
     # OpenVINO missing or failing: `auto` falls back to TensorFlow, `openvino` raises ModelConfigError
-    "transforms.backends.BackendUnavailable", "transforms.backends.ConversionFailed",
+    "transforms.backends.BackendUnavailable",
+    "transforms.backends.ConversionFailed",
 }
 
 # Every user-error class, its other base (older `except` clauses keep working) and its exit code.
@@ -75,8 +82,7 @@ def test_every_error_class_is_a_user_error_or_a_known_other_kind():
     classes = _exception_classes()
     for name in USER_ERRORS.keys() | NOT_USER_ERRORS:
         assert name in classes, f"{name} is gone: update this test"
-    unplaced = sorted(name for name, cls in classes.items()
-                      if not issubclass(cls, UserError) and name not in NOT_USER_ERRORS)
+    unplaced = sorted(name for name, cls in classes.items() if not issubclass(cls, UserError) and name not in NOT_USER_ERRORS)
     assert not unplaced, f"make these UserErrors or list them in NOT_USER_ERRORS: {unplaced}"
     for name, (base, code) in USER_ERRORS.items():
         cls = classes[name]
@@ -85,7 +91,9 @@ def test_every_error_class_is_a_user_error_or_a_known_other_kind():
     for name in NOT_USER_ERRORS:
         assert not issubclass(classes[name], UserError), name
     assert {name for name, cls in classes.items() if issubclass(cls, UserError)} == USER_ERRORS.keys() | {
-        "transforms.errors.UserError", "transforms.errors.DataError"}
+        "transforms.errors.UserError",
+        "transforms.errors.DataError",
+    }
 
 
 def test_bugs_keep_their_traceback_and_ctrl_c_is_one_line(capsys):
@@ -119,8 +127,12 @@ def _bad_run_argv(case: str, tmp, text_model) -> tuple[list[str], int, str, str]
     run = ["run", "--output", str(out), "--text-input", str(data), "--text-model", str(text_model)]
     vectors = np.eye(4, dtype=np.float32)
     if case == "ConfigError":  # a glob that matches nothing
-        return (["run", "--output", str(out), "--text-input", str(tmp / "none-*.jsonl"), "--text-model", str(text_model)],
-                EXIT_USAGE, "error: --text-input", "matches no file")
+        return (
+            ["run", "--output", str(out), "--text-input", str(tmp / "none-*.jsonl"), "--text-model", str(text_model)],
+            EXIT_USAGE,
+            "error: --text-input",
+            "matches no file",
+        )
     if case == "ModelConfigError":  # a model file that is not there
         return run[:-1] + [str(tmp / "missing.keras")], EXIT_USAGE, "error: --text-model", "missing.keras"
     if case == "BigQueryTableError":
@@ -134,33 +146,63 @@ def _bad_run_argv(case: str, tmp, text_model) -> tuple[list[str], int, str, str]
         return run + ["--text-field", "body"], EXIT_FAILED, "error: run ", "5 of 5 records failed"
     if case == "IncompleteOutputError":  # a folder whose run never finished
         write_run(tmp / "half", vectors, manifest=False)
-        return ["neighbors", "--embeddings", str(tmp / "half"), "--id", "image-0000"], EXIT_FAILED, \
-            "neighbors: error: ", "did not finish"
+        return (
+            ["neighbors", "--embeddings", str(tmp / "half"), "--id", "image-0000"],
+            EXIT_FAILED,
+            "neighbors: error: ",
+            "did not finish",
+        )
     if case == "FailedRunError":  # a run that failed its checks
         folder = write_run(tmp / "failed", vectors, passthrough={"label": list("aabb")})
         manifest = json.loads((folder / "_MANIFEST.json").read_text())
         (folder / "_MANIFEST.json").write_text(json.dumps({**manifest, "status": "failed", "failures": {"image": "too many"}}))
-        return ["evaluate", "--embeddings", str(folder), "--label-field", "label"], EXIT_FAILED, \
-            "evaluate: error: ", "failed (image: too many)"
+        return (
+            ["evaluate", "--embeddings", str(folder), "--label-field", "label"],
+            EXIT_FAILED,
+            "evaluate: error: ",
+            "failed (image: too many)",
+        )
     if case == "ToolError":  # an id the run does not have
         folder = write_run(tmp / "run", vectors)
         return ["neighbors", "--embeddings", str(folder), "--id", "nope"], EXIT_USAGE, "neighbors: error: ", "nope"
     if case == "UnknownWordError":
-        return (["similar-words", "--text-model", str(text_model), "--word", "splendid"], EXIT_USAGE,
-                "similar-words: error: ", "'splendid' is not in the model's vocabulary")
+        return (
+            ["similar-words", "--text-model", str(text_model), "--word", "splendid"],
+            EXIT_USAGE,
+            "similar-words: error: ",
+            "'splendid' is not in the model's vocabulary",
+        )
     if case == "TrainingConfigError":
-        return (["train-text", "--input", str(data), "--output", str(tmp / "m.h5")], EXIT_USAGE,
-                "train-text: error: --output", "must end in .keras")
+        return (
+            ["train-text", "--input", str(data), "--output", str(tmp / "m.h5")],
+            EXIT_USAGE,
+            "train-text: error: --output",
+            "must end in .keras",
+        )
     if case == "TrainingDataError":  # every label unusable
         bad = _jsonl(tmp / "bad.jsonl", [{"text": "meh", "label": "maybe"}] * 10)
-        return (["train-text", "--input", str(bad), "--output", str(tmp / "m.keras")], EXIT_FAILED,
-                "train-text: error: ", "records are bad")
+        return (
+            ["train-text", "--input", str(bad), "--output", str(tmp / "m.keras")],
+            EXIT_FAILED,
+            "train-text: error: ",
+            "records are bad",
+        )
     raise AssertionError(case)
 
 
-CASES = ["ConfigError", "ModelConfigError", "BigQueryTableError", "OutputInUseError", "RunFailed",
-         "IncompleteOutputError", "FailedRunError", "ToolError", "UnknownWordError", "TrainingConfigError",
-         "TrainingDataError"]
+CASES = [
+    "ConfigError",
+    "ModelConfigError",
+    "BigQueryTableError",
+    "OutputInUseError",
+    "RunFailed",
+    "IncompleteOutputError",
+    "FailedRunError",
+    "ToolError",
+    "UnknownWordError",
+    "TrainingConfigError",
+    "TrainingDataError",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -171,7 +213,7 @@ def test_each_kind_of_user_error_is_one_line_and_its_exit_code(case, tmp_path, t
     assert "Traceback" not in err
     lines = err.rstrip("\n").splitlines()
     [line] = [line for line in lines if "error: " in line]
-    after = lines[lines.index(line) + 1:]  # the last line; only train-text lists its first bad records below it
+    after = lines[lines.index(line) + 1 :]  # the last line; only train-text lists its first bad records below it
     assert all(example.startswith("  ") for example in after) and (not after or case == "TrainingDataError"), err
     assert line.startswith(start) and part in line, line
     assert not (tmp_path / "m.keras").exists()
@@ -183,13 +225,23 @@ def test_the_process_exit_codes_of_the_entry_points(tmp_path, tiny_text_model):
     exit through the same path, with the same codes."""
     write_run(tmp_path / "half", np.eye(3, dtype=np.float32), manifest=False)
     cases = [
-        (["-m", "pipeline", "neighbors", "--embeddings", str(tmp_path / "half"), "--id", "x"], EXIT_FAILED,
-         "neighbors: error: "),
+        (["-m", "pipeline", "neighbors", "--embeddings", str(tmp_path / "half"), "--id", "x"], EXIT_FAILED, "neighbors: error: "),
         (["-m", "pipeline", "no-such-command"], EXIT_USAGE, "error: unknown command 'no-such-command'"),
         (["-m", "examples.demo", "neighbours", "--output", str(tmp_path / "half")], EXIT_USAGE, "error: "),
-        (["-c", "import sys; from pipeline.run import main; sys.exit(main())", "--output", str(tmp_path / "o"),
-          "--text-input", str(tmp_path / "none.jsonl"), "--text-model", str(tiny_text_model)], EXIT_USAGE,
-         "error: --text-input"),
+        (
+            [
+                "-c",
+                "import sys; from pipeline.run import main; sys.exit(main())",
+                "--output",
+                str(tmp_path / "o"),
+                "--text-input",
+                str(tmp_path / "none.jsonl"),
+                "--text-model",
+                str(tiny_text_model),
+            ],
+            EXIT_USAGE,
+            "error: --text-input",
+        ),
     ]
     for args, code, start in cases:
         done = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)

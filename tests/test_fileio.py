@@ -9,8 +9,14 @@ from transforms.fileio import glob_root, path_id
 
 @pytest.mark.parametrize(
     "pattern, root",
-    [("data/2026/*.jsonl", "data/2026"), ("photos/**/x.jpg", "photos"), ("a/b.csv", "a"), ("*.txt", ""),
-     ("gs://bucket/d/**/*.jpg", "gs://bucket/d"), ("/abs/dir/img_[0-9].png", "/abs/dir")],
+    [
+        ("data/2026/*.jsonl", "data/2026"),
+        ("photos/**/x.jpg", "photos"),
+        ("a/b.csv", "a"),
+        ("*.txt", ""),
+        ("gs://bucket/d/**/*.jpg", "gs://bucket/d"),
+        ("/abs/dir/img_[0-9].png", "/abs/dir"),
+    ],
 )
 def test_glob_root_is_the_folder_before_the_first_wildcard(pattern, root):
     assert glob_root(pattern) == root
@@ -19,8 +25,11 @@ def test_glob_root_is_the_folder_before_the_first_wildcard(pattern, root):
 def test_path_id_is_the_same_for_three_spellings_of_one_glob(tmp_path, monkeypatch):
     (tmp_path / "data" / "sub").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    spellings = [("data/sub/x.jpg", "data/*/x.jpg"), ("./data/sub/x.jpg", "./data/*/x.jpg"),
-                 (os.path.join(tmp_path, "data/sub/x.jpg"), os.path.join(tmp_path, "data/*/x.jpg"))]
+    spellings = [
+        ("data/sub/x.jpg", "data/*/x.jpg"),
+        ("./data/sub/x.jpg", "./data/*/x.jpg"),
+        (os.path.join(tmp_path, "data/sub/x.jpg"), os.path.join(tmp_path, "data/*/x.jpg")),
+    ]
     assert {path_id(path, pattern) for path, pattern in spellings} == {"sub/x.jpg"}
 
 

@@ -32,8 +32,17 @@ def _write_inputs(root: pathlib.Path) -> None:
             f.write(json.dumps({"id": f"j{i}", "text": f"good movie {i}", "label": str(i % 2)}) + "\n")
     (text / "b.csv").write_text('id,text,label\nc1,"great acting, awful plot",1\nc2,bad film,0\n')
     # Parquet in three row groups: read group by group with seeks (gs:// included), never whole
-    pq.write_table(pa.table({"id": [f"p{i}" for i in range(6)], "text": [f"fine film {i}" for i in range(6)],
-                             "label": [str(i % 2) for i in range(6)]}), text / "d.parquet", row_group_size=2)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"p{i}" for i in range(6)],
+                "text": [f"fine film {i}" for i in range(6)],
+                "label": [str(i % 2) for i in range(6)],
+            }
+        ),
+        text / "d.parquet",
+        row_group_size=2,
+    )
     images = root / "images"
     images.mkdir()
     rng = np.random.RandomState(0)
@@ -59,28 +68,45 @@ def _make_mobilenet_weights(path: pathlib.Path) -> pathlib.Path:
 
 def _argv(output: str, data: str, text_model: str, image_model: str) -> list[str]:
     return [
-        "--output", output,
-        "--text-input", f"{data}/text/*",
-        "--text-model", text_model,
-        "--image-input", f"{data}/images/*",
-        "--image-input", f"{data}/manifest.csv",
-        "--image-id-field", "key",
-        "--image-model", image_model,
-        "--passthrough", "label",
-        "--run-id", "same-run",
-        "--max-failed-fraction", "1",  # the manifest names a missing file on purpose
-        "--read-split-bytes", "40",  # every file and the manifest in several ranges
+        "--output",
+        output,
+        "--text-input",
+        f"{data}/text/*",
+        "--text-model",
+        text_model,
+        "--image-input",
+        f"{data}/images/*",
+        "--image-input",
+        f"{data}/manifest.csv",
+        "--image-id-field",
+        "key",
+        "--image-model",
+        image_model,
+        "--passthrough",
+        "label",
+        "--run-id",
+        "same-run",
+        "--max-failed-fraction",
+        "1",  # the manifest names a missing file on purpose
+        "--read-split-bytes",
+        "40",  # every file and the manifest in several ranges
     ]
 
 
 def _weights_argv(output: str, data: str, weights: str) -> list[str]:
     return [
-        "--output", output,
-        "--image-input", f"{data}/images/*",
-        "--image-model", "MobileNet",
-        "--image-alpha", "0.25",
-        "--image-size", str(MOBILENET_SIZE),
-        "--image-weights", weights,
+        "--output",
+        output,
+        "--image-input",
+        f"{data}/images/*",
+        "--image-model",
+        "MobileNet",
+        "--image-alpha",
+        "0.25",
+        "--image-size",
+        str(MOBILENET_SIZE),
+        "--image-weights",
+        weights,
     ]
 
 
@@ -110,8 +136,14 @@ def runs(tmp_path_factory, gcs_emulator, tiny_text_model, tiny_image_model):
     run(_weights_argv(gs_weights_out, gs_data, gs_weights))
     run(_weights_argv(str(root / "out-weights"), str(data), str(weights)))
     return dict(
-        root=root, data=str(data), gs_data=gs_data, gs_out=gs_out, local_out=str(root / "out"),
-        gs_weights_out=gs_weights_out, local_weights_out=str(root / "out-weights"), weights=weights,
+        root=root,
+        data=str(data),
+        gs_data=gs_data,
+        gs_out=gs_out,
+        local_out=str(root / "out"),
+        gs_weights_out=gs_weights_out,
+        local_weights_out=str(root / "out-weights"),
+        weights=weights,
         gs_manifest=gs_manifest,
     )
 
@@ -182,9 +214,12 @@ def test_rerun_into_the_same_gcs_output_has_one_row_per_record(tmp_path, gcs_emu
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps({"id": f"r{i}", "text": f"good {i}"}) + "\n" for i in range(6)))
     argv = [
-        "--output", gcs_emulator.url("rerun", "out"),
-        "--text-input", gcs_emulator.upload(data, "rerun", "in.jsonl"),
-        "--text-model", gcs_emulator.upload(tiny_text_model, "rerun", "text.keras"),
+        "--output",
+        gcs_emulator.url("rerun", "out"),
+        "--text-input",
+        gcs_emulator.upload(data, "rerun", "in.jsonl"),
+        "--text-model",
+        gcs_emulator.upload(tiny_text_model, "rerun", "text.keras"),
     ]
     first = run(argv)
     stale = gcs_emulator.url("rerun", "out", "text", "part-00007-of-00009.parquet")
@@ -204,7 +239,11 @@ def test_rerun_into_the_same_gcs_output_has_one_row_per_record(tmp_path, gcs_emu
     [
         ("--text-input", "gs://{bucket}/config/none-*.jsonl", "matches no file"),
         ("--text-input", "gs://no-such-bucket-here/in-*.jsonl", "--text-input 'gs://no-such-bucket-here/in-*.jsonl'"),
-        ("--text-model", "gs://{bucket}/config/nope.keras", "--text-model 'gs://{bucket}/config/nope.keras': cannot read the model file (FileNotFoundError"),
+        (
+            "--text-model",
+            "gs://{bucket}/config/nope.keras",
+            "--text-model 'gs://{bucket}/config/nope.keras': cannot read the model file (FileNotFoundError",
+        ),
     ],
 )
 def test_configuration_errors_for_gcs_paths_name_the_flag_and_write_nothing(

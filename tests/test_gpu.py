@@ -26,6 +26,7 @@ ACCELERATOR = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
 
 # ---- Dockerfile.gpu ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def instructions():
     dockerfile = pytest.importorskip("dockerfile")  # Docker's Go parser (requirements-dev.txt)
@@ -84,7 +85,9 @@ def test_gpu_requirements_are_the_cpu_pins_with_tensorflows_cuda_build(instructi
     version = re.search(r"^tensorflow-cpu==(\S+)$", "\n".join(cpu), re.M).group(1)
     assert f"tensorflow[and-cuda]=={version}" in gpu
     assert not any(line.startswith("tensorflow-cpu") for line in gpu)
-    assert [line for line in cpu if not line.startswith("tensorflow-cpu")] == [line for line in gpu if not line.startswith("tensorflow[")]
+    assert [line for line in cpu if not line.startswith("tensorflow-cpu")] == [
+        line for line in gpu if not line.startswith("tensorflow[")
+    ]
 
 
 def test_hadolint_finds_nothing_in_either_dockerfile():
@@ -97,6 +100,7 @@ def test_hadolint_finds_nothing_in_either_dockerfile():
 
 
 # ---- devices ----------------------------------------------------------------------------------
+
 
 def test_nothing_in_the_job_pins_the_cpu():
     """TensorFlow places ops on GPU:0 when it sees one, unless the code hides it or pins a device."""
@@ -131,6 +135,7 @@ def test_a_worker_without_a_gpu_logs_the_cpu_and_why(caplog):
 
 # ---- the Dataflow job with GPU options ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def gpu_job(gcs_emulator, tiny_image_model, tmp_path_factory) -> dict:
     job = "embed-gpu"
@@ -138,14 +143,27 @@ def gpu_job(gcs_emulator, tiny_image_model, tmp_path_factory) -> dict:
     folder.mkdir()
     (folder / "dog.png").write_bytes(b"not decoded at build time")
     gcs_emulator.upload_tree(folder, job, "in")
-    return build_dataflow_template(gcs_emulator, job, GPU_IMAGE, [
-        "--dataflow_service_options", f"worker_accelerator={ACCELERATOR}",
-        "--machine_type", "n1-standard-8",
-        "--experiments", "no_use_multiple_sdk_containers", "--number_of_worker_harness_threads", "2",
-        "--image-input", gcs_emulator.url(job, "in", "*.png"),
-        "--image-model", gcs_emulator.upload(tiny_image_model, job, "models", "image.keras"),
-        "--image-batch-size", "128",
-    ])
+    return build_dataflow_template(
+        gcs_emulator,
+        job,
+        GPU_IMAGE,
+        [
+            "--dataflow_service_options",
+            f"worker_accelerator={ACCELERATOR}",
+            "--machine_type",
+            "n1-standard-8",
+            "--experiments",
+            "no_use_multiple_sdk_containers",
+            "--number_of_worker_harness_threads",
+            "2",
+            "--image-input",
+            gcs_emulator.url(job, "in", "*.png"),
+            "--image-model",
+            gcs_emulator.upload(tiny_image_model, job, "models", "image.keras"),
+            "--image-batch-size",
+            "128",
+        ],
+    )
 
 
 def _do_fn(pipeline, name: str):

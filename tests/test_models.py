@@ -9,8 +9,14 @@ from transforms.models import NETWORKS, ImageModelSpec, ModelConfigError, TextMo
 
 # The networks the issue names, each at a small input size so the test stays quick.
 REQUIRED = {
-    "MobileNet": 64, "MobileNetV2": 64, "MobileNetV3Small": 64, "MobileNetV3Large": 64,
-    "ResNet50": 64, "VGG16": 32, "InceptionV3": 75, "EfficientNetB0": 64,
+    "MobileNet": 64,
+    "MobileNetV2": 64,
+    "MobileNetV3Small": 64,
+    "MobileNetV3Large": 64,
+    "ResNet50": 64,
+    "VGG16": 32,
+    "InceptionV3": 75,
+    "EfficientNetB0": 64,
 }
 
 

@@ -46,8 +46,15 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def _cli(args: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", "run", *map(str, args)], cwd=PROJECT_ROOT, env=kwargs.pop("env", _ENV),
-                          capture_output=True, text=True, timeout=kwargs.pop("timeout", 300), **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", *map(str, args)],
+        cwd=PROJECT_ROOT,
+        env=kwargs.pop("env", _ENV),
+        capture_output=True,
+        text=True,
+        timeout=kwargs.pop("timeout", 300),
+        **kwargs,
+    )
 
 
 # ---- failure budget -------------------------------------------------------------------------
@@ -147,8 +154,14 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp
     data = _jsonl(tmp_path / "big.jsonl", 150_000)
     out = tmp_path / "out"
     args = ["--output", out, "--text-input", data, "--text-model", tiny_text_model]
-    first = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *map(str, args), "--run-id", "first-run"],
-                             cwd=PROJECT_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", *map(str, args), "--run-id", "first-run"],
+        cwd=PROJECT_ROOT,
+        env=_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (out / RUNNING_NAME).exists() and first.poll() is None and time.time() < deadline:
@@ -204,8 +217,11 @@ def test_a_truncated_keras_file_is_called_truncated(tmp_path, tiny_text_model, c
 
 @pytest.mark.parametrize("flag", ["--text-input", "--output", "--text-model"])
 def test_an_http_uri_is_named_as_unsupported(tmp_path, tiny_text_model, capsys, flag):
-    values = {"--output": str(tmp_path / "out"), "--text-input": str(_jsonl(tmp_path / "in.jsonl", 2)),
-              "--text-model": str(tiny_text_model)}
+    values = {
+        "--output": str(tmp_path / "out"),
+        "--text-input": str(_jsonl(tmp_path / "in.jsonl", 2)),
+        "--text-model": str(tiny_text_model),
+    }
     values[flag] = "http://example.com/thing.keras" if flag == "--text-model" else "http://example.com/data"
     assert main([a for k, v in values.items() for a in (k, v)]) == 2
     [line] = _error_lines(capsys.readouterr().err)
@@ -216,8 +232,22 @@ def test_an_http_uri_is_named_as_unsupported(tmp_path, tiny_text_model, capsys, 
 def test_weights_for_another_alpha_blame_the_weights_and_alpha(tmp_path, shared_data, capsys):
     weights = shared_data / "weights" / "mobilenet_2_5_224_tf_no_top.h5"  # made for alpha 0.25
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    code = main(["--output", str(tmp_path / "out"), "--image-input", str(tmp_path / "a.png"), "--image-model", "MobileNet",
-                 "--image-alpha", "0.5", "--image-size", "96", "--image-weights", str(weights)])
+    code = main(
+        [
+            "--output",
+            str(tmp_path / "out"),
+            "--image-input",
+            str(tmp_path / "a.png"),
+            "--image-model",
+            "MobileNet",
+            "--image-alpha",
+            "0.5",
+            "--image-size",
+            "96",
+            "--image-weights",
+            str(weights),
+        ]
+    )
     assert code == 2
     [line] = _error_lines(capsys.readouterr().err)
     assert line.startswith("error: --image-weights") and "--image-alpha 0.5" in line and "mobilenet_2_5_224" in line
@@ -251,20 +281,43 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, code, words", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+@pytest.mark.parametrize(
+    "signum, code, words", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")]
+)
 def test_a_signal_ends_a_multi_process_run_with_one_line_and_no_worker_left(tmp_path, tiny_text_model, signum, code, words):
     data = _jsonl(tmp_path / "big.jsonl", 300_000)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--output", str(out), "--text-input", str(data), "--text-model",
-         str(tiny_text_model), "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
-        cwd=PROJECT_ROOT, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--output",
+            str(out),
+            "--text-input",
+            str(data),
+            "--text-model",
+            str(tiny_text_model),
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ],
+        cwd=PROJECT_ROOT,
+        env=_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         workers: set[int] = set()
         deadline = time.time() + 180
         while len(workers) < 2 and process.poll() is None and time.time() < deadline:
-            workers = {p for p in descendants(process.pid) if b"sdk_worker_main" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()}
+            workers = {
+                p for p in descendants(process.pid) if b"sdk_worker_main" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()
+            }
             time.sleep(0.1)
         assert workers, "no worker process started"
         time.sleep(2)
@@ -339,12 +392,14 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
 
     from gcs_emulator import _fake_credentials
 
-    server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         endpoint = f"http://127.0.0.1:{int(server.stdout.readline())}"
-        bucket = storage.Client(project="p", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": endpoint}).bucket("outage")
+        bucket = storage.Client(
+            project="p", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+        ).bucket("outage")
         rng = np.random.RandomState(0)
         uris = []
         for i in range(24):
@@ -355,12 +410,34 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
         listing = tmp_path / "list.csv"
         listing.write_text("uri\n" + "\n".join(uris) + "\n")
         out = tmp_path / "out" if output_on == "local" else "gs://outage/out"
-        env = dict(_ENV, STORAGE_EMULATOR_HOST=endpoint, GOOGLE_CLOUD_PROJECT="p",
-                   GOOGLE_APPLICATION_CREDENTIALS=_fake_credentials(str(tmp_path)))
+        env = dict(
+            _ENV,
+            STORAGE_EMULATOR_HOST=endpoint,
+            GOOGLE_CLOUD_PROJECT="p",
+            GOOGLE_APPLICATION_CREDENTIALS=_fake_credentials(str(tmp_path)),
+        )
         run = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run", "--output", str(out), "--image-input", str(listing),
-             "--image-model", str(tiny_image_model), "--image-batch-size", "2", "--storage-timeout", "10"],
-            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "run",
+                "--output",
+                str(out),
+                "--image-input",
+                str(listing),
+                "--image-model",
+                str(tiny_image_model),
+                "--image-batch-size",
+                "2",
+                "--storage-timeout",
+                "10",
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         # kill storage once the run is under way: the pipeline created its local temp folder, or
         # (gs:// output) the run claimed its output folder
@@ -393,7 +470,9 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
 def test_the_tools_refuse_a_failed_run_in_one_line(tmp_path, tiny_text_model, capsys):
     data = _jsonl(tmp_path / "in.jsonl", 10)
     out = tmp_path / "out"
-    assert main(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--text-field", "nope"]) == 1
+    assert (
+        main(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--text-field", "nope"]) == 1
+    )
     capsys.readouterr()
     from pipeline import cli
 
@@ -426,9 +505,21 @@ def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):
 def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path):
     """SIGINT while the CLI is still importing its libraries: one `error:` line, exit 130."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--output", str(tmp_path / "out"),
-         "--text-input", str(tmp_path / "none.jsonl"), "--text-model", str(tmp_path / "none.keras")],
-        cwd=PROJECT_ROOT, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--output",
+            str(tmp_path / "out"),
+            "--text-input",
+            str(tmp_path / "none.jsonl"),
+            "--text-model",
+            str(tmp_path / "none.keras"),
+        ],
+        cwd=PROJECT_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(0.5)  # inside `import apache_beam` / TensorFlow, well before the run starts
     process.send_signal(signal.SIGINT)

@@ -36,21 +36,33 @@ def installed(tmp_path_factory) -> dict:
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     built = subprocess.run(
         pip + ["wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", str(root / "dist"), str(source)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((root / "dist").glob("*.whl"))
     site = root / "site"
-    done = subprocess.run(pip + ["install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        pip + ["install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"wheel": wheel, "site": site, "root": root}
 
 
 def _script(installed, *args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(installed["site"]))
-    return subprocess.run([str(installed["site"] / "bin" / "beam-embeddings"), *args], capture_output=True, text=True,
-                          env=env, cwd=installed["root"], timeout=300)
+    return subprocess.run(
+        [str(installed["site"] / "bin" / "beam-embeddings"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=installed["root"],
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -76,7 +88,10 @@ def test_console_script_runs_from_the_installed_package(installed):
     assert helped.returncode == 0, helped.stderr
     assert "run " in helped.stdout and "train-text" in helped.stdout
     where = subprocess.run(
-        [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=str(installed["site"])), cwd=installed["root"],
+        [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(installed["site"])),
+        cwd=installed["root"],
     )
     assert where.stdout.strip().startswith(str(installed["site"]))  # the installed copy, not the checkout

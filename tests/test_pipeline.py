@@ -82,17 +82,28 @@ def finished_run(tmp_path_factory, tiny_text_model, tiny_image_model):
     manifest_csv = root / "manifest.csv"
     manifest_csv.write_text("uri,label,key\nimages/img0.jpg,cat,k0\nimages/img1.png,dog,k1\nimages/missing.jpg,cat,k9\n")
     out = root / "out"
-    result = run([
-        "--output", str(out),
-        "--text-input", str(root / "text" / "*"),
-        "--text-model", str(tiny_text_model),
-        "--image-input", str(root / "images" / "*"),
-        "--image-input", str(manifest_csv),
-        "--image-id-field", "key",
-        "--image-model", str(tiny_image_model),
-        "--passthrough", "label",
-        "--max-failed-fraction", "1",  # bad records on purpose: a third of them
-    ])
+    result = run(
+        [
+            "--output",
+            str(out),
+            "--text-input",
+            str(root / "text" / "*"),
+            "--text-model",
+            str(tiny_text_model),
+            "--image-input",
+            str(root / "images" / "*"),
+            "--image-input",
+            str(manifest_csv),
+            "--image-id-field",
+            "key",
+            "--image-model",
+            str(tiny_image_model),
+            "--passthrough",
+            "label",
+            "--max-failed-fraction",
+            "1",  # bad records on purpose: a third of them
+        ]
+    )
     return dict(root=root, out=out, good_texts=good_texts, images=images, manifest=result)
 
 
@@ -197,9 +208,7 @@ def test_reader_refuses_a_folder_without_manifest(tmp_path, tiny_text_model):
         (["--text-input", "{data}", "--text-model", "{text_model}", "--no-such-flag", "1"], "--no-such-flag"),
     ],
 )
-def test_configuration_errors_name_the_flag_and_write_nothing(
-    tmp_path, capsys, tiny_text_model, tiny_image_model, argv, message
-):
+def test_configuration_errors_name_the_flag_and_write_nothing(tmp_path, capsys, tiny_text_model, tiny_image_model, argv, message):
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"id": "a", "text": "good"}) + "\n")
     values = dict(data=str(data), tmp=str(tmp_path), text_model=str(tiny_text_model), image_model=str(tiny_image_model))

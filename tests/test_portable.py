@@ -35,7 +35,6 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-
 class LoopbackGrpc:
     """The grpc module as Beam sees it, except that servers bind 127.0.0.1 instead of [::]."""
 
@@ -54,7 +53,9 @@ class LoopbackGrpc:
 
 # The worker pool: loopback only (the same class), on a free port that it reports; runs until its
 # stdin closes. Each StartWorker request becomes an SDK worker process (`python -c "...SdkHarness..."`).
-_WORKER_POOL = inspect.getsource(LoopbackGrpc) + '''
+_WORKER_POOL = (
+    inspect.getsource(LoopbackGrpc)
+    + """
 import sys
 import grpc
 from apache_beam.runners.worker import worker_pool_main
@@ -64,7 +65,8 @@ address, server = worker_pool_main.BeamFnExternalWorkerPoolServicer.start(use_pr
 print(address.rsplit(":", 1)[1], flush=True)
 sys.stdin.read()
 server.stop(1).wait(5)
-'''
+"""
+)
 
 
 def _listening_sockets() -> dict[str, tuple[str, int]]:
@@ -161,8 +163,12 @@ def worker_pool():
         PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),  # workers run `python`
     )
     pool = subprocess.Popen(
-        [sys.executable, "-c", _WORKER_POOL], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        cwd=PROJECT_ROOT, env=env,
+        [sys.executable, "-c", _WORKER_POOL],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env=env,
     )
     try:
         port = pool.stdout.readline().strip()
@@ -195,18 +201,26 @@ def _rows(output: pathlib.Path, modality: str) -> dict:
     return {row.pop("id"): row for row in read_embeddings(str(output), modality).to_pylist()}
 
 
-def test_external_worker_pool_output_equals_the_direct_runner(tmp_path, monkeypatch, worker_pool, tiny_text_model, tiny_image_model):
+def test_external_worker_pool_output_equals_the_direct_runner(
+    tmp_path, monkeypatch, worker_pool, tiny_text_model, tiny_image_model
+):
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
     port, pool_pid = worker_pool
     _write_inputs(tmp_path)
     job = [
-        "--text-input", str(tmp_path / "text" / "*"),
-        "--text-model", str(tiny_text_model),
-        "--image-input", str(tmp_path / "images" / "*"),
-        "--image-model", str(tiny_image_model),
-        "--image-batch-size", "2",
-        "--max-failed-fraction", "1",  # a bad record per modality on purpose
+        "--text-input",
+        str(tmp_path / "text" / "*"),
+        "--text-model",
+        str(tiny_text_model),
+        "--image-input",
+        str(tmp_path / "images" / "*"),
+        "--image-model",
+        str(tiny_image_model),
+        "--image-batch-size",
+        "2",
+        "--max-failed-fraction",
+        "1",  # a bad record per modality on purpose
     ]
     # The runner's servers (in this process) on loopback; workers reach them at localhost, not at
     # socket.getfqdn() (Beam's default for EXTERNAL workers, which need not resolve to loopback).
@@ -214,11 +228,21 @@ def test_external_worker_pool_output_equals_the_direct_runner(tmp_path, monkeypa
     monkeypatch.setattr(worker_handlers.ExternalWorkerHandler, "host_from_worker", lambda self: "localhost")
     started = time.monotonic()
     with ListenerWatch([os.getpid(), pool_pid]) as watch:
-        portable = run(job + [
-            "--output", str(tmp_path / "portable"),
-            "--runner", "PortableRunner", "--job_endpoint", "embed",
-            "--environment_type", "EXTERNAL", "--environment_config", f"127.0.0.1:{port}",
-        ])
+        portable = run(
+            job
+            + [
+                "--output",
+                str(tmp_path / "portable"),
+                "--runner",
+                "PortableRunner",
+                "--job_endpoint",
+                "embed",
+                "--environment_type",
+                "EXTERNAL",
+                "--environment_config",
+                f"127.0.0.1:{port}",
+            ]
+        )
     portable_seconds = time.monotonic() - started
     monkeypatch.undo()
     direct = run(job + ["--output", str(tmp_path / "direct")])

@@ -69,8 +69,20 @@ def run(tmp_path_factory, shared_data) -> dict:
     keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="sentiment")(x)).save(model)
 
     out = folder / "out"
-    argv = [sys.executable, "-m", "pipeline", "run", "--output", str(out), "--text-input", str(data),
-            "--text-model", str(model), "--passthrough", "label"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--output",
+        str(out),
+        "--text-input",
+        str(data),
+        "--text-model",
+        str(model),
+        "--passthrough",
+        "label",
+    ]
     done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((out / "_MANIFEST.json").read_text())
@@ -130,9 +142,13 @@ def test_whole_folder_reads_never_trip_on_the_index_or_projector_files(run, tmp_
     """After `build-index` (writes OUT/index/) and `export-projector`, the Parquet folders still
     hold only embedding rows: a whole-folder read gives every record exactly once."""
     pytest.importorskip("faiss")
-    for argv in (["build-index", "--embeddings", str(run["out"])],
-                 ["export-projector", "--embeddings", str(run["out"]), "--out", str(tmp_path / "projector")]):
-        done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    for argv in (
+        ["build-index", "--embeddings", str(run["out"])],
+        ["export-projector", "--embeddings", str(run["out"]), "--out", str(tmp_path / "projector")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", *argv], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     assert (run["out"] / "index").is_dir()
     assert sorted(p.name for p in (run["out"] / "text").iterdir()) == sorted(

@@ -17,9 +17,9 @@ def readme_block(marker: str) -> str:
     """The ```python block that follows `marker` in README.md."""
     text = (PROJECT_ROOT / "README.md").read_text()
     assert marker in text, f"README.md lost the marker {marker!r}"
-    after = text[text.index(marker) + len(marker):]
+    after = text[text.index(marker) + len(marker) :]
     start = after.index("```python\n") + len("```python\n")
-    return after[start:after.index("\n```", start)] + "\n"
+    return after[start : after.index("\n```", start)] + "\n"
 
 
 @pytest.mark.slow
@@ -28,15 +28,18 @@ def test_library_example_runs_as_written(tmp_path, shared_data, tiny_text_model)
     (tmp_path / "models").mkdir()
     shutil.copy(tiny_text_model, tmp_path / "models" / "text.keras")
     (tmp_path / "weights").mkdir()
-    (tmp_path / "weights" / "mobilenet_2_5_224_tf_no_top.h5").symlink_to(shared_data / "weights" / "mobilenet_2_5_224_tf_no_top.h5")
+    (tmp_path / "weights" / "mobilenet_2_5_224_tf_no_top.h5").symlink_to(
+        shared_data / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+    )
     (tmp_path / "photos").mkdir()
     pictures = sorted((shared_data / "images" / "imagenette-sample").rglob("*.JPEG"))
     shutil.copy(pictures[0], tmp_path / "photos" / "cat.jpg")
     shutil.copy(pictures[-1], tmp_path / "photos" / "dog.jpg")
 
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    done = subprocess.run([sys.executable, "-c", readme_block(MARKER)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", readme_block(MARKER)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "embeddings.jsonl").read_text().splitlines())}

@@ -22,16 +22,26 @@ def _imagenette_run(shared_data, output, backend):
     weights = shared_data / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
     if not manifest.exists() or not weights.exists():
         pytest.skip("imagenette sample or MobileNet weights missing from ../shared/data")
-    result = run([
-        "--output", str(output),
-        "--image-input", str(manifest),
-        "--image-uri-field", "path",
-        "--image-model", "MobileNet",
-        "--image-alpha", "0.25",
-        "--image-weights", str(weights),
-        "--passthrough", "label",
-        "--image-backend", backend,
-    ])
+    result = run(
+        [
+            "--output",
+            str(output),
+            "--image-input",
+            str(manifest),
+            "--image-uri-field",
+            "path",
+            "--image-model",
+            "MobileNet",
+            "--image-alpha",
+            "0.25",
+            "--image-weights",
+            str(weights),
+            "--passthrough",
+            "label",
+            "--image-backend",
+            backend,
+        ]
+    )
     assert result["counts"]["image"] == {"read": 300, "embedded": 300, "failed": 0, "skipped": 0, "balanced": True}
     assert result["models"]["image"]["details"]["backend"] == backend
     table = read_embeddings(str(output), "image").sort_by("id")

@@ -62,7 +62,9 @@ def _inputs(root: pathlib.Path) -> list[str]:
 
 def _by_id(out: pathlib.Path, modality: str) -> dict:
     table = read_embeddings(str(out), modality)
-    return dict(zip(table.column("id").to_pylist(), (np.array(v, dtype=np.float32) for v in table.column("embedding").to_pylist())))
+    return dict(
+        zip(table.column("id").to_pylist(), (np.array(v, dtype=np.float32) for v in table.column("embedding").to_pylist()))
+    )
 
 
 @pytest.mark.slow
@@ -82,7 +84,11 @@ def test_two_workers_give_bit_identical_embeddings_and_listen_on_loopback_only(t
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        run(["--output", str(tmp_path / "two"), "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"] + inputs + models)
+        run(
+            ["--output", str(tmp_path / "two"), "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+            + inputs
+            + models
+        )
     finally:
         stop.set()
         watcher.join()
@@ -103,11 +109,22 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path,
         for i in range(200_000):
             f.write(json.dumps({"id": f"r{i}", "text": f"good film number {i}"}) + "\n")
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "pipeline", "run", "--output", str(out), "--text-input", str(data),
-            "--text-model", str(tiny_text_model)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--output",
+        str(out),
+        "--text-input",
+        str(data),
+        "--text-model",
+        str(tiny_text_model),
+    ]
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    process = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        argv, cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any((out / "text").glob("beam-temp-*")):
         time.sleep(0.05)  # wait until Parquet is being written, then kill the whole process group
@@ -150,15 +167,39 @@ def test_models_with_custom_code_need_the_unsafe_flag(tmp_path, capsys):
 def test_credentials_never_reach_the_logs(tmp_path, tiny_text_model):
     secret = "ya29.SECRET-TOKEN-do-not-print"
     credentials = tmp_path / "creds.json"
-    credentials.write_text(json.dumps({"type": "authorized_user", "client_id": "id", "client_secret": "s3cr3t-client",
-                                       "refresh_token": "r3fresh", "token": secret}))
+    credentials.write_text(
+        json.dumps(
+            {
+                "type": "authorized_user",
+                "client_id": "id",
+                "client_secret": "s3cr3t-client",
+                "refresh_token": "r3fresh",
+                "token": secret,
+            }
+        )
+    )
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"id": "a", "text": "good"}) + "\n")
     env = dict(os.environ, GOOGLE_APPLICATION_CREDENTIALS=str(credentials), PYTHONPATH=str(PROJECT_ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--verbose", "--output", str(tmp_path / "out"),
-         "--text-input", str(data), "--text-model", str(tiny_text_model)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--verbose",
+            "--output",
+            str(tmp_path / "out"),
+            "--text-input",
+            str(data),
+            "--text-model",
+            str(tiny_text_model),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     logs = done.stdout + done.stderr + (tmp_path / "out" / MANIFEST_NAME).read_text()

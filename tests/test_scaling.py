@@ -72,8 +72,12 @@ def _run_checks(current, prior, expected: dict, bits=2):
 
     with beam.Pipeline(runner=FnApiRunner()) as p:
         checked = (p | "Keys" >> beam.Create(batches + prior_batches, reshuffle=False)) | CheckTextRecords(bits)
-        out = p | "Trigger" >> beam.Create([None]) | beam.FlatMap(
-            answer, skips=beam.pvalue.AsMultiMap(checked["skips"]), duplicates=beam.pvalue.AsMultiMap(checked["duplicates"])
+        out = (
+            p
+            | "Trigger" >> beam.Create([None])
+            | beam.FlatMap(
+                answer, skips=beam.pvalue.AsMultiMap(checked["skips"]), duplicates=beam.pvalue.AsMultiMap(checked["duplicates"])
+            )
         )
         assert_that(out, check)
 
@@ -84,14 +88,18 @@ def test_duplicates_keep_the_first_occurrence_by_file_order_then_line_across_chu
         ("b.jsonl", 1, [1, 2, far], ["x", "y", "z"], None),
         ("a.jsonl", 0, [7, far + 1, CHUNK_LINES + 2], ["y", "x", "x"], None),
     ]
-    _run_checks(current, [], {
-        ("a.jsonl", 7): ("y", False, None),  # file order: a.jsonl (index 0) comes first
-        ("b.jsonl", 2): ("y", False, ("a.jsonl", 7)),
-        ("a.jsonl", CHUNK_LINES + 2): ("x", False, None),
-        ("a.jsonl", far + 1): ("x", False, ("a.jsonl", CHUNK_LINES + 2)),
-        ("b.jsonl", 1): ("x", False, ("a.jsonl", CHUNK_LINES + 2)),
-        ("b.jsonl", far): ("z", False, None),
-    })
+    _run_checks(
+        current,
+        [],
+        {
+            ("a.jsonl", 7): ("y", False, None),  # file order: a.jsonl (index 0) comes first
+            ("b.jsonl", 2): ("y", False, ("a.jsonl", 7)),
+            ("a.jsonl", CHUNK_LINES + 2): ("x", False, None),
+            ("a.jsonl", far + 1): ("x", False, ("a.jsonl", CHUNK_LINES + 2)),
+            ("b.jsonl", 1): ("x", False, ("a.jsonl", CHUNK_LINES + 2)),
+            ("b.jsonl", far): ("z", False, None),
+        },
+    )
 
 
 def test_unchanged_records_are_skipped_by_bitmaps_and_changed_ones_are_not():
@@ -100,20 +108,29 @@ def test_unchanged_records_are_skipped_by_bitmaps_and_changed_ones_are_not():
     contents = ["ha", "hb", "hc", "hd", "he"]
     prior = [(["a", "b", "d", "zzz"], ["ha", "CHANGED", "hd", "hz"]), (["e"], ["he"])]
     skipped = [True, False, False, True, True]  # b changed, c is new
-    _run_checks([("t.jsonl", 0, lines, ids, contents)], prior,
-                {("t.jsonl", line): (i, skip, None) for line, i, skip in zip(lines, ids, skipped)})
+    _run_checks(
+        [("t.jsonl", 0, lines, ids, contents)],
+        prior,
+        {("t.jsonl", line): (i, skip, None) for line, i, skip in zip(lines, ids, skipped)},
+    )
 
 
 def test_image_refs_travel_with_the_earlier_keys_of_their_id(tmp_path):
     import pyarrow.parquet as pq
 
     earlier = tmp_path / "part-0.parquet"
-    pq.write_table(pa.table({"id": ["a", "b", "b"], "content_sha256": ["ca", "cb1", "cb2"],
-                             "model_sha256": [MODEL] * 3, "embedding": [[0.0]] * 3}), earlier)
+    pq.write_table(
+        pa.table(
+            {"id": ["a", "b", "b"], "content_sha256": ["ca", "cb1", "cb2"], "model_sha256": [MODEL] * 3, "embedding": [[0.0]] * 3}
+        ),
+        earlier,
+    )
     refs = [ImageRef("a", "/x/a.png"), ImageRef("b", "/x/b.png"), ImageRef("c", "/x/c.png")]
-    expected = [(refs[0], (int(content_keys(["ca"], MODEL)[0]),)),
-                (refs[1], tuple(sorted(int(k) for k in content_keys(["cb1", "cb2"], MODEL)))),
-                (refs[2], ())]
+    expected = [
+        (refs[0], (int(content_keys(["ca"], MODEL)[0]),)),
+        (refs[1], tuple(sorted(int(k) for k in content_keys(["cb1", "cb2"], MODEL)))),
+        (refs[2], ()),
+    ]
     with beam.Pipeline(runner=FnApiRunner()) as p:
         joined = p | beam.Create(refs) | AttachPriorKeys([str(earlier)], bits=2)
         assert_that(joined | beam.Map(lambda pair: (pair[0], tuple(sorted(pair[1])))), equal_to(expected))
@@ -174,16 +191,32 @@ def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, ti
     with FileSystems.create(fileio.join(earlier, "_MANIFEST.json")) as handle:
         handle.write(json.dumps(manifest).encode())
     location = gcs_emulator.url(job, "template", "embed.json")
-    modality = ["--image-input", gcs_emulator.url(job, "in", "*.png"), "--image-input", gcs_emulator.url(job, "in", "images.csv"),
-                "--image-model", image_model]
+    modality = [
+        "--image-input",
+        gcs_emulator.url(job, "in", "*.png"),
+        "--image-input",
+        gcs_emulator.url(job, "in", "images.csv"),
+        "--image-model",
+        image_model,
+    ]
     if request.param == "carry-over":
         modality.append("--carry-over")
     argv = _dataflow_flags(gcs_emulator, job) + [
-        "--output", gcs_emulator.url(job, "out"),
-        "--text-input", gcs_emulator.url(job, "in", "*.jsonl"), "--text-model", text_model,
-        "--incremental-from", earlier, *modality,
-        "--sdk_container_image", "europe-docker.pkg.dev/p/beam/embeddings:0.1.0", "--sdk_location", "container",
-        "--template_location", location,
+        "--output",
+        gcs_emulator.url(job, "out"),
+        "--text-input",
+        gcs_emulator.url(job, "in", "*.jsonl"),
+        "--text-model",
+        text_model,
+        "--incremental-from",
+        earlier,
+        *modality,
+        "--sdk_container_image",
+        "europe-docker.pkg.dev/p/beam/embeddings:0.1.0",
+        "--sdk_location",
+        "container",
+        "--template_location",
+        location,
     ]
     assert _run_in_project_root(argv) == {}
     options = json.loads(_read(location))["environment"]["sdkPipelineOptions"]["options"]
@@ -210,13 +243,18 @@ def test_dataflow_job_side_inputs_carry_no_per_record_data(request, incremental_
             seen[(transform.unique_name, producer)] = side.access_pattern.urn
     consumers = {name for name, _ in seen}
     assert any(name.startswith("Text/EmbedText/") for name in consumers)  # the checks are wired, as multimaps
-    text_checks = {p.split("/")[2] for name, p in seen
-                   if name.startswith("Text/EmbedText/") and p.startswith("Text/CheckTextRecords/")}
+    text_checks = {
+        p.split("/")[2] for name, p in seen if name.startswith("Text/EmbedText/") and p.startswith("Text/CheckTextRecords/")
+    }
     assert text_checks == {"CheckBuckets", "SkipBitmaps"}  # duplicates and skips, both multimaps
     names = {t.unique_name for t in incremental_job.components.transforms.values()}
     assert {"Text/PriorTextKeys/PriorKeys", "Images/AttachPriorImageKeys/GroupRefBuckets"} <= names  # the joins are shuffles
-    carry = {"Text/CarryTextRows/GroupCarryRowGroups", "Text/CarryTextRows/ReadCarriedRows",
-             "Images/CarryImageRows/GroupCarryRowGroups", "Images/CarryImageRows/ReadCarriedRows"}  # carry-over: read by row group
+    carry = {
+        "Text/CarryTextRows/GroupCarryRowGroups",
+        "Text/CarryTextRows/ReadCarriedRows",
+        "Images/CarryImageRows/GroupCarryRowGroups",
+        "Images/CarryImageRows/ReadCarriedRows",
+    }  # carry-over: read by row group
     if request.node.callspec.params["incremental_job"] == "carry-over":
         assert carry <= names
     else:
@@ -296,12 +334,20 @@ def test_scale_benchmark_report_reads_growth_per_record_and_flags_targets():
     assert growth_bytes_per_record(small, large) == pytest.approx(200 * 1024 * 1024 / 4_000_000)
     assert growth_bytes_per_record(large, small) is None
     report = {
-        "stamp": "T", "sizes": [1_000_000, 5_000_000],
-        "runs": {"1000000": {"plain": small, "incremental": run(1_000_000, 950.0, 50, 20, 1_000_000)},
-                 "5000000": {"plain": large, "incremental": run(5_000_000, 1000.0, 500, 80, 5_000_000)}},
-        "summary": {"plain_growth_bytes_per_record": 52.4, "incremental_growth_bytes_per_record": 13.1,
-                    "incremental_speed_vs_plain_1000000": 2.0, "incremental_cpu_speed_vs_plain_1000000": 2.5,
-                    "incremental_speed_vs_plain_5000000": 0.8, "incremental_cpu_speed_vs_plain_5000000": 2.5},
+        "stamp": "T",
+        "sizes": [1_000_000, 5_000_000],
+        "runs": {
+            "1000000": {"plain": small, "incremental": run(1_000_000, 950.0, 50, 20, 1_000_000)},
+            "5000000": {"plain": large, "incremental": run(5_000_000, 1000.0, 500, 80, 5_000_000)},
+        },
+        "summary": {
+            "plain_growth_bytes_per_record": 52.4,
+            "incremental_growth_bytes_per_record": 13.1,
+            "incremental_speed_vs_plain_1000000": 2.0,
+            "incremental_cpu_speed_vs_plain_1000000": 2.5,
+            "incremental_speed_vs_plain_5000000": 0.8,
+            "incremental_cpu_speed_vs_plain_5000000": 2.5,
+        },
     }
     text = format_report(report)
     assert "plain: 52.4 bytes/record (target <= 40: ABOVE TARGET)" in text

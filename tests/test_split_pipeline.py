@@ -37,10 +37,29 @@ def test_one_file_is_embedded_by_both_worker_processes(tmp_path, tiny_text_model
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--output", str(out), "--text-input", str(data),
-         "--text-model", str(tiny_text_model), "--read-split-bytes", "16384",
-         "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--output",
+            str(out),
+            "--text-input",
+            str(data),
+            "--text-model",
+            str(tiny_text_model),
+            "--read-split-bytes",
+            "16384",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = read_manifest(str(out))
@@ -64,16 +83,29 @@ def _inputs(root: pathlib.Path) -> None:
     text.mkdir(parents=True)
     with open(text / "a.jsonl", "w") as f:
         for i in range(400):
-            f.write("{broken\n" if i == 77 else json.dumps({"id": f"j{i}" if i % 3 else "", "text": f"good film {i}", "label": i % 2}) + "\n")
+            f.write(
+                "{broken\n"
+                if i == 77
+                else json.dumps({"id": f"j{i}" if i % 3 else "", "text": f"good film {i}", "label": i % 2}) + "\n"
+            )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "text", "label"])
     for i in range(300):
-        writer.writerow([f"c{i}", f"great acting {i}" + ("\nsecond line, \"quoted\"" if i % 4 == 0 else ""), i % 2])
+        writer.writerow([f"c{i}", f"great acting {i}" + ('\nsecond line, "quoted"' if i % 4 == 0 else ""), i % 2])
     (text / "b.csv").write_text(buffer.getvalue())
     (text / "c.txt").write_text("".join(f"plain line {i}\n" for i in range(300)))
-    pq.write_table(pa.table({"id": [f"p{i}" for i in range(500)], "text": [f"awful plot {i}" for i in range(500)],
-                             "label": [str(i % 2) for i in range(500)]}), text / "d.parquet", row_group_size=50)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"p{i}" for i in range(500)],
+                "text": [f"awful plot {i}" for i in range(500)],
+                "label": [str(i % 2) for i in range(500)],
+            }
+        ),
+        text / "d.parquet",
+        row_group_size=50,
+    )
     images = root / "images"
     images.mkdir()
     for i in range(4):
@@ -85,16 +117,30 @@ def _inputs(root: pathlib.Path) -> None:
 @pytest.mark.slow
 def test_split_reads_equal_unsplit_reads_for_every_format(tmp_path, tiny_text_model, tiny_image_model):
     _inputs(tmp_path)
-    common = ["--text-input", str(tmp_path / "text" / "*"), "--text-model", str(tiny_text_model),
-              "--image-input", str(tmp_path / "manifest.csv"), "--image-id-field", "key",
-              "--image-model", str(tiny_image_model), "--passthrough", "label"]
+    common = [
+        "--text-input",
+        str(tmp_path / "text" / "*"),
+        "--text-model",
+        str(tiny_text_model),
+        "--image-input",
+        str(tmp_path / "manifest.csv"),
+        "--image-id-field",
+        "key",
+        "--image-model",
+        str(tiny_image_model),
+        "--passthrough",
+        "label",
+    ]
     whole = run(["--output", str(tmp_path / "whole")] + common)
     split = run(["--output", str(tmp_path / "split"), "--read-split-bytes", "300"] + common)
     assert whole["counts"] == split["counts"]
     assert whole["counts"]["text"] == {"read": 1500, "embedded": 1499, "failed": 1, "skipped": 0, "balanced": True}
     assert whole["counts"]["image"]["read"] == 121 and whole["counts"]["image"]["balanced"]
     for modality in ("text", "image"):
-        a, b = _by_id(read_embeddings(str(tmp_path / "whole"), modality)), _by_id(read_embeddings(str(tmp_path / "split"), modality))
+        a, b = (
+            _by_id(read_embeddings(str(tmp_path / "whole"), modality)),
+            _by_id(read_embeddings(str(tmp_path / "split"), modality)),
+        )
         assert a == b, modality
     text = _by_id(read_embeddings(str(tmp_path / "split"), "text"))
     assert text["a.jsonl:1"]["line"] == 1 and text["j1"]["line"] == 2 and text["c.txt:300"]["line"] == 300
@@ -118,8 +164,10 @@ def test_a_line_nested_100000_levels_deep_is_one_dead_letter(tmp_path, tiny_text
     data = tmp_path / "deep.jsonl"
     _deep_jsonl(data)
     out = tmp_path / "out"
-    code = main(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model),
-                 "--max-failed-fraction", "0.2"] + extra)  # 1 of 7 is over the default 0.1
+    code = main(
+        ["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--max-failed-fraction", "0.2"]
+        + extra
+    )  # 1 of 7 is over the default 0.1
     assert code == 0
     manifest = read_manifest(str(out))
     assert manifest["counts"]["text"] == {"read": 7, "embedded": 6, "failed": 1, "skipped": 0, "balanced": True}
@@ -143,14 +191,25 @@ def test_truncated_gzip_files_give_complete_records_and_one_truncation_dead_lett
         (folder / name).write_bytes(packed)
         complete[name] = zlib.decompressobj(31).decompress(packed).count(b"\n")
     out = tmp_path / "out"
-    manifest = run(["--output", str(out), "--text-input", str(folder / "*.gz"), "--text-model", str(tiny_text_model),
-                    "--allow-duplicate-ids"])
+    manifest = run(
+        [
+            "--output",
+            str(out),
+            "--text-input",
+            str(folder / "*.gz"),
+            "--text-model",
+            str(tiny_text_model),
+            "--allow-duplicate-ids",
+        ]
+    )
     counts = manifest["counts"]["text"]
     total = sum(complete.values())
     assert counts == {"read": total + 2, "embedded": total, "failed": 2, "skipped": 0, "balanced": True}
     errors = sorted((e["id"], e["error_type"], e["source"]) for e in read_errors(str(out)).to_pylist())
-    assert errors == [("cut.jsonl.gz:*", "TruncatedInput", str(folder / "cut.jsonl.gz")),
-                      ("cut.txt.gz:*", "TruncatedInput", str(folder / "cut.txt.gz"))]
+    assert errors == [
+        ("cut.jsonl.gz:*", "TruncatedInput", str(folder / "cut.jsonl.gz")),
+        ("cut.txt.gz:*", "TruncatedInput", str(folder / "cut.txt.gz")),
+    ]
     ids = set(read_embeddings(str(out), "text").column("id").to_pylist())
     for name, n in complete.items():  # every complete line, and never the cut fragment
         assert {i for i in ids if i.startswith(name + ":")} == {f"{name}:{line}" for line in range(1, n + 1)}
@@ -167,8 +226,20 @@ def test_three_spellings_of_one_glob_give_the_same_ids(tmp_path, monkeypatch, ti
     results = []
     for n, prefix in enumerate(["data", "./data", str(data)]):
         out = tmp_path / f"out{n}"
-        run(["--output", str(out), "--text-input", f"{prefix}/*/*.jsonl", "--text-model", str(tiny_text_model),
-             "--image-input", f"{prefix}/**/*.png", "--image-model", str(tiny_image_model)])
+        run(
+            [
+                "--output",
+                str(out),
+                "--text-input",
+                f"{prefix}/*/*.jsonl",
+                "--text-model",
+                str(tiny_text_model),
+                "--image-input",
+                f"{prefix}/**/*.png",
+                "--image-model",
+                str(tiny_image_model),
+            ]
+        )
         text = read_embeddings(str(out), "text")
         images = read_embeddings(str(out), "image")
         results.append((sorted(text.column("id").to_pylist()), sorted(images.column("id").to_pylist())))
@@ -186,7 +257,9 @@ def test_the_launcher_lists_each_input_pattern_once(tmp_path, monkeypatch, tiny_
     from transforms import splits
 
     for i in range(3):
-        (tmp_path / f"{i}.jsonl").write_text("".join(json.dumps({"id": f"{i}-{n}", "text": f"good film {n}"}) + "\n" for n in range(5)))
+        (tmp_path / f"{i}.jsonl").write_text(
+            "".join(json.dumps({"id": f"{i}-{n}", "text": f"good film {n}"}) + "\n" for n in range(5))
+        )
         Image.new("RGB", (20, 20), (i * 60, 10, 10)).save(tmp_path / f"{i}.png")
     texts, images = str(tmp_path / "*.jsonl"), str(tmp_path / "*.png")
     real = FileSystems.match
@@ -199,8 +272,20 @@ def test_the_launcher_lists_each_input_pattern_once(tmp_path, monkeypatch, tiny_
         return real(patterns, limits)
 
     monkeypatch.setattr(FileSystems, "match", staticmethod(match))
-    result = run(["--output", str(tmp_path / "out"), "--text-input", texts, "--text-model", str(tiny_text_model),
-                  "--image-input", images, "--image-model", str(tiny_image_model)])
+    result = run(
+        [
+            "--output",
+            str(tmp_path / "out"),
+            "--text-input",
+            texts,
+            "--text-model",
+            str(tiny_text_model),
+            "--image-input",
+            images,
+            "--image-model",
+            str(tiny_image_model),
+        ]
+    )
     assert result["counts"]["text"]["embedded"] == 15 and result["counts"]["image"]["embedded"] == 3
     assert calls["launcher"].count(texts) == 1 and calls["launcher"].count(images) == 1, calls["launcher"]
     assert calls["pipeline"].count(texts) >= 1 and calls["pipeline"].count(images) >= 1, calls["pipeline"]

@@ -62,7 +62,7 @@ def test_csv_quoted_fields_spanning_lines_split_at_record_boundaries(tmp_path):
     writer = csv.writer(buffer)
     writer.writerow(["id", "text", "label"])
     for i in range(200):
-        text = f"row {i}" + ("\nsecond line, with a comma\nand \"quotes\"" if i % 3 == 0 else "")
+        text = f"row {i}" + ('\nsecond line, with a comma\nand "quotes"' if i % 3 == 0 else "")
         writer.writerow([f"c{i}" if i % 5 else "", text, i % 2])
     path.write_text(buffer.getvalue())
     whole = _read(path)
@@ -73,10 +73,13 @@ def test_csv_quoted_fields_spanning_lines_split_at_record_boundaries(tmp_path):
     assert whole[0][0]["id"] == "b.csv:4"  # as before splitting: a multi-line record has the line where it ends
 
 
-@pytest.mark.parametrize("name,body", [
-    ("c.tsv", "id\ttext\n" + "".join(f"t{i}\ttext number {i}\n" for i in range(150))),
-    ("d.txt", "".join(f"plain line {i}\n" for i in range(150)) + "no newline at the end"),
-])
+@pytest.mark.parametrize(
+    "name,body",
+    [
+        ("c.tsv", "id\ttext\n" + "".join(f"t{i}\ttext number {i}\n" for i in range(150))),
+        ("d.txt", "".join(f"plain line {i}\n" for i in range(150)) + "no newline at the end"),
+    ],
+)
 def test_tsv_and_plain_lines_split_equal_whole(tmp_path, name, body):
     path = tmp_path / name
     path.write_text(body)
@@ -109,8 +112,12 @@ def _manifest_records(path, split_bytes):
     records = []
     for restriction in provider.split(plan, provider.initial_restriction(plan)):
         with splits.fileio.open_input(str(path)) as handle:
-            for parsed in splits.iter_range_records(plan, OffsetRestrictionTracker(restriction), handle, "utf-8", "uri", max_bytes=200):
-                records.append((parsed.line, (parsed.record or {}).get("uri"), type(parsed.error).__name__ if parsed.error else None))
+            for parsed in splits.iter_range_records(
+                plan, OffsetRestrictionTracker(restriction), handle, "utf-8", "uri", max_bytes=200
+            ):
+                records.append(
+                    (parsed.line, (parsed.record or {}).get("uri"), type(parsed.error).__name__ if parsed.error else None)
+                )
     return sorted(records)
 
 
@@ -192,7 +199,9 @@ def _big_body(name: str) -> str:
     return "".join(json.dumps({"text": f"line number {i} " + "x" * (i % 50)}) + "\n" for i in range(30000))
 
 
-@pytest.mark.parametrize("name,compress", [("g.txt.gz", gzip.compress), ("g.jsonl.gz", gzip.compress), ("g.jsonl.bz2", bz2.compress)])
+@pytest.mark.parametrize(
+    "name,compress", [("g.txt.gz", gzip.compress), ("g.jsonl.gz", gzip.compress), ("g.jsonl.bz2", bz2.compress)]
+)
 def test_truncated_compressed_files_keep_complete_records_and_say_truncated(tmp_path, name, compress):
     body = _big_body(name)
     data = _truncated(compress(body.encode()))
@@ -244,8 +253,13 @@ def test_a_200_mb_line_is_skipped_in_little_memory(tmp_path):
         peak = [int(l.split()[1]) for l in status.splitlines() if l.startswith("VmHWM:")]
         print(rows, errors, (peak[0] if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) // 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     peak_mb = int(out.stdout.split()[-1])
     assert out.stdout.startswith("2 ['RecordTooLarge']"), out.stdout
     assert peak_mb < 400, f"peak RSS {peak_mb} MB for a 200 MB line"

@@ -44,7 +44,7 @@ def test_fast_jsonl_path_equals_the_line_parser(tmp_path, bad, block):
     lines = _records(500)
     if bad:
         lines[123] = '{"id": "x", "text": '  # malformed
-        lines[321] = ""                     # blank
+        lines[321] = ""  # blank
         lines[400] = json.dumps({"id": "n", "text": None})
         lines[401] = json.dumps({"id": 1.5, "text": "float id"})
         lines[402] = json.dumps({"id": "nul", "text": "a\u0000b"})

@@ -25,8 +25,12 @@ def test_well_separated_clusters_score_perfectly(tmp_path, capsys):
     vectors, labels = _clusters(classes=5, per_class=30, dim=16, spread=0.1)
     run = write_run(tmp_path / "run", vectors, passthrough={"label": [f"c{y}" for y in labels]}, files=2, row_group_rows=16)
 
-    assert run_cli(evaluate, ["--embeddings", str(run), "--label-field", "label", "--block-rows", "7", "--batch-rows", "11",
-                              "--json"]) == 0
+    assert (
+        run_cli(
+            evaluate, ["--embeddings", str(run), "--label-field", "label", "--block-rows", "7", "--batch-rows", "11", "--json"]
+        )
+        == 0
+    )
 
     report = json.loads(capsys.readouterr().out)
     assert report["precision_at_1"] == 1.0
@@ -130,4 +134,6 @@ def test_the_default_output_is_a_table_with_the_json_numbers(tmp_path, capsys):
     assert f"{report['chance_precision']:.4f}" in rows["kNN precision@1"]
     assert f"{report['linear_probe']['accuracy']:.4f}" in rows["linear probe accuracy"]
     assert f"{report['linear_probe']['majority_accuracy']:.4f}" in rows["linear probe accuracy"]
-    assert not any(len(part) > 8 and part.replace(".", "").isdigit() for line in lines for part in line.split())  # no 0.49874686716791977
+    assert not any(
+        len(part) > 8 and part.replace(".", "").isdigit() for line in lines for part in line.split()
+    )  # no 0.49874686716791977

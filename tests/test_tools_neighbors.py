@@ -46,7 +46,7 @@ def test_running_top_k_over_chunks_equals_one_pass():
     scores = np.random.default_rng(1).normal(size=50)
     running = RunningTopK(5)
     for start in range(0, 50, 6):
-        running.push(scores[start:start + 6], np.arange(start, min(start + 6, 50)))
+        running.push(scores[start : start + 6], np.arange(start, min(start + 6, 50)))
     assert running.positions.tolist() == top_k(scores, 5).tolist()
     assert running.chunks == 9
 

@@ -39,8 +39,25 @@ def test_exported_files_parse_and_agree_with_the_run(tmp_path, run_and_vectors, 
     run, vectors = run_and_vectors
     out = tmp_path / "projector"
 
-    assert run_cli(projector, ["--embeddings", str(run), "--output", str(out), "--label-field", "label",
-                               "--max-points", "20", "--batch-rows", "3", "--json"]) == 0
+    assert (
+        run_cli(
+            projector,
+            [
+                "--embeddings",
+                str(run),
+                "--output",
+                str(out),
+                "--label-field",
+                "label",
+                "--max-points",
+                "20",
+                "--batch-rows",
+                "3",
+                "--json",
+            ],
+        )
+        == 0
+    )
 
     summary = json.loads(capsys.readouterr().out)
     assert summary["points"] == 20 and summary["rows"] == N

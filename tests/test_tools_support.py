@@ -57,16 +57,20 @@ def write_run(
         pq.write_table(table, folder / name, row_group_size=row_group_rows)
         relative.append(name)
     if manifest:
-        (folder / MANIFEST_NAME).write_text(json.dumps({
-            "status": "complete",
-            "run_id": run_id,
-            "finished_at": "2026-01-01T00:00:00+00:00",
-            "output": str(folder),
-            "files": {modality: relative},
-            "models": {modality: {"name": MODEL_NAME, "sha256": MODEL_SHA256, "dimension": d, "details": {}}},
-            "options": {"passthrough": list(passthrough)},
-            "counts": {modality: {"read": n, "embedded": n, "failed": 0, "skipped": 0, "balanced": True}},
-        }))
+        (folder / MANIFEST_NAME).write_text(
+            json.dumps(
+                {
+                    "status": "complete",
+                    "run_id": run_id,
+                    "finished_at": "2026-01-01T00:00:00+00:00",
+                    "output": str(folder),
+                    "files": {modality: relative},
+                    "models": {modality: {"name": MODEL_NAME, "sha256": MODEL_SHA256, "dimension": d, "details": {}}},
+                    "options": {"passthrough": list(passthrough)},
+                    "counts": {modality: {"read": n, "embedded": n, "failed": 0, "skipped": 0, "balanced": True}},
+                }
+            )
+        )
     return folder
 
 

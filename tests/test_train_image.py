@@ -53,13 +53,21 @@ def test_the_trainer_and_the_job_build_the_same_base_network(tmp_path):
 
     keras.utils.set_random_seed(3)
     weights = tmp_path / "random.weights.h5"
-    keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, include_top=False, pooling="avg",
-                                 weights=None).save_weights(weights)
-    config = ImageTrainingConfig(input=str(tmp_path), base="MobileNet", output=str(tmp_path / "m.keras"),
-                                 base_weights=str(weights), alpha=0.25, image_size=32)
+    keras.applications.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, include_top=False, pooling="avg", weights=None
+    ).save_weights(weights)
+    config = ImageTrainingConfig(
+        input=str(tmp_path),
+        base="MobileNet",
+        output=str(tmp_path / "m.keras"),
+        base_weights=str(weights),
+        alpha=0.25,
+        image_size=32,
+    )
     base = base_network(config)
-    embedder = load_image_embedder(ImageModelSpec("MobileNet", weights=str(weights), alpha=0.25, image_size=32,
-                                                  batch_size=3, backend="tensorflow"))
+    embedder = load_image_embedder(
+        ImageModelSpec("MobileNet", weights=str(weights), alpha=0.25, image_size=32, batch_size=3, backend="tensorflow")
+    )
     assert embedder.input_size == (32, 32) and embedder.dimension == base.output.shape[-1]
     job_weights = embedder._model.get_weights()  # the pooled network the job runs
     assert len(job_weights) == len(base.get_weights())
@@ -74,8 +82,9 @@ def test_the_trainer_and_the_job_build_the_same_base_network(tmp_path):
 
 
 def test_base_network_errors_name_the_trainers_flags(tmp_path):
-    config = ImageTrainingConfig(input=str(tmp_path), base="MobileNet", output=str(tmp_path / "m.keras"),
-                                 base_weights=str(tmp_path / "missing.h5"))
+    config = ImageTrainingConfig(
+        input=str(tmp_path), base="MobileNet", output=str(tmp_path / "m.keras"), base_weights=str(tmp_path / "missing.h5")
+    )
     with pytest.raises(ValueError, match="--image-weights .*missing.h5.*no such file"):
         base_network(config)
 
@@ -105,7 +114,12 @@ def test_bad_flags_fail_before_training(tmp_path, capsys):
     assert "--base 'NoSuchNet': unknown network" in capsys.readouterr().err
     assert run_cli(train_image, ["--input", str(root), "--base", "MobileNet", "--output", str(tmp_path / "m.h5")]) == 2
     assert "--output must end in .keras" in capsys.readouterr().err
-    assert run_cli(train_image, ["--input", str(root), "--base", "ResNet50", "--alpha", "0.5", "--output", str(tmp_path / "m.keras")]) == 2
+    assert (
+        run_cli(
+            train_image, ["--input", str(root), "--base", "ResNet50", "--alpha", "0.5", "--output", str(tmp_path / "m.keras")]
+        )
+        == 2
+    )
     assert "--image-alpha" in capsys.readouterr().err
 
 
@@ -117,15 +131,40 @@ def test_the_saved_model_is_safe_mode_loadable_and_the_job_embeds_with_its_embed
 
     root = _write_class_folders(tmp_path / "images")
     weights = tmp_path / "random.weights.h5"
-    keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, include_top=False, pooling="avg",
-                                 weights=None).save_weights(weights)
+    keras.applications.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, include_top=False, pooling="avg", weights=None
+    ).save_weights(weights)
     output = tmp_path / "models" / "colours.keras"
 
-    code = run_cli(train_image, [
-        "--input", str(root), "--base", "MobileNet", "--base-weights", str(weights), "--alpha", "0.25",
-        "--image-size", "32", "--embedding-dim", "16", "--epochs", "2", "--fine-tune-layers", "6",
-        "--fine-tune-epochs", "1", "--batch-size", "4", "--validation-split", "0.25", "--output", str(output),
-    ])
+    code = run_cli(
+        train_image,
+        [
+            "--input",
+            str(root),
+            "--base",
+            "MobileNet",
+            "--base-weights",
+            str(weights),
+            "--alpha",
+            "0.25",
+            "--image-size",
+            "32",
+            "--embedding-dim",
+            "16",
+            "--epochs",
+            "2",
+            "--fine-tune-layers",
+            "6",
+            "--fine-tune-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--validation-split",
+            "0.25",
+            "--output",
+            str(output),
+        ],
+    )
 
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
@@ -146,8 +185,9 @@ def test_the_saved_model_is_safe_mode_loadable_and_the_job_embeds_with_its_embed
     assert embedder.input_size == (32, 32) and embedder.dimension == 16
     pixels = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
     headless = keras.Model(model.inputs, model.get_layer("embedding").output)
-    np.testing.assert_allclose(embedder.embed(pixels), headless.predict(pixels.astype(np.float32), verbose=0),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        embedder.embed(pixels), headless.predict(pixels.astype(np.float32), verbose=0), rtol=1e-4, atol=1e-5
+    )
 
 
 def _cifar_manifest(path: pathlib.Path, root: pathlib.Path, first: int, stop: int) -> pathlib.Path:
@@ -175,26 +215,61 @@ def test_fine_tuning_beats_the_base_network_on_held_out_cifar_images(shared_data
     held_out = _cifar_manifest(tmp_path / "held_out.csv", root, 200, 250)
     model = tmp_path / "cifar.keras"
 
-    code = run_cli(train_image, [
-        "--input", str(train), "--base", "MobileNet", "--base-weights", str(weights), "--alpha", "0.25",
-        "--image-size", "96", "--epochs", "15", "--fine-tune-layers", "100", "--fine-tune-epochs", "8",
-        "--fine-tune-learning-rate", "3e-4", "--output", str(model),
-    ])
+    code = run_cli(
+        train_image,
+        [
+            "--input",
+            str(train),
+            "--base",
+            "MobileNet",
+            "--base-weights",
+            str(weights),
+            "--alpha",
+            "0.25",
+            "--image-size",
+            "96",
+            "--epochs",
+            "15",
+            "--fine-tune-layers",
+            "100",
+            "--fine-tune-epochs",
+            "8",
+            "--fine-tune-learning-rate",
+            "3e-4",
+            "--output",
+            str(model),
+        ],
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["train_images"] + report["val_images"] == 2000
     assert report["val_accuracy"] > 0.4  # chance is 0.1
 
     common = ["--image-input", str(held_out), "--passthrough", "label", "--image-batch-size", "50"]
-    run(["--output", str(tmp_path / "base"), "--image-model", "MobileNet", "--image-weights", str(weights),
-         "--image-alpha", "0.25", "--image-size", "96", *common])
+    run(
+        [
+            "--output",
+            str(tmp_path / "base"),
+            "--image-model",
+            "MobileNet",
+            "--image-weights",
+            str(weights),
+            "--image-alpha",
+            "0.25",
+            "--image-size",
+            "96",
+            *common,
+        ]
+    )
     run(["--output", str(tmp_path / "tuned"), "--image-model", str(model), *common])  # no preprocessing flag needed
     base = evaluate_embeddings(open_embeddings(str(tmp_path / "base")), "label")
     tuned = evaluate_embeddings(open_embeddings(str(tmp_path / "tuned")), "label")
 
-    print(f"\nheld-out precision@10: base {base['precision_at_10']:.4f}, fine-tuned {tuned['precision_at_10']:.4f}; "
-          f"precision@1: base {base['precision_at_1']:.4f}, fine-tuned {tuned['precision_at_1']:.4f}; "
-          f"val accuracy {report['val_accuracy']:.4f}")
+    print(
+        f"\nheld-out precision@10: base {base['precision_at_10']:.4f}, fine-tuned {tuned['precision_at_10']:.4f}; "
+        f"precision@1: base {base['precision_at_1']:.4f}, fine-tuned {tuned['precision_at_1']:.4f}; "
+        f"val accuracy {report['val_accuracy']:.4f}"
+    )
     assert base["evaluated"] == tuned["evaluated"] == 500
     assert tuned["model"] == "cifar.keras#embedding"
     assert base["precision_at_10"] > 0.25  # the pretrained base is far above chance already

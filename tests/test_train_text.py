@@ -26,8 +26,18 @@ from pipeline.train.text import (
 )
 
 REPORT_KEYS = {
-    "train_accuracy", "train_loss", "val_accuracy", "val_loss", "train_records", "val_records",
-    "bad_records", "vocabulary_size", "settings", "elapsed_seconds", "keras_version", "tensorflow_version",
+    "train_accuracy",
+    "train_loss",
+    "val_accuracy",
+    "val_loss",
+    "train_records",
+    "val_records",
+    "bad_records",
+    "vocabulary_size",
+    "settings",
+    "elapsed_seconds",
+    "keras_version",
+    "tensorflow_version",
 }
 _POSITIVE = ("good", "great")
 _NEGATIVE = ("bad", "awful")
@@ -78,8 +88,20 @@ def jsonl_corpus(tmp_path_factory) -> pathlib.Path:
 def trained(jsonl_corpus, tmp_path_factory):
     """One small model trained on the synthetic JSONL corpus: (config, returned report)."""
     out = tmp_path_factory.mktemp("model") / "nested" / "sentiment.keras"
-    config = _config("--input", str(jsonl_corpus), "--output", str(out), "--epochs", "8", "--embedding-dim", "16",
-                     "--batch-size", "16", "--learning-rate", "0.01")
+    config = _config(
+        "--input",
+        str(jsonl_corpus),
+        "--output",
+        str(out),
+        "--epochs",
+        "8",
+        "--embedding-dim",
+        "16",
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "0.01",
+    )
     return config, train_text_model(config)
 
 
@@ -92,7 +114,12 @@ def test_saved_model_loads_in_safe_mode_with_the_contract_layers(trained):
     config, _ = trained
     model = keras.saving.load_model(config.output, safe_mode=True)
     assert [layer.name for layer in model.layers] == [
-        "text", "vectorize", "embedding", "text_embedding", "dropout", "sentiment",
+        "text",
+        "vectorize",
+        "embedding",
+        "text_embedding",
+        "dropout",
+        "sentiment",
     ]
     assert model.get_layer("embedding").input_dim == config.vocab_size
     assert model.get_layer("embedding").output_dim == 16
@@ -137,8 +164,7 @@ def test_text_without_tokens_embeds_as_nan(trained):
     import tensorflow as tf
 
     config, _ = trained
-    embeddings = np.asarray(_embedder(keras.saving.load_model(config.output, safe_mode=True))(
-        tf.constant([[""], ["  ?!... "]])))
+    embeddings = np.asarray(_embedder(keras.saving.load_model(config.output, safe_mode=True))(tf.constant([[""], ["  ?!... "]])))
     assert np.isnan(embeddings).all()
 
 
@@ -150,7 +176,8 @@ def test_easy_synthetic_data_is_learnt(trained):
     assert report["val_accuracy"] >= 0.95
     assert report["train_accuracy"] >= 0.95
     scores = keras.saving.load_model(config.output, safe_mode=True).predict(
-        tf.constant([["a great movie"], ["an awful movie"]]), verbose=0)
+        tf.constant([["a great movie"], ["an awful movie"]]), verbose=0
+    )
     assert scores[0, 0] > 0.5 > scores[1, 0]
 
 
@@ -183,8 +210,16 @@ def test_vocabulary_comes_from_the_train_part_only(tmp_path):
     order = np.random.default_rng(0).permutation(100)  # validation = the first 20 of this order
     rows[order[0]]["text"] += " zebra"
     rows[order[-1]]["text"] += " yak"
-    config = _config("--input", str(_write_jsonl(tmp_path / "r.jsonl", rows)), "--output", str(tmp_path / "m.keras"),
-                     "--epochs", "1", "--embedding-dim", "4")
+    config = _config(
+        "--input",
+        str(_write_jsonl(tmp_path / "r.jsonl", rows)),
+        "--output",
+        str(tmp_path / "m.keras"),
+        "--epochs",
+        "1",
+        "--embedding-dim",
+        "4",
+    )
     assert train_text_model(config)["val_records"] == 20
     vocabulary = keras.saving.load_model(config.output, safe_mode=True).get_layer("vectorize").get_vocabulary()
     assert "yak" in vocabulary
@@ -206,9 +241,26 @@ def test_csv_and_tsv_with_custom_fields_and_label_spellings(tmp_path):
         handle.write("review\tsentiment\n")
         for text, label in rows[100:]:
             handle.write(f"{text}\t{label}\n")
-    config = _config("--input", str(tmp_path / "*.csv"), "--input", str(tmp_path / "*.tsv"),
-                     "--text-field", "review", "--label-field", "sentiment", "--output", str(tmp_path / "m.keras"),
-                     "--epochs", "8", "--embedding-dim", "8", "--batch-size", "16", "--learning-rate", "0.01")
+    config = _config(
+        "--input",
+        str(tmp_path / "*.csv"),
+        "--input",
+        str(tmp_path / "*.tsv"),
+        "--text-field",
+        "review",
+        "--label-field",
+        "sentiment",
+        "--output",
+        str(tmp_path / "m.keras"),
+        "--epochs",
+        "8",
+        "--embedding-dim",
+        "8",
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "0.01",
+    )
     records = load_training_records(config)
     assert len(records.texts) == 200 and records.bad_records == 0
     assert list(records.labels) == [label for _, label in rows]
@@ -218,8 +270,14 @@ def test_csv_and_tsv_with_custom_fields_and_label_spellings(tmp_path):
 
 
 def test_jsonl_labels_may_be_ints_bools_or_strings(tmp_path):
-    rows = [{"text": "x a", "label": 1}, {"text": "x b", "label": True}, {"text": "x c", "label": "1"},
-            {"text": "x d", "label": 0}, {"text": "x e", "label": False}, {"text": "x f", "label": " 0 "}]
+    rows = [
+        {"text": "x a", "label": 1},
+        {"text": "x b", "label": True},
+        {"text": "x c", "label": "1"},
+        {"text": "x d", "label": 0},
+        {"text": "x e", "label": False},
+        {"text": "x f", "label": " 0 "},
+    ]
     config = _config("--input", str(_write_jsonl(tmp_path / "r.jsonl", rows)), "--output", str(tmp_path / "m.keras"))
     records = load_training_records(config)
     assert records.labels == (1, 1, 1, 0, 0, 0) and records.bad_records == 0
@@ -230,9 +288,18 @@ def test_labelled_lines_and_gzip_inputs(tmp_path):
     (tmp_path / "neg.txt").write_bytes("awful \u201cplot\u201d\r\nbad\r\n".encode("cp1252"))  # bytes 0x93/0x94
     with gzip.open(tmp_path / "more.jsonl.gz", "wt", encoding="cp1252") as handle:
         handle.write(json.dumps({"text": "fine", "label": 1}, ensure_ascii=False) + "\n")
-    config = _config("--labelled-lines", f"{tmp_path}/pos.txt=1", "--labelled-lines", f"{tmp_path}/neg.txt=0",
-                     "--input", str(tmp_path / "*.jsonl.gz"), "--encoding", "cp1252",
-                     "--output", str(tmp_path / "m.keras"))
+    config = _config(
+        "--labelled-lines",
+        f"{tmp_path}/pos.txt=1",
+        "--labelled-lines",
+        f"{tmp_path}/neg.txt=0",
+        "--input",
+        str(tmp_path / "*.jsonl.gz"),
+        "--encoding",
+        "cp1252",
+        "--output",
+        str(tmp_path / "m.keras"),
+    )
     records = load_training_records(config)
     assert records.texts == ("fine", "a caf\xe9 so good", "great fun", "awful \u201cplot\u201d", "bad")
     assert records.labels == (1, 1, 1, 0, 0)
@@ -264,15 +331,25 @@ BAD_LINES = [
 
 
 def test_bad_records_are_counted_with_their_reasons(tmp_path):
-    config = _config("--input", str(_with_bad_records(tmp_path, BAD_LINES)), "--output", str(tmp_path / "m.keras"),
-                     "--epochs", "1")
+    config = _config(
+        "--input", str(_with_bad_records(tmp_path, BAD_LINES)), "--output", str(tmp_path / "m.keras"), "--epochs", "1"
+    )
     records = load_training_records(config)
     assert len(records.texts) == 90
     assert records.bad_records == 10  # exactly 10%: allowed
     joined = "\n".join(records.bad_examples)
-    for reason in ("label 2 is not", "label 'yes'", "label None", "label 0.5", "label field 'label' is missing",
-                   "text field 'text' is missing", "text field 'text' is int, not a string", "has no word", "malformed JSON",
-                   "JSON line is a list"):
+    for reason in (
+        "label 2 is not",
+        "label 'yes'",
+        "label None",
+        "label 0.5",
+        "label field 'label' is missing",
+        "text field 'text' is missing",
+        "text field 'text' is int, not a string",
+        "has no word",
+        "malformed JSON",
+        "JSON line is a list",
+    ):
         assert reason in joined
     assert f"{tmp_path / 'mixed.jsonl'}:46: label 2" in joined  # file:line of the first bad line
     assert train_text_model(config)["bad_records"] == 10
@@ -286,8 +363,9 @@ def test_too_many_bad_records_fail_clearly(tmp_path, capsys):
     assert "11 of 101 records are bad" in err and "--max-bad-fraction" in err and "label 'maybe'" in err
     assert not (tmp_path / "m.keras").exists()
     # A looser threshold accepts them.
-    records = load_training_records(_config("--input", str(path), "--output", str(tmp_path / "m.keras"),
-                                            "--max-bad-fraction", "0.2"))
+    records = load_training_records(
+        _config("--input", str(path), "--output", str(tmp_path / "m.keras"), "--max-bad-fraction", "0.2")
+    )
     assert records.bad_records == 11
 
 
@@ -336,11 +414,11 @@ def test_output_must_be_a_keras_file(jsonl_corpus, tmp_path, capsys):
 def test_globs_must_match_files(tmp_path, jsonl_corpus):
     pattern = str(tmp_path / "nothing-*.jsonl")
     with pytest.raises(TrainingConfigError, match=re.escape(f"--input '{pattern}' matches no file")):
-        train_text.config_from_args(_args("--input", str(jsonl_corpus), "--input", pattern,
-                                          "--output", str(tmp_path / "m.keras")))
+        train_text.config_from_args(
+            _args("--input", str(jsonl_corpus), "--input", pattern, "--output", str(tmp_path / "m.keras"))
+        )
     with pytest.raises(TrainingConfigError, match="--labelled-lines '.*missing.txt' matches no file"):
-        train_text.config_from_args(_args("--labelled-lines", f"{tmp_path}/missing.txt=1",
-                                          "--output", str(tmp_path / "m.keras")))
+        train_text.config_from_args(_args("--labelled-lines", f"{tmp_path}/missing.txt=1", "--output", str(tmp_path / "m.keras")))
 
 
 def test_plain_text_input_points_to_labelled_lines(tmp_path):
@@ -356,10 +434,14 @@ def test_some_training_data_is_required(tmp_path):
 
 def test_defaults():
     args = _args("--output", "m.keras")
-    assert (args.vocab_size, args.sequence_length, args.embedding_dim, args.epochs, args.batch_size) == (
-        20000, 64, 64, 10, 64)
+    assert (args.vocab_size, args.sequence_length, args.embedding_dim, args.epochs, args.batch_size) == (20000, 64, 64, 10, 64)
     assert (args.validation_split, args.seed, args.encoding, args.text_field, args.label_field) == (
-        0.2, 0, "utf-8", "text", "label")
+        0.2,
+        0,
+        "utf-8",
+        "text",
+        "label",
+    )
 
 
 # --- reproducibility ----------------------------------------------------------------------------
@@ -369,8 +451,18 @@ def test_same_seed_gives_the_same_model(jsonl_corpus, tmp_path):
     import keras
 
     def run(name: str, seed: int):
-        config = _config("--input", str(jsonl_corpus), "--output", str(tmp_path / f"{name}.keras"), "--epochs", "3",
-                         "--embedding-dim", "8", "--seed", str(seed))
+        config = _config(
+            "--input",
+            str(jsonl_corpus),
+            "--output",
+            str(tmp_path / f"{name}.keras"),
+            "--epochs",
+            "3",
+            "--embedding-dim",
+            "8",
+            "--seed",
+            str(seed),
+        )
         report = train_text_model(config)
         return report, keras.saving.load_model(config.output, safe_mode=True).get_weights()
 
@@ -392,9 +484,18 @@ def test_same_seed_gives_the_same_model(jsonl_corpus, tmp_path):
 @pytest.mark.shared_data
 def test_rt_polarity_reaches_reference_accuracy(shared_data, tmp_path, capsys):
     sentiment = shared_data / "sentiment"
-    args = _args("--labelled-lines", f"{sentiment / 'rt-polarity.pos'}=1",
-                 "--labelled-lines", f"{sentiment / 'rt-polarity.neg'}=0",
-                 "--encoding", "cp1252", "--validation-split", "0.2", "--output", str(tmp_path / "rt.keras"))
+    args = _args(
+        "--labelled-lines",
+        f"{sentiment / 'rt-polarity.pos'}=1",
+        "--labelled-lines",
+        f"{sentiment / 'rt-polarity.neg'}=0",
+        "--encoding",
+        "cp1252",
+        "--validation-split",
+        "0.2",
+        "--output",
+        str(tmp_path / "rt.keras"),
+    )
     started = time.monotonic()
     assert train_text.main_from_args(args) == 0
     elapsed = time.monotonic() - started

@@ -44,17 +44,22 @@ def _write_run(out: pathlib.Path, tables: list[pa.Table], errors: list[ErrorReco
     """A miniature run: tables and dead letters written, then the manifest from their counts and files."""
     static = {"run_id": "test-run", "output": str(out), "models": {TEXT: {"name": "m.keras"}}}
     with BeamTestPipeline(runner="FnApiRunner") as p:
-        written = (p | "Tables" >> beam.Create(tables)
-                   | "WriteText" >> WriteTables(str(out / "text"), SCHEMA, row_group_rows=row_group_rows))
+        written = (
+            p
+            | "Tables" >> beam.Create(tables)
+            | "WriteText" >> WriteTables(str(out / "text"), SCHEMA, row_group_rows=row_group_rows)
+        )
         error_files = p | "Errors" >> beam.Create(errors, reshuffle=False) | "WriteErrors" >> WriteErrors(str(out / "errors"))
         files = (
-            (written | "TextNames" >> beam.Map(lambda f: ("text", f)), error_files | "ErrorNames" >> beam.Map(lambda f: ("errors", f)))
-            | "AllFiles" >> beam.Flatten()
-        )
+            written | "TextNames" >> beam.Map(lambda f: ("text", f)),
+            error_files | "ErrorNames" >> beam.Map(lambda f: ("errors", f)),
+        ) | "AllFiles" >> beam.Flatten()
         embedded = sum(t.num_rows for t in tables)
         counts = {"text_read": embedded + len(errors), "text_embedded": embedded, "text_failed": len(errors)}
-        _ = p | "Trigger" >> beam.Create([None]) | "Manifest" >> beam.ParDo(
-            WriteManifestFn(str(out), static), counts=counts, files=beam.pvalue.AsList(files)
+        _ = (
+            p
+            | "Trigger" >> beam.Create([None])
+            | "Manifest" >> beam.ParDo(WriteManifestFn(str(out), static), counts=counts, files=beam.pvalue.AsList(files))
         )
 
 

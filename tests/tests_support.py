@@ -82,10 +82,26 @@ def build_dataflow_template(emulator, job: str, sdk_image: str, flags: Sequence[
 
     location = emulator.url(job, "template", "embed.json")
     argv = [
-        "--runner", "DataflowRunner", "--project", DATAFLOW_PROJECT, "--region", "europe-west1", "--job_name", job,
-        "--temp_location", emulator.url(job, "temp"), "--staging_location", emulator.url(job, "staging"),
-        "--template_location", location, "--sdk_container_image", sdk_image, "--sdk_location", "container",
-        "--output", emulator.url(job, "out"),
+        "--runner",
+        "DataflowRunner",
+        "--project",
+        DATAFLOW_PROJECT,
+        "--region",
+        "europe-west1",
+        "--job_name",
+        job,
+        "--temp_location",
+        emulator.url(job, "temp"),
+        "--staging_location",
+        emulator.url(job, "staging"),
+        "--template_location",
+        location,
+        "--sdk_container_image",
+        sdk_image,
+        "--sdk_location",
+        "container",
+        "--output",
+        emulator.url(job, "out"),
         *flags,
     ]
     assert run(argv) == {}

@@ -19,8 +19,15 @@ from transforms import quiet as _quiet  # hides TensorFlow's C++ start-up lines 
 _quiet.install()
 
 __all__ = [
-    "EmbedText", "EmbedImages", "EmbedResult", "EmbedTextTables", "EmbedImageRefs", "EmbeddedTables",
-    "read_embeddings", "read_errors", "read_manifest",
+    "EmbedText",
+    "EmbedImages",
+    "EmbedResult",
+    "EmbedTextTables",
+    "EmbedImageRefs",
+    "EmbeddedTables",
+    "read_embeddings",
+    "read_errors",
+    "read_manifest",
 ]
 
 _HOMES = {

@@ -186,7 +186,7 @@ def _load(transform: str, loader, spec):
         return loader(spec)
     except ModelConfigError as exc:
         prefix = f"{exc.flag} {exc.value!r}: "
-        reason = str(exc)[len(prefix):] if str(exc).startswith(prefix) else str(exc)
+        reason = str(exc)[len(prefix) :] if str(exc).startswith(prefix) else str(exc)
         argument = _ARGUMENTS.get(exc.flag, exc.flag)
         raise ModelConfigError(f"{transform}({argument}=...)", exc.value, reason) from exc
 
@@ -291,17 +291,14 @@ class EmbedText(beam.PTransform):
         tables = (
             records
             | "BatchTextRecords" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-            | "TextRecordsToTables" >> beam.ParDo(
-                _TextRecordsToTableFn(self._text_field, self._id_field, self._passthrough)
-            ).with_outputs(ERRORS, main="tables")
+            | "TextRecordsToTables"
+            >> beam.ParDo(_TextRecordsToTableFn(self._text_field, self._id_field, self._passthrough)).with_outputs(
+                ERRORS, main="tables"
+            )
         )
         embedded = tables.tables | "EmbedTextTables" >> EmbedTextTables(self._spec, schema, self._normalize)
         embeddings = embedded.tables | "TextEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
-        errors = (
-            (tables[ERRORS], embedded.errors)
-            | "AllTextErrors" >> beam.Flatten()
-            | "TextErrorDicts" >> beam.Map(_error_dict)
-        )
+        errors = (tables[ERRORS], embedded.errors) | "AllTextErrors" >> beam.Flatten() | "TextErrorDicts" >> beam.Map(_error_dict)
         return EmbedResult(embeddings, errors)
 
 
@@ -330,7 +327,9 @@ class _ImageRecordToRefFn(beam.DoFn):
             return beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, IMAGE, source, "read", error_type, message))
 
         if record_id is None:
-            yield dead("MissingId", f"record has no {self._id_field!r} value and no {self._uri_field!r} to name it (set id_field)")
+            yield dead(
+                "MissingId", f"record has no {self._id_field!r} value and no {self._uri_field!r} to name it (set id_field)"
+            )
             return
         passthrough = {name: passthrough_value(record.get(name)) for name in self._passthrough}
         if data is not None:
@@ -344,7 +343,9 @@ class _ImageRecordToRefFn(beam.DoFn):
         elif uri is not None:
             yield ImageRef(id=record_id, uri=uri, passthrough=passthrough)
         else:
-            yield dead("InvalidRecord", f"record has neither a {self._uri_field!r} value nor {self._bytes_field!r} (set uri_field)")
+            yield dead(
+                "InvalidRecord", f"record has neither a {self._uri_field!r} value nor {self._bytes_field!r} (set uri_field)"
+            )
 
 
 class EmbedImages(beam.PTransform):
@@ -388,8 +389,14 @@ class EmbedImages(beam.PTransform):
             raise ValueError(f"EmbedImages: model must be a network name or a .keras file, got {model!r}")
         embedding_schema(IMAGE, 1, self._passthrough)  # a clashing passthrough name fails here
         self._spec = ImageModelSpec(
-            model=model, weights=weights, image_size=image_size, alpha=alpha, layer=layer, preprocess=preprocess,
-            batch_size=batch_size, unsafe_loading=unsafe_loading,
+            model=model,
+            weights=weights,
+            image_size=image_size,
+            alpha=alpha,
+            layer=layer,
+            preprocess=preprocess,
+            batch_size=batch_size,
+            unsafe_loading=unsafe_loading,
         )
         self._fields = (uri_field, bytes_field, id_field)
         self._normalize = normalize
@@ -408,14 +415,14 @@ class EmbedImages(beam.PTransform):
             _ImageRecordToRefFn(*self._fields, self._passthrough, self._max_bytes)
         ).with_outputs(ERRORS, main="refs")
         embedded = refs.refs | "EmbedImageRefs" >> EmbedImageRefs(
-            self._spec, schema, self._normalize, self._max_pixels, self._decode_threads, self._max_bytes,
+            self._spec,
+            schema,
+            self._normalize,
+            self._max_pixels,
+            self._decode_threads,
+            self._max_bytes,
             reshuffle=self._reshuffle,
         )
         embeddings = embedded.tables | "ImageEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
-        errors = (
-            (refs[ERRORS], embedded.errors)
-            | "AllImageErrors" >> beam.Flatten()
-            | "ImageErrorDicts" >> beam.Map(_error_dict)
-        )
+        errors = (refs[ERRORS], embedded.errors) | "AllImageErrors" >> beam.Flatten() | "ImageErrorDicts" >> beam.Map(_error_dict)
         return EmbedResult(embeddings, errors)
-

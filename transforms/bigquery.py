@@ -37,7 +37,9 @@ __all__ = [
 
 RUN_ID_COLUMN = "run_id"
 # PROJECT:DATASET.TABLE; the project may be domain-scoped (example.com:project).
-_TABLE = re.compile(r"^(?P<project>(?:[a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,61}[a-z0-9]):(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[A-Za-z0-9_-]{1,1000})$")
+_TABLE = re.compile(
+    r"^(?P<project>(?:[a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,61}[a-z0-9]):(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[A-Za-z0-9_-]{1,1000})$"
+)
 
 
 class BigQueryTableError(UserError, ValueError):
@@ -147,7 +149,8 @@ class WriteEmbeddingsToBigQuery(beam.PTransform):
         result = (
             tables
             | "ToBigQueryRows" >> beam.ParDo(TableToRowsFn(self._run_id))
-            | "LoadIntoBigQuery" >> WriteToBigQuery(
+            | "LoadIntoBigQuery"
+            >> WriteToBigQuery(
                 self._table,
                 schema=self._schema,
                 method=WriteToBigQuery.Method.FILE_LOADS,

@@ -68,8 +68,15 @@ def with_run_id(table: pa.Table, run_id: str, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def carried_table(earlier: pa.Table, rows: np.ndarray, paths: Sequence[str], path_of_row: np.ndarray,
-                  lines: np.ndarray, run_id: str, schema: pa.Schema) -> pa.Table:
+def carried_table(
+    earlier: pa.Table,
+    rows: np.ndarray,
+    paths: Sequence[str],
+    path_of_row: np.ndarray,
+    lines: np.ndarray,
+    run_id: str,
+    schema: pa.Schema,
+) -> pa.Table:
     """Rows `rows` of an earlier row group, in this run's `schema`, with the current source and line."""
     picked = earlier.take(pa.array(np.asarray(rows, dtype=np.int64)))
     n = picked.num_rows
@@ -114,7 +121,9 @@ class _CarryRowGroupFn(beam.DoFn):
                 earlier = parquet.read_row_group(group)
             finally:
                 parquet.close()
-        table = carried_table(earlier, np.concatenate(rows), paths, np.concatenate(path_of_row), np.concatenate(lines), run_id, self._schema)
+        table = carried_table(
+            earlier, np.concatenate(rows), paths, np.concatenate(path_of_row), np.concatenate(lines), run_id, self._schema
+        )
         self._carried.inc(table.num_rows)
         yield table
 

@@ -61,9 +61,7 @@ _WHITE = (255, 255, 255)
 _Box = tuple[float, float, float, float]  # left, upper, right, lower, as Image.resize takes it
 
 # What Pillow raises from a header or a decoder that meets broken or missing data.
-_PILLOW_DATA_ERRORS = (
-    OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error
-)
+_PILLOW_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 # EXIF orientation -> the transposition that puts it upright (as ImageOps.exif_transpose does).
 _ORIENTATION_TRANSPOSE = {
@@ -117,9 +115,7 @@ class ImageTooLarge(ImageDecodeError):
     """The header declares more pixels than allowed (a possible decompression bomb)."""
 
 
-def decode_image(
-    data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> np.ndarray:
+def decode_image(data: bytes, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode image bytes into a C-contiguous uint8 RGB array of shape `(height, width, 3)`."""
     height, width = _check_size(size)
     if max_pixels < 1:
@@ -181,17 +177,10 @@ def _unidentified_error(data: bytes) -> ImageDecodeError:
         return CorruptImage(f"corrupt or truncated {name} image: its header cannot be read")
     detected = _detect_other_format(data)
     if detected:
-        return UnsupportedImageFormat(
-            f"unsupported image format {detected}; supported formats: {_FORMATS_LIST}"
-        )
+        return UnsupportedImageFormat(f"unsupported image format {detected}; supported formats: {_FORMATS_LIST}")
     if _looks_like_text(data):
-        return UnsupportedImageFormat(
-            f"not an image: the data looks like text; supported formats: {_FORMATS_LIST}"
-        )
-    return UnsupportedImageFormat(
-        f"not an image in a supported format ({_FORMATS_LIST}); "
-        f"first bytes: {data[:8].hex(' ')}"
-    )
+        return UnsupportedImageFormat(f"not an image: the data looks like text; supported formats: {_FORMATS_LIST}")
+    return UnsupportedImageFormat(f"not an image in a supported format ({_FORMATS_LIST}); first bytes: {data[:8].hex(' ')}")
 
 
 def _supported_signature(data: bytes) -> Optional[str]:
@@ -241,9 +230,7 @@ def _looks_like_text(data: bytes) -> bool:
 def _check_format_and_size(img: Image.Image, max_pixels: int) -> None:
     """Reject formats outside the supported list and declared sizes over `max_pixels`."""
     if img.format not in _ACCEPTED_FORMATS:
-        raise UnsupportedImageFormat(
-            f"unsupported image format {img.format}; supported formats: {_FORMATS_LIST}"
-        )
+        raise UnsupportedImageFormat(f"unsupported image format {img.format}; supported formats: {_FORMATS_LIST}")
     width, height = img.size
     if width < 1 or height < 1:
         raise CorruptImage(f"corrupt {img.format} image: header declares {width}x{height} pixels")
@@ -263,9 +250,7 @@ def _exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
 
 
-def _draft_jpeg(
-    img: Image.Image, width: int, height: int, orientation: int
-) -> Optional[_Box]:
+def _draft_jpeg(img: Image.Image, width: int, height: int, orientation: int) -> Optional[_Box]:
     """Ask libjpeg to decode at the smallest 1/1..1/8 scale still at least the target size.
 
     Returns the box of the drafted image that covers the original picture (the last row and
@@ -276,9 +261,7 @@ def _draft_jpeg(
     return drafted[1] if drafted else None
 
 
-def _orient(
-    img: Image.Image, orientation: int, box: Optional[_Box]
-) -> tuple[Image.Image, Optional[_Box]]:
+def _orient(img: Image.Image, orientation: int, box: Optional[_Box]) -> tuple[Image.Image, Optional[_Box]]:
     """Transpose the loaded image upright, carrying the draft box along."""
     method = _ORIENTATION_TRANSPOSE.get(orientation)
     if method is None:
@@ -288,9 +271,7 @@ def _orient(
     return img.transpose(method), box
 
 
-def _transpose_box(
-    box: _Box, size: tuple[int, int], method: Image.Transpose
-) -> _Box:
+def _transpose_box(box: _Box, size: tuple[int, int], method: Image.Transpose) -> _Box:
     """Where `box` lands when an image of `size` is transposed by `method`."""
     x0, y0, x1, y1 = box
     w, h = size
@@ -306,9 +287,7 @@ def _transpose_box(
     }[method]
 
 
-def _resize_to_rgb_array(
-    img: Image.Image, box: Optional[_Box], width: int, height: int
-) -> np.ndarray:
+def _resize_to_rgb_array(img: Image.Image, box: Optional[_Box], width: int, height: int) -> np.ndarray:
     """Flatten to RGB (or L), stretch to the target with bilinear filtering, and export."""
     img = _to_rgb_or_grey(img)
     full = (0, 0, img.width, img.height)

@@ -174,8 +174,9 @@ def _smallest_unsigned(values: np.ndarray) -> np.ndarray:
     return values.astype(np.uint64)
 
 
-def _encode_rows(paths: list, indexes: list, part_of_row: np.ndarray, lines: np.ndarray,
-                 ikeys: np.ndarray, ckeys: Optional[np.ndarray]) -> KeyBatch:
+def _encode_rows(
+    paths: list, indexes: list, part_of_row: np.ndarray, lines: np.ndarray, ikeys: np.ndarray, ckeys: Optional[np.ndarray]
+) -> KeyBatch:
     """The compact KeyBatch of rows given with their path (index into `paths`) and line."""
     part_of_row = np.asarray(part_of_row, dtype=np.int64)
     lines = np.asarray(lines, dtype=np.int64)
@@ -187,8 +188,16 @@ def _encode_rows(paths: list, indexes: list, part_of_row: np.ndarray, lines: np.
     starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]]).astype(np.int64)
     deltas = np.diff(lines, prepend=lines[:1] if len(lines) else lines)
     deltas[starts] = 0
-    return ("cur", [paths[i] for i in used], [indexes[i] for i in used], counts[used], lines[starts],
-            _smallest_unsigned(deltas), ikeys, ckeys)
+    return (
+        "cur",
+        [paths[i] for i in used],
+        [indexes[i] for i in used],
+        counts[used],
+        lines[starts],
+        _smallest_unsigned(deltas),
+        ikeys,
+        ckeys,
+    )
 
 
 def key_batch_rows(batch: KeyBatch) -> tuple[list, list, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -207,8 +216,17 @@ def text_key_batch(path: str, file_index: int, lines, ikeys: np.ndarray, ckeys: 
     """(bucket, KeyBatch) slices of one batch of records of one file."""
     lines = np.asarray(lines, dtype=np.int64)
     for bucket, rows in split_by_bucket(ikeys, bits):
-        yield bucket, _encode_rows([path], [file_index], np.zeros(len(rows), np.int64), lines[rows], ikeys[rows],
-                                   None if ckeys is None else ckeys[rows])
+        yield (
+            bucket,
+            _encode_rows(
+                [path],
+                [file_index],
+                np.zeros(len(rows), np.int64),
+                lines[rows],
+                ikeys[rows],
+                None if ckeys is None else ckeys[rows],
+            ),
+        )
 
 
 def merge_key_batches(parts: Sequence[KeyBatch]) -> KeyBatch:
@@ -328,10 +346,18 @@ def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_o
     for picked in np.split(order, cuts):
         parts = part_of_row[rows[picked]]
         used, local = np.unique(parts, return_inverse=True)
-        yield beam.pvalue.TaggedOutput(CARRY_ROWS, (
-            (int(files[picked[0]]), int(groups[picked[0]])),
-            (in_group[picked].astype(np.uint32), [path_of_part[k] for k in used], _smallest_unsigned(local), _smallest_unsigned(lines[rows[picked]])),
-        ))
+        yield beam.pvalue.TaggedOutput(
+            CARRY_ROWS,
+            (
+                (int(files[picked[0]]), int(groups[picked[0]])),
+                (
+                    in_group[picked].astype(np.uint32),
+                    [path_of_part[k] for k in used],
+                    _smallest_unsigned(local),
+                    _smallest_unsigned(lines[rows[picked]]),
+                ),
+            ),
+        )
 
 
 def _check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, first_only: bool = True) -> Iterator:
@@ -425,15 +451,10 @@ class CheckTextRecords(beam.PTransform):
             keyed
             | "MergeSlices" >> beam.ParDo(MergeBucketSlices(self._bits))
             | "GroupKeyBuckets" >> beam.GroupByKey()
-            | "CheckBuckets" >> beam.FlatMap(_check_bucket, self._carry, self._first_only).with_outputs(
-                SKIP_LINES, CARRY_ROWS, main="duplicates"
-            )
+            | "CheckBuckets"
+            >> beam.FlatMap(_check_bucket, self._carry, self._first_only).with_outputs(SKIP_LINES, CARRY_ROWS, main="duplicates")
         )
-        skips = (
-            checked[SKIP_LINES]
-            | "GroupSkipChunks" >> beam.GroupByKey()
-            | "SkipBitmaps" >> beam.Map(_bitmap)
-        )
+        skips = checked[SKIP_LINES] | "GroupSkipChunks" >> beam.GroupByKey() | "SkipBitmaps" >> beam.Map(_bitmap)
         return {"duplicates": checked.duplicates, "skips": skips, "carry": checked[CARRY_ROWS]}
 
 
@@ -499,7 +520,9 @@ def _split(occurrences: tuple[list, list, list], buckets: int) -> Iterator[tuple
     ids, sources, lines = occurrences
     if not ids:
         return
-    table = pa.table({"id": pa.array(ids, pa.string()), "source": pa.array(sources, pa.string()), "line": pa.array(lines, pa.int64())})
+    table = pa.table(
+        {"id": pa.array(ids, pa.string()), "source": pa.array(sources, pa.string()), "line": pa.array(lines, pa.int64())}
+    )
     keys = _bucket_of(ids, buckets)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
@@ -516,7 +539,9 @@ def _repeats(bucket: tuple[int, Iterable[pa.Table]]) -> Iterator[tuple[str, Occu
     repeated = counts.filter(pc.greater(counts.column("id_count"), 1)).column("id")
     if len(repeated) == 0:
         return
-    rows = table.filter(pc.is_in(table.column("id"), value_set=repeated)).sort_by([("id", "ascending"), ("source", "ascending"), ("line", "ascending")])
+    rows = table.filter(pc.is_in(table.column("id"), value_set=repeated)).sort_by(
+        [("id", "ascending"), ("source", "ascending"), ("line", "ascending")]
+    )
     previous = None
     for row in rows.to_pylist():
         if row["id"] != previous:

@@ -31,11 +31,15 @@ def visible_devices() -> dict:
             details = tf.config.experimental.get_device_details(device)
         except Exception:  # noqa: BLE001 - details are informative only
             details = {}
-        gpus.append({
-            "device": device.name,
-            "name": details.get("device_name"),
-            "compute_capability": ".".join(map(str, details["compute_capability"])) if details.get("compute_capability") else None,
-        })
+        gpus.append(
+            {
+                "device": device.name,
+                "name": details.get("device_name"),
+                "compute_capability": ".".join(map(str, details["compute_capability"]))
+                if details.get("compute_capability")
+                else None,
+            }
+        )
     return {"gpus": gpus, "built_with_cuda": bool(tf.test.is_built_with_cuda())}
 
 

@@ -222,9 +222,9 @@ def _screen_texts(
             reason = later_occurrence_reason(ids[i], *first)
             rejected.append(ErrorRecord(ids[i], TEXT, f"{sources[i]}:{lines[i]}", "read", "DuplicateId", reason))
         elif not text or not text.strip():
-            rejected.append(ErrorRecord.from_exception(
-                ids[i], TEXT, sources[i], "preprocess", EmptyText("text is empty or only whitespace")
-            ))
+            rejected.append(
+                ErrorRecord.from_exception(ids[i], TEXT, sources[i], "preprocess", EmptyText("text is empty or only whitespace"))
+            )
         else:
             candidates.append(i)
     return rejected, candidates
@@ -245,7 +245,11 @@ DEFAULT_MAX_IMAGE_BYTES = 256 << 20
 
 
 def _load_image(
-    ref: ImageRef, size: tuple[int, int], max_pixels: int, prior=None, model_sha256: str = "",
+    ref: ImageRef,
+    size: tuple[int, int],
+    max_pixels: int,
+    prior=None,
+    model_sha256: str = "",
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ):
     """(pixels, sha256), (None, ErrorRecord), or (_SKIP, ckey) when an earlier run embedded these bytes.
@@ -322,7 +326,8 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         # OpenVINO: one call per stream (each stream is a share of the cores; see transforms.backends).
         with _MODEL_SLOTS_LOCK:
             self._model_slots = _MODEL_SLOTS.setdefault(
-                self._spec.cache_key(), threading.BoundedSemaphore(self._embedder.concurrent_calls))
+                self._spec.cache_key(), threading.BoundedSemaphore(self._embedder.concurrent_calls)
+            )
         self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="embed-images")
 
     def teardown(self):
@@ -342,7 +347,9 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             for ref, prior, positions in pairs:
                 reason = duplicate_reason(ref.id, (ref.uri, ref.line), duplicates)
                 if reason:
-                    yield from self._emit(_ImageBatchResult(errors=[ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason)]))
+                    yield from self._emit(
+                        _ImageBatchResult(errors=[ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason)])
+                    )
                 else:
                     unique.append((ref, prior, positions))
             pairs = unique
@@ -372,10 +379,13 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             yield beam.pvalue.TaggedOutput(SKIPPED, result.skipped)
         for position, uri in result.carried:  # the same shape as the text check's carry rows
             files, groups, rows = split_positions(np.array([position], dtype=np.uint64))
-            yield beam.pvalue.TaggedOutput(CARRIED, (
-                (int(files[0]), int(groups[0])),
-                (rows.astype(np.uint32), [uri], np.zeros(1, np.uint8), np.zeros(1, np.int64)),
-            ))
+            yield beam.pvalue.TaggedOutput(
+                CARRIED,
+                (
+                    (int(files[0]), int(groups[0])),
+                    (rows.astype(np.uint32), [uri], np.zeros(1, np.uint8), np.zeros(1, np.int64)),
+                ),
+            )
         if embedded:
             yield result.table
 
@@ -386,9 +396,7 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         result = _ImageBatchResult()
         ok_refs, pixels, digests = [], [], []
         for ref, prior, positions in pairs:
-            value, extra = _load_image(
-                ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256, self._max_bytes
-            )
+            value, extra = _load_image(ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256, self._max_bytes)
             if value is _SKIP:
                 result.skipped += 1
                 if positions:
@@ -404,7 +412,8 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         stacked = np.stack(pixels)
         with self._model_slots:  # as many model calls as the backend runs in parallel; other threads decode
             vectors, errors = embed_isolating_failures(
-                lambda rows: embedder.embed(stacked[rows.start : rows.stop]), range(len(ok_refs))  # views, no copies
+                lambda rows: embedder.embed(stacked[rows.start : rows.stop]),
+                range(len(ok_refs)),  # views, no copies
             )
         keep = [i for i, e in enumerate(errors) if e is None]
         for i, error in enumerate(errors):
@@ -423,5 +432,7 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         for name in self._passthrough:
             base[name] = [ok_refs[i].passthrough.get(name) for i in keep]
         table = pa.table({k: pa.array(v, pa.string()) for k, v in base.items()})
-        result.table = _output_table(table, np.arange(len(keep)), vectors, embedder.model_name, embedder.model_sha256, self._schema)
+        result.table = _output_table(
+            table, np.arange(len(keep)), vectors, embedder.model_name, embedder.model_sha256, self._schema
+        )
         return result

@@ -170,8 +170,10 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
 
 def _fail_fast_if_down(path: str) -> None:
     if is_remote(path) and time.monotonic() < _down_until:
-        raise StorageUnavailable(f"storage unreachable: {path} not tried, another call just gave up after "
-                                 f"{_storage_timeout:g} s of retries (--storage-timeout)")
+        raise StorageUnavailable(
+            f"storage unreachable: {path} not tried, another call just gave up after "
+            f"{_storage_timeout:g} s of retries (--storage-timeout)"
+        )
 
 
 def check_scheme(path: str, flag: str = "") -> None:
@@ -179,8 +181,7 @@ def check_scheme(path: str, flag: str = "") -> None:
     if is_remote(path) and not path.startswith("gs://"):
         scheme = path.split("://", 1)[0]
         where = f"{flag} {path!r}" if flag else repr(path)
-        raise ValueError(f"{where}: {scheme}:// is not supported; give a local path or a gs:// uri "
-                         f"(copy the file there first)")
+        raise ValueError(f"{where}: {scheme}:// is not supported; give a local path or a gs:// uri (copy the file there first)")
 
 
 bound_storage_retries()
@@ -224,7 +225,7 @@ def path_id(path: str, pattern: str) -> str:
     root = glob_root(pattern)
     if is_remote(path):
         prefix = root.rstrip("/") + "/"
-        relative = path[len(prefix):] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+        relative = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
         return posixpath.normpath(relative)
     relative = os.path.relpath(_canonical_local(path), _canonical_local(root or "."))
     if relative.startswith(".."):  # not under the root (should not happen for a match): keep it whole
@@ -318,8 +319,7 @@ class _StrictDecompressed:
             return method(*args)
         except EOFError as exc:
             raise TruncatedInput(
-                f"{self._path} is truncated: the compressed stream ends before its end marker "
-                f"(records up to the cut were read)"
+                f"{self._path} is truncated: the compressed stream ends before its end marker (records up to the cut were read)"
             ) from exc
 
     def read(self, size: int = -1) -> bytes:
@@ -383,8 +383,9 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
 # earlier run's keys of an incremental run, Parquet text input read whole) goes through these two.
 
 
-def parquet_batches(parquet: pq.ParquetFile, batch_rows: int, columns: Sequence[str] | None = None,
-                    row_groups: Sequence[int] | None = None) -> Iterator[pa.RecordBatch]:
+def parquet_batches(
+    parquet: pq.ParquetFile, batch_rows: int, columns: Sequence[str] | None = None, row_groups: Sequence[int] | None = None
+) -> Iterator[pa.RecordBatch]:
     """The record batches (at most `batch_rows` rows each) of an open `pyarrow.parquet.ParquetFile`,
     `columns` only (all when None), of `row_groups` only (all when None), read single-threaded.
 

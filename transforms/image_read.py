@@ -13,7 +13,14 @@ from transforms.splits import DEFAULT_SPLIT_BYTES, FilePlan, FileRestrictions, M
 from transforms.text_formats import detect_format
 from transforms.text_read import passthrough_value
 
-__all__ = ["MANIFEST_FORMATS", "is_manifest", "ReadImageManifestFn", "image_ref_from_path", "ListImageFiles", "ReadImageManifests"]
+__all__ = [
+    "MANIFEST_FORMATS",
+    "is_manifest",
+    "ReadImageManifestFn",
+    "image_ref_from_path",
+    "ListImageFiles",
+    "ReadImageManifests",
+]
 
 MANIFEST_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
@@ -61,7 +68,9 @@ class ReadImageManifestFn(beam.DoFn):
             if tracker.try_claim(tracker.current_restriction().start):
                 kind, _, message = plan.error.partition(": ")
                 self._read.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(f"{manifest}:*", IMAGE, manifest, "read", kind, message or kind))
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS, ErrorRecord(f"{manifest}:*", IMAGE, manifest, "read", kind, message or kind)
+                )
             return
         with fileio.open_input(manifest) as handle:
             for parsed in iter_range_records(plan, tracker, handle, "utf-8", self._uri_field):
@@ -77,8 +86,14 @@ class ReadImageManifestFn(beam.DoFn):
                 if not isinstance(uri, str) or not uri.strip():
                     yield beam.pvalue.TaggedOutput(
                         ERRORS,
-                        ErrorRecord(row_id, IMAGE, row_id, "read", "InvalidManifestRow",
-                                    f"manifest row has no {self._uri_field!r} value (set --image-uri-field)"),
+                        ErrorRecord(
+                            row_id,
+                            IMAGE,
+                            row_id,
+                            "read",
+                            "InvalidManifestRow",
+                            f"manifest row has no {self._uri_field!r} value (set --image-uri-field)",
+                        ),
                     )
                     continue
                 raw_id = record.get(self._id_field) if self._id_field else None
@@ -108,8 +123,14 @@ class ReadImageManifests(beam.PTransform):
     """Manifest paths in (as the pipeline's root); ImageRefs (tagged `refs`) and `errors` out. A large
     manifest is split into ranges of about `split_bytes`, like a text file."""
 
-    def __init__(self, manifests: Sequence[str], uri_field: str = "uri", id_field: str | None = None,
-                 passthrough: Sequence[str] = (), split_bytes: int = DEFAULT_SPLIT_BYTES):
+    def __init__(
+        self,
+        manifests: Sequence[str],
+        uri_field: str = "uri",
+        id_field: str | None = None,
+        passthrough: Sequence[str] = (),
+        split_bytes: int = DEFAULT_SPLIT_BYTES,
+    ):
         super().__init__()
         self._manifests = list(manifests)
         self._split_bytes = split_bytes

@@ -136,19 +136,27 @@ def row_positions(file_index: int, row_group: int, rows: np.ndarray) -> np.ndarr
         raise ValueError(f"earlier file {file_index}, row group {row_group}: too many to carry over")
     if len(rows) and int(rows.max()) >= 1 << POSITION_GROUP_SHIFT:
         raise ValueError(f"earlier file {file_index}, row group {row_group}: more than 2**24 rows in a row group")
-    return (np.uint64(file_index) << np.uint64(POSITION_FILE_SHIFT)) | (np.uint64(row_group) << np.uint64(POSITION_GROUP_SHIFT)) | rows.astype(np.uint64)
+    return (
+        (np.uint64(file_index) << np.uint64(POSITION_FILE_SHIFT))
+        | (np.uint64(row_group) << np.uint64(POSITION_GROUP_SHIFT))
+        | rows.astype(np.uint64)
+    )
 
 
 def split_positions(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(file indexes, row groups, rows in the group) of packed positions (`row_positions`)."""
     positions = np.asarray(positions, dtype=np.uint64)
     files = (positions >> np.uint64(POSITION_FILE_SHIFT)).astype(np.int64)
-    groups = ((positions >> np.uint64(POSITION_GROUP_SHIFT)) & np.uint64((1 << (POSITION_FILE_SHIFT - POSITION_GROUP_SHIFT)) - 1)).astype(np.int64)
+    groups = (
+        (positions >> np.uint64(POSITION_GROUP_SHIFT)) & np.uint64((1 << (POSITION_FILE_SHIFT - POSITION_GROUP_SHIFT)) - 1)
+    ).astype(np.int64)
     rows = (positions & np.uint64((1 << POSITION_GROUP_SHIFT) - 1)).astype(np.int64)
     return files, groups, rows
 
 
-def prior_key_batches(path: str, bits: int, batch_rows: int = 1 << 16, file_index: Optional[int] = None) -> Iterator[tuple[int, tuple]]:
+def prior_key_batches(
+    path: str, bits: int, batch_rows: int = 1 << 16, file_index: Optional[int] = None
+) -> Iterator[tuple[int, tuple]]:
     """(bucket, ("prior", ikeys, ckeys)) slices of an earlier run's Parquet file, read a batch of
     rows at a time (only the three key columns; row groups are fetched with seeks, never whole).
 

@@ -160,7 +160,10 @@ def preprocessing_layers(network: Network) -> list:
         for c in range(3):
             kernel[0, 0, 2 - c, c] = 1.0
         layer = keras.layers.Conv2D(
-            3, 1, name="preprocess", trainable=False,
+            3,
+            1,
+            name="preprocess",
+            trainable=False,
             kernel_initializer=keras.initializers.Constant(kernel),
             bias_initializer=keras.initializers.Constant(-np.asarray(_CAFFE_MEANS_BGR, dtype=np.float32)),
         )
@@ -226,13 +229,16 @@ def _load_keras_file(path: str, flag: str, unsafe: bool):
     if not os.path.exists(local):
         raise ModelConfigError(flag, path, "no such file")
     if path.endswith(".keras") and not zipfile.is_zipfile(local):  # Keras would say "File not found" (issue 12)
-        raise ModelConfigError(flag, path, "not a complete .keras file: it is not a valid zip archive (truncated or corrupt copy?)")
+        raise ModelConfigError(
+            flag, path, "not a complete .keras file: it is not a valid zip archive (truncated or corrupt copy?)"
+        )
     try:
         return keras.saving.load_model(local, compile=False, safe_mode=not unsafe)
     except ValueError as exc:
         if "safe_mode" in str(exc) or "unsafe" in str(exc).lower() or "lambda" in str(exc).lower():
             raise ModelConfigError(
-                flag, path,
+                flag,
+                path,
                 "the model contains custom Python code, which safe mode does not load; "
                 "pass --unsafe-model-loading only if you trust this file",
             ) from exc
@@ -273,9 +279,7 @@ class TextEmbedder:
         self._input_rank = len(input_shape)
         shape = [spec.batch_size] + ([1] if self._input_rank == 2 else [])
         signature = [tf.TensorSpec(shape, tf.string)]
-        self._forward = tf.function(
-            lambda x: self._embedding_model(x, training=False), input_signature=signature
-        )
+        self._forward = tf.function(lambda x: self._embedding_model(x, training=False), input_signature=signature)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embeddings (len(texts), dimension) float32; batches longer than batch_size are split."""
@@ -311,7 +315,9 @@ class ImageEmbedder:
         if spec.precision not in backends.PRECISIONS:
             raise ModelConfigError("--image-precision", spec.precision, f"expected one of {', '.join(backends.PRECISIONS)}")
         if spec.backend == "tensorflow" and spec.precision != "f32":
-            raise ModelConfigError("--image-precision", spec.precision, "only the openvino backend runs bf16; TensorFlow runs f32")
+            raise ModelConfigError(
+                "--image-precision", spec.precision, "only the openvino backend runs bf16; TensorFlow runs f32"
+            )
         self.spec = spec
         self.model_name = model_name
         self.weights_sha256 = model_sha256
@@ -322,7 +328,9 @@ class ImageEmbedder:
             output = keras.layers.GlobalAveragePooling2D(name="embedding_pool")(output)
             model = keras.Model(model.inputs, output)
         elif len(output.shape) != 2:
-            raise ModelConfigError("--image-layer", spec.layer, f"output has shape {tuple(output.shape)}; expected (batch, dim) or a feature map")
+            raise ModelConfigError(
+                "--image-layer", spec.layer, f"output has shape {tuple(output.shape)}; expected (batch, dim) or a feature map"
+            )
         self.dimension = int(output.shape[-1])
         self._model = model
 
@@ -343,8 +351,9 @@ class ImageEmbedder:
         # Precision is part of the model's identity (bf16 moves the vectors, cosine ~0.99), the
         # backend is not (OpenVINO f32 differs from TensorFlow by ~1e-6 relative): an incremental
         # run that switches backend at f32 reuses earlier embeddings, one that switches to bf16 does not.
-        self.model_sha256 = model_sha256 if self.precision == "f32" else hashlib.sha256(
-            f"{model_sha256}+{self.precision}".encode()).hexdigest()
+        self.model_sha256 = (
+            model_sha256 if self.precision == "f32" else hashlib.sha256(f"{model_sha256}+{self.precision}".encode()).hexdigest()
+        )
         self.backend_details.update(backend=self.backend, precision=self.precision)
         if self.model_sha256 != model_sha256:
             self.backend_details["weights_sha256"] = model_sha256
@@ -357,10 +366,13 @@ class ImageEmbedder:
         except (backends.BackendUnavailable, backends.ConversionFailed) as exc:
             if spec.backend == "openvino":
                 raise ModelConfigError(
-                    "--image-backend", "openvino",
+                    "--image-backend",
+                    "openvino",
                     f"{self.model_name} cannot run on OpenVINO ({exc}); use --image-backend tensorflow or auto",
                 ) from exc
-            why = "OpenVINO is not installed" if isinstance(exc, backends.BackendUnavailable) else "it does not convert to OpenVINO"
+            why = (
+                "OpenVINO is not installed" if isinstance(exc, backends.BackendUnavailable) else "it does not convert to OpenVINO"
+            )
             note = f"{self.model_name} runs on TensorFlow: {why} ({exc})"
             if spec.precision != "f32":
                 note += f" at f32 (--image-precision {spec.precision} needs OpenVINO)"
@@ -378,8 +390,12 @@ class ImageEmbedder:
         )
         _LOGGER.info(
             "Image model %s runs on OpenVINO %s at %s: converted in %.1f s, compiled in %.1f s, %d concurrent call(s)",
-            self.model_name, compiled.version, compiled.precision, compiled.convert_seconds,
-            compiled.compile_seconds, compiled.concurrent_calls,
+            self.model_name,
+            compiled.version,
+            compiled.precision,
+            compiled.convert_seconds,
+            compiled.compile_seconds,
+            compiled.concurrent_calls,
         )
         if compiled.precision != spec.precision:
             _LOGGER.warning("OpenVINO runs %s at %s, not the requested %s", self.model_name, compiled.precision, spec.precision)
@@ -417,7 +433,8 @@ def load_text_embedder(spec: TextModelSpec) -> TextEmbedder:
     names = {layer.name for layer in model.layers}
     if TEXT_EMBEDDING_LAYER not in names:
         raise ModelConfigError(
-            "--text-model", spec.path,
+            "--text-model",
+            spec.path,
             f"has no layer named {TEXT_EMBEDDING_LAYER!r}; is it a text model made by `train-text`? "
             f"(layers: {', '.join(sorted(names))[:200]})",
         )
@@ -475,17 +492,23 @@ def build_base_network(
             return network.builder()(**kwargs)
         except ValueError as exc:
             if weights not in ("imagenet", None) and "shape" in str(exc).lower():  # issue 12: blame the weights/alpha/size
-                raise ModelConfigError("--image-weights", weights, (
-                    f"does not fit {network.name} at --image-alpha {alpha} and --image-size {size} "
-                    f"({str(exc).splitlines()[0][:160]}); use the weights made for that alpha and size, or change "
-                    "--image-alpha/--image-size to match the file")) from exc
+                raise ModelConfigError(
+                    "--image-weights",
+                    weights,
+                    (
+                        f"does not fit {network.name} at --image-alpha {alpha} and --image-size {size} "
+                        f"({str(exc).splitlines()[0][:160]}); use the weights made for that alpha and size, or change "
+                        "--image-alpha/--image-size to match the file"
+                    ),
+                ) from exc
             flag = "--image-weights" if "weights" in str(exc).lower() else model_flag
             value = ("none" if weights is None else weights) if flag == "--image-weights" else name
             raise ModelConfigError(flag, value, str(exc).splitlines()[0]) from exc
         except Exception as exc:
             if weights == "imagenet":
                 raise ModelConfigError(
-                    "--image-weights", "imagenet",
+                    "--image-weights",
+                    "imagenet",
                     f"could not download ImageNet weights ({type(exc).__name__}); without internet access, "
                     "pass a local or gs:// weights file instead",
                 ) from exc
@@ -524,7 +547,8 @@ def _build_user_model(spec: ImageModelSpec):
     model = _load_keras_file(spec.model, "--image-model", spec.unsafe_loading)
     if not model.inputs or "string" in str(model.inputs[0].dtype) or len(model.inputs[0].shape) != 4:
         raise ModelConfigError(
-            "--image-model", spec.model,
+            "--image-model",
+            spec.model,
             f"takes input of shape {tuple(model.inputs[0].shape) if model.inputs else '?'}, not images "
             "(batch, height, width, 3); is it a text model?",
         )

@@ -59,9 +59,7 @@ class ErrorRecord:
             raise ValueError(f"unknown stage {self.stage!r}")
 
     @classmethod
-    def from_exception(
-        cls, id: str, modality: str, source: str, stage: str, exc: BaseException
-    ) -> ErrorRecord:
+    def from_exception(cls, id: str, modality: str, source: str, stage: str, exc: BaseException) -> ErrorRecord:
         """One clear line from an exception: its type and first line of message, no traceback."""
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         if len(message) > 500:

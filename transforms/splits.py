@@ -351,8 +351,16 @@ class RangeLines:
     With `claim=False` (a compressed stream, one unsplittable unit) it reads to the end.
     """
 
-    def __init__(self, handle, tracker, position: int, max_bytes: int, quoted: bool = False,
-                 header: Optional[bytes] = None, claim: bool = True):
+    def __init__(
+        self,
+        handle,
+        tracker,
+        position: int,
+        max_bytes: int,
+        quoted: bool = False,
+        header: Optional[bytes] = None,
+        claim: bool = True,
+    ):
         self._handle = handle
         self._tracker = tracker
         self._position = position
@@ -422,8 +430,7 @@ def range_start(plan: FilePlan, tracker, handle) -> Optional[tuple[int, int]]:
     return found
 
 
-def range_lines(plan: FilePlan, tracker, handle, position: int, first_line: int,
-                max_bytes: int) -> tuple[RangeLines, int]:
+def range_lines(plan: FilePlan, tracker, handle, position: int, first_line: int, max_bytes: int) -> tuple[RangeLines, int]:
     """The lines of a range from its start (`range_start`), for the line-by-line parsers, and the
     number to add to a parser's 1-based line numbers to get the file's own. A CSV/TSV range that
     does not start the file reads the file's header first (handed out as the range's first line)."""
@@ -432,13 +439,15 @@ def range_lines(plan: FilePlan, tracker, handle, position: int, first_line: int,
         handle.seek(0)
         header = handle.readline(max_bytes + 1)
         handle.seek(position)
-    lines = RangeLines(handle, tracker, position, max_bytes, quoted=plan.fmt == "csv", header=header,
-                       claim=not is_compressed(plan.path))
+    lines = RangeLines(
+        handle, tracker, position, max_bytes, quoted=plan.fmt == "csv", header=header, claim=not is_compressed(plan.path)
+    )
     return lines, first_line - (2 if header is not None else 1)
 
 
-def range_blocks(handle, tracker, position: int, first_line: int, max_bytes: int,
-                 block_bytes: int = _READ_CHUNK) -> Iterator[tuple]:
+def range_blocks(
+    handle, tracker, position: int, first_line: int, max_bytes: int, block_bytes: int = _READ_CHUNK
+) -> Iterator[tuple]:
     """Blocks of whole lines of an uncompressed range (`handle` is at `position`, a line start),
     for pyarrow's JSON reader: `("block", first line, bytes)`, and `("too_large", line, bytes
     seen)` for each line longer than `max_bytes` (skipped without being held). Each block's last
@@ -537,6 +546,7 @@ def line_blocks(lines: RangeLines, first_line: int, block_bytes: int = _READ_CHU
     size = 0
     block_first = first_line
     number = first_line - 1
+
     def lines_until_end() -> Iterator[tuple]:
         nonlocal parts, size, block_first, number
         while True:
@@ -604,8 +614,9 @@ def range_row_groups(plan: FilePlan, tracker, handle, columns: Optional[Sequence
         first_row += table.num_rows
 
 
-def iter_range_records(plan: FilePlan, tracker, handle, encoding: str, field: str,
-                       max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Iterator:
+def iter_range_records(
+    plan: FilePlan, tracker, handle, encoding: str, field: str, max_bytes: int = DEFAULT_MAX_TEXT_BYTES
+) -> Iterator:
     """The records of one range, parsed line by line (`text_formats.iter_records`), as
     `ParsedLine`s numbered as in the whole file (1-based lines; Parquet: 0-based rows); a line
     longer than `max_bytes` is a `RecordTooLarge` error. Truncated streams raise (TruncatedInput)
@@ -623,8 +634,12 @@ def iter_range_records(plan: FilePlan, tracker, handle, encoding: str, field: st
     lines, offset = range_lines(plan, tracker, handle, *start, max_bytes)
     for parsed in iter_records(lines, plan.fmt, encoding, field):
         if parsed.error is not None and parsed.line in lines.too_large:
-            yield ParsedLine(parsed.line + offset, None, RecordTooLarge(
-                f"line is at least {lines.too_large[parsed.line]:,} bytes, longer than the limit ({max_bytes:,}); not read"
-            ))
+            yield ParsedLine(
+                parsed.line + offset,
+                None,
+                RecordTooLarge(
+                    f"line is at least {lines.too_large[parsed.line]:,} bytes, longer than the limit ({max_bytes:,}); not read"
+                ),
+            )
         else:
             yield ParsedLine(parsed.line + offset, parsed.record, parsed.error)

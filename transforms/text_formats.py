@@ -91,14 +91,22 @@ def _decoded_lines(binary: IO[bytes], encoding: str) -> Iterator[tuple[int, Opti
     A UTF-8 byte-order mark at the start of the file is dropped (spreadsheet exports often have one).
     """
     for number, raw in enumerate(_raw_lines(binary), start=1):
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf") and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+        if (
+            number == 1
+            and raw.startswith(b"\xef\xbb\xbf")
+            and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+        ):
             raw = raw[3:]
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
-            yield number, None, RecordError(
-                f"line is not valid {encoding} (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); "
-                f"is the file in another encoding? (see the encoding flag)"
+            yield (
+                number,
+                None,
+                RecordError(
+                    f"line is not valid {encoding} (byte {exc.start}: {raw[exc.start : exc.start + 4]!r}); "
+                    f"is the file in another encoding? (see the encoding flag)"
+                ),
             )
             continue
         if "\x00" in text:
@@ -165,9 +173,7 @@ def _iter_delimited(binary: IO[bytes], encoding: str, delimiter: str) -> Iterato
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) != len(header):
-            yield ParsedLine(
-                number, None, RecordError(f"row has {len(row)} fields, the header has {len(header)}")
-            )
+            yield ParsedLine(number, None, RecordError(f"row has {len(row)} fields, the header has {len(header)}"))
             continue
         yield ParsedLine(number, dict(zip(header, row)))
     yield from pending

@@ -87,8 +87,15 @@ _FAST_TYPES = (pa.string(), pa.large_string(), pa.int64(), pa.bool_())
 _BLOCK_BYTES = 1 << 20
 
 
-def fast_jsonl_columns(block: bytes, first_line: int, path: str, text_field: str, id_field: str,
-                       passthrough: Sequence[str], max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> Optional[dict]:
+def fast_jsonl_columns(
+    block: bytes,
+    first_line: int,
+    path: str,
+    text_field: str,
+    id_field: str,
+    passthrough: Sequence[str],
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+) -> Optional[dict]:
     """The columns of a block of clean JSONL lines parsed by pyarrow in C++, or None when the block
     needs the line-by-line parser (any malformed, blank, null, non-string or NUL-bearing line;
     nested or float id/passthrough values; JSON nested deeper than 1,000 levels, on which pyarrow's
@@ -140,8 +147,15 @@ def _may_nest_too_deep(block: bytes, lines: int) -> bool:
     return nesting_exceeds(block, _NESTING_LIMIT)
 
 
-def _table_columns(table: pa.Table, first_line: int, id_part: str, text_field: str, id_field: str,
-                   passthrough: Sequence[str], max_text_bytes: int) -> Optional[dict]:
+def _table_columns(
+    table: pa.Table,
+    first_line: int,
+    id_part: str,
+    text_field: str,
+    id_field: str,
+    passthrough: Sequence[str],
+    max_text_bytes: int,
+) -> Optional[dict]:
     """The batch columns of a parsed table whose every row is a clean record, else None."""
     import pyarrow.compute as pc
 
@@ -225,13 +239,21 @@ class ReadTextFileFn(beam.DoFn):
         return {name: [] for name in self._schema.names}
 
     def _too_large(self, plan: FilePlan, id_part: str, line: int, seen: int) -> beam.pvalue.TaggedOutput:
-        return beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(
-            f"{id_part}:{line}", TEXT, f"{plan.path}:{line}", "read", "RecordTooLarge",
-            f"line is at least {seen:,} bytes, longer than --max-text-bytes ({self._max_bytes:,}); not read",
-        ))
+        return beam.pvalue.TaggedOutput(
+            ERRORS,
+            ErrorRecord(
+                f"{id_part}:{line}",
+                TEXT,
+                f"{plan.path}:{line}",
+                "read",
+                "RecordTooLarge",
+                f"line is at least {seen:,} bytes, longer than --max-text-bytes ({self._max_bytes:,}); not read",
+            ),
+        )
 
-    def _records(self, parsed_lines, plan: FilePlan, id_part: str, line_offset: int = 0,
-                 too_large: Optional[dict] = None) -> Iterator:
+    def _records(
+        self, parsed_lines, plan: FilePlan, id_part: str, line_offset: int = 0, too_large: Optional[dict] = None
+    ) -> Iterator:
         """Tables and TaggedOutput errors from parsed lines, then the count read (an int)."""
         state = {"columns": self._empty(), "count": 0}
         try:
@@ -245,8 +267,9 @@ class ReadTextFileFn(beam.DoFn):
             yield pa.Table.from_pydict(state["columns"], schema=self._schema)
         yield state["count"]
 
-    def _parsed_records(self, parsed_lines, plan: FilePlan, id_part: str, line_offset: int,
-                        too_large: Optional[dict], state: dict) -> Iterator:
+    def _parsed_records(
+        self, parsed_lines, plan: FilePlan, id_part: str, line_offset: int, too_large: Optional[dict], state: dict
+    ) -> Iterator:
         path = plan.path
         for parsed in parsed_lines:
             columns = state["columns"]
@@ -257,14 +280,20 @@ class ReadTextFileFn(beam.DoFn):
                 if too_large and parsed.line in too_large:
                     yield self._too_large(plan, id_part, line, too_large[parsed.line])
                 else:
-                    yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord.from_exception(line_id, TEXT, f"{path}:{line}", "read", parsed.error))
+                    yield beam.pvalue.TaggedOutput(
+                        ERRORS, ErrorRecord.from_exception(line_id, TEXT, f"{path}:{line}", "read", parsed.error)
+                    )
                 continue
             record = parsed.record
             raw_id = record.get(self._id_field)
             record_id = line_id if raw_id is None or raw_id == "" else passthrough_value(raw_id)
             text = record.get(self._text_field)
             problem, kind = text_field_problem(record, self._text_field, "--text-field"), "InvalidTextField"
-            if problem is None and len(text) * 4 > self._max_bytes and len(text.encode("utf-8", "surrogatepass")) > self._max_bytes:
+            if (
+                problem is None
+                and len(text) * 4 > self._max_bytes
+                and len(text.encode("utf-8", "surrogatepass")) > self._max_bytes
+            ):
                 problem, kind = f"{self._text_field!r} is longer than --max-text-bytes ({self._max_bytes:,})", "RecordTooLarge"
             if problem:
                 yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, TEXT, f"{path}:{line}", "read", kind, problem))
@@ -324,7 +353,9 @@ class ReadTextFileFn(beam.DoFn):
             yield from self._jsonl_fast(blocks, plan, id_part)
             return
         lines, offset = range_lines(plan, tracker, handle, position, first_line, self._max_bytes)
-        yield from self._records(iter_records(lines, plan.fmt, self._encoding, self._text_field), plan, id_part, offset, lines.too_large)
+        yield from self._records(
+            iter_records(lines, plan.fmt, self._encoding, self._text_field), plan, id_part, offset, lines.too_large
+        )
 
     def _parquet(self, plan: FilePlan, tracker, id_part: str, handle) -> Iterator:
         wanted = (self._text_field, self._id_field) + self._passthrough
@@ -338,15 +369,15 @@ class ReadTextFileFn(beam.DoFn):
                     yield from self._columns_out(columns, plan.path)
                     continue
                 rows = part.to_pylist()
-                yield from self._records(
-                    (ParsedLine(first_row + offset + i, row) for i, row in enumerate(rows)), plan, id_part
-                )
+                yield from self._records((ParsedLine(first_row + offset + i, row) for i, row in enumerate(rows)), plan, id_part)
 
     def _items(self, plan: FilePlan, tracker, id_part: str) -> Iterator:
         if plan.error:
             if tracker.try_claim(tracker.current_restriction().start):
                 kind, _, message = plan.error.partition(": ")
-                yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(f"{id_part}:*", TEXT, plan.path, "read", kind, message or kind))
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS, ErrorRecord(f"{id_part}:*", TEXT, plan.path, "read", kind, message or kind)
+                )
                 yield 1
             return
         with fileio.open_input(plan.path) as handle:
@@ -407,16 +438,27 @@ class ReadTextFiles(beam.PTransform):
     ranges of about `split_bytes` (default 64 MiB) that any worker can read (`transforms.splits`).
     `counted=False` leaves the `text_read` counter alone (a second pass over the same records)."""
 
-    def __init__(self, patterns: Sequence[str], text_field: str = "text", id_field: str = "id",
-                 passthrough: Sequence[str] = (), encoding: str = "utf-8", batch_rows: int = 4096,
-                 ids_only: bool = False, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
-                 split_bytes: int = DEFAULT_SPLIT_BYTES, fast_jsonl: bool = True, counted: bool = True):
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        text_field: str = "text",
+        id_field: str = "id",
+        passthrough: Sequence[str] = (),
+        encoding: str = "utf-8",
+        batch_rows: int = 4096,
+        ids_only: bool = False,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        split_bytes: int = DEFAULT_SPLIT_BYTES,
+        fast_jsonl: bool = True,
+        counted: bool = True,
+    ):
         super().__init__()
         self._patterns = list(patterns)
         self._split_bytes = split_bytes
         self._ids_only = ids_only
-        self._fn = ReadTextFileFn(text_field, id_field, tuple(passthrough), encoding, batch_rows, fast_jsonl,
-                                  ids_only, max_text_bytes)
+        self._fn = ReadTextFileFn(
+            text_field, id_field, tuple(passthrough), encoding, batch_rows, fast_jsonl, ids_only, max_text_bytes
+        )
         if not counted:  # a second pass over the same records (an incremental run's key pass)
             self._fn._read = _Uncounted()
 

@@ -69,8 +69,7 @@ def failure_verdict(
             verdict[modality] = "no record was read from the inputs (empty files?)"
         elif failed / read > limit:
             verdict[modality] = (
-                f"{failed} of {read} records failed ({failed / read:.1%}), "
-                f"more than --max-failed-fraction {limit:g}"
+                f"{failed} of {read} records failed ({failed / read:.1%}), more than --max-failed-fraction {limit:g}"
             )
         elif max_failed is not None and failed > max_failed:
             verdict[modality] = f"{failed} of {read} records failed, more than --max-failed {max_failed}"
@@ -121,8 +120,7 @@ class TopErrorReasons(beam.PTransform):
             by_modality: dict[str, list] = {}
             for (modality, stage, error_type), (count, example, message) in accumulator.items():
                 by_modality.setdefault(modality, []).append(
-                    {"error_type": error_type, "stage": stage, "count": count,
-                     "example_id": example, "example_message": message}
+                    {"error_type": error_type, "stage": stage, "count": count, "example_id": example, "example_message": message}
                 )
             return {
                 m: sorted(reasons, key=lambda r: (-r["count"], r["error_type"]))[:TOP_REASONS]
@@ -173,7 +171,12 @@ def claim_output(output: str, run_id: str, force: bool = False, detached: bool =
     mine = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": _now(), "detached": detached}
     existing = _read_marker(marker)
     if existing is not None and not force:
-        stale = not existing.get("detached") and existing.get("host") == mine["host"] and isinstance(existing.get("pid"), int) and not _pid_alive(existing["pid"])
+        stale = (
+            not existing.get("detached")
+            and existing.get("host") == mine["host"]
+            and isinstance(existing.get("pid"), int)
+            and not _pid_alive(existing["pid"])
+        )
         if not stale:
             raise OutputInUseError(
                 f"--output {output!r}: run {existing.get('run_id', '?')} (pid {existing.get('pid', '?')} on "
@@ -181,7 +184,11 @@ def claim_output(output: str, run_id: str, force: bool = False, detached: bool =
                 f"({RUNNING_NAME}); wait for it, use another --output, or if that run is dead, pass --force-unlock"
             )
         logging.getLogger(__name__).warning(
-            "%s: replacing the stale %s of run %s (pid %s is gone)", output, RUNNING_NAME, existing.get("run_id"), existing.get("pid")
+            "%s: replacing the stale %s of run %s (pid %s is gone)",
+            output,
+            RUNNING_NAME,
+            existing.get("run_id"),
+            existing.get("pid"),
         )
     data = json.dumps(mine, indent=2).encode()
     if fileio.is_remote(output) or existing is not None:
@@ -260,8 +267,13 @@ class _EmbeddingParquetSink(filebasedsink.FileBasedSink):
 
     def __init__(self, file_path_prefix: str, schema: pa.Schema, row_group_rows: int):
         super().__init__(
-            file_path_prefix, coder=None, file_name_suffix=".parquet", num_shards=0, shard_name_template=None,
-            mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED,  # Parquet compresses its pages
+            file_path_prefix,
+            coder=None,
+            file_name_suffix=".parquet",
+            num_shards=0,
+            shard_name_template=None,
+            mime_type="application/x-parquet",
+            compression_type=CompressionTypes.UNCOMPRESSED,  # Parquet compresses its pages
             triggering_frequency=60,
         )
         self._schema = schema
@@ -343,7 +355,10 @@ class WriteManifestFn(beam.DoFn):
     """The final step: writes `_MANIFEST.json` once every output file exists (they arrive as side inputs)."""
 
     def __init__(
-        self, output: str, static: dict, max_failed_fraction: Optional[dict[str, float]] = None,
+        self,
+        output: str,
+        static: dict,
+        max_failed_fraction: Optional[dict[str, float]] = None,
         max_failed: Optional[int] = None,
     ):
         self._output = output
@@ -374,7 +389,7 @@ class WriteManifestFn(beam.DoFn):
         grouped: dict[str, list[str]] = {}
         prefix = self._output.rstrip("/") + "/"
         for folder, path in files:  # relative paths: the folder can be moved or copied whole
-            grouped.setdefault(folder, []).append(path[len(prefix):] if path.startswith(prefix) else path)
+            grouped.setdefault(folder, []).append(path[len(prefix) :] if path.startswith(prefix) else path)
         verdict = failure_verdict(by_modality, self._max_failed_fraction, self._max_failed)
         manifest = dict(self._static)
         manifest.update(

@@ -53,7 +53,10 @@ class LabelledVectors:
 
 
 def load_labelled_vectors(
-    embeddings: EmbeddingSet, label_field: str, max_rows: Optional[int] = None, seed: int = 0,
+    embeddings: EmbeddingSet,
+    label_field: str,
+    max_rows: Optional[int] = None,
+    seed: int = 0,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> LabelledVectors:
     """The labelled rows with usable vectors (a seeded sample of `max_rows` of them when given)."""
@@ -121,8 +124,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def linear_probe(
-    vectors: np.ndarray, labels: np.ndarray, test_fraction: float = 0.2, seed: int = 0, steps: int = 300,
-    learning_rate: float = 0.05, l2: float = 1e-4,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    steps: int = 300,
+    learning_rate: float = 0.05,
+    l2: float = 1e-4,
 ) -> dict:
     """Held-out accuracy of a softmax regression on standardised vectors (full-batch Adam; deterministic)."""
     if not 0 < test_fraction < 1:
@@ -168,8 +176,14 @@ def linear_probe(
 
 
 def evaluate_embeddings(
-    embeddings: EmbeddingSet, label_field: str, k: int = 10, test_fraction: float = 0.2, seed: int = 0,
-    max_rows: Optional[int] = None, block_rows: int = 1024, batch_rows: int = DEFAULT_BATCH_ROWS,
+    embeddings: EmbeddingSet,
+    label_field: str,
+    k: int = 10,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    max_rows: Optional[int] = None,
+    block_rows: int = 1024,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> dict:
     """Every measure of one modality of a run, as a JSON-able dict."""
     if k < 1:
@@ -201,22 +215,43 @@ def format_evaluation(report: dict) -> str:
     skipped = report["skipped_unlabelled"] + report["skipped_invalid"]
     counts = report.get("class_counts")
     classes = f"{report['classes']}" + (" (" + ", ".join(f"{name}: {n:,}" for name, n in counts.items()) + ")" if counts else "")
-    header = format_fields([
-        ("embeddings", f"{report['embeddings']} ({report['modality']}, model {report['model']})"),
-        ("label field", report["label_field"]),
-        ("rows", f"{report['rows']:,}, evaluated {report['evaluated']:,}"
-         + (f" (skipped {report['skipped_unlabelled']:,} unlabelled, {report['skipped_invalid']:,} unusable vectors)" if skipped else "")),
-        ("classes", classes),
-    ])
+    header = format_fields(
+        [
+            ("embeddings", f"{report['embeddings']} ({report['modality']}, model {report['model']})"),
+            ("label field", report["label_field"]),
+            (
+                "rows",
+                f"{report['rows']:,}, evaluated {report['evaluated']:,}"
+                + (
+                    f" (skipped {report['skipped_unlabelled']:,} unlabelled, {report['skipped_invalid']:,} unusable vectors)"
+                    if skipped
+                    else ""
+                ),
+            ),
+            ("classes", classes),
+        ]
+    )
     chance = report["chance_precision"]
     rows = [
-        {"measure": "kNN precision@1", "value": report["precision_at_1"], "baseline": chance,
-         "baseline is": "chance: a random other row has the same label"},
+        {
+            "measure": "kNN precision@1",
+            "value": report["precision_at_1"],
+            "baseline": chance,
+            "baseline is": "chance: a random other row has the same label",
+        },
         {"measure": f"kNN precision@{k}", "value": report[f"precision_at_{k}"], "baseline": chance, "baseline is": "chance"},
-        {"measure": "linear probe accuracy", "value": probe["accuracy"], "baseline": probe["majority_accuracy"],
-         "baseline is": f"always the majority label ({probe['test_rows']:,} held-out rows)"},
-        {"measure": "linear probe, training rows", "value": probe["train_accuracy"], "baseline": None,
-         "baseline is": f"{probe['train_rows']:,} rows; far above the held-out accuracy = overfitting"},
+        {
+            "measure": "linear probe accuracy",
+            "value": probe["accuracy"],
+            "baseline": probe["majority_accuracy"],
+            "baseline is": f"always the majority label ({probe['test_rows']:,} held-out rows)",
+        },
+        {
+            "measure": "linear probe, training rows",
+            "value": probe["train_accuracy"],
+            "baseline": None,
+            "baseline is": f"{probe['train_rows']:,} rows; far above the held-out accuracy = overfitting",
+        },
     ]
     return header + "\n\n" + format_table(rows, ["measure", "value", "baseline", "baseline is"])
 
@@ -231,11 +266,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-field", required=True, help="Passthrough column holding each row's label.")
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
     parser.add_argument("-k", "--k", type=int, default=10, help="k of precision@k, besides precision@1 (default: %(default)s).")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="Rows held out from the linear probe's training (default: %(default)s).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the probe's split and of --max-rows' sample (default: %(default)s).")
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.2, help="Rows held out from the linear probe's training (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the probe's split and of --max-rows' sample (default: %(default)s)."
+    )
     parser.add_argument("--max-rows", type=int, help="Evaluate a seeded random sample of this many labelled rows (default: all).")
-    parser.add_argument("--block-rows", type=int, default=1024, help="Query rows per block of the similarity computation (default: %(default)s).")
-    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s).")
+    parser.add_argument(
+        "--block-rows", type=int, default=1024, help="Query rows per block of the similarity computation (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s)."
+    )
     add_json_flag(parser, "the full report")
 
 
@@ -246,8 +289,9 @@ def main_from_args(args: argparse.Namespace) -> int:
     if args.block_rows < 1:
         raise ToolError(f"--block-rows must be at least 1, got {args.block_rows}")
     embeddings = open_embeddings(args.embeddings, args.modality)
-    report = evaluate_embeddings(embeddings, args.label_field, args.k, args.test_fraction, args.seed,
-                                 args.max_rows, args.block_rows, args.batch_rows)
+    report = evaluate_embeddings(
+        embeddings, args.label_field, args.k, args.test_fraction, args.seed, args.max_rows, args.block_rows, args.batch_rows
+    )
     if args.json:
         print_json(report)
     else:

@@ -178,16 +178,21 @@ def load_index(embeddings: EmbeddingSet) -> tuple[Optional[FaissIndex], str]:
 
 def format_index_info(info: dict) -> str:
     """What `build-index` built, as aligned lines."""
-    return format_fields([
-        ("index", f"faiss {info['kind']} over {info['rows']:,} {info['modality']} embeddings of dimension {info['dimension']}"),
-        ("metric", info["metric"]),
-        ("skipped", f"{info['skipped_invalid']:,} rows with a null, zero or non-finite vector"),
-        ("run", f"{info['source']['run_id']} (finished {info['source']['finished_at']})"),
-        ("files", info["files"]["index"]),
-        ("", info["files"]["ids"]),
-        ("", info["files"]["info"]),
-        ("use", "`neighbors --embeddings DIR ...` uses it until the run folder is rewritten"),
-    ])
+    return format_fields(
+        [
+            (
+                "index",
+                f"faiss {info['kind']} over {info['rows']:,} {info['modality']} embeddings of dimension {info['dimension']}",
+            ),
+            ("metric", info["metric"]),
+            ("skipped", f"{info['skipped_invalid']:,} rows with a null, zero or non-finite vector"),
+            ("run", f"{info['source']['run_id']} (finished {info['source']['finished_at']})"),
+            ("files", info["files"]["index"]),
+            ("", info["files"]["ids"]),
+            ("", info["files"]["info"]),
+            ("use", "`neighbors --embeddings DIR ...` uses it until the run folder is rewritten"),
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +203,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline build-index`."""
     parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
-    parser.add_argument("--kind", choices=INDEX_KINDS, default="flat",
-                        help="flat: exact cosine search; hnsw: approximate, faster for millions of rows (default: %(default)s).")
+    parser.add_argument(
+        "--kind",
+        choices=INDEX_KINDS,
+        default="flat",
+        help="flat: exact cosine search; hnsw: approximate, faster for millions of rows (default: %(default)s).",
+    )
     parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per chunk (default: %(default)s).")
     add_json_flag(parser, "the index's info")
 

@@ -83,8 +83,15 @@ def find_neighbours(
     rows = []
     for rank, (score, position, _) in enumerate(hits, start=1):
         found = details[position]
-        rows.append({"rank": rank, "id": found["id"], "score": score, "position": position, **{
-            name: found[name] for name in ["source", *embeddings.passthrough]}})
+        rows.append(
+            {
+                "rank": rank,
+                "id": found["id"],
+                "score": score,
+                "position": position,
+                **{name: found[name] for name in ["source", *embeddings.passthrough]},
+            }
+        )
     return NeighbourSearch(rows, method, chunks, "" if index is not None or not use_index else note)
 
 
@@ -155,7 +162,10 @@ def _image_spec(embeddings: EmbeddingSet, overrides: dict, unsafe: bool):
 
 
 def query_from_image(
-    embeddings: EmbeddingSet, image_path: str, overrides: Optional[dict] = None, unsafe: bool = False,
+    embeddings: EmbeddingSet,
+    image_path: str,
+    overrides: Optional[dict] = None,
+    unsafe: bool = False,
     allow_mismatch: bool = False,
 ) -> np.ndarray:
     """An image file (local or gs://) decoded and embedded as the job does, with the run's image model by default."""
@@ -166,8 +176,14 @@ def query_from_image(
         raise ToolError("--image searches image embeddings; this run's chosen modality is text")
     spec = _image_spec(embeddings, overrides or {}, unsafe)
     embedder = load_image_embedder(spec)
-    _check_same_model(embeddings, embedder.model_name, embedder.model_sha256, "--image-model", allow_mismatch,
-                      not spec.is_network and spec.layer == (embeddings.model.get("details") or {}).get("layer"))
+    _check_same_model(
+        embeddings,
+        embedder.model_name,
+        embedder.model_sha256,
+        "--image-model",
+        allow_mismatch,
+        not spec.is_network and spec.layer == (embeddings.model.get("details") or {}).get("layer"),
+    )
     try:
         data = fileio.read_bytes(image_path)
     except Exception as exc:  # noqa: BLE001 - missing file, no permission
@@ -189,20 +205,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--id", help="Neighbours of this record of the run (it is left out of the answer).")
     query.add_argument("--text", help="Neighbours of this text, embedded with the run's text model.")
-    query.add_argument("--image", metavar="PATH", help="Neighbours of this image file (local or gs://), embedded with the run's image model.")
+    query.add_argument(
+        "--image", metavar="PATH", help="Neighbours of this image file (local or gs://), embedded with the run's image model."
+    )
     parser.add_argument("-k", "--k", type=int, default=10, help="How many neighbours (default: %(default)s).")
-    parser.add_argument("--modality", choices=(TEXT, IMAGE), help="Which embeddings, for --id (default: the run's only modality).")
+    parser.add_argument(
+        "--modality", choices=(TEXT, IMAGE), help="Which embeddings, for --id (default: the run's only modality)."
+    )
     parser.add_argument("--text-model", help="The .keras text model (default: the one the run used, from its manifest).")
     parser.add_argument("--image-model", help="Network name or .keras file (default: the one the run used, from its manifest).")
     parser.add_argument("--image-weights", help="imagenet, none or a weights file (default: the run's).")
     parser.add_argument("--image-alpha", type=float, help="MobileNet width multiplier (default: the run's).")
     parser.add_argument("--image-size", type=int, help="Input size of a named network (default: the run's).")
     parser.add_argument("--image-layer", help="Layer of a .keras classifier to use (default: the run's).")
-    parser.add_argument("--image-preprocess", help="Network whose preprocess_input a .keras classifier needs (default: the run's).")
-    parser.add_argument("--unsafe-model-loading", action="store_true", help="Allow .keras models with custom Python code (only for files you trust).")
-    parser.add_argument("--allow-model-mismatch", action="store_true", help="Search even when the query model is not the run's model.")
+    parser.add_argument(
+        "--image-preprocess", help="Network whose preprocess_input a .keras classifier needs (default: the run's)."
+    )
+    parser.add_argument(
+        "--unsafe-model-loading",
+        action="store_true",
+        help="Allow .keras models with custom Python code (only for files you trust).",
+    )
+    parser.add_argument(
+        "--allow-model-mismatch", action="store_true", help="Search even when the query model is not the run's model."
+    )
     parser.add_argument("--brute-force", action="store_true", help="Ignore any FAISS index and scan the Parquet files.")
-    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows per chunk of a brute-force scan (default: %(default)s).")
+    parser.add_argument(
+        "--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows per chunk of a brute-force scan (default: %(default)s)."
+    )
     parser.add_argument("--json", action="store_true", help="One JSON object per neighbour instead of a table.")
 
 
@@ -215,13 +245,23 @@ def main_from_args(args: argparse.Namespace) -> int:
     if args.id is not None:
         query, exclude = query_from_id(embeddings, args.id), args.id
     elif args.text is not None:
-        query, exclude = query_from_text(embeddings, args.text, args.text_model, args.unsafe_model_loading,
-                                         args.allow_model_mismatch), None
+        query, exclude = (
+            query_from_text(embeddings, args.text, args.text_model, args.unsafe_model_loading, args.allow_model_mismatch),
+            None,
+        )
     else:
-        overrides = dict(model=args.image_model, weights=args.image_weights, alpha=args.image_alpha,
-                         image_size=args.image_size, layer=args.image_layer, preprocess=args.image_preprocess)
-        query, exclude = query_from_image(embeddings, args.image, overrides, args.unsafe_model_loading,
-                                          args.allow_model_mismatch), None
+        overrides = dict(
+            model=args.image_model,
+            weights=args.image_weights,
+            alpha=args.image_alpha,
+            image_size=args.image_size,
+            layer=args.image_layer,
+            preprocess=args.image_preprocess,
+        )
+        query, exclude = (
+            query_from_image(embeddings, args.image, overrides, args.unsafe_model_loading, args.allow_model_mismatch),
+            None,
+        )
     result = find_neighbours(embeddings, query, args.k, exclude, args.batch_rows, use_index=not args.brute_force)
     where = f"{result.method}" + (f"; {result.note}" if result.note else "")
     print(f"{len(result.rows)} nearest {embeddings.modality} neighbors by cosine ({where})", file=sys.stderr)

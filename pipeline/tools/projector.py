@@ -52,10 +52,26 @@ PLOT_NAME = "pca.png"
 
 # Colour-blind-friendly categorical colours (Tableau 20 order); unplaced labels are grey.
 _PALETTE = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-    (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-    (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (219, 219, 141),
-    (158, 218, 229), (57, 59, 121),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (219, 219, 141),
+    (158, 218, 229),
+    (57, 59, 121),
 ]
 _OTHER = (190, 190, 190)
 
@@ -71,7 +87,10 @@ class ProjectorPoints:
 
 
 def sample_points(
-    embeddings: EmbeddingSet, columns: Sequence[str], max_points: Optional[int], seed: int = 0,
+    embeddings: EmbeddingSet,
+    columns: Sequence[str],
+    max_points: Optional[int],
+    seed: int = 0,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> ProjectorPoints:
     """A seeded uniform sample of at most `max_points` rows with usable vectors, read in one streamed pass."""
@@ -136,8 +155,14 @@ def _tick_label(value: float, ticks: Sequence[float]) -> str:
 
 
 def draw_scatter(
-    points: np.ndarray, labels: Optional[Sequence[str]], title: str, explained: Sequence[float], seed: int = 0,
-    size: tuple[int, int] = (1000, 760), legend_title: Optional[str] = None, subtitle: str = "",
+    points: np.ndarray,
+    labels: Optional[Sequence[str]],
+    title: str,
+    explained: Sequence[float],
+    seed: int = 0,
+    size: tuple[int, int] = (1000, 760),
+    legend_title: Optional[str] = None,
+    subtitle: str = "",
 ) -> bytes:
     """A PNG scatter plot of 2-D points coloured by label: axes with ticks and grid, a legend with counts (Pillow)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -211,7 +236,7 @@ def draw_scatter(
         draw.text((x0 + 20, y), f"{name[:22]} ({counts[name]:,})", fill="black", font=small)
         y += 20
     if len(ranked) > len(_PALETTE):
-        others = sum(counts[name] for name in ranked[len(_PALETTE):])
+        others = sum(counts[name] for name in ranked[len(_PALETTE) :])
         draw.ellipse([x0 + 2, y + 4, x0 + 12, y + 14], fill=_OTHER)
         draw.text((x0 + 20, y), f"{len(ranked) - len(_PALETTE)} other labels ({others:,})", fill="black", font=small)
     buffer = io.BytesIO()
@@ -230,8 +255,12 @@ def _pbtxt_string(value: str) -> str:
 
 
 def export_projector(
-    embeddings: EmbeddingSet, out: str, label_field: Optional[str] = None, max_points: Optional[int] = DEFAULT_MAX_POINTS,
-    seed: int = 0, batch_rows: int = DEFAULT_BATCH_ROWS,
+    embeddings: EmbeddingSet,
+    out: str,
+    label_field: Optional[str] = None,
+    max_points: Optional[int] = DEFAULT_MAX_POINTS,
+    seed: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> dict:
     """Write the projector files and the PCA plot to `out`; returns a summary."""
     if max_points is not None and max_points < 1:
@@ -270,7 +299,8 @@ def export_projector(
     model = embeddings.model.get("name") or "unknown model"
     title = f"PCA of {n:,} {embeddings.modality} embeddings, model {model}"
     subtitle = (f"coloured by {label_field}; " if label_field else "") + (
-        f"a seeded sample of {n:,} of {points.total_rows:,} rows" if n < points.total_rows else f"all {n:,} usable rows")
+        f"a seeded sample of {n:,} of {points.total_rows:,} rows" if n < points.total_rows else f"all {n:,} usable rows"
+    )
     png = draw_scatter(projected, labels, title, explained, seed, legend_title=label_field, subtitle=subtitle)
 
     paths = {name: fileio.join(out, name) for name in (VECTORS_NAME, METADATA_NAME, CONFIG_NAME, PLOT_NAME)}
@@ -294,17 +324,25 @@ def format_export_summary(summary: dict) -> str:
     """What `export-projector` wrote, as aligned lines."""
     pc1, pc2 = summary["pca_explained_variance"][:2]
     files = summary["files"]
-    return format_fields([
-        ("points", f"{summary['points']:,} of {summary['rows']:,} rows (dimension {summary['dimension']}, model {summary['model']})"
-         + (f"; {summary['skipped_invalid']:,} unusable vectors left out" if summary["skipped_invalid"] else "")),
-        ("metadata", ", ".join(summary["metadata_columns"])),
-        ("PCA", f"PC1 explains {100 * pc1:.1f}% of the variance, PC2 {100 * pc2:.1f}%"),
-        ("plot", files[PLOT_NAME]),
-        ("projector", files[VECTORS_NAME]),
-        ("", files[METADATA_NAME]),
-        ("", files[CONFIG_NAME]),
-        ("view", "load the two .tsv files at https://projector.tensorflow.org, or point TensorBoard's projector at the folder"),
-    ])
+    return format_fields(
+        [
+            (
+                "points",
+                f"{summary['points']:,} of {summary['rows']:,} rows (dimension {summary['dimension']}, model {summary['model']})"
+                + (f"; {summary['skipped_invalid']:,} unusable vectors left out" if summary["skipped_invalid"] else ""),
+            ),
+            ("metadata", ", ".join(summary["metadata_columns"])),
+            ("PCA", f"PC1 explains {100 * pc1:.1f}% of the variance, PC2 {100 * pc2:.1f}%"),
+            ("plot", files[PLOT_NAME]),
+            ("projector", files[VECTORS_NAME]),
+            ("", files[METADATA_NAME]),
+            ("", files[CONFIG_NAME]),
+            (
+                "view",
+                "load the two .tsv files at https://projector.tensorflow.org, or point TensorBoard's projector at the folder",
+            ),
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,13 +352,26 @@ def format_export_summary(summary: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline export-projector`."""
     parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
-    parser.add_argument("--output", "--out", dest="out", required=True, metavar="DIR2", help="Folder for the projector files and pca.png (local or gs://).")
+    parser.add_argument(
+        "--output",
+        "--out",
+        dest="out",
+        required=True,
+        metavar="DIR2",
+        help="Folder for the projector files and pca.png (local or gs://).",
+    )
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
     parser.add_argument("--label-field", help="Passthrough column to colour the plot by (also the first metadata column).")
-    parser.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
-                        help="Export a seeded random sample of at most this many rows (default: %(default)s).")
+    parser.add_argument(
+        "--max-points",
+        type=int,
+        default=DEFAULT_MAX_POINTS,
+        help="Export a seeded random sample of at most this many rows (default: %(default)s).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample (default: %(default)s).")
-    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s).")
+    parser.add_argument(
+        "--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s)."
+    )
     add_json_flag(parser, "the summary")
 
 

@@ -32,11 +32,9 @@ def word_index(words: WordVectors, word: str) -> int:
     if len(ids) > 1:
         raise ToolError(f"--word {word!r} is {len(ids)} words to this model; give one word")
     if ids[0] == OOV_INDEX:
-        close = difflib.get_close_matches(word.lower(), words.vocabulary[OOV_INDEX + 1:], n=5)
+        close = difflib.get_close_matches(word.lower(), words.vocabulary[OOV_INDEX + 1 :], n=5)
         hint = f"; close words in the vocabulary: {', '.join(close)}" if close else ""
-        raise UnknownWordError(
-            f"--word {word!r} is not in the model's vocabulary ({len(words.vocabulary) - 2} words){hint}"
-        )
+        raise UnknownWordError(f"--word {word!r} is not in the model's vocabulary ({len(words.vocabulary) - 2} words){hint}")
     return ids[0]
 
 
@@ -60,11 +58,17 @@ def similar_words(words: WordVectors, word: str, k: int = 10) -> list[dict]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline similar-words`."""
-    parser.add_argument("--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://).")
+    parser.add_argument(
+        "--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://)."
+    )
     parser.add_argument("--word", required=True, help="The word to find neighbours of.")
     parser.add_argument("-k", "--k", type=int, default=10, help="How many words (default: %(default)s).")
     parser.add_argument("--json", action="store_true", help="One JSON object per word instead of a table.")
-    parser.add_argument("--unsafe-model-loading", action="store_true", help="Allow .keras models with custom Python code (only for files you trust).")
+    parser.add_argument(
+        "--unsafe-model-loading",
+        action="store_true",
+        help="Allow .keras models with custom Python code (only for files you trust).",
+    )
 
 
 def main_from_args(args: argparse.Namespace) -> int:

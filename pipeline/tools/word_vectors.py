@@ -120,9 +120,22 @@ def word_vector_table(words: WordVectors) -> pa.Table:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline export-word-vectors`."""
-    parser.add_argument("--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://).")
-    parser.add_argument("--output", "--out", dest="out", required=True, metavar="FILE.parquet", help="Where to write the word vectors (local or gs://).")
-    parser.add_argument("--unsafe-model-loading", action="store_true", help="Allow .keras models with custom Python code (only for files you trust).")
+    parser.add_argument(
+        "--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://)."
+    )
+    parser.add_argument(
+        "--output",
+        "--out",
+        dest="out",
+        required=True,
+        metavar="FILE.parquet",
+        help="Where to write the word vectors (local or gs://).",
+    )
+    parser.add_argument(
+        "--unsafe-model-loading",
+        action="store_true",
+        help="Allow .keras models with custom Python code (only for files you trust).",
+    )
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -134,6 +147,16 @@ def main_from_args(args: argparse.Namespace) -> int:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="snappy")
     write_bytes(args.out, buffer.getvalue())
-    print(json.dumps({"out": args.out, "tokens": table.num_rows, "dimension": words.dimension,
-                      "model": args.text_model, "model_sha256": words.model_sha256}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "tokens": table.num_rows,
+                "dimension": words.dimension,
+                "model": args.text_model,
+                "model_sha256": words.model_sha256,
+            },
+            indent=2,
+        )
+    )
     return 0

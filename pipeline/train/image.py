@@ -118,13 +118,20 @@ class ImageTrainingConfig:
             raise ToolError(f"--image-size: {self.base} only takes {network.default_size}")
         if not self.base_weights:
             raise ToolError("--image-weights must be imagenet or a weights file")
-        for flag, value, minimum in (("--embedding-dim", self.embedding_dim, 1), ("--epochs", self.epochs, 1),
-                                     ("--patience", self.patience, 0), ("--fine-tune-layers", self.fine_tune_layers, 0),
-                                     ("--fine-tune-epochs", self.fine_tune_epochs, 1), ("--batch-size", self.batch_size, 1),
-                                     ("--seed", self.seed, 0)):
+        for flag, value, minimum in (
+            ("--embedding-dim", self.embedding_dim, 1),
+            ("--epochs", self.epochs, 1),
+            ("--patience", self.patience, 0),
+            ("--fine-tune-layers", self.fine_tune_layers, 0),
+            ("--fine-tune-epochs", self.fine_tune_epochs, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--seed", self.seed, 0),
+        ):
             check_at_least(flag, value, minimum, ToolError)
         check_training_settings(
-            ToolError, self.validation_split, self.dropout,
+            ToolError,
+            self.validation_split,
+            self.dropout,
             (("--learning-rate", self.learning_rate), ("--fine-tune-learning-rate", self.fine_tune_learning_rate)),
             self.max_bad_fraction,
         )
@@ -168,11 +175,18 @@ def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "
                     continue
                 items.append((fileio.resolve_relative(uri.strip(), path), str(label)))
         if bad:
-            _LOG.warning("%s: %d rows without a %r and a %r value were skipped (first: line %s)",
-                         path, len(bad), uri_field, label_field, bad[0])
+            _LOG.warning(
+                "%s: %d rows without a %r and a %r value were skipped (first: line %s)",
+                path,
+                len(bad),
+                uri_field,
+                label_field,
+                bad[0],
+            )
         if not items:
-            raise ToolError(f"--input {path!r}: no row has both a {uri_field!r} and a {label_field!r} value "
-                            "(set --uri-field / --label-field)")
+            raise ToolError(
+                f"--input {path!r}: no row has both a {uri_field!r} and a {label_field!r} value (set --uri-field / --label-field)"
+            )
         return items
     base = path.rstrip("/")
     matched = fileio.match_paths([fileio.join(base, "*", "*")])
@@ -180,7 +194,7 @@ def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "
     for uri in matched:
         if not uri.lower().endswith(IMAGE_EXTENSIONS):
             continue
-        label = uri[len(base) + 1:].replace("\\", "/").split("/")[0]
+        label = uri[len(base) + 1 :].replace("\\", "/").split("/")[0]
         items.append((uri, label))
     if not items:
         raise ToolError(
@@ -243,8 +257,9 @@ def base_network(config: ImageTrainingConfig):
     """The headless, average-pooled base network, built as the job builds `--image-model NAME`
     (`transforms.models.build_base_network`, seeded with `--seed`); errors name this command's flags."""
     try:
-        return build_base_network(config.base, config.base_weights, config.alpha, config.image_size, config.seed,
-                                  model_flag="--base")
+        return build_base_network(
+            config.base, config.base_weights, config.alpha, config.image_size, config.seed, model_flag="--base"
+        )
     except ModelConfigError as exc:
         raise ToolError(str(exc)) from exc
 
@@ -313,7 +328,9 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
         )
     counts = np.bincount(images.labels, minlength=len(images.classes))
     if len(images.classes) < 2 or (counts >= 2).sum() < 2:
-        raise ToolError(f"--input {config.input!r}: needs at least two labels with two images each, found {dict(zip(images.classes, counts.tolist()))}")
+        raise ToolError(
+            f"--input {config.input!r}: needs at least two labels with two images each, found {dict(zip(images.classes, counts.tolist()))}"
+        )
     train, val = _stratified_split(images.labels, config.validation_split, config.seed)
 
     keras.utils.set_random_seed(config.seed)
@@ -331,12 +348,19 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
     )
     feature_in = keras.Input(shape=(all_features.shape[1],), name="features")
     head_model = keras.Model(feature_in, _apply(head, feature_in), name="head")
-    head_model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    head_model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     head_history = head_model.fit(
-        all_features[train], images.labels[train], validation_data=(all_features[val], images.labels[val]),
-        epochs=config.epochs, batch_size=config.batch_size, shuffle=True, callbacks=[stopper], verbose=config.verbose,
+        all_features[train],
+        images.labels[train],
+        validation_data=(all_features[val], images.labels[val]),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        callbacks=[stopper],
+        verbose=config.verbose,
     )
     _, head_val_accuracy = head_model.evaluate(all_features[val], images.labels[val], verbose=0)
 
@@ -344,8 +368,11 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
     model = keras.Model(pixels_in, _apply(head, features), name=f"{config.base.lower()}_classifier")
     report_fine_tune = None
     unfrozen = _unfreeze_top(base, config.fine_tune_layers) if config.fine_tune_layers else 0
-    model.compile(optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     val_data = _pixel_dataset(images.pixels[val], images.labels[val], 64, None, False)
     val_loss, val_accuracy = model.evaluate(val_data, verbose=0)
     if config.fine_tune_layers:
@@ -353,7 +380,10 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
         fine_stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
         fine_history = model.fit(
             _pixel_dataset(images.pixels[train], images.labels[train], config.batch_size, config.seed, config.flip),
-            validation_data=val_data, epochs=config.fine_tune_epochs, shuffle=False, callbacks=[fine_stopper],
+            validation_data=val_data,
+            epochs=config.fine_tune_epochs,
+            shuffle=False,
+            callbacks=[fine_stopper],
             verbose=config.verbose,
         )
         tuned_loss, tuned_accuracy = model.evaluate(val_data, verbose=0)
@@ -362,8 +392,9 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
             val_loss, val_accuracy = tuned_loss, tuned_accuracy
         else:  # fine-tuning made validation worse (too high a learning rate?): keep the frozen-base model
             model.set_weights(before)
-            _LOG.warning("fine-tuning raised the validation loss from %.4f to %.4f; kept the model before it",
-                         val_loss, tuned_loss)
+            _LOG.warning(
+                "fine-tuning raised the validation loss from %.4f to %.4f; kept the model before it", val_loss, tuned_loss
+            )
         report_fine_tune = {
             "layers": config.fine_tune_layers,
             "layers_with_weights_unfrozen": unfrozen,
@@ -408,45 +439,138 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline train-image`."""
     d = ImageTrainingConfig.__dataclass_fields__
-    parser.add_argument("--input", required=True, metavar="DIR_OR_MANIFEST",
-                        help="A folder of class subfolders (label = subfolder name), or a manifest .csv/.jsonl/.parquet with uri and label columns.")
+    parser.add_argument(
+        "--input",
+        required=True,
+        metavar="DIR_OR_MANIFEST",
+        help="A folder of class subfolders (label = subfolder name), or a manifest .csv/.jsonl/.parquet with uri and label columns.",
+    )
     parser.add_argument("--base", required=True, metavar="NAME", help=f"Keras Applications network: {', '.join(NETWORKS)}.")
-    parser.add_argument("--output", required=True, metavar="MODEL.keras",
-                        help="Where to save the model (local or gs://); the report goes to MODEL.training.json.")
-    parser.add_argument("--image-weights", "--base-weights", dest="base_weights", metavar="WEIGHTS", default=d["base_weights"].default,
-                        help="imagenet (Keras download) or a no-top weights file, local or gs:// (default: %(default)s).")
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="MODEL.keras",
+        help="Where to save the model (local or gs://); the report goes to MODEL.training.json.",
+    )
+    parser.add_argument(
+        "--image-weights",
+        "--base-weights",
+        dest="base_weights",
+        metavar="WEIGHTS",
+        default=d["base_weights"].default,
+        help="imagenet (Keras download) or a no-top weights file, local or gs:// (default: %(default)s).",
+    )
     parser.add_argument("--image-size", type=int, help="Input size in pixels (default: the network's own, e.g. 224).")
-    parser.add_argument("--image-alpha", "--alpha", dest="alpha", metavar="ALPHA", type=float, help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.")
-    parser.add_argument("--embedding-dim", type=int, default=d["embedding_dim"].default, help="Size of the `embedding` layer (default: %(default)s).")
-    parser.add_argument("--dropout", type=float, default=d["dropout"].default, help="Dropout on the base's features; 0 for none (default: %(default)s).")
-    parser.add_argument("--epochs", type=int, default=d["epochs"].default, help="Most epochs of the head (frozen base); stops early (default: %(default)s).")
-    parser.add_argument("--learning-rate", type=float, default=d["learning_rate"].default, help="Adam learning rate of the head (default: %(default)s).")
-    parser.add_argument("--patience", type=int, default=d["patience"].default, help="Epochs without a better validation loss before stopping (default: %(default)s).")
-    parser.add_argument("--fine-tune-layers", type=int, default=d["fine_tune_layers"].default,
-                        help="Then unfreeze this many top layers of the base and train end to end; 0: no fine-tuning (default: %(default)s).")
-    parser.add_argument("--fine-tune-epochs", type=int, default=d["fine_tune_epochs"].default, help="Most fine-tuning epochs (default: %(default)s).")
-    parser.add_argument("--fine-tune-learning-rate", type=float, default=d["fine_tune_learning_rate"].default,
-                        help="Adam learning rate while fine-tuning: keep it low (default: %(default)s).")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="Training batch size (default: %(default)s).")
-    parser.add_argument("--validation-split", type=float, default=d["validation_split"].default, help="Held-out fraction of each class (default: %(default)s).")
-    parser.add_argument("--seed", type=int, default=d["seed"].default, help="Seed of the split, shuffling, flips and initial weights (default: %(default)s).")
+    parser.add_argument(
+        "--image-alpha",
+        "--alpha",
+        dest="alpha",
+        metavar="ALPHA",
+        type=float,
+        help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.",
+    )
+    parser.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=d["embedding_dim"].default,
+        help="Size of the `embedding` layer (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=d["dropout"].default,
+        help="Dropout on the base's features; 0 for none (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=d["epochs"].default,
+        help="Most epochs of the head (frozen base); stops early (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=d["learning_rate"].default,
+        help="Adam learning rate of the head (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d["patience"].default,
+        help="Epochs without a better validation loss before stopping (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--fine-tune-layers",
+        type=int,
+        default=d["fine_tune_layers"].default,
+        help="Then unfreeze this many top layers of the base and train end to end; 0: no fine-tuning (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=d["fine_tune_epochs"].default,
+        help="Most fine-tuning epochs (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--fine-tune-learning-rate",
+        type=float,
+        default=d["fine_tune_learning_rate"].default,
+        help="Adam learning rate while fine-tuning: keep it low (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=d["batch_size"].default, help="Training batch size (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--validation-split",
+        type=float,
+        default=d["validation_split"].default,
+        help="Held-out fraction of each class (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=d["seed"].default,
+        help="Seed of the split, shuffling, flips and initial weights (default: %(default)s).",
+    )
     parser.add_argument("--no-flip", action="store_true", help="No random horizontal flips while fine-tuning.")
-    parser.add_argument("--uri-field", default=d["uri_field"].default, help="Manifest column of the image uri (default: %(default)s).")
-    parser.add_argument("--label-field", default=d["label_field"].default, help="Manifest column of the label (default: %(default)s).")
-    parser.add_argument("--max-bad-fraction", type=float, default=d["max_bad_fraction"].default,
-                        help="Fail when more than this fraction of the images cannot be decoded (default: %(default)s).")
+    parser.add_argument(
+        "--uri-field", default=d["uri_field"].default, help="Manifest column of the image uri (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--label-field", default=d["label_field"].default, help="Manifest column of the label (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=d["max_bad_fraction"].default,
+        help="Fail when more than this fraction of the images cannot be decoded (default: %(default)s).",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ImageTrainingConfig:
     """Validated settings from parsed flags (raises ToolError naming the flag)."""
     return ImageTrainingConfig(
-        input=args.input, base=args.base, output=args.output, base_weights=args.base_weights,
-        image_size=args.image_size, alpha=args.alpha, embedding_dim=args.embedding_dim, dropout=args.dropout,
-        epochs=args.epochs, learning_rate=args.learning_rate, patience=args.patience,
-        fine_tune_layers=args.fine_tune_layers, fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_learning_rate=args.fine_tune_learning_rate, batch_size=args.batch_size,
-        validation_split=args.validation_split, seed=args.seed, flip=not args.no_flip,
-        uri_field=args.uri_field, label_field=args.label_field, max_bad_fraction=args.max_bad_fraction,
+        input=args.input,
+        base=args.base,
+        output=args.output,
+        base_weights=args.base_weights,
+        image_size=args.image_size,
+        alpha=args.alpha,
+        embedding_dim=args.embedding_dim,
+        dropout=args.dropout,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        fine_tune_layers=args.fine_tune_layers,
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
+        flip=not args.no_flip,
+        uri_field=args.uri_field,
+        label_field=args.label_field,
+        max_bad_fraction=args.max_bad_fraction,
     )
 
 

@@ -121,8 +121,13 @@ class TextTrainingConfig:
         _at_least("--patience", self.patience, 0)
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--seed", self.seed, 0)
-        check_training_settings(TrainingConfigError, self.validation_split, self.dropout,
-                                (("--learning-rate", self.learning_rate),), self.max_bad_fraction)
+        check_training_settings(
+            TrainingConfigError,
+            self.validation_split,
+            self.dropout,
+            (("--learning-rate", self.learning_rate),),
+            self.max_bad_fraction,
+        )
 
     @property
     def report_path(self) -> str:
@@ -173,7 +178,7 @@ def _parse_label(value: object) -> int:
             return 1
         if word in _FALSE:
             return 0
-    raise ValueError(f"label {value!r} is not 0/1, \"0\"/\"1\" or a boolean")
+    raise ValueError(f'label {value!r} is not 0/1, "0"/"1" or a boolean')
 
 
 def _match_files(flag: str, pattern: str) -> list[str]:
@@ -182,9 +187,7 @@ def _match_files(flag: str, pattern: str) -> list[str]:
         results = FileSystems.match([pattern])
     except Exception as exc:  # noqa: BLE001 - missing bucket, no permission, bad scheme
         raise TrainingConfigError(f"{flag} {pattern!r}: cannot list files ({type(exc).__name__}: {exc})") from exc
-    paths = sorted(
-        m.path for result in results for m in result.metadata_list if "://" in m.path or not os.path.isdir(m.path)
-    )
+    paths = sorted(m.path for result in results for m in result.metadata_list if "://" in m.path or not os.path.isdir(m.path))
     if not paths:
         raise TrainingConfigError(f"{flag} {pattern!r} matches no file")
     return paths
@@ -219,9 +222,7 @@ def _has_tokens(texts: Sequence[str]) -> np.ndarray:
     probe = keras.layers.TextVectorization(
         standardize="lower_and_strip_punctuation", vocabulary=["the"], output_sequence_length=1
     )
-    first = np.concatenate(
-        [np.asarray(probe(tf.constant(list(texts[i : i + 4096]))))[:, 0] for i in range(0, len(texts), 4096)]
-    )
+    first = np.concatenate([np.asarray(probe(tf.constant(list(texts[i : i + 4096]))))[:, 0] for i in range(0, len(texts), 4096)])
     return first != 0
 
 
@@ -360,14 +361,16 @@ def train_text_model(config: TextTrainingConfig) -> dict:
     train_texts, train_labels = texts[n_val:], labels[n_val:]
 
     model = build_text_model(config, train_texts)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy", metrics=["accuracy"]
-    )
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy", metrics=["accuracy"])
     train_data = _dataset(train_texts, train_labels, config.batch_size, shuffle_seed=config.seed)
     val_data = _dataset(val_texts, val_labels, config.batch_size)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     history = model.fit(
-        train_data, validation_data=val_data, epochs=config.epochs, shuffle=False, callbacks=[stopper],
+        train_data,
+        validation_data=val_data,
+        epochs=config.epochs,
+        shuffle=False,
+        callbacks=[stopper],
         verbose=config.verbose,
     )
     # The restored (best) weights, measured without dropout on both splits.
@@ -406,26 +409,89 @@ def train_text_model(config: TextTrainingConfig) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline train-text`."""
     d = TextTrainingConfig.__dataclass_fields__
-    parser.add_argument("--input", action="append", default=[], metavar="GLOB",
-                        help="Glob of JSONL, CSV, TSV or Parquet files with a text and a 0/1 label field (local or gs://). Repeatable.")
-    parser.add_argument("--labelled-lines", action="append", default=[], metavar="FILE=LABEL",
-                        help="A plain text file (or glob) whose every line is a record with LABEL (0 or 1). Repeatable.")
-    parser.add_argument("--output", required=True, metavar="MODEL.keras",
-                        help="Where to save the model (local or gs://); the report goes to MODEL.training.json.")
-    parser.add_argument("--text-field", default=d["text_field"].default, help="Field/column holding the text (default: %(default)s).")
-    parser.add_argument("--label-field", default=d["label_field"].default, help="Field/column holding the 0/1 label (default: %(default)s).")
-    parser.add_argument("--encoding", default=d["encoding"].default, help="Encoding of the input files (default: %(default)s; e.g. cp1252).")
-    parser.add_argument("--vocab-size", type=int, default=d["vocab_size"].default, help="Vocabulary size, padding and [UNK] included (default: %(default)s).")
-    parser.add_argument("--sequence-length", type=int, default=d["sequence_length"].default, help="Tokens kept per text (default: %(default)s).")
-    parser.add_argument("--embedding-dim", type=int, default=d["embedding_dim"].default, help="Size of the text embedding (default: %(default)s).")
-    parser.add_argument("--dropout", type=float, default=d["dropout"].default, help="Dropout on the embedding before the classifier; 0 for none (default: %(default)s).")
-    parser.add_argument("--epochs", type=int, default=d["epochs"].default, help="Most epochs; stops early on validation loss (default: %(default)s).")
-    parser.add_argument("--patience", type=int, default=d["patience"].default, help="Epochs without a better validation loss before stopping (default: %(default)s).")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="Training batch size (default: %(default)s).")
-    parser.add_argument("--validation-split", type=float, default=d["validation_split"].default, help="Held-out fraction, shuffled with --seed (default: %(default)s).")
-    parser.add_argument("--learning-rate", type=float, default=d["learning_rate"].default, help="Adam learning rate (default: %(default)s).")
-    parser.add_argument("--seed", type=int, default=d["seed"].default, help="Seed of the split, the shuffling and the initial weights (default: %(default)s).")
-    parser.add_argument("--max-bad-fraction", type=float, default=d["max_bad_fraction"].default, help="Fail when more than this fraction of records is bad (default: %(default)s).")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="Glob of JSONL, CSV, TSV or Parquet files with a text and a 0/1 label field (local or gs://). Repeatable.",
+    )
+    parser.add_argument(
+        "--labelled-lines",
+        action="append",
+        default=[],
+        metavar="FILE=LABEL",
+        help="A plain text file (or glob) whose every line is a record with LABEL (0 or 1). Repeatable.",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="MODEL.keras",
+        help="Where to save the model (local or gs://); the report goes to MODEL.training.json.",
+    )
+    parser.add_argument(
+        "--text-field", default=d["text_field"].default, help="Field/column holding the text (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--label-field", default=d["label_field"].default, help="Field/column holding the 0/1 label (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--encoding", default=d["encoding"].default, help="Encoding of the input files (default: %(default)s; e.g. cp1252)."
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=d["vocab_size"].default,
+        help="Vocabulary size, padding and [UNK] included (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--sequence-length", type=int, default=d["sequence_length"].default, help="Tokens kept per text (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--embedding-dim", type=int, default=d["embedding_dim"].default, help="Size of the text embedding (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=d["dropout"].default,
+        help="Dropout on the embedding before the classifier; 0 for none (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=d["epochs"].default,
+        help="Most epochs; stops early on validation loss (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d["patience"].default,
+        help="Epochs without a better validation loss before stopping (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=d["batch_size"].default, help="Training batch size (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--validation-split",
+        type=float,
+        default=d["validation_split"].default,
+        help="Held-out fraction, shuffled with --seed (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=d["learning_rate"].default, help="Adam learning rate (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=d["seed"].default,
+        help="Seed of the split, the shuffling and the initial weights (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=d["max_bad_fraction"].default,
+        help="Fail when more than this fraction of records is bad (default: %(default)s).",
+    )
 
 
 def _parse_labelled_lines(value: str) -> tuple[str, int]:
