@@ -23,13 +23,16 @@ WORKDIR /template
 # default backend) comes from requirements.txt too; the import check below proves it loads.
 COPY requirements.txt .
 RUN pip install -r requirements.txt
+# The fast-decode extra (`--image-decoder opencv`), so workers can run either decoder. --no-deps:
+# its only dependency is numpy, already pinned by requirements.txt.
+RUN pip install --no-deps opencv-python-headless==5.0.0.93
 
 # The job's own package, installed like on any machine (pyproject.toml reads requirements.txt).
 COPY setup.py pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 RUN pip install --no-deps --no-build-isolation . \
-    && python -c "import pipeline.run, transforms.embed, openvino"
+    && python -c "import pipeline.run, transforms.embed, openvino, cv2"
 
 # Flex-template launch: `python /template/launch.py --output=gs://... --text_input=gs://...`.
 # Build with --build-arg SDK_CONTAINER_IMAGE="$IMAGE" so that the job's workers run this same

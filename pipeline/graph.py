@@ -59,7 +59,9 @@ def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schem
     metadata = {"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()}
     if modality == IMAGE:
         metadata.update(
-            backend=str(info.details.get("backend", "tensorflow")), precision=str(info.details.get("precision", "f32"))
+            backend=str(info.details.get("backend", "tensorflow")),
+            precision=str(info.details.get("precision", "f32")),
+            decoder=str(info.details.get("decoder", "pillow")),
         )
     return embedding_schema(modality, info.dimension, config.passthrough, metadata=metadata, provenance=config.carry_over)
 

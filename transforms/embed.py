@@ -251,10 +251,12 @@ def _load_image(
     prior=None,
     model_sha256: str = "",
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    decoder: str = "pillow",
 ):
     """(pixels, sha256), (None, ErrorRecord), or (_SKIP, ckey) when an earlier run embedded these bytes.
 
-    `prior`: the `ckey`s that earlier runs stored for this id (`incremental.AttachPriorKeys`)."""
+    `prior`: the `ckey`s that earlier runs stored for this id (`incremental.AttachPriorKeys`);
+    `decoder`: `transforms.decode.decode_image`'s (the model spec's `decoder`)."""
     try:
         inline = getattr(ref, "data", None)  # bytes given with the record (transforms.api.InlineImageRef)
         data = inline if inline is not None else fileio.read_bytes(ref.uri, limit=max_bytes)
@@ -272,7 +274,7 @@ def _load_image(
     if prior and is_unchanged(prior, digest, model_sha256):
         return _SKIP, image_content_key(digest, model_sha256)
     try:
-        return decode.decode_image(data, size, max_pixels), digest
+        return decode.decode_image(data, size, max_pixels, decoder), digest
     except Exception as exc:  # noqa: BLE001 - every decode failure is this record's, not the job's
         return None, ErrorRecord.from_exception(ref.id, IMAGE, ref.uri, "decode", exc)
 
@@ -396,7 +398,9 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         result = _ImageBatchResult()
         ok_refs, pixels, digests = [], [], []
         for ref, prior, positions in pairs:
-            value, extra = _load_image(ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256, self._max_bytes)
+            value, extra = _load_image(
+                ref, embedder.input_size, self._max_pixels, prior, embedder.model_sha256, self._max_bytes, embedder.spec.decoder
+            )
             if value is _SKIP:
                 result.skipped += 1
                 if positions:

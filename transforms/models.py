@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from transforms import backends, fileio
+from transforms import backends, decode, fileio
 from transforms.errors import UserError
 
 __all__ = [
@@ -198,6 +198,7 @@ class ImageModelSpec:
     seed: int = 0  # random initialisation when weights == "none", so every worker agrees
     backend: str = "auto"  # auto | tensorflow | openvino (see transforms.backends)
     precision: str = "f32"  # f32 | bf16 (bf16: OpenVINO only)
+    decoder: str = "pillow"  # pillow | opencv (transforms.decode: how JPEGs are decoded and resized)
 
     @property
     def is_network(self) -> bool:
@@ -318,6 +319,12 @@ class ImageEmbedder:
             raise ModelConfigError(
                 "--image-precision", spec.precision, "only the openvino backend runs bf16; TensorFlow runs f32"
             )
+        try:
+            decode.require_decoder(spec.decoder)
+        except ValueError:
+            raise ModelConfigError("--image-decoder", spec.decoder, f"expected one of {', '.join(decode.DECODERS)}") from None
+        except decode.DecoderUnavailable as exc:
+            raise ModelConfigError("--image-decoder", spec.decoder, str(exc)) from exc
         self.spec = spec
         self.model_name = model_name
         self.weights_sha256 = model_sha256
@@ -351,10 +358,12 @@ class ImageEmbedder:
         # Precision is part of the model's identity (bf16 moves the vectors, cosine ~0.99), the
         # backend is not (OpenVINO f32 differs from TensorFlow by ~1e-6 relative): an incremental
         # run that switches backend at f32 reuses earlier embeddings, one that switches to bf16 does not.
-        self.model_sha256 = (
-            model_sha256 if self.precision == "f32" else hashlib.sha256(f"{model_sha256}+{self.precision}".encode()).hexdigest()
+        # So is a non-default decoder (OpenCV's resize moves pixels by ~1/255, vectors to cosine ~0.99).
+        tags = ([] if self.precision == "f32" else [self.precision]) + (
+            [] if spec.decoder == "pillow" else [f"decoder={spec.decoder}"]
         )
-        self.backend_details.update(backend=self.backend, precision=self.precision)
+        self.model_sha256 = hashlib.sha256("+".join([model_sha256, *tags]).encode()).hexdigest() if tags else model_sha256
+        self.backend_details.update(backend=self.backend, precision=self.precision, decoder=spec.decoder)
         if self.model_sha256 != model_sha256:
             self.backend_details["weights_sha256"] = model_sha256
 
