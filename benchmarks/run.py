@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,7 @@ class Context:
     run_dir: pathlib.Path = None
     keep_outputs: bool = False
     repeat: int = 1
+    job_flags: tuple = ()  # --job-flags: appended to the job's argv only (not the limits or the peer)
 
 
 def _image_model_files(ctx: Context, sc: Scenario) -> tuple[str, str]:
@@ -336,7 +338,7 @@ def job_argv(ctx: Context, sc: Scenario, made: dict, n: int, output: str, worker
             str(sc.batch),
         ]
     argv += ["--output", output, "--run-id", f"bench-{sc.key}-{n}"]
-    return argv + (WORKERS2_ARGS if workers == 2 else [])
+    return argv + list(ctx.job_flags) + (WORKERS2_ARGS if workers == 2 else [])
 
 
 def _job(ctx: Context, sc: Scenario, made: dict, workers: int) -> dict:
@@ -661,6 +663,7 @@ def make_context(args: argparse.Namespace, mode: str) -> Context:
         run_dir=run_dir,
         keep_outputs=getattr(args, "keep_outputs", False),
         repeat=max(1, getattr(args, "repeat", 1) or 1),
+        job_flags=tuple(shlex.split(getattr(args, "job_flags", None) or "")),
     )
 
 
@@ -683,6 +686,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict:
         "environment": _environment(ctx),
         "scenarios": {},
     }
+    report["environment"]["job_flags"] = list(ctx.job_flags)
     report["prepared"] = prepare(ctx, scenarios)
     report["environment"]["run_dir"] = str(ctx.run_dir)
     for sc in scenarios:
@@ -723,6 +727,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-batch-size", type=int, help="Images per model call for limit, peer and job (default: 32).")
     parser.add_argument("--text-batch-size", type=int, help="Texts per model call for limit, peer and job (default: 256).")
     parser.add_argument("--keep-outputs", action="store_true", help="Keep the Parquet outputs (default: deleted per scenario).")
+    parser.add_argument(
+        "--job-flags",
+        default="",
+        help='Extra flags for the job\'s command line only, e.g. "--image-decoder opencv" (the limits and the peer are unchanged).',
+    )
     parser.add_argument(
         "--job-ref",
         help="Measure the job as committed at this git ref (e.g. HEAD, a tag) instead of "
