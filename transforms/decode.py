@@ -22,8 +22,8 @@ What `decode_image` does, in order:
 steps 1, 3 and 4 and every error as above, and changes only how pixels are decoded and resized:
 a baseline RGB or greyscale JPEG that ends with its end-of-image marker is decoded by OpenCV's
 libjpeg-turbo (`cv2.imdecode`, at the same 1/2..1/8 DCT scale as step 2) and stretched to the
-same target with `cv2.resize(INTER_LINEAR)`, which does not antialias; other images are decoded
-by Pillow as above and resized by OpenCV. About twice as fast as Pillow's path on 500x375 JPEGs;
+same target with `cv2.resize(INTER_LINEAR)`, which does not antialias; every other image (PNG,
+GIF, BMP, WebP, CMYK JPEG) goes through Pillow exactly as above. About twice as fast as Pillow's path on 500x375 JPEGs;
 pixels differ by ~1/255 on average, so the embeddings move slightly (cosine >= 0.99) and the
 decoder is part of the model's identity (`ImageEmbedder.model_sha256`). Anything OpenCV cannot
 decode (it returns None) or a JPEG without its end marker is handed to Pillow, so a corrupt or
@@ -197,8 +197,6 @@ def decode_image(
             message = f"corrupt or truncated {img.format} image: {_one_line(exc)}"
             raise CorruptImage(message) from exc
         upright, box = _orient(img, orientation, box)
-        if cv2 is not None:
-            return _opencv_resize(cv2, upright, box, width, height)
         return _resize_to_rgb_array(upright, box, width, height)
 
 
@@ -260,19 +258,6 @@ def _orient_array(pixels: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return np.rot90(pixels, 1)
     return pixels
-
-
-def _opencv_resize(cv2, img: Image.Image, box: Optional[_Box], width: int, height: int) -> np.ndarray:
-    """Flatten a Pillow-decoded image to RGB (or L) as Pillow's path does, then resize it with OpenCV."""
-    img = _to_rgb_or_grey(img)
-    if box is not None and box != (0, 0, img.width, img.height):
-        img = img.crop(tuple(int(round(v)) for v in box))
-    pixels = np.asarray(img, dtype=np.uint8)
-    if pixels.shape[1] != width or pixels.shape[0] != height:
-        pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(pixels)
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
