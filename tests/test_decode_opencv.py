@@ -56,14 +56,17 @@ def _scene(height: int = 300, width: int = 500) -> np.ndarray:
 
 @pytest.mark.shared_data
 def test_opencv_pixels_are_close_to_pillows_on_real_photos(shared_data):
+    """The sample's photos are 224x224: at 224 nothing is resized (both use libjpeg-turbo: equal
+    pixels); at 160 the resize differs (OpenCV's bilinear does not antialias)."""
     datas, _ = _imagenette(shared_data)
-    diffs = []
-    for data in datas:
-        a, b = decode_image(data, SIZE), decode_image(data, SIZE, decoder="opencv")
-        assert b.shape == a.shape == (224, 224, 3) and b.dtype == np.uint8 and b.flags.c_contiguous
-        diffs.append(np.abs(a.astype(np.int16) - b).mean())
-    print(f"mean abs pixel difference opencv vs pillow: mean {np.mean(diffs):.2f}, max {np.max(diffs):.2f} (of 255)")
-    assert np.mean(diffs) <= 2.0 and np.max(diffs) <= 6.0
+    for size, most in (((224, 224), 0.0), ((160, 160), 2.0)):
+        diffs = []
+        for data in datas:
+            a, b = decode_image(data, size), decode_image(data, size, decoder="opencv")
+            assert b.shape == a.shape == (*size, 3) and b.dtype == np.uint8 and b.flags.c_contiguous
+            diffs.append(np.abs(a.astype(np.int16) - b).mean())
+        print(f"{size}: mean abs pixel difference opencv vs pillow: mean {np.mean(diffs):.2f}, max {np.max(diffs):.2f} (of 255)")
+        assert np.mean(diffs) <= most and np.max(diffs) <= 3 * most
     assert np.array_equal(decode_image(datas[0], SIZE, decoder="opencv"), decode_image(datas[0], SIZE, decoder="opencv"))
 
 
@@ -161,28 +164,47 @@ def test_the_decoder_is_part_of_the_model_identity(tiny_image_model):
     assert "weights_sha256" not in pillow.backend_details
 
 
+def _embed_both(embedder, datas: list[bytes], labels: list[str]) -> tuple[np.ndarray, dict]:
+    """(per-image cosine opencv vs pillow, {decoder: precision@10})."""
+    vectors = {}
+    for decoder in decode.DECODERS:
+        vectors[decoder] = embedder.embed(np.stack([decode_image(d, embedder.input_size, decoder=decoder) for d in datas]))
+    a, b = vectors["pillow"], vectors["opencv"]
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return cosine, {decoder: precision_at_k(v, labels) for decoder, v in vectors.items()}
+
+
+@pytest.mark.slow
 @pytest.mark.shared_data
-def test_opencv_embeddings_match_pillows_with_real_mobilenet_weights(shared_data):
+def test_opencv_embeddings_match_pillows_with_real_mobilenet_weights(shared_data, tmp_path):
+    """Shared MobileNet 0.25 weights, the 300 Imagenette photos three ways:
+
+    - 500x375 JPEGs made from them as the benchmark does (upscaled, cropped, flipped; the resize
+      the job does on typical photos), embedded at 224: cosine >= 0.99 for every image;
+    - the 224x224 photos themselves at 224: nothing is resized, both decoders give equal pixels;
+    - the 224x224 photos shrunk to 160 (real fine detail, which OpenCV's bilinear resize aliases):
+      measured cosine mean 0.996, min 0.957, so only the mean is held to 0.99 there.
+    Retrieval (precision@10 by class) stays within 0.02 of Pillow's in every case.
+    """
+    from benchmarks.inputs import make_photos
+
     weights = shared_data / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
     if not weights.exists():
         pytest.skip("MobileNet 0.25 weights missing from ../shared/data")
     datas, labels = _imagenette(shared_data)
-    embedder = load_image_embedder(
-        ImageModelSpec("MobileNet", weights=str(weights), alpha=0.25, batch_size=32, backend="tensorflow")
-    )
-    vectors = {}
-    for decoder in decode.DECODERS:
-        pixels = np.stack([decode_image(d, embedder.input_size, decoder=decoder) for d in datas])
-        vectors[decoder] = embedder.embed(pixels)
-    a, b = vectors["pillow"], vectors["opencv"]
-    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    p10 = {decoder: precision_at_k(v, labels) for decoder, v in vectors.items()}
-    print(
-        f"opencv vs pillow on {len(datas)} Imagenette photos, MobileNet 0.25: cosine min {cosine.min():.4f}, "
-        f"mean {cosine.mean():.4f}; precision@10 pillow {p10['pillow']:.3f}, opencv {p10['opencv']:.3f}"
-    )
-    assert cosine.min() >= 0.99
-    assert p10["pillow"] >= 0.70 and abs(p10["opencv"] - p10["pillow"]) <= 0.02
+    photos = [p.read_bytes() for p in make_photos(shared_data, tmp_path, len(datas))]
+    cases = (("500x375 photos", photos, 224, 0.99), ("224 photos", datas, 224, 0.9999), ("224 photos", datas, 160, 0.95))
+    for name, inputs, size, least in cases:
+        embedder = load_image_embedder(
+            ImageModelSpec("MobileNet", weights=str(weights), alpha=0.25, image_size=size, batch_size=32, backend="tensorflow")
+        )
+        cosine, p10 = _embed_both(embedder, inputs, labels)
+        print(
+            f"{name} at {size} px, MobileNet 0.25, opencv vs pillow: cosine min {cosine.min():.4f}, mean {cosine.mean():.4f}; "
+            f"precision@10 pillow {p10['pillow']:.3f}, opencv {p10['opencv']:.3f}"
+        )
+        assert cosine.min() >= least and cosine.mean() >= 0.99
+        assert p10["pillow"] >= 0.60 and abs(p10["opencv"] - p10["pillow"]) <= 0.02
 
 
 def _photos(folder) -> str:
@@ -204,7 +226,7 @@ def test_the_job_cli_with_the_opencv_decoder_end_to_end(tmp_path, capsys, tiny_i
     assert main(["--output", str(tmp_path / "cv")] + common + ["--image-decoder", "opencv"]) == 0
     manifest = json.loads((tmp_path / "cv" / "_MANIFEST.json").read_text())
     details = manifest["models"]["image"]["details"]
-    assert details["decoder"] == "opencv" and details["weights_sha256"] != manifest["models"]["image"]["model_sha256"]
+    assert details["decoder"] == "opencv" and details["weights_sha256"] != manifest["models"]["image"]["sha256"]
     assert manifest["counts"]["image"] == {"read": 7, "embedded": 4, "failed": 3, "skipped": 0, "balanced": True}
     assert pq.read_schema(next((tmp_path / "cv" / "image").glob("*.parquet"))).metadata[b"decoder"] == b"opencv"
     errors = {row["id"]: row["error_type"] for row in read_errors(str(tmp_path / "cv")).to_pylist()}
@@ -213,7 +235,7 @@ def test_the_job_cli_with_the_opencv_decoder_end_to_end(tmp_path, capsys, tiny_i
     # a decoder change is a model change: an incremental run from the pillow run re-embeds everything
     first = run(["--output", str(tmp_path / "pil")] + common)
     assert first["models"]["image"]["details"]["decoder"] == "pillow"
-    assert first["models"]["image"]["model_sha256"] != manifest["models"]["image"]["model_sha256"]
+    assert first["models"]["image"]["sha256"] == details["weights_sha256"] != manifest["models"]["image"]["sha256"]
     again = run(
         ["--output", str(tmp_path / "cv2"), "--image-decoder", "opencv", "--incremental-from", str(tmp_path / "pil")] + common
     )
