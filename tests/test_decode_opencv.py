@@ -252,3 +252,29 @@ def test_the_job_cli_with_the_opencv_decoder_end_to_end(tmp_path, capsys, tiny_i
     with pytest.raises(SystemExit):
         main(["--output", str(tmp_path / "x")] + common + ["--image-decoder", "simd"])
     assert "--image-decoder" in capsys.readouterr().err
+
+
+def test_embed_images_in_a_users_pipeline_takes_the_decoder(tmp_path, tiny_image_model):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from transforms.api import EmbedImages
+
+    _photos(tmp_path / "img")
+    good = sorted((tmp_path / "img").glob("good*.jpg"))
+    records = [{"id": p.name, "uri": str(p)} for p in good] + [{"id": "bad", "image_bytes": b"\xff\xd8\xff\x00"}]
+    sha = {d: load_image_embedder(ImageModelSpec(str(tiny_image_model), decoder=d)).model_sha256 for d in decode.DECODERS}
+    assert sha["opencv"] != sha["pillow"]
+
+    def check(rows):
+        assert sorted(r["id"] for r in rows) == [p.name for p in good]
+        assert {r["model_sha256"] for r in rows} == {sha["opencv"]}
+
+    def check_errors(errors):
+        assert [(e["id"], e["error_type"]) for e in errors] == [("bad", "CorruptImage")]
+
+    with TestPipeline(runner="FnApiRunner") as p:  # as the job runs locally
+        embeddings, errors = p | beam.Create(records) | EmbedImages(str(tiny_image_model), decoder="opencv", batch_size=2)
+        assert_that(embeddings, check, label="OpenCVRows")
+        assert_that(errors, check_errors, label="OpenCVErrors")
