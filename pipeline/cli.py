@@ -19,7 +19,9 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from pipeline import __version__
@@ -222,16 +224,33 @@ def exit_status(command: Optional[str], body: Callable[[], Optional[int]], verbo
     return EXIT_OK if code is None else code
 
 
+def _interrupted_while_importing(signum, frame) -> None:
+    sys.stderr.write("error: interrupted (Ctrl-C)\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _import_command(command: str):
+    """Import a command's module (TensorFlow, Beam: seconds). A Ctrl-C meanwhile ends the process at
+    once with one line and 130: raised as KeyboardInterrupt, it could be swallowed by a library's
+    import-time `except:` clause and the command would go on."""
+    guard = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupted_while_importing) if guard else None
+    try:
+        return importlib.import_module(COMMANDS[command][0])
+    finally:
+        if guard:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _run_command(command: str, rest: list[str]) -> Optional[int]:
     """Run one command with its arguments; user errors are raised, not printed (see `exit_status`)."""
     if command == "run":
         if "-h" in rest or "--help" in rest:
             print(run_help())
             return EXIT_OK
-        from pipeline.run import run_command
-
-        return run_command(rest)
-    module = importlib.import_module(COMMANDS[command][0])
+        return _import_command(command).run_command(rest)
+    module = _import_command(command)
     args = command_parser(command).parse_args(rest)
     return module.main_from_args(args)
 

@@ -45,6 +45,8 @@ NOT_USER_ERRORS = {
     # OpenVINO missing or failing: `auto` falls back to TensorFlow, `openvino` raises ModelConfigError
     "transforms.backends.BackendUnavailable",
     "transforms.backends.ConversionFailed",
+    # OpenCV missing for --image-decoder opencv: the model loader raises it as ModelConfigError
+    "transforms.decode.DecoderUnavailable",
 }
 
 # Every user-error class, its other base (older `except` clauses keep working) and its exit code.
