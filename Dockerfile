@@ -21,11 +21,11 @@ WORKDIR /template
 # Dependencies first (their layer is reused while only the code changes); apache-beam[gcp] is
 # already in the base image at the pinned version, so pip keeps it. OpenVINO (the image networks'
 # default backend) comes from requirements.txt too; the import check below proves it loads.
+# Then the fast-decode extra (`--image-decoder opencv`), so workers can run either decoder;
+# --no-deps: its only dependency is numpy, already pinned by requirements.txt.
 COPY requirements.txt .
-RUN pip install -r requirements.txt
-# The fast-decode extra (`--image-decoder opencv`), so workers can run either decoder. --no-deps:
-# its only dependency is numpy, already pinned by requirements.txt.
-RUN pip install --no-deps opencv-python-headless==5.0.0.93
+RUN pip install -r requirements.txt \
+    && pip install --no-deps opencv-python-headless==5.0.0.93
 
 # The job's own package, installed like on any machine (pyproject.toml reads requirements.txt).
 COPY setup.py pyproject.toml README.md ./
