@@ -27,6 +27,7 @@ import pathlib
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ SCENARIOS = {
 
 # (warm-up, small, large) records per scenario; the warm-up only runs in the in-process modes.
 MODES = {
-    "full": {"a": (32, 600, 3000), "b": (32, 300, 1500), "c": (4096, 200_000, 1_000_000)},
+    "full": {"a": (32, 1000, 6000), "b": (32, 500, 3000), "c": (4096, 200_000, 1_000_000)},
     "quick": {"a": (32, 128, 512), "b": (16, 48, 128), "c": (1024, 8_000, 32_000)},
     "tiny": {"a": (32, 32, 96), "b": (32, 32, 64), "c": (256, 1024, 4096)},
 }
@@ -135,7 +136,8 @@ class Context:
     run_dir: pathlib.Path = None
     keep_outputs: bool = False
     repeat: int = 1
-    job_flags: tuple = ()  # --job-flags: appended to the job's argv only (not the limits or the peer)
+    job_flags: tuple = ()
+    round_label: str = ""  # "-r2" while the scenario's second round runs (file names)  # --job-flags: appended to the job's argv only (not the limits or the peer)
 
 
 def _image_model_files(ctx: Context, sc: Scenario) -> tuple[str, str]:
@@ -204,7 +206,7 @@ def _run_sized(ctx: Context, sc: Scenario, thing: str, make_run, base_spec: dict
     items = [make_run(label, n) for label, n in sizes]
     tries: dict[str, list[dict]] = {label: [] for label, _ in sizes}
     for attempt in range(ctx.repeat):
-        suffix = f"-r{attempt + 1}" if ctx.repeat > 1 else ""
+        suffix = ctx.round_label + (f"-r{attempt + 1}" if ctx.repeat > 1 else "")
         if ctx.in_process:
             spec = dict(base_spec, runs=items)
             result = run_worker(spec, f"{sc.key}-{thing}{suffix}", ctx.run_dir, ctx.env, watch_sockets)
@@ -282,26 +284,28 @@ def _limit(ctx: Context, sc: Scenario, made: dict, backend: str = "tensorflow") 
             "counts": [small, large],
             "extras": not ctx.in_process,
         }
-    label = f"{sc.key}-limit" + ("" if backend == "tensorflow" else f"-{backend}")
+    label = f"{sc.key}-limit" + ("" if backend == "tensorflow" else f"-{backend}") + ctx.round_label
     results = [
         run_worker(spec, label + (f"-r{i + 1}" if ctx.repeat > 1 else ""), ctx.run_dir, ctx.env) for i in range(ctx.repeat)
     ]
     result = results[0]
-    runs = {
-        label: _median_run([dict(r["runs"][i], outside=r["outside"]) for r in results])
-        for i, label in enumerate(("small", "large"))
-    }
+    runs, callers, by_callers = _sized(results, "runs"), 1, None
+    if "runs_two_callers" in result:  # TensorFlow's images: the better of one and two batches in flight
+        two = _sized(results, "runs_two_callers")
+        by_callers = {"1": marginal(runs["small"], runs["large"]), "2": marginal(two["small"], two["large"])}
+        if by_callers["2"] and (not by_callers["1"] or by_callers["2"] > by_callers["1"]):
+            runs, callers = two, 2
     entry = {
         "runs": runs,
+        "callers": callers,
         "processes": "one process, both sizes after a warm-up",
         "model_load_seconds": result["model_load_seconds"],
         "dimension": result["dimension"],
     }
     if "decode_images_per_second" in result:
         entry["decode_images_per_second"] = result["decode_images_per_second"]
-    if "two_concurrent_callers" in result:
-        two = result["two_concurrent_callers"]
-        entry["two_concurrent_callers_per_second"] = two["count"] / two["seconds"]
+    if by_callers:
+        entry["per_second_by_callers"] = by_callers
     if "embedder_embed_runs" in result:
         e = result["embedder_embed_runs"]
         entry["embedder_embed_marginal_per_second"] = marginal(e[0], e[1])
@@ -309,6 +313,13 @@ def _limit(ctx: Context, sc: Scenario, made: dict, backend: str = "tensorflow") 
         if key in result:
             entry[key] = result[key]
     return _summarise(entry)
+
+
+def _sized(results: list[dict], key: str) -> dict:
+    """The median small and large runs under `key` of a limit's repeated results."""
+    return {
+        label: _median_run([dict(r[key][i], outside=r["outside"]) for r in results]) for i, label in enumerate(("small", "large"))
+    }
 
 
 def job_argv(ctx: Context, sc: Scenario, made: dict, n: int, output: str, workers: int = 1) -> list[str]:
@@ -410,49 +421,68 @@ def _compare_outputs(job_dir: str, peer_dir: str) -> dict:
 
 
 def _scenario(ctx: Context, sc: Scenario, made: dict) -> dict:
-    ctx.log(f"[{sc.key}] limit (model alone)")
+    """Measure one scenario. With `--repeat N` the limits and the 1-worker job run in N interleaved
+    rounds (limit, limit OV, job; then again), so that a shared machine's drift hits all of them
+    alike; each round gives its own ratios, and the ratios reported are their medians. The peer
+    and the 2-worker job (slow, and far from their targets) run once, in the first round."""
     result = {"scenario": dataclasses.asdict(sc), "sizes": dict(zip(("warmup", "small", "large"), MODES[ctx.mode][sc.key]))}
-    result["limit"] = _limit(ctx, sc, made)
-    if sc.modality == "image":
-        ctx.log(f"[{sc.key}] limit on OpenVINO (model alone, one batch per stream)")
-        if importlib.util.find_spec("openvino") is None:
-            result["limit_openvino"] = {"error": "the openvino package is not installed (requirements.txt)"}
-        else:
-            try:
-                result["limit_openvino"] = _limit(ctx, sc, made, "openvino")
-            except WorkerFailed as exc:
-                result["limit_openvino"] = {"error": str(exc)}
-    ctx.log(f"[{sc.key}] peer (RunInference)")
-    if importlib.util.find_spec("tensorflow_hub") is None:
-        result["peer"] = {"error": PEER_UNAVAILABLE}
-    else:
-        try:
-            result["peer"] = _peer(ctx, sc, made, result["limit"]["dimension"])
-        except WorkerFailed as exc:
-            result["peer"] = {"error": str(exc)}
-    ctx.log(f"[{sc.key}] job, 1 worker")
-    result["job"] = _job(ctx, sc, made, 1)
+    rounds = max(1, ctx.repeat)
+    once = dataclasses.replace(ctx, repeat=1)
+    measured: list[dict] = []
+    for k in range(rounds):
+        rctx = dataclasses.replace(once, round_label=f"-r{k + 1}" if rounds > 1 else "")
+        tag = f"[{sc.key}]" + (f" round {k + 1}/{rounds}:" if rounds > 1 else "")
+        this: dict = {}
+        ctx.log(f"{tag} limit (model alone)")
+        this["limit"] = _limit(rctx, sc, made)
+        if sc.modality == "image":
+            ctx.log(f"{tag} limit on OpenVINO (model alone, one batch per stream)")
+            if importlib.util.find_spec("openvino") is None:
+                this["limit_openvino"] = {"error": "the openvino package is not installed (requirements.txt)"}
+            else:
+                try:
+                    this["limit_openvino"] = _limit(rctx, sc, made, "openvino")
+                except WorkerFailed as exc:
+                    this["limit_openvino"] = {"error": str(exc)}
+        if k == 0:
+            ctx.log(f"{tag} peer (RunInference)")
+            if importlib.util.find_spec("tensorflow_hub") is None:
+                result["peer"] = {"error": PEER_UNAVAILABLE}
+            else:
+                try:
+                    result["peer"] = _peer(once, sc, made, this["limit"]["dimension"])
+                except WorkerFailed as exc:
+                    result["peer"] = {"error": str(exc)}
+        ctx.log(f"{tag} job, 1 worker")
+        this["job"] = _job(rctx, sc, made, 1)
+        measured.append(this)
+    for thing in ("limit", "limit_openvino", "job"):
+        if thing in measured[0]:
+            result[thing] = _merge_rounds([m[thing] for m in measured])
     if ctx.workers2:
         ctx.log(f"[{sc.key}] job, 2 workers (multi_processing)")
         try:
-            result["job_2_workers"] = _job(ctx, sc, made, 2)
+            result["job_2_workers"] = _job(once, sc, made, 2)
         except WorkerFailed as exc:
             result["job_2_workers"] = {"error": str(exc)}
     if "error" not in result["peer"]:
         result["job_vs_peer_embeddings"] = _compare_outputs(
             result["job"]["runs"]["large"]["output"], result["peer"]["runs"]["large"]["output"]
         )
-    limit = result["limit"]["marginal_per_second"]
     peer = result["peer"].get("marginal_per_second")
-    job = result["job"]["marginal_per_second"]
-    limit_ov = result.get("limit_openvino", {}).get("marginal_per_second")
-    result["ratios"] = {
-        "job_over_limit": job / limit if job and limit else None,
-        "job_over_peer": job / peer if job and peer else None,
-        "peer_over_limit": peer / limit if peer and limit else None,
-        "job_over_limit_openvino": job / limit_ov if job and limit_ov else None,
-        "limit_openvino_over_limit": limit_ov / limit if limit_ov and limit else None,
-    }
+    result["rounds"] = [
+        {
+            **{thing: m[thing].get("marginal_per_second") for thing in ("limit", "limit_openvino", "job") if thing in m},
+            "ratios": _ratios(m["limit"], m.get("limit_openvino", {}), m["job"], peer),
+        }
+        for m in measured
+    ]
+    result["ratios"] = _ratios(result["limit"], result.get("limit_openvino", {}), result["job"], peer)
+    if rounds > 1:  # the median of the rounds' own ratios: each compares things measured minutes apart, not an hour
+        for key in result["ratios"]:
+            values = [r["ratios"][key] for r in result["rounds"] if r["ratios"][key] is not None]
+            if values and key != "job_over_peer":
+                result["ratios"][key] = statistics.median(values)
     result["targets"] = []
     for against, ratio in sc.targets():
         reached = result["ratios"][f"job_over_{against}"]
@@ -461,6 +491,31 @@ def _scenario(ctx: Context, sc: Scenario, made: dict) -> dict:
         )
     result["target"] = result["targets"][0]
     return result
+
+
+def _ratios(limit: dict, limit_ov: dict, job: dict, peer: Optional[float]) -> dict:
+    """The job's marginal rate over each reference's (None where one is missing)."""
+    limit, limit_ov, job = (e.get("marginal_per_second") for e in (limit, limit_ov, job))
+    return {
+        "job_over_limit": job / limit if job and limit else None,
+        "job_over_peer": job / peer if job and peer else None,
+        "peer_over_limit": peer / limit if peer and limit else None,
+        "job_over_limit_openvino": job / limit_ov if job and limit_ov else None,
+        "limit_openvino_over_limit": limit_ov / limit if limit_ov and limit else None,
+    }
+
+
+def _merge_rounds(entries: list[dict]) -> dict:
+    """One entry for a thing measured in several rounds: per size, the run of median seconds."""
+    ok = [e for e in entries if "error" not in e]
+    if len(entries) == 1 or not ok:
+        return entries[0]
+    merged = dict(ok[0], rounds=len(ok))
+    merged["runs"] = {label: _median_run([e["runs"][label] for e in ok]) for label in ok[0]["runs"]}
+    if "per_second_by_callers" in ok[0]:
+        rates = {n: [e["per_second_by_callers"][n] for e in ok if e["per_second_by_callers"][n]] for n in ("1", "2")}
+        merged["per_second_by_callers"] = {n: statistics.median(v) if v else None for n, v in rates.items()}
+    return _summarise(merged)
 
 
 def _fmt(value, spec: str = ",.0f") -> str:
@@ -511,8 +566,17 @@ def format_table(report: dict) -> str:
     lines.append(
         "batch sizes: "
         + ", ".join(f"{k} {sc['scenario']['batch']}" for k, sc in report["scenarios"].items() if "scenario" in sc)
-        + f"; repeats per measurement: {report.get('repeat', 1)} (median)"
+        + f"; rounds: {report.get('repeat', 1)} (limits and job interleaved; sizes: the run of median seconds; "
+        + "ratios: the median of the rounds' own ratios; peer and 2 workers: once)"
     )
+    for key, sc in report["scenarios"].items():
+        for k, r in enumerate(sc.get("rounds", []) if len(sc.get("rounds", [])) > 1 else []):
+            ratios = r["ratios"]
+            lines.append(
+                f"round {k + 1} ({key}): limit {_fmt(r.get('limit'))}, limit OV {_fmt(r.get('limit_openvino'))}, "
+                f"job {_fmt(r.get('job'))} per s: job / limit {_fmt(ratios['job_over_limit'], '.2f')}, "
+                f"job / limit OV {_fmt(ratios['job_over_limit_openvino'], '.2f')}"
+            )
     for key, sc in report["scenarios"].items():
         for t in sc.get("targets", [sc["target"]] if "target" in sc else []):
             lines.append(
@@ -561,8 +625,13 @@ def format_table(report: dict) -> str:
         if "decode_images_per_second" in limit_entry:
             d = limit_entry["decode_images_per_second"]
             lines.append(
-                f"limit ({key}): job's decode_image alone {d['1_thread']:,.0f} img/s on 1 thread, {_fmt(d.get('2_threads'))} on 2; "
-                f"model with 2 concurrent callers {_fmt(limit_entry.get('two_concurrent_callers_per_second'))} img/s"
+                f"limit ({key}): job's decode_image alone {d['1_thread']:,.0f} img/s on 1 thread, {_fmt(d.get('2_threads'))} on 2"
+            )
+        if limit_entry.get("per_second_by_callers"):
+            by = limit_entry["per_second_by_callers"]
+            lines.append(
+                f"limit ({key}): TensorFlow with 1 batch in flight {_fmt(by.get('1'))} img/s, with 2 (two threads) "
+                f"{_fmt(by.get('2'))} img/s; the limit is the better ({limit_entry.get('callers', 1)})"
             )
         if limit_entry.get("embedder_embed_marginal_per_second"):
             lines.append(

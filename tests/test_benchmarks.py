@@ -33,6 +33,8 @@ def test_harness_runs_tiny_sizes_and_writes_json(shared_data, tiny_text_model, t
             "--scenarios",
             "a,c",
             "--no-workers2",
+            "--repeat",
+            "2",
             "--text-model",
             str(tiny_text_model),
             "--work-dir",
@@ -50,7 +52,9 @@ def test_harness_runs_tiny_sizes_and_writes_json(shared_data, tiny_text_model, t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     [json_file] = results.glob("tiny-*.json")
-    assert "marginal/s" in results.joinpath(json_file.stem + ".txt").read_text()
+    table = results.joinpath(json_file.stem + ".txt").read_text()
+    assert "marginal/s" in table and "round 2 (a)" in table
+    assert "TensorFlow with 1 batch in flight" in table  # the image limit is TensorFlow's better of 1 and 2 callers
     report = json.loads(json_file.read_text())
     assert report["mode"] == "tiny"
     for key, records in (("a", 96), ("c", 4096)):
@@ -61,6 +65,8 @@ def test_harness_runs_tiny_sizes_and_writes_json(shared_data, tiny_text_model, t
         assert job["output"]["read_back"]["shape"][0] == records
         assert job["runs"]["large"]["vmhwm_mb"] > 0
         assert scenario["limit"]["runs"]["large"]["count"] > 0
+        assert len(scenario["rounds"]) == 2  # limits and job interleaved, each round with its own ratios
+        assert all("job" in r and "job_over_limit" in r["ratios"] for r in scenario["rounds"])
         if importlib.util.find_spec("tensorflow_hub") is None:
             assert "benchmarks/requirements.txt" in scenario["peer"]["error"]
         else:
