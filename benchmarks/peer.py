@@ -26,6 +26,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy, TFModelHandlerTensor
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.fileio import path_id
 from transforms.records import IMAGE, TEXT, embedding_schema
 
 __all__ = ["run_image_peer", "run_text_peer", "local_pipeline"]
@@ -88,7 +89,8 @@ def run_image_peer(
             | "Match" >> beam_fileio.MatchFiles(pattern)
             | "Read" >> beam_fileio.ReadMatches()
             | "Decode" >> beam.Map(decode_for_peer, size)
-            | "Key" >> beam.MapTuple(lambda key, pixels: ((key[0], key[0], key[1]), pixels))
+            # ids as the job derives them (the path relative to the glob's folder), so outputs compare by id
+            | "Key" >> beam.MapTuple(lambda key, pixels: ((path_id(key[0], pattern), key[0], key[1]), pixels))
             | "RunInference" >> RunInference(handler)
             | "ToRow" >> beam.Map(_row, name, sha)
             | "Write" >> beam.io.WriteToParquet(os.path.join(output, "part"), schema, codec="snappy", file_name_suffix=".parquet")
