@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main
-from tests_support import PROJECT_ROOT, descendants, refused_storage
+from tests_support import PROJECT_ROOT, descendants, pipeline_command, refused_storage, run_pipeline
 from transforms import fileio
 from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
 from transforms.write import RUNNING_NAME, failure_verdict
@@ -43,18 +43,6 @@ def _rows(out: pathlib.Path, folder: str) -> int:
 
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def _cli(args: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", *map(str, args)],
-        cwd=PROJECT_ROOT,
-        env=kwargs.pop("env", _ENV),
-        capture_output=True,
-        text=True,
-        timeout=kwargs.pop("timeout", 300),
-        **kwargs,
-    )
 
 
 # ---- failure budget -------------------------------------------------------------------------
@@ -155,7 +143,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp
     out = tmp_path / "out"
     args = ["--output", out, "--text-input", data, "--text-model", tiny_text_model]
     first = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", *map(str, args), "--run-id", "first-run"],
+        pipeline_command("run", *args, "--run-id", "first-run"),
         cwd=PROJECT_ROOT,
         env=_ENV,
         stdout=subprocess.PIPE,
@@ -263,7 +251,9 @@ def test_a_full_disk_ends_in_one_line(tmp_path, tiny_text_model):
         pytest.skip("needs a small tmpfs to fill (mount as root); none could be mounted here")
     try:
         data = _jsonl(tmp_path / "in.jsonl", 20_000)
-        done = _cli(["--output", small / "out", "--text-input", data, "--text-model", tiny_text_model])
+        done = run_pipeline(
+            "run", "--output", small / "out", "--text-input", data, "--text-model", tiny_text_model, env=_ENV, timeout=300
+        )
         assert done.returncode == 1
         [line] = _error_lines(done.stderr)
         assert "no space left on device" in line and "Traceback" not in done.stderr
@@ -288,22 +278,19 @@ def test_a_signal_ends_a_multi_process_run_with_one_line_and_no_worker_left(tmp_
     data = _jsonl(tmp_path / "big.jsonl", 300_000)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
+        pipeline_command(
             "run",
             "--output",
-            str(out),
+            out,
             "--text-input",
-            str(data),
+            data,
             "--text-model",
-            str(tiny_text_model),
+            tiny_text_model,
             "--direct_num_workers",
             "2",
             "--direct_running_mode",
             "multi_processing",
-        ],
+        ),
         cwd=PROJECT_ROOT,
         env=_ENV,
         stdout=subprocess.PIPE,
@@ -417,22 +404,19 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
             GOOGLE_APPLICATION_CREDENTIALS=_fake_credentials(str(tmp_path)),
         )
         run = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
+            pipeline_command(
                 "run",
                 "--output",
-                str(out),
+                out,
                 "--image-input",
-                str(listing),
+                listing,
                 "--image-model",
-                str(tiny_image_model),
+                tiny_image_model,
                 "--image-batch-size",
                 "2",
                 "--storage-timeout",
                 "10",
-            ],
+            ),
             cwd=PROJECT_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -505,18 +489,9 @@ def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):
 def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path):
     """SIGINT while the CLI is still importing its libraries: one `error:` line, exit 130."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--output",
-            str(tmp_path / "out"),
-            "--text-input",
-            str(tmp_path / "none.jsonl"),
-            "--text-model",
-            str(tmp_path / "none.keras"),
-        ],
+        pipeline_command(
+            "run", "--output", tmp_path / "out", "--text-input", tmp_path / "none.jsonl", "--text-model", tmp_path / "none.keras"
+        ),
         cwd=PROJECT_ROOT,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,7 +5,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from tests_support import PROJECT_ROOT, descendants
+from tests_support import PROJECT_ROOT, descendants, pipeline_command, run_pipeline
 from transforms.results import MANIFEST_NAME, read_embeddings
 
 
@@ -109,21 +108,15 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path,
         for i in range(200_000):
             f.write(json.dumps({"id": f"r{i}", "text": f"good film number {i}"}) + "\n")
     out = tmp_path / "out"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "--output",
-        str(out),
-        "--text-input",
-        str(data),
-        "--text-model",
-        str(tiny_text_model),
-    ]
+    argv = ["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model)]
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     process = subprocess.Popen(
-        argv, cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        pipeline_command("run", *argv),
+        cwd=PROJECT_ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not any((out / "text").glob("beam-temp-*")):
@@ -134,7 +127,7 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path,
     assert not (out / MANIFEST_NAME).exists()
     with pytest.raises(Exception, match="did not finish"):
         read_embeddings(str(out), "text")
-    result = run(argv[4:])
+    result = run(argv)
     ids = read_embeddings(str(out), "text").column("id").to_pylist()
     assert len(ids) == 200_000 and len(set(ids)) == 200_000
     assert result["counts"]["text"]["embedded"] == 200_000
@@ -181,24 +174,16 @@ def test_credentials_never_reach_the_logs(tmp_path, tiny_text_model):
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"id": "a", "text": "good"}) + "\n")
     env = dict(os.environ, GOOGLE_APPLICATION_CREDENTIALS=str(credentials), PYTHONPATH=str(PROJECT_ROOT))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--verbose",
-            "--output",
-            str(tmp_path / "out"),
-            "--text-input",
-            str(data),
-            "--text-model",
-            str(tiny_text_model),
-        ],
-        cwd=PROJECT_ROOT,
+    done = run_pipeline(
+        "run",
+        "--verbose",
+        "--output",
+        tmp_path / "out",
+        "--text-input",
+        data,
+        "--text-model",
+        tiny_text_model,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

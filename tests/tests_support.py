@@ -7,7 +7,9 @@ import json
 import os
 import pathlib
 import socket
-from typing import Iterator, Sequence
+import subprocess
+import sys
+from typing import Iterator, Optional, Sequence
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -16,6 +18,25 @@ DATAFLOW_PROJECT = "embeddings-test-project"
 
 
 # ---- processes ------------------------------------------------------------------------------------
+
+
+def pipeline_command(*args: object) -> list[str]:
+    """The command line `python -m pipeline ARGS...` with this interpreter (each arg as `str`), for
+    `subprocess.run`/`Popen`: e.g. `pipeline_command("run", "--output", out, ...)`."""
+    return [sys.executable, "-m", "pipeline", *map(str, args)]
+
+
+def run_pipeline(
+    *args: object,
+    cwd: os.PathLike | str = PROJECT_ROOT,
+    env: Optional[dict[str, str]] = None,
+    timeout: float = 600,
+    **kwargs,
+) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ARGS...` to its end in `cwd` (the project root by default) and return
+    it with its stdout and stderr captured as text; `env`: the process's whole environment (None:
+    this one's). A run longer than `timeout` seconds raises `subprocess.TimeoutExpired`."""
+    return subprocess.run(pipeline_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def descendants(pid: int) -> set[int]:
