@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from pipeline import __version__, cli
-from tests_support import PROJECT_ROOT, run_pipeline
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, run_pipeline
 
 NOISE = ("I0000", "absl::InitializeLog", "oneDNN custom operations")
 
@@ -136,10 +136,7 @@ def test_beam_worker_processes_are_quiet_too(project):
             "models/text.keras",
             "--output",
             "out-mp",
-            "--direct_running_mode",
-            "multi_processing",
-            "--direct_num_workers",
-            "2",
+            *TWO_WORKER_PROCESSES,
         ],
         project["root"],
     )

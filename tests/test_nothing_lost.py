@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main
-from tests_support import PROJECT_ROOT, descendants, pipeline_command, refused_storage, run_pipeline
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, descendants, refused_storage, run_pipeline, start_pipeline
 from transforms import fileio
 from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
 from transforms.write import RUNNING_NAME, failure_verdict
@@ -142,14 +142,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp
     data = _jsonl(tmp_path / "big.jsonl", 150_000)
     out = tmp_path / "out"
     args = ["--output", out, "--text-input", data, "--text-model", tiny_text_model]
-    first = subprocess.Popen(
-        pipeline_command("run", *args, "--run-id", "first-run"),
-        cwd=PROJECT_ROOT,
-        env=_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_pipeline("run", *args, "--run-id", "first-run", env=_ENV)
     try:
         deadline = time.time() + 120
         while not (out / RUNNING_NAME).exists() and first.poll() is None and time.time() < deadline:
@@ -277,27 +270,8 @@ def _running(pid: int) -> bool:
 def test_a_signal_ends_a_multi_process_run_with_one_line_and_no_worker_left(tmp_path, tiny_text_model, signum, code, words):
     data = _jsonl(tmp_path / "big.jsonl", 300_000)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        pipeline_command(
-            "run",
-            "--output",
-            out,
-            "--text-input",
-            data,
-            "--text-model",
-            tiny_text_model,
-            "--direct_num_workers",
-            "2",
-            "--direct_running_mode",
-            "multi_processing",
-        ),
-        cwd=PROJECT_ROOT,
-        env=_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    args = ["--output", out, "--text-input", data, "--text-model", tiny_text_model, *TWO_WORKER_PROCESSES]
+    process = start_pipeline("run", *args, env=_ENV, start_new_session=True)
     try:
         workers: set[int] = set()
         deadline = time.time() + 180
@@ -403,26 +377,8 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
             GOOGLE_CLOUD_PROJECT="p",
             GOOGLE_APPLICATION_CREDENTIALS=_fake_credentials(str(tmp_path)),
         )
-        run = subprocess.Popen(
-            pipeline_command(
-                "run",
-                "--output",
-                out,
-                "--image-input",
-                listing,
-                "--image-model",
-                tiny_image_model,
-                "--image-batch-size",
-                "2",
-                "--storage-timeout",
-                "10",
-            ),
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        inputs = ["--image-input", listing, "--image-model", tiny_image_model]
+        run = start_pipeline("run", "--output", out, *inputs, "--image-batch-size", "2", "--storage-timeout", "10", env=env)
         # kill storage once the run is under way: the pipeline created its local temp folder, or
         # (gs:// output) the run claimed its output folder
         deadline = time.time() + 120
@@ -488,14 +444,8 @@ def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):
 
 def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path):
     """SIGINT while the CLI is still importing its libraries: one `error:` line, exit 130."""
-    process = subprocess.Popen(
-        pipeline_command(
-            "run", "--output", tmp_path / "out", "--text-input", tmp_path / "none.jsonl", "--text-model", tmp_path / "none.keras"
-        ),
-        cwd=PROJECT_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    args = ["--output", tmp_path / "out", "--text-input", tmp_path / "none.jsonl", "--text-model", tmp_path / "none.keras"]
+    process = start_pipeline("run", *args, stdout=None)
     time.sleep(0.5)  # inside `import apache_beam` / TensorFlow, well before the run starts
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

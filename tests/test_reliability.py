@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from tests_support import PROJECT_ROOT, descendants, pipeline_command, run_pipeline
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, descendants, run_pipeline, start_pipeline
 from transforms.results import MANIFEST_NAME, read_embeddings
 
 
@@ -83,11 +83,7 @@ def test_two_workers_give_bit_identical_embeddings_and_listen_on_loopback_only(t
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        run(
-            ["--output", str(tmp_path / "two"), "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
-            + inputs
-            + models
-        )
+        run(["--output", str(tmp_path / "two"), *TWO_WORKER_PROCESSES] + inputs + models)
     finally:
         stop.set()
         watcher.join()
@@ -110,14 +106,7 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path,
     out = tmp_path / "out"
     argv = ["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model)]
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    process = subprocess.Popen(
-        pipeline_command("run", *argv),
-        cwd=PROJECT_ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_pipeline("run", *argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not any((out / "text").glob("beam-temp-*")):
         time.sleep(0.05)  # wait until Parquet is being written, then kill the whole process group

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from tests_support import PROJECT_ROOT, run_pipeline
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, run_pipeline
 from transforms.results import read_embeddings, read_errors, read_manifest
 
 
@@ -44,10 +44,7 @@ def test_one_file_is_embedded_by_both_worker_processes(tmp_path, tiny_text_model
         tiny_text_model,
         "--read-split-bytes",
         "16384",
-        "--direct_num_workers",
-        "2",
-        "--direct_running_mode",
-        "multi_processing",
+        *TWO_WORKER_PROCESSES,
         cwd=tmp_path,
         env=env,
     )

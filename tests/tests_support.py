@@ -26,6 +26,20 @@ def pipeline_command(*args: object) -> list[str]:
     return [sys.executable, "-m", "pipeline", *map(str, args)]
 
 
+TWO_WORKER_PROCESSES = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+"""Beam flags of a local run on two worker processes (the FnApiRunner's multi-processing mode)."""
+
+
+def start_pipeline(
+    *args: object, cwd: os.PathLike | str = PROJECT_ROOT, env: Optional[dict[str, str]] = None, **kwargs
+) -> subprocess.Popen:
+    """Start `python -m pipeline ARGS...` in `cwd` (the project root by default) without waiting;
+    its stdout and stderr are text pipes unless `kwargs` say otherwise (e.g. `stdout=None`, or
+    `start_new_session=True` to signal its whole process group). `env` as for `run_pipeline`."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(pipeline_command(*args), cwd=cwd, env=env, **{**streams, **kwargs})
+
+
 def run_pipeline(
     *args: object,
     cwd: os.PathLike | str = PROJECT_ROOT,
