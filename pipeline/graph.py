@@ -332,9 +332,9 @@ def build_pipeline(
     modality (`text`, `image`), `errors`, `counts` and `manifest`.
 
     `prior_files` ({modality: Parquet paths of earlier runs}) turns on incremental skipping;
-    `listing`: the launcher's listing of the inputs, to list them only once.
+    `listing`: the launcher's listing of the inputs, to list them only once (None: each branch lists
+    its own inputs).
     """
-    listing = fileio.InputListing() if listing is None else listing
     prior_files = prior_files or {}
     schemas, branches = {}, {}
     if config.has_text:

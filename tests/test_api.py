@@ -15,7 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 from PIL import Image
 
-from tests.tests_support import PROJECT_ROOT
+from tests.tests_support import PROJECT_ROOT, run_pipeline
 from transforms import EmbedImages, EmbedText, read_embeddings, read_errors
 from transforms.models import ModelConfigError
 
@@ -64,35 +64,26 @@ def job_run(tmp_path_factory, tiny_text_model, tiny_image_model) -> dict:
         for record in images:
             f.write(f"{record['id']},{record['uri']},{record['label']}\n")
     out = root / "out"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--output",
-            str(out),
-            "--text-input",
-            str(root / "reviews.jsonl"),
-            "--text-model",
-            str(tiny_text_model),
-            "--image-input",
-            str(root / "images.csv"),
-            "--image-id-field",
-            "id",
-            "--image-model",
-            str(tiny_image_model),
-            "--image-layer",
-            "features",
-            "--passthrough",
-            "label",
-            "--max-failed-fraction",
-            "1",
-        ],  # bad records on purpose: compared with the library's dead letters
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_pipeline(
+        "run",
+        "--output",
+        out,
+        "--text-input",
+        root / "reviews.jsonl",
+        "--text-model",
+        tiny_text_model,
+        "--image-input",
+        root / "images.csv",
+        "--image-id-field",
+        "id",
+        "--image-model",
+        tiny_image_model,
+        "--image-layer",
+        "features",
+        "--passthrough",
+        "label",
+        "--max-failed-fraction",
+        "1",  # bad records on purpose: compared with the library's dead letters
         env=dict(os.environ),
     )
     assert done.returncode == 0, done.stderr[-3000:]

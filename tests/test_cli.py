@@ -11,13 +11,12 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
 from pipeline import __version__, cli
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, run_pipeline
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOISE = ("I0000", "absl::InitializeLog", "oneDNN custom operations")
 
 REVIEWS = [
@@ -35,8 +34,7 @@ REVIEWS = [
 def _cli(args: list[str], cwd: pathlib.Path, verbose: bool = False, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "EMBEDDINGS_VERBOSE")}
     env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    argv = [sys.executable, "-m", "pipeline", *args] + (["--verbose"] if verbose else [])
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_pipeline(*args, *(["--verbose"] if verbose else []), cwd=cwd, env=env, timeout=timeout)
 
 
 def _assert_quiet(done: subprocess.CompletedProcess) -> None:
@@ -138,10 +136,7 @@ def test_beam_worker_processes_are_quiet_too(project):
             "models/text.keras",
             "--output",
             "out-mp",
-            "--direct_running_mode",
-            "multi_processing",
-            "--direct_num_workers",
-            "2",
+            *TWO_WORKER_PROCESSES,
         ],
         project["root"],
     )

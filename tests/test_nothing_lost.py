@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main
-from tests_support import PROJECT_ROOT, descendants, refused_storage
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, descendants, refused_storage, run_pipeline, start_pipeline
 from transforms import fileio
 from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
 from transforms.write import RUNNING_NAME, failure_verdict
@@ -43,18 +43,6 @@ def _rows(out: pathlib.Path, folder: str) -> int:
 
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def _cli(args: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", *map(str, args)],
-        cwd=PROJECT_ROOT,
-        env=kwargs.pop("env", _ENV),
-        capture_output=True,
-        text=True,
-        timeout=kwargs.pop("timeout", 300),
-        **kwargs,
-    )
 
 
 # ---- failure budget -------------------------------------------------------------------------
@@ -154,14 +142,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_the_first_finishes(tmp
     data = _jsonl(tmp_path / "big.jsonl", 150_000)
     out = tmp_path / "out"
     args = ["--output", out, "--text-input", data, "--text-model", tiny_text_model]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", *map(str, args), "--run-id", "first-run"],
-        cwd=PROJECT_ROOT,
-        env=_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_pipeline("run", *args, "--run-id", "first-run", env=_ENV)
     try:
         deadline = time.time() + 120
         while not (out / RUNNING_NAME).exists() and first.poll() is None and time.time() < deadline:
@@ -263,7 +244,9 @@ def test_a_full_disk_ends_in_one_line(tmp_path, tiny_text_model):
         pytest.skip("needs a small tmpfs to fill (mount as root); none could be mounted here")
     try:
         data = _jsonl(tmp_path / "in.jsonl", 20_000)
-        done = _cli(["--output", small / "out", "--text-input", data, "--text-model", tiny_text_model])
+        done = run_pipeline(
+            "run", "--output", small / "out", "--text-input", data, "--text-model", tiny_text_model, env=_ENV, timeout=300
+        )
         assert done.returncode == 1
         [line] = _error_lines(done.stderr)
         assert "no space left on device" in line and "Traceback" not in done.stderr
@@ -287,30 +270,8 @@ def _running(pid: int) -> bool:
 def test_a_signal_ends_a_multi_process_run_with_one_line_and_no_worker_left(tmp_path, tiny_text_model, signum, code, words):
     data = _jsonl(tmp_path / "big.jsonl", 300_000)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--output",
-            str(out),
-            "--text-input",
-            str(data),
-            "--text-model",
-            str(tiny_text_model),
-            "--direct_num_workers",
-            "2",
-            "--direct_running_mode",
-            "multi_processing",
-        ],
-        cwd=PROJECT_ROOT,
-        env=_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    args = ["--output", out, "--text-input", data, "--text-model", tiny_text_model, *TWO_WORKER_PROCESSES]
+    process = start_pipeline("run", *args, env=_ENV, start_new_session=True)
     try:
         workers: set[int] = set()
         deadline = time.time() + 180
@@ -416,29 +377,8 @@ def test_storage_killed_mid_run_fails_the_run_in_bounded_time(tmp_path, tiny_ima
             GOOGLE_CLOUD_PROJECT="p",
             GOOGLE_APPLICATION_CREDENTIALS=_fake_credentials(str(tmp_path)),
         )
-        run = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "run",
-                "--output",
-                str(out),
-                "--image-input",
-                str(listing),
-                "--image-model",
-                str(tiny_image_model),
-                "--image-batch-size",
-                "2",
-                "--storage-timeout",
-                "10",
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        inputs = ["--image-input", listing, "--image-model", tiny_image_model]
+        run = start_pipeline("run", "--output", out, *inputs, "--image-batch-size", "2", "--storage-timeout", "10", env=env)
         # kill storage once the run is under way: the pipeline created its local temp folder, or
         # (gs:// output) the run claimed its output folder
         deadline = time.time() + 120
@@ -504,23 +444,8 @@ def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):
 
 def test_ctrl_c_during_start_up_imports_is_one_line_and_exit_130(tmp_path):
     """SIGINT while the CLI is still importing its libraries: one `error:` line, exit 130."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--output",
-            str(tmp_path / "out"),
-            "--text-input",
-            str(tmp_path / "none.jsonl"),
-            "--text-model",
-            str(tmp_path / "none.keras"),
-        ],
-        cwd=PROJECT_ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    args = ["--output", tmp_path / "out", "--text-input", tmp_path / "none.jsonl", "--text-model", tmp_path / "none.keras"]
+    process = start_pipeline("run", *args, stdout=None)
     time.sleep(0.5)  # inside `import apache_beam` / TensorFlow, well before the run starts
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

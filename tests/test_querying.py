@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests_support import PROJECT_ROOT, run_pipeline
+
 duckdb = pytest.importorskip("duckdb")  # requirements-dev.txt pins it; not a runtime dependency
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOC = PROJECT_ROOT / "docs" / "querying.md"
 K = 10
 PER_FILE = 120  # snippets per polarity
@@ -69,21 +68,7 @@ def run(tmp_path_factory, shared_data) -> dict:
     keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="sentiment")(x)).save(model)
 
     out = folder / "out"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "--output",
-        str(out),
-        "--text-input",
-        str(data),
-        "--text-model",
-        str(model),
-        "--passthrough",
-        "label",
-    ]
-    done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    done = run_pipeline("run", "--output", out, "--text-input", data, "--text-model", model, "--passthrough", "label")
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((out / "_MANIFEST.json").read_text())
     assert manifest["counts"]["text"]["embedded"] == len(records)
@@ -146,9 +131,7 @@ def test_whole_folder_reads_never_trip_on_the_index_or_projector_files(run, tmp_
         ["build-index", "--embeddings", str(run["out"])],
         ["export-projector", "--embeddings", str(run["out"]), "--out", str(tmp_path / "projector")],
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "pipeline", *argv], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
-        )
+        done = run_pipeline(*argv, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     assert (run["out"] / "index").is_dir()
     assert sorted(p.name for p in (run["out"] / "text").iterdir()) == sorted(

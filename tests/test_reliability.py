@@ -5,7 +5,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
-from tests_support import PROJECT_ROOT, descendants
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, descendants, run_pipeline, start_pipeline
 from transforms.results import MANIFEST_NAME, read_embeddings
 
 
@@ -84,11 +83,7 @@ def test_two_workers_give_bit_identical_embeddings_and_listen_on_loopback_only(t
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        run(
-            ["--output", str(tmp_path / "two"), "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
-            + inputs
-            + models
-        )
+        run(["--output", str(tmp_path / "two"), *TWO_WORKER_PROCESSES] + inputs + models)
     finally:
         stop.set()
         watcher.join()
@@ -109,22 +104,9 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path,
         for i in range(200_000):
             f.write(json.dumps({"id": f"r{i}", "text": f"good film number {i}"}) + "\n")
     out = tmp_path / "out"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "--output",
-        str(out),
-        "--text-input",
-        str(data),
-        "--text-model",
-        str(tiny_text_model),
-    ]
+    argv = ["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model)]
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    process = subprocess.Popen(
-        argv, cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = start_pipeline("run", *argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not any((out / "text").glob("beam-temp-*")):
         time.sleep(0.05)  # wait until Parquet is being written, then kill the whole process group
@@ -134,7 +116,7 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path,
     assert not (out / MANIFEST_NAME).exists()
     with pytest.raises(Exception, match="did not finish"):
         read_embeddings(str(out), "text")
-    result = run(argv[4:])
+    result = run(argv)
     ids = read_embeddings(str(out), "text").column("id").to_pylist()
     assert len(ids) == 200_000 and len(set(ids)) == 200_000
     assert result["counts"]["text"]["embedded"] == 200_000
@@ -181,24 +163,16 @@ def test_credentials_never_reach_the_logs(tmp_path, tiny_text_model):
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"id": "a", "text": "good"}) + "\n")
     env = dict(os.environ, GOOGLE_APPLICATION_CREDENTIALS=str(credentials), PYTHONPATH=str(PROJECT_ROOT))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--verbose",
-            "--output",
-            str(tmp_path / "out"),
-            "--text-input",
-            str(data),
-            "--text-model",
-            str(tiny_text_model),
-        ],
-        cwd=PROJECT_ROOT,
+    done = run_pipeline(
+        "run",
+        "--verbose",
+        "--output",
+        tmp_path / "out",
+        "--text-input",
+        data,
+        "--text-model",
+        tiny_text_model,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

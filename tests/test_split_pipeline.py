@@ -7,7 +7,6 @@ import io
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pyarrow as pa
@@ -16,9 +15,8 @@ import pytest
 from PIL import Image
 
 from pipeline.run import main, run
+from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, run_pipeline
 from transforms.results import read_embeddings, read_errors, read_manifest
-
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _by_id(table: pa.Table) -> dict:
@@ -36,30 +34,19 @@ def test_one_file_is_embedded_by_both_worker_processes(tmp_path, tiny_text_model
     data.write_text("".join(json.dumps({"text": f"good movie number {i} " + "bad film " * (i % 7)}) + "\n" for i in range(3000)))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            "--output",
-            str(out),
-            "--text-input",
-            str(data),
-            "--text-model",
-            str(tiny_text_model),
-            "--read-split-bytes",
-            "16384",
-            "--direct_num_workers",
-            "2",
-            "--direct_running_mode",
-            "multi_processing",
-        ],
+    done = run_pipeline(
+        "run",
+        "--output",
+        out,
+        "--text-input",
+        data,
+        "--text-model",
+        tiny_text_model,
+        "--read-split-bytes",
+        "16384",
+        *TWO_WORKER_PROCESSES,
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = read_manifest(str(out))

@@ -7,7 +7,9 @@ import json
 import os
 import pathlib
 import socket
-from typing import Iterator, Sequence
+import subprocess
+import sys
+from typing import Iterator, Optional, Sequence
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -16,6 +18,39 @@ DATAFLOW_PROJECT = "embeddings-test-project"
 
 
 # ---- processes ------------------------------------------------------------------------------------
+
+
+def pipeline_command(*args: object) -> list[str]:
+    """The command line `python -m pipeline ARGS...` with this interpreter (each arg as `str`), for
+    `subprocess.run`/`Popen`: e.g. `pipeline_command("run", "--output", out, ...)`."""
+    return [sys.executable, "-m", "pipeline", *map(str, args)]
+
+
+TWO_WORKER_PROCESSES = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+"""Beam flags of a local run on two worker processes (the FnApiRunner's multi-processing mode)."""
+
+
+def start_pipeline(
+    *args: object, cwd: os.PathLike | str = PROJECT_ROOT, env: Optional[dict[str, str]] = None, **kwargs
+) -> subprocess.Popen:
+    """Start `python -m pipeline ARGS...` in `cwd` (the project root by default) without waiting;
+    its stdout and stderr are text pipes unless `kwargs` say otherwise (e.g. `stdout=None`, or
+    `start_new_session=True` to signal its whole process group). `env` as for `run_pipeline`."""
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(pipeline_command(*args), cwd=cwd, env=env, **{**streams, **kwargs})
+
+
+def run_pipeline(
+    *args: object,
+    cwd: os.PathLike | str = PROJECT_ROOT,
+    env: Optional[dict[str, str]] = None,
+    timeout: float = 600,
+    **kwargs,
+) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ARGS...` to its end in `cwd` (the project root by default) and return
+    it with its stdout and stderr captured as text; `env`: the process's whole environment (None:
+    this one's). A run longer than `timeout` seconds raises `subprocess.TimeoutExpired`."""
+    return subprocess.run(pipeline_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def descendants(pid: int) -> set[int]:

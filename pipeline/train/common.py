@@ -1,4 +1,4 @@
-"""What the two trainers share: the checks of their common flags, and saving the model with its report.
+"""What the two trainers share: their common flags and the checks of them, and saving the model with its report.
 
 Both save an uncompiled `.keras` file (no optimizer state) to a local or gs:// `--output`, with the
 training report beside it as `MODEL.training.json`, and print that report alone on stdout while
@@ -7,7 +7,9 @@ Keras' progress goes to stderr.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -21,6 +23,7 @@ __all__ = [
     "MODEL_SUFFIX",
     "REPORT_SUFFIX",
     "report_path_for",
+    "add_training_arguments",
     "check_output",
     "check_at_least",
     "check_training_settings",
@@ -40,6 +43,51 @@ _Config = TypeVar("_Config")
 def report_path_for(model_path: str) -> str:
     """`MODEL.keras` -> `MODEL.training.json`."""
     return model_path[: -len(MODEL_SUFFIX)] + REPORT_SUFFIX
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, config_type: type, *, stage: str = "") -> None:
+    """Add the training flags both trainers have, with the same names, types and meaning: --epochs,
+    --patience, --batch-size, --learning-rate, --validation-split, --seed and --max-bad-fraction.
+
+    Their defaults are the field defaults of the trainer's settings dataclass `config_type` (each
+    trainer keeps its own); `stage` says what --epochs and --learning-rate train where the trainer
+    has more than one stage (e.g. " of the head (frozen base)")."""
+    d = {field.name: field.default for field in dataclasses.fields(config_type)}
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=d["epochs"],
+        help=f"Most epochs{stage}; stops early on validation loss (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d["patience"],
+        help="Epochs without a better validation loss before stopping (default: %(default)s).",
+    )
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="Training batch size (default: %(default)s).")
+    parser.add_argument(
+        "--learning-rate", type=float, default=d["learning_rate"], help=f"Adam learning rate{stage} (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--validation-split",
+        type=float,
+        default=d["validation_split"],
+        help="Fraction held out for validation, drawn with --seed (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=d["seed"],
+        help="Seed of the validation split, the shuffling, the initial weights and any augmentation (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=d["max_bad_fraction"],
+        help="Fail when more than this fraction of the training records is unusable (a malformed or unlabelled "
+        "record, an image that cannot be decoded) (default: %(default)s).",
+    )
 
 
 def check_output(output: str, error: type[Exception]) -> None:

@@ -42,6 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.tools.common import ToolError
 from pipeline.train.common import (
+    add_training_arguments,
     check_at_least,
     check_output,
     check_training_settings,
@@ -481,29 +482,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d["dropout"].default,
         help="Dropout on the base's features; 0 for none (default: %(default)s).",
     )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=d["epochs"].default,
-        help="Most epochs of the head (frozen base); stops early (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=d["learning_rate"].default,
-        help="Adam learning rate of the head (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=d["patience"].default,
-        help="Epochs without a better validation loss before stopping (default: %(default)s).",
-    )
+    add_training_arguments(parser, ImageTrainingConfig, stage=" of the head (frozen base)")
     parser.add_argument(
         "--fine-tune-layers",
         type=int,
         default=d["fine_tune_layers"].default,
-        help="Then unfreeze this many top layers of the base and train end to end; 0: no fine-tuning (default: %(default)s).",
+        help="After the head, unfreeze this many top layers of the base and train end to end; 0: no fine-tuning "
+        "(default: %(default)s).",
     )
     parser.add_argument(
         "--fine-tune-epochs",
@@ -517,33 +502,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d["fine_tune_learning_rate"].default,
         help="Adam learning rate while fine-tuning: keep it low (default: %(default)s).",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=d["batch_size"].default, help="Training batch size (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--validation-split",
-        type=float,
-        default=d["validation_split"].default,
-        help="Held-out fraction of each class (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=d["seed"].default,
-        help="Seed of the split, shuffling, flips and initial weights (default: %(default)s).",
-    )
     parser.add_argument("--no-flip", action="store_true", help="No random horizontal flips while fine-tuning.")
     parser.add_argument(
         "--uri-field", default=d["uri_field"].default, help="Manifest column of the image uri (default: %(default)s)."
     )
     parser.add_argument(
         "--label-field", default=d["label_field"].default, help="Manifest column of the label (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--max-bad-fraction",
-        type=float,
-        default=d["max_bad_fraction"].default,
-        help="Fail when more than this fraction of the images cannot be decoded (default: %(default)s).",
     )
 
 

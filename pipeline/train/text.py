@@ -28,6 +28,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.train.common import (
+    add_training_arguments,
     check_at_least,
     check_output,
     check_training_settings,
@@ -456,42 +457,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d["dropout"].default,
         help="Dropout on the embedding before the classifier; 0 for none (default: %(default)s).",
     )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=d["epochs"].default,
-        help="Most epochs; stops early on validation loss (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=d["patience"].default,
-        help="Epochs without a better validation loss before stopping (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=d["batch_size"].default, help="Training batch size (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--validation-split",
-        type=float,
-        default=d["validation_split"].default,
-        help="Held-out fraction, shuffled with --seed (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=d["learning_rate"].default, help="Adam learning rate (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=d["seed"].default,
-        help="Seed of the split, the shuffling and the initial weights (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--max-bad-fraction",
-        type=float,
-        default=d["max_bad_fraction"].default,
-        help="Fail when more than this fraction of records is bad (default: %(default)s).",
-    )
+    add_training_arguments(parser, TextTrainingConfig)
 
 
 def _parse_labelled_lines(value: str) -> tuple[str, int]:
