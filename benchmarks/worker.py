@@ -14,6 +14,7 @@ run reports its wall seconds and CPU seconds. Kinds:
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import json
 import logging
@@ -111,9 +112,20 @@ def _loop_rate(step: Callable[[int], None], batch: int, counts: list[int], warmu
     return runs
 
 
-def _limit_image(spec: dict) -> dict:
-    import concurrent.futures
+def _rate_in_flight(embed: Callable, batches: list, calls: int, batch: int, counts: list[int], warmup: int = 4) -> list[dict]:
+    """Timed runs of `embed` over about `count` records each, `calls` batches always in flight (no
+    barrier between them: a thread takes the next batch as soon as its call returns)."""
+    with concurrent.futures.ThreadPoolExecutor(calls) as executor:
 
+        def run(n: int) -> None:
+            list(executor.map(lambda k: embed(batches[k % len(batches)]), range(n)))
+
+        run(warmup * calls)
+        sizes = [max(1, count // batch) for count in counts]  # whole batches
+        return [_timed(f"{count}", n * batch, lambda n=n: run(n)) for count, n in zip(counts, sizes)]
+
+
+def _limit_image(spec: dict) -> dict:
     import numpy as np
 
     from transforms import decode
@@ -151,25 +163,13 @@ def _limit_image(spec: dict) -> dict:
     if backend == "openvino":
         # OpenVINO's own best: one batch in flight per stream (its THROUGHPUT hint), as an
         # AsyncInferQueue would keep them, through the job's thread-safe embedder.
-        calls = embedder.concurrent_calls
-        executor = concurrent.futures.ThreadPoolExecutor(calls)
-
-        def step(i: int) -> None:
-            list(executor.map(lambda k: embedder.embed(batches[(i * calls + k) % len(batches)]), range(calls)))
-
-        result["runs"] = _loop_rate(step, batch * calls, spec["counts"], 5)
-        result["concurrent_calls"] = calls
-        executor.shutdown()
+        result["concurrent_calls"] = embedder.concurrent_calls
+        result["runs"] = _rate_in_flight(embedder.embed, batches, embedder.concurrent_calls, batch, spec["counts"])
         return result
     result["runs"] = _loop_rate(lambda i: embedder.embed(batches[i % len(batches)]), batch, spec["counts"], 5)
     # TensorFlow with two batches in flight from two threads (it releases the GIL): a small network
     # does not fill two cores from one call, so the limit is the better of the two ways.
-    with concurrent.futures.ThreadPoolExecutor(2) as two:
-
-        def step_two(i: int) -> None:
-            list(two.map(lambda k: embedder.embed(batches[(2 * i + k) % len(batches)]), range(2)))
-
-        result["runs_two_callers"] = _loop_rate(step_two, batch * 2, spec["counts"], 3)
+    result["runs_two_callers"] = _rate_in_flight(embedder.embed, batches, 2, batch, spec["counts"])
     if not spec.get("extras", True):
         return result
     with concurrent.futures.ThreadPoolExecutor(2) as executor:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks.run import marginal
+from benchmarks.run import marginal, marginal_cpu_ms
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -19,6 +19,13 @@ def test_marginal_rate_cancels_start_up():
     large = {"count": 600, "seconds": 22.0}
     assert marginal(small, large) == pytest.approx(50.0)
     assert marginal(small, {"count": 600, "seconds": 11.0}) is None  # noise: no rate rather than a wrong one
+
+
+def test_marginal_cpu_per_record_cancels_start_up_cpu():
+    small = {"count": 100, "cpu_seconds": 7.0, "children_cpu_seconds": 1.0}  # 6 s of start-up + 2 ms a record
+    large = {"count": 600, "cpu_seconds": 7.5, "children_cpu_seconds": 1.5}  # child processes' CPU counts too
+    assert marginal_cpu_ms(small, large) == pytest.approx(2.0)
+    assert marginal_cpu_ms(small, dict(large, cpu_seconds=5.0)) is None
 
 
 def test_harness_runs_tiny_sizes_and_writes_json(shared_data, tiny_text_model, tmp_path):
