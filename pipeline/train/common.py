@@ -73,7 +73,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, config_type: type, *
         "--validation-split",
         type=float,
         default=d["validation_split"],
-        help="Fraction held out for validation, drawn with --seed (default: %(default)s).",
+        help="Fraction held out for validation (of each class, in train-image), drawn with --seed (default: %(default)s).",
     )
     parser.add_argument(
         "--seed",
