@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import posixpath
+import re
 import uuid
 from typing import Optional, Sequence
 
@@ -26,7 +28,7 @@ from transforms.backends import BACKENDS, PRECISIONS
 from transforms.decode import DECODERS, DEFAULT_MAX_IMAGE_PIXELS
 from transforms.errors import UserError
 from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
-from transforms.records import IMAGE, TEXT
+from transforms.records import IMAGE, TEXT, embedding_schema
 from transforms.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
 from transforms.write import DEFAULT_MAX_FAILED_FRACTION
 
@@ -40,6 +42,11 @@ __all__ = [
     "check_output_writable",
     "check_unknown_flags",
     "check_remote_paths",
+    "check_inputs_outside_output",
+    "reserved_output_columns",
+    "real_path",
+    "same_path",
+    "is_inside",
 ]
 
 
@@ -547,11 +554,12 @@ def config_from_options(
         except LookupError:
             raise ConfigError(f"--text-encoding {o.text_encoding!r}: unknown encoding") from None
     passthrough = tuple(p.strip() for p in (o.passthrough or "").split(",") if p.strip())
-    # `text` is allowed: the embedded text, stored beside its embedding (an image manifest's `text` column for images).
-    reserved = {"id", "source", "line", "content_sha256", "embedding", "model", "model_sha256"}
+    reserved = reserved_output_columns()
     for name in passthrough:
         if name in reserved:
-            raise ConfigError(f"--passthrough {name!r}: clashes with an output column of the same name")
+            raise ConfigError(
+                f"--passthrough {name!r}: clashes with an output column of the same name ({', '.join(sorted(reserved))})"
+            )
     if len(set(passthrough)) != len(passthrough):
         raise ConfigError(f"--passthrough {o.passthrough!r}: names a column twice")
     image_spec = None
@@ -627,10 +635,12 @@ def config_from_options(
             fileio.check_scheme(path or "", flag)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if config.output in config.incremental_from:
-        raise ConfigError(
-            f"--incremental-from {config.output!r}: is the --output of this run; give the earlier run's folder (one output folder per run)"
-        )
+    for earlier in config.incremental_from:  # by real path: a "latest" symlink to --output is --output
+        if same_path(earlier, config.output):
+            raise ConfigError(
+                f"--incremental-from {earlier!r}: is the --output of this run ({config.output!r}), which a run clears "
+                "before it writes; give the earlier run's own folder and a new --output (one output folder per run)"
+            )
     if config.carry_over and not config.incremental_from:
         raise ConfigError(
             "--carry-over: copies the unchanged records of an earlier run; give that run with --incremental-from DIR"
@@ -647,4 +657,85 @@ def config_from_options(
     if check_paths:
         _check_inputs("--text-input", config.text_inputs, listing)
         _check_inputs("--image-input", config.image_inputs, listing)
+        check_inputs_outside_output(config, listing)
     return config
+
+
+def reserved_output_columns() -> frozenset[str]:
+    """The column names a `--passthrough` field may not take: every column the job itself writes to
+    `text/` or `image/`, taken from the output schema (`transforms.records.embedding_schema`), with
+    `embedded_run_id` (a carry-over run's provenance; a passthrough column of that name in an earlier
+    run would be read as provenance by a later --carry-over run). `text` is allowed: the embedded text,
+    stored beside its embedding (an image manifest's `text` column for images)."""
+    return frozenset(name for modality in (TEXT, IMAGE) for name in embedding_schema(modality, 1, provenance=True).names) - {
+        "text"
+    }
+
+
+def real_path(path: str) -> str:
+    """A path as compared for overlaps: locally its real path (symlinks and `..` resolved, even where
+    the last parts do not exist yet); a URI normalised as a string (`gs://b/x/../y/` -> `gs://b/y`)."""
+    if fileio.is_remote(path):
+        scheme, _, rest = path.partition("://")
+        return f"{scheme}://{posixpath.normpath(rest)}".rstrip("/")
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def same_path(a: str, b: str) -> bool:
+    """Whether two paths name the same place (`real_path`)."""
+    return real_path(a) == real_path(b)
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it (`real_path` on both)."""
+    path, folder = real_path(path), real_path(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+# Files the job writes in --output, to test an input glob against (`check_inputs_outside_output`).
+_OUTPUT_SAMPLES = (
+    "_RUNNING.json",
+    "_MANIFEST.json",
+    "text/part-00000-of-00001.parquet",
+    "text/carried-00000-of-00001.parquet",
+    "image/part-00000-of-00001.parquet",
+    "errors/part-00000-of-00001.parquet",
+    "text/beam-temp-part-0/0",
+)
+
+
+def _real_pattern(pattern: str) -> str:
+    """A glob with its fixed folder (`fileio.glob_root`) made real (`real_path`), its wildcards kept."""
+    root = fileio.glob_root(pattern)
+    if not fileio.has_glob(pattern) or not root:
+        return real_path(pattern)
+    return real_path(root) + pattern[len(root) :]
+
+
+def check_inputs_outside_output(config: JobConfig, listing: Optional[fileio.InputListing] = None) -> None:
+    """Refuse inputs inside `--output` and an input glob that reaches into `--output` (ConfigError
+    naming both flags): a run clears the folder before it reads, and would read its own files.
+
+    Paths are compared by real path (symlinks, `..`), gs:// by normalised string: a listed input
+    file inside the output, an input glob whose fixed folder is inside it, or a glob that would match
+    a file the job writes there (`d/**` with `--output d/out`)."""
+    from apache_beam.io.filesystem import FileSystem
+
+    listing = fileio.InputListing() if listing is None else listing
+    output = real_path(config.output)
+    samples = [f"{output}/{name}" for name in _OUTPUT_SAMPLES]
+    for flag, patterns in (("--text-input", config.text_inputs), ("--image-input", config.image_inputs)):
+        for pattern in patterns:
+            inside = is_inside(fileio.glob_root(pattern) or pattern, output) if fileio.has_glob(pattern) else False
+            inside = inside or any(is_inside(path, output) for path, _ in listing.files(pattern))
+            if inside:
+                raise ConfigError(
+                    f"{flag} {pattern!r}: reads inside --output {config.output!r}, the folder this run clears and "
+                    "writes; move the inputs out of it or choose another --output"
+                )
+            regex = re.compile(FileSystem.translate_pattern(_real_pattern(pattern)))
+            if any(regex.match(sample) for sample in samples):
+                raise ConfigError(
+                    f"{flag} {pattern!r}: would also read this run's own files, as --output {config.output!r} lies "
+                    "inside that glob; choose an --output outside it, or a glob that does not reach it"
+                )

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime
 import errno
+import json
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ import time
 from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
@@ -36,8 +38,17 @@ from transforms import fileio, progress
 from transforms.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, UserError
 from transforms.models import load_image_embedder, load_text_embedder
 from transforms.records import IMAGE, TEXT
-from transforms.results import read_manifest, run_files
-from transforms.write import OutputInUseError, claim_output, clear_previous_output, release_output
+from transforms.results import MANIFEST_NAME, read_manifest, run_files
+from transforms.write import (
+    ForeignFilesError,
+    OutputInUseError,
+    UnreadableManifestError,
+    check_output_folder,
+    claim_output,
+    clear_previous_output,
+    discard_unfinished,
+    release_output,
+)
 
 __all__ = [
     "run",
@@ -134,15 +145,49 @@ def known_image_count(config: JobConfig, listing: Optional[fileio.InputListing] 
 
 
 def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
-    """The Parquet files of the earlier runs named by --incremental-from, by modality."""
+    """The Parquet files of the earlier runs named by --incremental-from, by modality.
+
+    Checked at launch, before the output folder is claimed: each folder must hold a finished run
+    whose manifest reads and whose listed files all exist; otherwise a ConfigError (exit 2) says
+    what is wrong with that folder (a rerun of this command would not help)."""
     files: dict[str, list[str]] = {}
     for folder in config.incremental_from:
+        flag = f"--incremental-from {folder!r}"
+        manifest_path = fileio.join(folder, MANIFEST_NAME)
         try:
-            manifest = read_manifest(folder)
-        except Exception as exc:  # noqa: BLE001 - missing folder, unfinished run
-            raise ConfigError(f"--incremental-from {folder!r}: {exc}") from exc
-        for modality in (TEXT, IMAGE):
-            files.setdefault(modality, []).extend(run_files(folder, manifest, modality))
+            if not fileio.is_remote(folder) and not os.path.isdir(folder):
+                raise ConfigError(f"{flag}: no such folder; give the output folder of an earlier, finished run")
+            if not FileSystems.exists(manifest_path):
+                raise ConfigError(
+                    f"{flag}: has no {MANIFEST_NAME}, so it is not a finished run of this job (that run did not "
+                    "finish, or this is not a run's output folder); give the folder of a finished run"
+                )
+            try:
+                manifest = json.loads(fileio.read_bytes(manifest_path))
+                listed = {m: run_files(folder, manifest, m) for m in (TEXT, IMAGE)}
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise ConfigError(
+                    f"{flag}: its {MANIFEST_NAME} cannot be read ({type(exc).__name__}: {exc}); give the folder of a finished run"
+                ) from None
+            if manifest.get("status") == "failed":
+                raise ConfigError(
+                    f"{flag}: run {manifest.get('run_id')} failed its checks, so its embeddings are incomplete; "
+                    "give the folder of a run that completed"
+                )
+            wanted = [path for paths in listed.values() for path in paths]
+            present = set(fileio.match_paths(sorted({p.rsplit("/", 1)[0] + "/*" for p in wanted})))  # a listing per folder
+            missing = [path for path in wanted if path not in present]
+            if missing:
+                raise ConfigError(
+                    f"{flag}: {len(missing)} of the {len(wanted)} embedding file(s) its manifest lists are missing "
+                    f"(e.g. {missing[0]!r}); that run's output is incomplete: give a complete run's folder"
+                )
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - storage unreachable, no permission
+            raise ConfigError(f"{flag}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        for modality, paths in listed.items():
+            files.setdefault(modality, []).extend(paths)
     return files
 
 
@@ -216,25 +261,44 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
             config,
             image_model=dataclasses.replace(config.image_model, backend=details["backend"], precision=details["precision"]),
         )
-    builds_only = bool(options.view_as(GoogleCloudOptions).template_location) or bool(options.view_as(TestOptions).dry_run)
-    if not builds_only:  # a template or dry run executes nothing now: leave any earlier output alone
-        check_output_writable(config.output)
+    template = bool(options.view_as(GoogleCloudOptions).template_location)
+    dry_run = options.view_as(TestOptions).dry_run
+    if dry_run not in (False, None) and str(dry_run).strip().lower() not in ("true", "1", "yes"):
+        raise ConfigError(f"--dry_run {dry_run!r}: Beam takes any value as true; give --dry_run=true, or leave the flag out")
+    dry_run = bool(dry_run)
+    if not template:  # read only: the folder holds nothing but an earlier run's files (a template runs later)
+        if not dry_run or not fileio.is_remote(config.output):
+            check_output_writable(config.output)  # on gs:// it writes a probe: not in a dry run
         try:
-            claim_output(config.output, config.run_id, force=config.force_unlock, detached=config.detach)
-        except OutputInUseError as exc:
+            check_output_folder(config.output)
+        except (ForeignFilesError, UnreadableManifestError) as exc:
             raise ConfigError(str(exc)) from None
-        _CLAIMED.update(output=config.output, run_id=config.run_id)
+    if template or dry_run:  # built (and checked) only: nothing runs, --output is left alone
+        return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, True, listing)
+    try:
+        claim_output(config.output, config.run_id, force=config.force_unlock, detached=config.detach)
+    except OutputInUseError as exc:
+        raise ConfigError(str(exc)) from None
+    _CLAIMED.update(output=config.output, run_id=config.run_id)
+    try:
         try:
             cleared = clear_previous_output(config.output)
-            if cleared:
-                _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
-            return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only, listing)
-        finally:
-            _CLAIMED.clear()
-            if not config.detach:  # a detached run frees the folder itself, when it writes its manifest
+        except (ForeignFilesError, UnreadableManifestError) as exc:  # changed since the check above
+            raise ConfigError(str(exc)) from None
+        if cleared:
+            _LOGGER.info("Removed %d file(s) of an earlier run in %s", len(cleared), config.output)
+        try:
+            return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, False, listing)
+        except Exception:
+            if not config.detach:  # stopped before its manifest: what it wrote goes, so a rerun finds a clean folder
                 with contextlib.suppress(Exception):
-                    release_output(config.output, config.run_id)
-    return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, builds_only, listing)
+                    discard_unfinished(config.output)
+            raise
+    finally:
+        _CLAIMED.clear()
+        if not config.detach:  # a detached run frees the folder itself, when it writes its manifest
+            with contextlib.suppress(Exception):
+                release_output(config.output, config.run_id)
 
 
 def pipeline_factory(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
@@ -256,6 +320,10 @@ def _run_claimed(
     build_pipeline(pipeline, config, models, started_at, prior_files=prior, listing=listing)
     if listing is not None:
         listing.clear()  # built: the workers list the inputs again themselves
+    if builds_only and local:  # the local runners ignore --dry_run: check the built job without running it
+        pipeline.to_runner_api()  # every step's code and coders serialise, as a runner would need them
+        print(f"Dry run: the job was built and checked; nothing ran and nothing was written to {config.output}.")
+        return {}
     with loopback_only_servers() if local else contextlib.nullcontext():
         result = pipeline.run()
         if builds_only:

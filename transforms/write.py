@@ -2,16 +2,21 @@
 
 A run's folder is complete only when `_MANIFEST.json` exists: it is deleted first when a run
 starts and written by the pipeline's final step, after every Parquet file has been finalised.
+The folder is the job's only where the job wrote it: a run deletes nothing but the files an earlier
+run's manifest names and the job's own temp files, and refuses a folder holding anything else
+(`check_output_folder`), before it claims it.
 Reading a finished run is `transforms.results`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
-import shutil
+import posixpath
+import re
 import socket
 from typing import Iterable, Optional, Sequence
 
@@ -32,6 +37,11 @@ __all__ = [
     "failure_verdict",
     "TopErrorReasons",
     "clear_previous_output",
+    "check_output_folder",
+    "output_leftovers",
+    "discard_unfinished",
+    "ForeignFilesError",
+    "UnreadableManifestError",
     "RUNNING_NAME",
     "OutputInUseError",
     "claim_output",
@@ -214,28 +224,176 @@ def release_output(output: str, run_id: str) -> bool:
     return True
 
 
-def clear_previous_output(output: str) -> list[str]:
-    """Delete an earlier run's manifest, then its Parquet files, so a rerun leaves no leftovers.
+class ForeignFilesError(UserError, RuntimeError):
+    """`--output` holds files this job did not write: the run stops before it claims or deletes anything."""
 
-    Only the job's own files are touched: `_MANIFEST.json` and `text/`, `image/`, `errors/`.
+
+class UnreadableManifestError(UserError, RuntimeError):
+    """`--output` holds an earlier `_MANIFEST.json` that cannot be read: which files are the job's is
+    unknown, so nothing is deleted and the run stops."""
+
+
+WRITE_PROBE_PREFIX = ".write-probe-"  # `pipeline.options.check_output_writable`'s probe on gs://
+_SHARD_NAME = re.compile(r"(part|carried)-\d{5,}-of-\d{5,}\.parquet")  # WriteTables' file names
+_LISTED_FOREIGN = 5  # foreign files named in the message; the rest are counted
+
+
+def _output_entries(output: str) -> list[str]:
+    """Every file under `output` (recursively), as paths relative to it with `/`; locally also every
+    symlink and other non-folder entry (a symlinked folder is one entry, never followed)."""
+    if fileio.is_remote(output):
+        prefix = output.rstrip("/") + "/"
+        return sorted(p[len(prefix) :] for p in fileio.match_paths([prefix + "**"]) if p.startswith(prefix))
+    if not os.path.isdir(output):
+        return []
+    found = []
+    for folder, dirs, files in os.walk(output):
+        relative = os.path.relpath(folder, output)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            found.append(name if relative == "." else f"{relative}/{name}".replace(os.sep, "/"))
+    return sorted(found)
+
+
+def _manifest_named(output: str, entries: Sequence[str]) -> set[str]:
+    """The files an earlier run's manifest in `output` names (relative paths inside `output`; a path
+    outside it is never the folder's to delete); UnreadableManifestError when the manifest cannot be read."""
+    if MANIFEST_NAME not in entries:
+        return set()
+    path = fileio.join(output, MANIFEST_NAME)
+    try:
+        manifest = json.loads(fileio.read_bytes(path))
+        files = manifest["files"]
+        named = [p for paths in files.values() for p in paths]
+        if not all(isinstance(p, str) for p in named):
+            raise TypeError("a file name that is not a string")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UnreadableManifestError(
+            f"--output {output!r}: its {MANIFEST_NAME} cannot be read ({type(exc).__name__}: {exc}), so which files an "
+            "earlier run wrote there is unknown; nothing was deleted: move the folder's contents away or choose another --output"
+        ) from None
+    prefix = output.rstrip("/") + "/"
+    inside = set()
+    for p in named:
+        if fileio.is_remote(p) or p.startswith("/"):  # an absolute path (an older manifest): only inside the folder
+            if not p.startswith(prefix):
+                continue
+            p = p[len(prefix) :]
+        normal = posixpath.normpath(p)
+        if not normal.startswith(("../", "/")) and normal not in (".", ".."):
+            inside.add(normal)
+    return inside
+
+
+def output_leftovers(output: str) -> tuple[list[str], list[str]]:
+    """(the job's files, other files) in `output`, as paths relative to it.
+
+    The job's: the files an earlier run's manifest names and the manifest itself, the `_RUNNING.json`
+    marker, Beam's temp files (`text/`, `image/`, `errors/` `beam-temp-*/`), the gs:// write probe;
+    and, while a `_RUNNING.json` marker is there, the shard files (`part-*`/`carried-*-of-*.parquet`
+    in text/image/errors) of the run that left it (killed before its manifest: the claim proves the
+    job wrote them). Everything else is someone else's. Raises UnreadableManifestError."""
+    entries = _output_entries(output)
+    named = _manifest_named(output, entries)
+    claimed = RUNNING_NAME in entries
+    ours, foreign = [], []
+    for rel in entries:
+        parts = rel.split("/")
+        job_folder = len(parts) >= 2 and parts[0] in OUTPUT_FOLDERS
+        if (
+            rel in named
+            or rel in (MANIFEST_NAME, RUNNING_NAME)
+            or (job_folder and len(parts) >= 3 and parts[1].startswith("beam-temp-"))
+            or (len(parts) == 1 and rel.startswith(WRITE_PROBE_PREFIX))
+            or (claimed and job_folder and len(parts) == 2 and _SHARD_NAME.fullmatch(parts[1]))
+        ):
+            ours.append(rel)
+        else:
+            foreign.append(rel)
+    return ours, foreign
+
+
+def check_output_folder(output: str) -> list[str]:
+    """The job's files in `output` (`output_leftovers`), or ForeignFilesError listing the others (a few,
+    then how many more) / UnreadableManifestError: read only, nothing is created or deleted."""
+    ours, foreign = output_leftovers(output)
+    if foreign:
+        shown = ", ".join(foreign[:_LISTED_FOREIGN])
+        more = f" and {len(foreign) - _LISTED_FOREIGN} more" if len(foreign) > _LISTED_FOREIGN else ""
+        unfinished = any(_SHARD_NAME.fullmatch(f.rsplit("/", 1)[-1]) for f in foreign)
+        hint = (
+            " (part-*/carried-* Parquet files that no manifest names are an unfinished run's: delete them if so)"
+            if unfinished
+            else ""
+        )
+        raise ForeignFilesError(
+            f"--output {output!r} holds {len(foreign)} file(s) that no earlier run of this job wrote (no {MANIFEST_NAME} "
+            f"there names them): {shown}{more}; nothing was deleted: move them away or choose another --output{hint}"
+        )
+    return ours
+
+
+def _remove_job_folders(output: str) -> None:
+    """Locally, the job's folders left empty once its files are gone: Beam's `beam-temp-*` folders
+    (whose files were just deleted: only the job's own files were there) and an empty `text/`,
+    `image/` or `errors/` (an earlier run's modality this run lacks). A folder with anything in it stays."""
+    if fileio.is_remote(output):
+        return
+    for folder in OUTPUT_FOLDERS:
+        base = os.path.join(output, folder)
+        if not os.path.isdir(base) or os.path.islink(base):
+            continue
+        for name in os.listdir(base):
+            temp = os.path.join(base, name)
+            if name.startswith("beam-temp-") and os.path.isdir(temp) and not os.path.islink(temp):
+                with contextlib.suppress(OSError):
+                    os.rmdir(temp)
+        with contextlib.suppress(OSError):
+            os.rmdir(base)
+
+
+def clear_previous_output(output: str) -> list[str]:
+    """Delete an earlier run's files so a rerun leaves no leftovers: its manifest first (from then on
+    the folder reads as unfinished), then the files it names, and temp files of a killed run.
+
+    Only the job's own files (`output_leftovers`) are ever deleted; a folder holding anything else
+    raises ForeignFilesError (and one whose manifest is unreadable UnreadableManifestError) before
+    anything is touched. The run's own `_RUNNING.json` stays. Returns the deleted paths.
     """
+    ours = check_output_folder(output)
+    paths = [fileio.join(output, rel) for rel in ours if rel != RUNNING_NAME]
     manifest = fileio.join(output, MANIFEST_NAME)
     deleted = []
-    if FileSystems.exists(manifest):
+    if manifest in paths:
         FileSystems.delete([manifest])  # first: from here on the folder reads as unfinished
         deleted.append(manifest)
-    for folder in OUTPUT_FOLDERS:
-        base = fileio.join(output, folder)
-        # finished shards, and the temp files of a run killed before it finalised them
-        matched = fileio.match_paths([fileio.join(base, "*"), fileio.join(base, "beam-temp-*", "*")])
-        if matched:
-            FileSystems.delete(matched)
-            deleted += matched
-        if not fileio.is_remote(base) and os.path.isdir(base):
-            for name in os.listdir(base):  # local temp folders are real directories
-                if name.startswith("beam-temp-"):
-                    shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        paths.remove(manifest)
+    if paths:
+        FileSystems.delete(paths)
+        deleted += paths
+    _remove_job_folders(output)
     return deleted
+
+
+def discard_unfinished(output: str) -> list[str]:
+    """After a run that stopped before writing its manifest (the folder held none of anyone else's files
+    when it was claimed and cleared): delete what it wrote, its shard files and Beam temp files, so that
+    a rerun finds a clean folder. Returns the deleted paths; nothing when a manifest is there."""
+    entries = _output_entries(output)
+    if MANIFEST_NAME in entries:
+        return []
+    mine = []
+    for rel in entries:
+        parts = rel.split("/")
+        if (
+            len(parts) >= 2
+            and parts[0] in OUTPUT_FOLDERS
+            and ((len(parts) == 2 and _SHARD_NAME.fullmatch(parts[1])) or parts[1].startswith("beam-temp-"))
+        ):
+            mine.append(fileio.join(output, rel))
+    if mine:
+        FileSystems.delete(mine)
+    _remove_job_folders(output)
+    return mine
 
 
 class _BufferedWriter:
