@@ -14,7 +14,14 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from transforms import read_embeddings, read_errors, read_manifest
 from transforms.records import ERROR_SCHEMA, TEXT, ErrorRecord, embedding_schema
 from transforms.results import MANIFEST_NAME, IncompleteOutputError
-from transforms.write import WriteErrors, WriteManifestFn, WriteTables, clear_previous_output
+from transforms.write import (
+    ForeignFilesError,
+    UnreadableManifestError,
+    WriteErrors,
+    WriteManifestFn,
+    WriteTables,
+    clear_previous_output,
+)
 
 pytestmark = pytest.mark.slow  # each test runs a Beam pipeline
 
@@ -132,15 +139,55 @@ def test_no_dead_letters_still_writes_an_empty_errors_file(tmp_path):
     assert read_errors(str(out)).num_rows == 0 and read_errors(str(out)).schema.equals(ERROR_SCHEMA)
 
 
+def _tree(folder: pathlib.Path) -> dict:
+    """Every file under `folder` (relative path -> bytes): what "nothing touched" compares."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_unfinished_run_is_refused_and_a_rerun_clears_the_earlier_one(tmp_path):
     out = tmp_path / "out"
     _write_run(out, [_table(0, 10)], [ErrorRecord("e", TEXT, "s", "read", "RecordError", "m")])
-    (out / "notes.txt").write_text("not the job's")
+    (out / "text" / "beam-temp-part-0123").mkdir()  # a killed run's temp file: the job's own
+    (out / "text" / "beam-temp-part-0123" / "0123").write_bytes(b"half")
     deleted = clear_previous_output(str(out))
     assert deleted[0].endswith(MANIFEST_NAME)  # the manifest goes first: the folder reads as unfinished
-    assert not list((out / "text").glob("*")) and not list((out / "errors").glob("*"))
-    assert (out / "notes.txt").exists()
+    assert _tree(out) == {} and not (out / "text").exists() and not (out / "errors").exists()
     with pytest.raises(IncompleteOutputError, match="did not finish"):
         read_embeddings(str(out), "text")
     with pytest.raises(IncompleteOutputError):
         read_errors(str(out))
+
+
+def test_clearing_refuses_a_folder_with_files_the_job_did_not_write_and_touches_nothing(tmp_path):
+    out = tmp_path / "out"
+    _write_run(out, [_table(0, 10)], [])
+    (out / "notes.txt").write_text("not the job's")
+    for i in range(7):
+        (out / "text" / f"mine-{i}.parquet").write_bytes(b"the user's")
+    before = _tree(out)
+    with pytest.raises(ForeignFilesError, match=r"holds 8 file\(s\).*notes.txt, text/mine-0.parquet.* and 3 more") as caught:
+        clear_previous_output(str(out))
+    assert caught.value.exit_code == 2
+    assert _tree(out) == before  # not even the earlier run's own files: the run stops before anything
+
+
+def test_clearing_refuses_an_unreadable_manifest(tmp_path):
+    out = tmp_path / "out"
+    _write_run(out, [_table(0, 10)], [])
+    (out / MANIFEST_NAME).write_text('{"run_id": "cut short", "files": {"text": ["text/pa')
+    before = _tree(out)
+    with pytest.raises(UnreadableManifestError, match="cannot be read"):
+        clear_previous_output(str(out))
+    assert _tree(out) == before
+
+
+def test_clearing_never_deletes_a_manifest_named_file_outside_the_folder(tmp_path):
+    out = tmp_path / "out"
+    _write_run(out, [_table(0, 10)], [])
+    outside = tmp_path / "keep.parquet"
+    outside.write_bytes(b"outside")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["files"]["text"] += ["../keep.parquet", str(outside)]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    clear_previous_output(str(out))
+    assert _tree(out) == {} and outside.read_bytes() == b"outside"
