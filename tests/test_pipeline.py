@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import socket
+import subprocess
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +13,7 @@ from PIL import Image
 
 from pipeline.run import main, run
 from transforms.results import MANIFEST_NAME, IncompleteOutputError, read_embeddings, read_errors, read_manifest
+from transforms.write import RUNNING_NAME
 
 
 def _write_text_inputs(folder: pathlib.Path) -> dict:
@@ -172,7 +175,12 @@ def test_rerun_into_same_folder_has_one_row_per_record(tmp_path, tiny_text_model
     out = tmp_path / "out"
     argv = ["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model)]
     first = run(argv)
-    # leftovers of an interrupted run with more shards must not survive the rerun
+    # leftovers of a run killed while it finalised more shards (its manifest deleted, its marker of a
+    # dead process left) must not survive the rerun
+    (out / MANIFEST_NAME).unlink()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / RUNNING_NAME).write_text(json.dumps({"run_id": "killed", "host": socket.gethostname(), "pid": dead.pid}))
     (out / "text" / "part-00007-of-00009.parquet").write_bytes(b"stale")
     second = run(argv + ["--normalize"])
     table = read_embeddings(str(out), "text")
