@@ -15,12 +15,15 @@ from transforms import read_embeddings, read_errors, read_manifest
 from transforms.records import ERROR_SCHEMA, TEXT, ErrorRecord, embedding_schema
 from transforms.results import MANIFEST_NAME, IncompleteOutputError
 from transforms.write import (
+    RUNNING_NAME,
     ForeignFilesError,
     UnreadableManifestError,
     WriteErrors,
     WriteManifestFn,
     WriteTables,
     clear_previous_output,
+    discard_unfinished,
+    output_leftovers,
 )
 
 pytestmark = pytest.mark.slow  # each test runs a Beam pipeline
@@ -191,3 +194,17 @@ def test_clearing_never_deletes_a_manifest_named_file_outside_the_folder(tmp_pat
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
     clear_previous_output(str(out))
     assert _tree(out) == {} and outside.read_bytes() == b"outside"
+
+
+def test_a_run_that_stopped_before_its_manifest_leaves_only_what_a_rerun_may_delete(tmp_path):
+    out = tmp_path / "out"
+    _write_run(out, [_table(0, 10)], [])
+    (out / MANIFEST_NAME).unlink()  # as a run that stopped before its last step: shards, no manifest
+    assert output_leftovers(str(out))[1] == ["errors/part-00000-of-00001.parquet", "text/part-00000-of-00001.parquet"]
+    (out / RUNNING_NAME).write_text("{}")  # while its claim is there, they are that run's: a rerun may delete them
+    assert output_leftovers(str(out))[1] == []
+    (out / RUNNING_NAME).unlink()
+    (out / "text" / "mine.txt").write_text("the user's")
+    deleted = discard_unfinished(str(out))  # the stopped run's own cleanup: its shard files, never another file
+    assert sorted(pathlib.Path(p).name for p in deleted) == ["part-00000-of-00001.parquet"] * 2
+    assert _tree(out) == {"text/mine.txt": b"the user's"}
