@@ -59,6 +59,8 @@ USER_ERRORS = {
     "pipeline.train.text.TrainingDataError": (ValueError, EXIT_FAILED),
     "transforms.bigquery.BigQueryTableError": (ValueError, EXIT_USAGE),
     "transforms.write.OutputInUseError": (RuntimeError, EXIT_USAGE),
+    "transforms.write.ForeignFilesError": (RuntimeError, EXIT_USAGE),
+    "transforms.write.UnreadableManifestError": (RuntimeError, EXIT_USAGE),
     "transforms.results.IncompleteOutputError": (RuntimeError, EXIT_FAILED),
     "transforms.results.FailedRunError": (RuntimeError, EXIT_FAILED),
     "pipeline.run.RunFailed": (RuntimeError, EXIT_FAILED),
