@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ from PIL import Image
 
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from pipeline.run import main, run
-from transforms.results import read_embeddings, read_errors, read_manifest
+from transforms.results import MANIFEST_NAME, read_embeddings, read_errors, read_manifest
+from transforms.write import RUNNING_NAME
 
 pytestmark = pytest.mark.gcs
 
@@ -222,8 +224,14 @@ def test_rerun_into_the_same_gcs_output_has_one_row_per_record(tmp_path, gcs_emu
         gcs_emulator.upload(tiny_text_model, "rerun", "text.keras"),
     ]
     first = run(argv)
+    # a run killed while it finalised more shards left these: its manifest deleted, its marker (a dead pid) there
+    FileSystems.delete([gcs_emulator.url("rerun", "out", MANIFEST_NAME)])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with FileSystems.create(gcs_emulator.url("rerun", "out", RUNNING_NAME)) as handle:
+        handle.write(json.dumps({"run_id": "killed", "host": socket.gethostname(), "pid": dead.pid}).encode())
     stale = gcs_emulator.url("rerun", "out", "text", "part-00007-of-00009.parquet")
-    with FileSystems.create(stale) as handle:  # an interrupted run with more shards left this
+    with FileSystems.create(stale) as handle:
         handle.write(b"stale")
     second = run(argv + ["--normalize"])
     table = read_embeddings(gcs_emulator.url("rerun", "out"), "text")
