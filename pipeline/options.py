@@ -26,8 +26,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms import fileio
 from transforms.backends import BACKENDS, PRECISIONS
 from transforms.decode import DECODERS, DEFAULT_MAX_IMAGE_PIXELS
+from transforms.embed import MAX_DECODE_THREADS
 from transforms.errors import UserError
-from transforms.models import NETWORKS, ImageModelSpec, TextModelSpec
+from transforms.models import MAX_IMAGE_BATCH_SIZE, MAX_TEXT_BATCH_SIZE, NETWORKS, ImageModelSpec, TextModelSpec
 from transforms.records import IMAGE, TEXT, embedding_schema
 from transforms.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
 from transforms.write import DEFAULT_MAX_FAILED_FRACTION
@@ -159,7 +160,13 @@ class EmbeddingJobOptions(PipelineOptions):
             help="Field/column holding the record id (default: id; file:line where absent).",
         )
         _flag(parser, "--text-encoding", default="utf-8", help="Encoding of text files (default: utf-8; e.g. cp1252).")
-        _flag(parser, "--text-batch-size", type=int, default=1024, help="Texts per model call (default: 1024).")
+        _flag(
+            parser,
+            "--text-batch-size",
+            type=int,
+            default=1024,
+            help=f"Texts per model call (default: 1024; at most {MAX_TEXT_BATCH_SIZE:,}).",
+        )
         _flag(
             parser,
             "--max-text-bytes",
@@ -202,7 +209,13 @@ class EmbeddingJobOptions(PipelineOptions):
         )
         _flag(parser, "--image-uri-field", default="uri", help="Manifest column holding the image uri (default: uri).")
         _flag(parser, "--image-id-field", help="Manifest column holding the image id (default: the uri as written).")
-        _flag(parser, "--image-batch-size", type=int, default=32, help="Images per model call (default: 32).")
+        _flag(
+            parser,
+            "--image-batch-size",
+            type=int,
+            default=32,
+            help=f"Images per model call (default: 32; at most {MAX_IMAGE_BATCH_SIZE:,}).",
+        )
         _flag(
             parser,
             "--image-backend",
@@ -238,7 +251,12 @@ class EmbeddingJobOptions(PipelineOptions):
             default=256 << 20,
             help="Image files larger than this are dead letters, never read whole (default: 268,435,456 = 256 MiB).",
         )
-        _flag(parser, "--decode-threads", type=int, help="Threads decoding images per worker process (default: number of CPUs).")
+        _flag(
+            parser,
+            "--decode-threads",
+            type=int,
+            help=f"Threads decoding images per worker process (default: number of CPUs; at most {MAX_DECODE_THREADS}: each holds a batch).",
+        )
         # Both
         _flag(
             parser,
@@ -544,6 +562,15 @@ def config_from_options(
         "read_split_bytes",
     ):
         _positive("--" + name.replace("_", "-"), getattr(o, name))
+    for flag, value, maximum in (
+        ("--text-batch-size", o.text_batch_size, MAX_TEXT_BATCH_SIZE),
+        ("--image-batch-size", o.image_batch_size, MAX_IMAGE_BATCH_SIZE),
+        ("--decode-threads", o.decode_threads, MAX_DECODE_THREADS),
+    ):
+        if value is not None and value > maximum:
+            raise ConfigError(
+                f"{flag} {value:,}: the maximum is {maximum:,} (a batch, or a batch per thread, is held in memory whole)"
+            )
     if o.image_alpha is not None and o.image_alpha <= 0:
         raise ConfigError(f"--image-alpha must be positive, got {o.image_alpha}")
     if o.text_encoding:

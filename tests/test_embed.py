@@ -58,12 +58,12 @@ def _text_table(rows: list[tuple[str, str]], source: str = "in.jsonl", first_lin
 
 
 @pytest.mark.slow
-def test_text_batches_are_padded_to_one_shape_and_rows_do_not_leak(tiny_text_model):
+def test_text_batches_run_at_their_own_size_in_one_trace_and_rows_do_not_leak(tiny_text_model):
     embedder = load_text_embedder(TextModelSpec(str(tiny_text_model), batch_size=4))
-    whole = embedder.embed(TEXTS)  # 10 texts: batches of 4, 4 and a padded 2
+    whole = embedder.embed(TEXTS)  # 10 texts: batches of 4, 4 and 2 (not padded)
     assert whole.shape == (10, embedder.dimension) and whole.dtype == np.float32
     alone = np.concatenate([embedder.embed([t]) for t in TEXTS])
-    assert whole.tobytes() == alone.tobytes()  # padding and batch-mates change nothing, bit for bit
+    assert whole.tobytes() == alone.tobytes()  # batch size and batch-mates change nothing, bit for bit
     reordered = embedder.embed(TEXTS[::-1])[::-1]
     assert reordered.tobytes() == whole.tobytes()
     assert embedder._forward.experimental_get_tracing_count() == 1  # one traced shape for every call

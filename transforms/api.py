@@ -39,8 +39,24 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import decode
-from transforms.embed import CARRIED, DEFAULT_MAX_IMAGE_BYTES, SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
-from transforms.models import ImageModelSpec, ModelConfigError, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms.embed import (
+    CARRIED,
+    DEFAULT_MAX_IMAGE_BYTES,
+    MAX_DECODE_THREADS,
+    SKIPPED,
+    EmbedImageBatchesFn,
+    EmbedTextBatchesFn,
+)
+from transforms.models import (
+    MAX_IMAGE_BATCH_SIZE,
+    MAX_TEXT_BATCH_SIZE,
+    ImageModelSpec,
+    ModelConfigError,
+    TextModelSpec,
+    check_batch_size,
+    load_image_embedder,
+    load_text_embedder,
+)
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema
 from transforms.text_read import passthrough_value, text_batch_schema, text_field_problem
 
@@ -191,14 +207,15 @@ def _load(transform: str, loader, spec):
         raise ModelConfigError(f"{transform}({argument}=...)", exc.value, reason) from exc
 
 
-def _check_common(name: str, passthrough: Sequence[str], batch_size: int, *fields: str) -> tuple[str, ...]:
+def _check_common(name: str, passthrough: Sequence[str], batch_size: int, maximum: int, *fields: str) -> tuple[str, ...]:
     if isinstance(passthrough, str):
         raise TypeError(f"{name}: passthrough must be a sequence of field names, not the string {passthrough!r}")
     passthrough = tuple(passthrough)
     if not all(isinstance(p, str) and p for p in passthrough):
         raise TypeError(f"{name}: passthrough must hold field names (strings), got {passthrough!r}")
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"{name}: batch_size must be a positive integer, got {batch_size!r}")
+    problem = check_batch_size("batch_size", batch_size, maximum)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
     for field in fields:
         if not isinstance(field, str) or not field:
             raise ValueError(f"{name}: field names must be non-empty strings, got {field!r}")
@@ -254,7 +271,8 @@ class EmbedText(beam.PTransform):
     """Dicts with a text and an id in; `EmbedResult(embeddings, errors)` out.
 
     `model` is a `.keras` file made by `train-text` (local or gs://). Records are embedded in
-    batches of `batch_size` (the last one padded, so the model never retraces); `normalize`
+    batches of `batch_size` (at most `models.MAX_TEXT_BATCH_SIZE`; a short batch runs at its own
+    size, one traced function for all); `normalize`
     L2-normalises the vectors. Dead letters: not a dict, no id (`MissingId`), a missing, null,
     non-string or NUL-bearing text (`InvalidTextField`), empty text or text with no word the
     model knows how to standardise (`EmptyText`), a model failure (`embed` stage).
@@ -272,7 +290,7 @@ class EmbedText(beam.PTransform):
         label: Optional[str] = None,
     ):
         super().__init__(label)
-        self._passthrough = _check_common("EmbedText", passthrough, batch_size, text_field, id_field)
+        self._passthrough = _check_common("EmbedText", passthrough, batch_size, MAX_TEXT_BATCH_SIZE, text_field, id_field)
         if not isinstance(model, str) or not model:
             raise ValueError(f"EmbedText: model must be the path of a .keras text model, got {model!r}")
         embedding_schema(TEXT, 1, self._passthrough)  # a passthrough name that clashes with an output field fails here
@@ -387,7 +405,17 @@ class EmbedImages(beam.PTransform):
         decoder: str = "pillow",
     ):
         super().__init__(label)
-        self._passthrough = _check_common("EmbedImages", passthrough, batch_size, uri_field, bytes_field, id_field)
+        self._passthrough = _check_common(
+            "EmbedImages", passthrough, batch_size, MAX_IMAGE_BATCH_SIZE, uri_field, bytes_field, id_field
+        )
+        if decode_threads is not None and (
+            isinstance(decode_threads, bool)
+            or not isinstance(decode_threads, int)
+            or not 0 < decode_threads <= MAX_DECODE_THREADS
+        ):
+            raise ValueError(
+                f"EmbedImages: decode_threads must be an integer from 1 to {MAX_DECODE_THREADS}, got {decode_threads!r}"
+            )
         if not isinstance(model, str) or not model:
             raise ValueError(f"EmbedImages: model must be a network name or a .keras file, got {model!r}")
         embedding_schema(IMAGE, 1, self._passthrough)  # a clashing passthrough name fails here

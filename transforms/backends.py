@@ -2,13 +2,15 @@
 
 The image embedder (`transforms.models.ImageEmbedder`) always builds one TensorFlow function,
 uint8 pixels -> the network's own `preprocess_input` -> the headless network -> one vector per
-image, traced once for the fixed batch shape. The backend decides what runs it:
+image, traced for fixed batch shapes (the full batch, and smaller buckets for short batches:
+`transforms.models.batch_buckets`). The backend decides what runs it:
 
 * `tensorflow`: that `tf.function` itself.
 * `openvino`: the same traced function (its `ConcreteFunction`, preprocessing included, so the
   input is still the uint8 batch) converted by `openvino.convert_model` and compiled for the CPU
   with `PERFORMANCE_HINT=THROUGHPUT`. Conversion happens once per worker process, inside the shared
-  model; its cost is logged and recorded in the manifest's model details.
+  model; its cost is logged and recorded in the manifest's model details. A smaller batch bucket is
+  compiled from a reshaped copy of the converted model the first time a short batch needs it.
 * `auto` (the default): OpenVINO when the `openvino` package is importable and the network
   converts, else TensorFlow; the log and the manifest say which, and why.
 
@@ -106,6 +108,8 @@ class OpenVINOForward:
     convert_seconds: float
     compile_seconds: float
     version: str
+    converted: object = None  # the converted (uncompiled) model, to compile other batch sizes from
+    config: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self._requests: queue.Queue = queue.Queue()
@@ -121,6 +125,32 @@ class OpenVINOForward:
             return np.asarray(result[0], dtype=np.float32)
         finally:
             self._requests.put(request)
+
+    def for_batch(self, batch: int) -> Optional[OpenVINOForward]:
+        """The same network compiled for batches of `batch` images (a copy of the converted model
+        reshaped, same config), or None when it does not reshape or compile (the caller pads)."""
+        if self.converted is None:
+            return None
+        import openvino as ov
+
+        start = time.perf_counter()
+        try:
+            model = self.converted.clone()
+            shape = list(model.inputs[0].get_partial_shape().to_shape())
+            model.reshape({model.inputs[0]: ov.PartialShape([batch, *shape[1:]])})
+            compiled = ov.Core().compile_model(model, "CPU", self.config)
+        except Exception as exc:  # noqa: BLE001 - a shape baked into the graph: run padded instead
+            _LOGGER.info("OpenVINO could not compile batches of %d: %s", batch, _one_line(exc))
+            return None
+        return OpenVINOForward(
+            compiled=compiled,
+            concurrent_calls=self.concurrent_calls,
+            precision=self.precision,
+            convert_seconds=0.0,
+            compile_seconds=time.perf_counter() - start,
+            version=self.version,
+            config=self.config,
+        )
 
 
 def compile_openvino(concrete_function, precision: str = "f32", streams: Optional[int] = None) -> OpenVINOForward:
@@ -167,4 +197,6 @@ def compile_openvino(concrete_function, precision: str = "f32", streams: Optiona
         convert_seconds=converted - start,
         compile_seconds=compiled_at - converted,
         version=version,
+        converted=model,
+        config=config,
     )

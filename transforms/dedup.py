@@ -11,7 +11,8 @@ slices are grouped by bucket (Beam's shuffle; one element per batch and bucket, 
 record); earlier runs' keys join the same buckets (`transforms.incremental.ReadPriorKeys`). Per
 bucket, with NumPy only:
 
-* repeated `ikey`s: every later occurrence with its first one (exceptional: only duplicates);
+* repeated `ikey`s: every later occurrence with its first one (exceptional: only duplicates), as
+  2-3 bytes a duplicate plus one (path, line) per distinct first occurrence (`DuplicatesEntry`);
 * `(ikey, ckey)` pairs found in an earlier run: the lines to skip, gathered per file and chunk of
   `CHUNK_LINES` lines into bitmaps (1 bit a line, 8 KiB a chunk).
 
@@ -38,6 +39,7 @@ __all__ = [
     "CARRY_ROWS",
     "CHUNK_LINES",
     "CheckTextRecords",
+    "DuplicatesEntry",
     "FindDuplicateIds",
     "KeyBatch",
     "MergeBucketSlices",
@@ -363,8 +365,8 @@ def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_o
 def _check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, first_only: bool = True) -> Iterator:
     """Duplicates (main output) and lines to skip (SKIP_LINES) of one bucket.
 
-    Main output: ((path, chunk), (lines, first paths, first lines)) for every later occurrence of a
-    repeated id. SKIP_LINES: ((path, chunk), uint16 offsets in the chunk) of records an earlier run
+    Main output: ((path, chunk), DuplicatesEntry) for the later occurrences of repeated ids in
+    that chunk. SKIP_LINES: ((path, chunk), uint16 offsets in the chunk) of records an earlier run
     embedded with the same id, content and model. With `carry` (earlier slices hold positions),
     CARRY_ROWS: which earlier rows to copy into this run's output (`_carried`), by earlier row group.
     """
@@ -400,10 +402,23 @@ def _check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, fir
     starts[new_run] = np.flatnonzero(new_run)
     starts = np.maximum.accumulate(starts)
     later_rows, first_rows = order[later], order[starts[later]]
-    first_paths = np.array([path_of_part[k] for k in part_of_row[first_rows]], dtype=object)
-    first_lines = lines[first_rows]
     for key, picked in _by_chunk(None, later_rows, part_of_row, path_of_part, lines, positions=True):
-        yield key, (lines[later_rows[picked]], list(first_paths[picked]), first_lines[picked])
+        yield key, _duplicates_entry(later_rows[picked], first_rows[picked], part_of_row, path_of_part, lines)
+
+
+# A DuplicatesEntry, the value of the `duplicates` side input for one (path, chunk) from one bucket:
+# (offsets of the later occurrences in the chunk (uint16), the distinct first occurrences they
+# point at as (paths, lines), and for each later occurrence the index of its first one (smallest
+# unsigned type)). 2-3 bytes a duplicate plus one (path, line) per distinct id, so a worker holds
+# the same few bytes per duplicate however many records share one id, never a path per duplicate.
+DuplicatesEntry = tuple
+
+
+def _duplicates_entry(later_rows: np.ndarray, first_rows: np.ndarray, part_of_row, path_of_part, lines) -> DuplicatesEntry:
+    distinct, which = np.unique(first_rows, return_inverse=True)
+    offsets = (lines[later_rows] & (CHUNK_LINES - 1)).astype(np.uint16)
+    first_paths = [path_of_part[k] for k in part_of_row[distinct]]
+    return offsets, (first_paths, lines[distinct].astype(np.int64)), _smallest_unsigned(which.reshape(-1))
 
 
 def _by_chunk(tag, rows: np.ndarray, part_of_row, path_of_part, lines, positions: bool = False) -> Iterator:
@@ -433,7 +448,7 @@ def _bitmap(item: tuple[tuple[str, int], Iterable[np.ndarray]]) -> tuple[tuple[s
 class CheckTextRecords(beam.PTransform):
     """Key batches in (`(bucket, KeyBatch)`, current and earlier runs' flattened); two multimaps out:
 
-    * `duplicates`: (path, chunk) -> (lines, first paths, first lines) of later occurrences;
+    * `duplicates`: (path, chunk) -> `DuplicatesEntry` (offsets of later occurrences, their first ones);
     * `skips`: (path, chunk) -> bitmap (bytes, CHUNK_LINES bits) of lines an earlier run embedded;
     * with `carry` (earlier keys read with positions): `carry`, a keyed PCollection (not a side
       input) of ((earlier file, row group), (rows, current paths, path of each row, current lines))
@@ -496,16 +511,14 @@ class LineFlags:
         if self._duplicates is None or table.num_rows == 0:
             return found
         for key, rows, lines in self._groups(table):
-            entries = list(self._duplicates[key])
-            if not entries:
-                continue
-            firsts = {}
-            for later_lines, first_paths, first_lines in entries:
-                for line, path, first in zip(later_lines.tolist(), first_paths, first_lines.tolist()):
-                    firsts[line] = (path, first)
-            for row, line in zip(rows.tolist(), lines.tolist()):
-                if line in firsts:
-                    found[row] = firsts[line]
+            offsets = lines & (CHUNK_LINES - 1)
+            for later, (first_paths, first_lines), which in self._duplicates[key]:  # one entry per bucket
+                order = np.argsort(later, kind="stable")
+                sorted_later = later[order].astype(np.int64)
+                at = np.minimum(np.searchsorted(sorted_later, offsets), max(len(sorted_later) - 1, 0))
+                hit = np.flatnonzero(sorted_later[at] == offsets) if len(sorted_later) else at[:0]
+                for row, first in zip(rows[hit].tolist(), which[order[at[hit]]].tolist()):
+                    found[row] = (first_paths[first], int(first_lines[first]))
         return found
 
 

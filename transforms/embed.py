@@ -29,6 +29,7 @@ from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
 
 __all__ = [
     "ERRORS",
+    "MAX_DECODE_THREADS",
     "SKIPPED",
     "CARRIED",
     "EmbedTextBatchesFn",
@@ -242,6 +243,7 @@ _SKIP = object()
 
 
 DEFAULT_MAX_IMAGE_BYTES = 256 << 20
+MAX_DECODE_THREADS = 64  # each thread holds a batch of images in flight (decode_threads + 1 batches)
 
 
 def _load_image(

@@ -31,6 +31,11 @@ __all__ = [
     "ImageEmbedder",
     "load_text_embedder",
     "load_image_embedder",
+    "MAX_TEXT_BATCH_SIZE",
+    "MAX_IMAGE_BATCH_SIZE",
+    "batch_buckets",
+    "bucket_for",
+    "check_batch_size",
     "pinned_spec",
     "PREPROCESSING_MODES",
     "preprocessing_layers",
@@ -171,6 +176,23 @@ def preprocessing_layers(network: Network) -> list:
     return []
 
 
+# Largest batch sizes accepted (--text-batch-size, --image-batch-size; EmbedText/EmbedImages'
+# batch_size). A model batch is held whole: 65,536 texts of a few KB are a few hundred MB; 4,096
+# images at 224x224 are 616 MB of pixels (2.4 GB as float32) before the network's activations.
+# Larger batches make no model faster on a CPU; on a GPU a few hundred images fill it.
+MAX_TEXT_BATCH_SIZE = 65536
+MAX_IMAGE_BATCH_SIZE = 4096
+
+
+def check_batch_size(name: str, value, maximum: int) -> Optional[str]:
+    """Why `value` cannot be a batch size of at most `maximum` (`name` says whose), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return f"{name} must be a positive integer, got {value!r}"
+    if value > maximum:
+        return f"{name} {value:,} is larger than the maximum {maximum:,} (a batch is held in memory whole)"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class TextModelSpec:
     """A text model trained by `train-text`: a `.keras` file (local or gs://)."""
@@ -278,12 +300,16 @@ class TextEmbedder:
         self.sequence_length = getattr(vectorize, "_output_sequence_length", None) if vectorize else None
         input_shape = model.inputs[0].shape
         self._input_rank = len(input_shape)
-        shape = [spec.batch_size] + ([1] if self._input_rank == 2 else [])
+        # The batch dimension is left open: one trace serves every batch size, so a short batch is
+        # never padded (a batch of 100 under --text-batch-size 65536 holds 100 strings, not 65,536).
+        # Each row's vector depends on its own text only (a lookup and a masked mean per row).
+        shape = [None] + ([1] if self._input_rank == 2 else [])
         signature = [tf.TensorSpec(shape, tf.string)]
         self._forward = tf.function(lambda x: self._embedding_model(x, training=False), input_signature=signature)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Embeddings (len(texts), dimension) float32; batches longer than batch_size are split."""
+        """Embeddings (len(texts), dimension) float32; batches longer than batch_size are split,
+        shorter ones run at their own size (no padding)."""
         import tensorflow as tf
 
         size = self.spec.batch_size
@@ -291,12 +317,34 @@ class TextEmbedder:
         for start in range(0, len(texts), size):
             chunk = list(texts[start : start + size])
             n = len(chunk)
-            chunk += [""] * (size - n)  # fixed shape: no retracing for a short last batch
             array = np.array(chunk, dtype=object)
             if self._input_rank == 2:
                 array = array.reshape(-1, 1)
-            out[start : start + n] = self._forward(tf.constant(array)).numpy()[:n]
+            out[start : start + n] = self._forward(tf.constant(array)).numpy()
         return out
+
+
+SMALLEST_IMAGE_BUCKET = 8
+
+
+def batch_buckets(batch_size: int, smallest: int = SMALLEST_IMAGE_BUCKET) -> list[int]:
+    """The batch shapes an image model is run at: powers of two from `smallest`, then `batch_size`
+    itself (e.g. 32 -> [8, 16, 32]; 100 -> [8, 16, 32, 64, 100]; 4 -> [4])."""
+    sizes, size = [], smallest
+    while size < batch_size:
+        sizes.append(size)
+        size *= 2
+    return sizes + [batch_size]
+
+
+def bucket_for(rows: int, batch_size: int, smallest: int = SMALLEST_IMAGE_BUCKET) -> int:
+    """The smallest of `batch_buckets(batch_size)` that holds `rows` (at most batch_size) rows."""
+    if rows >= batch_size:
+        return batch_size
+    size = smallest
+    while size < rows:
+        size *= 2
+    return min(size, batch_size)
 
 
 class ImageEmbedder:
@@ -347,12 +395,18 @@ class ImageEmbedder:
                 x = preprocess(x)
             return model(x, training=False)
 
+        # One traced function, one concrete (fixed-shape) function per batch bucket (`batch_buckets`):
+        # the full batch at load, the smaller buckets when a short batch first needs one.
         signature = [tf.TensorSpec([spec.batch_size, *self.input_size, 3], tf.uint8, name="pixels")]
-        self._forward = tf.function(forward, input_signature=signature)
+        self._forward = tf.function(forward, input_signature=signature)  # the full batch
+        self._function = tf.function(forward)  # the smaller buckets
+        self._forwards: dict = {}
+        self._buckets_lock = threading.Lock()
         self.backend, self.precision = "tensorflow", "f32"
         self.concurrent_calls = 1  # model calls that may run at once (OpenVINO: one per stream)
         self.backend_details: dict = {"backend_requested": spec.backend, "precision_requested": spec.precision}
         self._openvino: Optional[backends.OpenVINOForward] = None
+        self._openvino_buckets: dict[int, Optional[backends.OpenVINOForward]] = {}
         if spec.backend != "tensorflow":
             self._try_openvino()
         # Precision is part of the model's identity (bf16 moves the vectors, cosine ~0.99), the
@@ -389,6 +443,7 @@ class ImageEmbedder:
             self.backend_details["backend_note"] = note
             return
         self._openvino = compiled
+        self._openvino_buckets = {spec.batch_size: compiled}
         self.backend, self.precision = "openvino", compiled.precision
         self.concurrent_calls = compiled.concurrent_calls
         self.backend_details.update(
@@ -408,18 +463,48 @@ class ImageEmbedder:
         )
         if compiled.precision != spec.precision:
             _LOGGER.warning("OpenVINO runs %s at %s, not the requested %s", self.model_name, compiled.precision, spec.precision)
-        # The TensorFlow copy of the network is no longer needed: free its weights and graph.
+        # The TensorFlow copy of the network is no longer needed: free its weights and graph (smaller
+        # buckets are compiled from the converted model, `OpenVINOForward.for_batch`).
         self._forward = None
+        self._forwards = {}
+        self._function = None
         self._model = None
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        if self._openvino is not None:
-            return self._openvino(batch)
-        return self._forward(batch).numpy()
+    def _concrete(self, batch: int):
+        import tensorflow as tf
+
+        signature = tf.TensorSpec([batch, *self.input_size, 3], tf.uint8, name="pixels")
+        return self._function.get_concrete_function(signature)
+
+    def _runner(self, bucket: int) -> tuple[int, Callable]:
+        """(batch size, function) that runs a batch of `bucket` rows: the bucket's own compiled shape,
+        built on first use; the full batch where OpenVINO cannot reshape the network."""
+        with self._buckets_lock:
+            if self._openvino is not None:
+                if bucket not in self._openvino_buckets:
+                    self._openvino_buckets[bucket] = self._openvino.for_batch(bucket)
+                    if self._openvino_buckets[bucket] is None:
+                        _LOGGER.warning(
+                            "%s: OpenVINO cannot run batches of %d; they are padded to %d",
+                            self.model_name,
+                            bucket,
+                            self.spec.batch_size,
+                        )
+                forward = self._openvino_buckets[bucket]
+                return (bucket, forward) if forward is not None else (self.spec.batch_size, self._openvino)
+            if bucket == self.spec.batch_size:
+                return bucket, lambda batch: self._forward(batch).numpy()
+            if bucket not in self._forwards:
+                self._forwards[bucket] = self._concrete(bucket)
+            concrete = self._forwards[bucket]
+            return bucket, lambda batch: concrete(batch).numpy()
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """Embeddings (n, dimension) float32 for a uint8 batch (n, h, w, 3).
 
+        Batches longer than batch_size are split; a shorter one is padded only to its bucket (the
+        next power of two, `batch_buckets`), so it costs memory for about its own size while the
+        compiled shapes stay few. Each image's vector does not depend on the batch around it.
         Thread-safe; up to `concurrent_calls` calls run in parallel, more wait for a free one.
         """
         size = self.spec.batch_size
@@ -428,11 +513,12 @@ class ImageEmbedder:
         for start in range(0, n, size):
             chunk = pixels[start : start + size]
             m = len(chunk)
-            if m < size:  # fixed shape: no retracing (or recompiling) for a short last batch
-                padded = np.zeros((size, *chunk.shape[1:]), dtype=np.uint8)
+            shape, run = self._runner(bucket_for(m, size))
+            if m < shape:  # fixed shapes: a short batch is padded to its bucket
+                padded = np.zeros((shape, *chunk.shape[1:]), dtype=np.uint8)
                 padded[:m] = chunk
                 chunk = padded
-            out[start : start + m] = self._run(np.ascontiguousarray(chunk, dtype=np.uint8))[:m]
+            out[start : start + m] = run(np.ascontiguousarray(chunk, dtype=np.uint8))[:m]
         return out
 
 
