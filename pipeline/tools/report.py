@@ -416,7 +416,7 @@ th{background:#eef1f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tile.query{border-color:#1d2329}.tile.same{border-color:#2ca02c}.tile.other{border-color:#d62728}
 .tile img{display:block;width:120px;height:120px;object-fit:contain;background:#f0f2f4}
 .tile .noimg{width:120px;height:120px;background:#f0f2f4;color:#8a2a2a;font-size:11px;overflow:hidden;word-break:break-word}
-.tile.text{width:220px}.snippet{white-space:pre-wrap;word-break:break-word;max-height:9.5em;overflow:hidden}
+.tile.text{width:176px}.snippet{white-space:pre-wrap;word-break:break-word;max-height:9.5em;overflow:hidden}
 .id{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all;color:#38424c}
 pre{background:#fff;border:1px solid #dde1e5;padding:10px;overflow:auto;max-height:420px;font-size:12px}
 """
@@ -532,7 +532,7 @@ def _section_html(section: ModalitySection, manifest: dict, k: int) -> str:
     data = json.dumps(section.map_points, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
     out.append(f'<script type="application/json" id="points-{m}">{data}</script>')
     out.append(
-        f'<div class="mapwrap"><canvas width="900" height="560" data-points="points-{m}" '
+        f'<div class="mapwrap"><canvas width="900" height="480" data-points="points-{m}" '
         f"data-colours='{_e(json.dumps(colours))}' data-other=\"{OTHER_COLOUR}\" "
         f"data-labels='{_e(json.dumps(section.map_labels, ensure_ascii=False))}'></canvas><div class=\"tip\"></div></div>"
     )
