@@ -21,7 +21,8 @@ from PIL import Image
 from test_tools_support import run_cli, write_run
 
 from pipeline.tools import report
-from pipeline.tools.report import nearest
+from pipeline.tools.projector import pca_2d
+from pipeline.tools.report import nearest, principal_components
 from pipeline.tools.store import open_embeddings, unit_rows
 from tests.tests_support import PROJECT_ROOT, run_pipeline
 
@@ -246,3 +247,15 @@ def test_a_100000_row_run_gives_a_small_page(tmp_path, capsys):
     page = out.read_text()
     assert page.count('class="tile') == report.DEFAULT_QUERIES * (1 + report.DEFAULT_K)
     assert len(re.findall(r"<tr><td>class-\d</td>", page)) == labels  # precision@k of every label
+
+
+def test_fast_principal_components_match_the_exact_ones():
+    rng = np.random.default_rng(5)
+    scales = np.r_[6.0, 3.0, np.full(198, 0.5)]  # two clear directions above the noise
+    basis = np.linalg.qr(rng.normal(size=(200, 200)))[0]
+    vectors = (rng.normal(size=(3000, 200)) * scales) @ basis.T
+
+    fast, fast_explained = principal_components(vectors)
+    exact, exact_explained = pca_2d(vectors)
+    assert np.allclose(fast_explained, exact_explained, rtol=1e-3)
+    assert np.allclose(fast, exact, atol=1e-3 * np.abs(exact).max())
