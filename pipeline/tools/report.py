@@ -799,12 +799,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--label-column",
         "--label-field",
         dest="label_column",
+        metavar="COLUMN",
         help="Passthrough column to colour the map and score precision@k by (default: `label` when the run has one).",
     )
     parser.add_argument("--modality", choices=MODALITIES, help="Report one modality only (default: every modality of the run).")
     parser.add_argument("--allow-failed", action="store_true", help="Report on a run whose manifest says it failed its checks.")
     parser.add_argument(
         "--map-points",
+        metavar="N",
         type=int,
         default=DEFAULT_MAP_POINTS,
         help="Most points on the map, a seeded sample (default: %(default)s).",
@@ -817,6 +819,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision-queries",
+        metavar="N",
         type=int,
         default=DEFAULT_PRECISION_QUERIES,
         help="Sampled queries behind precision@k (default: %(default)s).",
