@@ -39,6 +39,10 @@ COMMANDS = {
     "train-image": ("pipeline.train.image", "Transfer-learn an image classifier whose `embedding` layer the job can use."),
 }
 COMMANDS.update(TOOL_COMMANDS)  # neighbors, build-index, evaluate, export-projector, ... (issue 6)
+COMMANDS["report"] = (
+    "pipeline.tools.report",
+    "Write one self-contained HTML page to look at a run: counts, failures, a map, neighbours.",
+)
 
 GENERAL_HELP = {
     "verbose": "Show everything: INFO logs of all libraries and TensorFlow's start-up lines (also in worker processes).",
