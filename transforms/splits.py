@@ -17,12 +17,18 @@ How a file is planned (`PlanFiles`), by kind:
   lines before its start without reading the file from the beginning: in all, the file is read
   twice (once counted with `bytes.count`, once parsed), and no worker reads more than its range
   plus the end of its last line (plus at most one chunk when a runner splits a range mid-chunk).
+  The same pass gives the file's physical lines (`FilePlan.lines`), which the job's line accounting
+  reconciles against; a file not counted here is counted by its reader as it reads
+  (`RangeLines.physical`, the JSONL blocks' newlines), without another pass.
 * **CSV quoted fields spanning lines**: a quoted field may hold newlines (RFC 4180). A range
   starts at the first line start at or after its offset where the number of `"` before it is
   even (outside any quoted field), and reads on past its end while inside one, so such a record
   is read whole by the range where it starts. This is exact for well-formed CSV; for a file with
   stray unbalanced quotes, every line still belongs to exactly one range (all ranges use the same
   rule), and a record broken by the split is a visible `RecordError` dead letter, never silent.
+  The parser bounds a quoted field (`text_formats.MAX_RECORD_LINES`, `MAX_RECORD_CHARS`): a quote
+  that does not close in time is one `UnclosedQuote` dead letter and parsing resumes at the next
+  line, while the range, still counting the quote, reads on to a boundary every range agrees on.
   Files no larger than `split_bytes` are never split. TSV (no quoting) splits at any line start.
 * **Compressed files (.gz, .bz2, ...)** cannot be entered mid-stream: one unsplittable range.
 * **Parquet**: ranges of whole row groups of about `split_bytes` (from the footer), read with
