@@ -1,6 +1,7 @@
 """The pipeline graph: per modality read -> embed -> write, then the dead letters and the manifest.
 
     Text    ReadTextRecords -> [CheckTextRecords] -> EmbedText -> WriteTextEmbeddings
+            ReadTextRecords' line tallies -> LinesPerFile -> ReconcileLines (the manifest's `accounting`)
     Images  MatchImageFiles / ReadImageManifests -> [FindDuplicateImageIds] -> EmbedImages -> WriteImageEmbeddings
     WriteErrors (every dead letter), SumCounts -> WriteManifest
 
@@ -28,7 +29,7 @@ from transforms.devices import requested_workers  # GPU workers: what the job as
 from transforms.image_read import ListImageFiles, ReadImageManifests, is_manifest
 from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
-from transforms.text_read import ReadTextFiles
+from transforms.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
 from transforms.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
 
 __all__ = ["ModelInfo", "ModalityOutput", "EmbedTextFiles", "EmbedImageFiles", "output_schema", "build_pipeline"]
@@ -52,6 +53,7 @@ class ModalityOutput(NamedTuple):
     counts: tuple  # PCollections of (counter, n) for the manifest
     files: tuple  # PCollections of (output folder, written file)
     carried: Optional[beam.PCollection] = None  # --carry-over: the earlier rows copied
+    unaccounted: Optional[beam.PCollection] = None  # text: why a file's lines do not reconcile (strings)
 
 
 def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schema:
@@ -72,6 +74,29 @@ def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
 
 def _rows(table) -> int:
     return table.num_rows
+
+
+def _line_counts(entry) -> list:
+    """The manifest's line accounting counts of one text file (`path`, its summed `LineTally`)."""
+    path, tally = entry
+    if tally.unit == "rows":
+        counts = [("text_rows", tally.total), ("text_record_rows", tally.records)]
+    else:
+        counts = [
+            ("text_lines", tally.total),
+            ("text_record_lines", tally.records),
+            ("text_blank_lines", tally.blank),
+            ("text_header_lines", tally.header),
+            ("text_continuation_lines", tally.continuation),
+        ]
+    if reconcile_file(path, tally):
+        counts.append(("text_unaccounted_files", 1))
+    return counts
+
+
+def _unaccounted(entry) -> list:
+    problem = reconcile_file(*entry)
+    return [problem] if problem else []
 
 
 def _estimated_records(patterns, listing: fileio.InputListing, bytes_per_record: int = 64) -> int:
@@ -230,13 +255,19 @@ class EmbedTextFiles(beam.PTransform):
         files, counts, carried = _write_embeddings(
             TEXT, embedded.tables, checked["carry"] if carry else None, config, self._schema, self._prior_files
         )
+        # Every line of every file in a record, a dead letter, or a counted blank/header/continuation
+        # line: the reader's tallies per range, summed per file (one small element per range).
+        per_file = read[LINES] | "LinesPerFile" >> beam.CombinePerKey(add_tallies)
+        unaccounted = per_file | "ReconcileLines" >> beam.FlatMap(_unaccounted)
         counts += [
             _count("CountRead", "text_read", read.records, _rows),
             _count("CountReadErrors", "text_read", read[ERRORS]),
             _count("CountEmbedded", "text_embedded", embedded.tables, _rows),
             _count("CountSkipped", "text_skipped", embedded.skipped, lambda n: n),
+            per_file | "CountLines" >> beam.FlatMap(_line_counts),
         ]
-        return ModalityOutput(embedded.tables, (read[ERRORS], embedded.errors), tuple(counts), tuple(files), carried)
+        errors = (read[ERRORS], embedded.errors)
+        return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried, unaccounted)
 
 
 def _duplicate_image_ids(refs, bits: int):
@@ -363,14 +394,28 @@ def build_pipeline(
     files.append(error_files | "ErrorFileNames" >> beam.Map(lambda path: ("errors", path)))
     counts.append(errors | "CountFailed" >> beam.Map(lambda e: (f"{e.modality}_failed", 1)))
     totals = counts | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
-    manifest = _write_manifest(p, config, models, started_at, totals, files, errors)
+    unaccounted = [b.unaccounted for b in branches.values() if b.unaccounted is not None]
+    manifest = _write_manifest(p, config, models, started_at, totals, files, errors, unaccounted)
     return {**branches, "errors": errors, "counts": totals, "manifest": manifest}
 
 
 def _write_manifest(
-    p: beam.Pipeline, config: JobConfig, models: dict[str, ModelInfo], started_at: str, totals, files: list, errors
+    p: beam.Pipeline,
+    config: JobConfig,
+    models: dict[str, ModelInfo],
+    started_at: str,
+    totals,
+    files: list,
+    errors,
+    unaccounted: Sequence = (),
 ) -> beam.PCollection:
-    """OUTPUT/_MANIFEST.json, written once every count, output file and dead letter is known."""
+    """OUTPUT/_MANIFEST.json, written once every count, output file and dead letter is known.
+    `unaccounted`: PCollections of why a file's lines do not reconcile (the first few are named)."""
+    if unaccounted:
+        problems = list(unaccounted) | "AllUnaccounted" >> beam.Flatten()
+    else:
+        problems = p | "NoLineAccounting" >> beam.Create([])
+    first_problems = problems | "FirstUnaccounted" >> beam.combiners.Top.Smallest(5) | "Unaccounted" >> beam.FlatMap(list)
     static = {
         "run_id": config.run_id,
         "started_at": started_at,
@@ -392,5 +437,6 @@ def _write_manifest(
             counts=beam.pvalue.AsDict(totals),
             files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),
             reasons=beam.pvalue.AsList(errors | "TopErrorReasons" >> TopErrorReasons()),
+            unaccounted=beam.pvalue.AsList(first_problems),
         )
     )

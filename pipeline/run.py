@@ -192,7 +192,7 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
 
 
 def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
-    """The end-of-run table: counts, throughput and where the output went."""
+    """The end-of-run table: counts, throughput, the input lines' reconciliation and where the output went."""
     failures = manifest.get("failures", {})
     status = "FAILED" if manifest.get("status") == "failed" else "finished"
     lines = [f"Run {manifest['run_id']} {status} in {elapsed:.1f} s -> {manifest['output']}"]
@@ -208,6 +208,17 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
             lines.append(
                 f"  {modality}: {c['carried']} earlier embedding(s) carried over: {c['embedded'] + c['carried']} rows in {modality}/"
             )
+    for modality, a in manifest.get("accounting", {}).items():  # every input line accounted for (issue 19)
+        parts = []
+        if a["lines"] or not a["rows"]:
+            parts.append(
+                f"{a['lines']} lines = {a['record_lines']} read + {a['blank_lines']} blank + {a['header_lines']} header"
+                f" + {a['continuation_lines']} continuation"
+            )
+        if a["rows"]:
+            parts.append(f"{a['rows']} Parquet rows = {a['record_rows']} read")
+        verdict = "ok" if a["balanced"] else f"LINES UNACCOUNTED in {a['unaccounted_files']} file(s)"
+        lines.append(f"  {modality} inputs: {'; '.join(parts)}: {verdict}")
     for folder, paths in manifest["files"].items():
         lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
     for modality, reasons in manifest.get("top_errors", {}).items():

@@ -40,6 +40,9 @@ NOT_USER_ERRORS = {
     "transforms.fileio.FileTooLarge",
     "transforms.splits.RecordTooLarge",
     "transforms.text_formats.RecordError",
+    "transforms.text_formats.UnclosedQuote",
+    # raised into the CSV reader to stop a quoted field that runs on; never leaves text_formats
+    "transforms.text_formats._QuoteRunsOn",
     # the storage went away mid-run: `run` reports it as RunStopped (exit 1) with one line
     "transforms.fileio.StorageUnavailable",
     # OpenVINO missing or failing: `auto` falls back to TensorFlow, `openvino` raises ModelConfigError

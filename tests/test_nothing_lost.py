@@ -116,6 +116,11 @@ def test_failure_verdict_rules():
     assert "do not add up" in failure_verdict({"text": dict(ok, balanced=False)}, {})["text"]
     everything_skipped = {"read": 5, "embedded": 0, "failed": 0, "skipped": 5, "balanced": True}
     assert failure_verdict({"text": everything_skipped}, {"text": 0.1}) == {}  # an incremental run with nothing new
+    lines = {"lines": 10, "record_lines": 9, "blank_lines": 0, "header_lines": 0, "continuation_lines": 0}
+    lines.update(rows=0, record_rows=0, unaccounted_files=1, balanced=False, unaccounted=["a.jsonl: 10 lines, 9 accounted for"])
+    verdict = failure_verdict({"text": ok}, {"text": 0.5}, accounting={"text": lines})["text"]
+    assert "lines do not reconcile (1 file(s)): a.jsonl: 10 lines, 9 accounted for" in verdict  # issue 19
+    assert failure_verdict({"text": ok}, {"text": 0.5}, accounting={"text": dict(lines, balanced=True)}) == {}
 
 
 # ---- arguments ------------------------------------------------------------------------------

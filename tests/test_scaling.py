@@ -153,11 +153,13 @@ ALLOWED_SIDE_INPUT_PRODUCERS = {
     "SumCounts": "a few counters",
     "TopErrorReasons/": "one dict of error kinds (modality, stage, type): bounded by the kinds, not the records",
     "AllOutputFiles": "output file names",
+    "Unaccounted": "at most 5 lines naming text files whose lines do not reconcile (issue 19)",
 }
 MULTIMAP_ONLY = ("Text/CheckTextRecords/",)  # fetched lazily per (file, chunk): never all at once
 # Combines allowed: keyed ones whose keys spread over the shuffle (a file path each), and the counters.
 # TopErrorReasons: a global combine whose accumulator holds one entry per error kind, never per record.
-ALLOWED_COMBINES = ("SumCounts", "DedupTextFiles/", "DedupImageFiles/", "TopErrorReasons/")
+# Text/LinesPerFile: the line tallies keyed by file path (one small tuple per range read).
+ALLOWED_COMBINES = ("SumCounts", "DedupTextFiles/", "DedupImageFiles/", "TopErrorReasons/", "Text/LinesPerFile")
 
 
 def _producers(pipeline_proto) -> dict:

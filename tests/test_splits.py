@@ -70,7 +70,7 @@ def test_csv_quoted_fields_spanning_lines_split_at_record_boundaries(tmp_path):
     for split_bytes in (50, 333, 1024):
         assert _read(path, split_bytes=split_bytes) == whole
     assert whole[0][3]["text"].count("\n") == 2
-    assert whole[0][0]["id"] == "b.csv:4"  # as before splitting: a multi-line record has the line where it ends
+    assert whole[0][0]["id"] == "b.csv:2"  # as before splitting: a multi-line record has the line where it starts
 
 
 @pytest.mark.parametrize(
@@ -143,9 +143,9 @@ def test_image_manifest_ranges_read_every_row_once_with_its_number(tmp_path, nam
         assert whole[-1] == (401, None, "RecordTooLarge")
         whole = whole[:-1]
     assert [uri for _, uri, _ in whole] == [r["uri"] for r in rows]
-    # Parquet: 0-based rows; JSONL: 1-based lines; CSV: the line where a record ends (row 0 spans lines 2-3)
-    first = 0 if ".parquet" in name else 1 if ".jsonl" in name else 3
-    assert [line for line, _, _ in whole[:2]] == [first, first + 1]
+    # Parquet: 0-based rows; JSONL: 1-based lines; CSV: the line where a record starts (row 0 spans lines 2-3)
+    expected = [0, 1] if ".parquet" in name else [1, 2] if ".jsonl" in name else [2, 4]
+    assert [line for line, _, _ in whole[:2]] == expected
     for split_bytes in (97, 1000):
         assert _manifest_records(path, split_bytes) == _manifest_records(path, 1 << 20)
 

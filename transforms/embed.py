@@ -168,6 +168,7 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         self._report_loads()
         flags = LineFlags(skips, duplicates)
         skipped = 0
+        table, undecodable = _without_invalid_utf8(table)  # a dead letter each, not a crash (issue 19)
         if skips is not None:
             table, skipped = _without_unchanged(table, flags)
             if skipped:
@@ -176,6 +177,7 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
         rejected, candidates = _screen_texts(table, texts, ids, sources, flags if duplicates is not None else None)
+        rejected = undecodable + rejected
         keep, vectors, failed = self._embed(texts, candidates, ids, sources)
         for error in rejected + failed:
             yield beam.pvalue.TaggedOutput(ERRORS, error)
@@ -199,6 +201,45 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         if self._normalize:
             vectors = _l2_normalize(vectors)
         return keep, vectors, failed
+
+
+def _without_invalid_utf8(table: pa.Table) -> tuple[pa.Table, list[ErrorRecord]]:
+    """(the rows whose id, text and source are valid UTF-8, a dead letter for each other row).
+
+    A table from the job's reader never holds such bytes (they are dead letters there already); one
+    handed to `EmbedTextTables` by other code may, and `to_pylist` would crash the run on it."""
+    bad = np.zeros(table.num_rows, dtype=bool)
+    for name in ("id", "text", "source"):
+        column = table.column(name)
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            for i, value in enumerate(column.cast(pa.binary()).to_pylist()):
+                if value is not None and not _decodes(value):
+                    bad[i] = True
+    if not bad.any():
+        return table, []
+    ids, sources = (table.column(name).cast(pa.binary()).to_pylist() for name in ("id", "source"))
+    errors = [
+        ErrorRecord(
+            (ids[i] or b"").decode("utf-8", "backslashreplace"),
+            TEXT,
+            (sources[i] or b"").decode("utf-8", "backslashreplace"),
+            "read",
+            "InvalidUtf8",
+            "the record's id, text or source holds bytes that are not UTF-8",
+        )
+        for i in np.flatnonzero(bad).tolist()
+    ]
+    return table.filter(pa.array(~bad)), errors
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _without_unchanged(table: pa.Table, flags: LineFlags) -> tuple[pa.Table, int]:

@@ -17,12 +17,18 @@ How a file is planned (`PlanFiles`), by kind:
   lines before its start without reading the file from the beginning: in all, the file is read
   twice (once counted with `bytes.count`, once parsed), and no worker reads more than its range
   plus the end of its last line (plus at most one chunk when a runner splits a range mid-chunk).
+  The same pass gives the file's physical lines (`FilePlan.lines`), which the job's line accounting
+  reconciles against; a file not counted here is counted by its reader as it reads
+  (`RangeLines.physical`, the JSONL blocks' newlines), without another pass.
 * **CSV quoted fields spanning lines**: a quoted field may hold newlines (RFC 4180). A range
   starts at the first line start at or after its offset where the number of `"` before it is
   even (outside any quoted field), and reads on past its end while inside one, so such a record
   is read whole by the range where it starts. This is exact for well-formed CSV; for a file with
   stray unbalanced quotes, every line still belongs to exactly one range (all ranges use the same
   rule), and a record broken by the split is a visible `RecordError` dead letter, never silent.
+  The parser bounds a quoted field (`text_formats.MAX_RECORD_LINES`, `MAX_RECORD_CHARS`): a quote
+  that does not close in time is one `UnclosedQuote` dead letter and parsing resumes at the next
+  line, while the range, still counting the quote, reads on to a boundary every range agrees on.
   Files no larger than `split_bytes` are never split. TSV (no quoting) splits at any line start.
 * **Compressed files (.gz, .bz2, ...)** cannot be entered mid-stream: one unsplittable range.
 * **Parquet**: ranges of whole row groups of about `split_bytes` (from the footer), read with
@@ -93,6 +99,7 @@ class FilePlan(NamedTuple):
     row_groups: tuple = ()  # Parquet: rows per row group
     group_bytes: tuple = ()  # Parquet: bytes per row group
     error: Optional[str] = None  # "Type: message" when the file cannot be planned
+    lines: int = -1  # counted line-based files: the file's physical lines (-1: not counted before reading)
 
     @property
     def id_part(self) -> str:
@@ -181,43 +188,50 @@ def _plan_or_count(matched: tuple[str, str, int], split_bytes: int) -> Iterator:
         yield beam.pvalue.TaggedOutput("chunks", (plan, k))
 
 
-def _count_chunk(task: tuple[FilePlan, int]) -> tuple[str, tuple[FilePlan, int, int, int]]:
-    """Newlines and quotes in chunk k of a file: one sequential read of `split_bytes`."""
+def _count_chunk(task: tuple[FilePlan, int]) -> tuple[str, tuple[FilePlan, int, int, int, bool]]:
+    """Newlines and quotes in chunk k of a file: one sequential read of `split_bytes`; and whether
+    the chunk ends with a newline (for the last chunk: whether the file's last line has one)."""
     plan, k = task
     start = k * plan.split_bytes
     stop = min(start + plan.split_bytes, plan.size)
     with fileio.open_input(plan.path) as handle:
         handle.seek(start)
-        newlines, quotes = _count_bytes(handle, stop - start, quotes=plan.fmt == "csv")
-    return plan.path, (plan, k, newlines, quotes)
+        newlines, quotes, last = _count_bytes(handle, stop - start, quotes=plan.fmt == "csv", last_byte=True)
+    return plan.path, (plan, k, newlines, quotes, last == b"\n")
 
 
-def _count_bytes(handle, length: int, quotes: bool = True) -> tuple[int, int]:
+def _count_bytes(handle, length: int, quotes: bool = True, last_byte: bool = False):
     """(newlines, `"` characters) in the next `length` bytes of `handle` (fewer at the end of the
-    file), read `_READ_CHUNK` at a time; the quotes are not counted (0) when `quotes` is false."""
+    file), read `_READ_CHUNK` at a time; the quotes are not counted (0) when `quotes` is false.
+    With `last_byte`, the last byte read comes third (b"" when none was)."""
     newlines = quote_count = 0
+    last = b""
     while length > 0:
         data = handle.read(min(_READ_CHUNK, length))
         if not data:
             break
         length -= len(data)
         newlines += data.count(b"\n")
+        last = data[-1:]
         if quotes:
             quote_count += data.count(b'"')
-    return newlines, quote_count
+    return (newlines, quote_count, last) if last_byte else (newlines, quote_count)
 
 
-def _assemble(entry: tuple[str, Sequence[tuple[FilePlan, int, int, int]]]) -> FilePlan:
+def _assemble(entry: tuple[str, Sequence[tuple[FilePlan, int, int, int, bool]]]) -> FilePlan:
+    """A file's plan with its prefix counts, and its physical lines (`lines`: the newlines, plus one
+    for a last line without a newline), which the job's line accounting reconciles against."""
     _, counts = entry
     counts = sorted(counts, key=lambda c: c[1])
     plan = counts[0][0]
     newlines, quotes, n, q = [], [], 0, 0
-    for _, _, chunk_newlines, chunk_quotes in counts:
+    for _, _, chunk_newlines, chunk_quotes, _ in counts:
         newlines.append(n)
         quotes.append(q)
         n += chunk_newlines
         q += chunk_quotes
-    return plan._replace(newlines=tuple(newlines), quotes=tuple(quotes) if plan.fmt == "csv" else ())
+    lines = n + (0 if counts[-1][4] or plan.size == 0 else 1)
+    return plan._replace(newlines=tuple(newlines), quotes=tuple(quotes) if plan.fmt == "csv" else (), lines=lines)
 
 
 class PlanFiles(beam.PTransform):
@@ -372,6 +386,8 @@ class RangeLines:
         self._last_claim = -1
         self._done = False
         self.lines_out = 0  # lines handed out (the header included)
+        self.physical = 0  # lines of the file read (the prepended header not included): the accounting's count
+        self.prepended = header is not None  # whether the first line handed out is a copy of the header
         self.too_large: dict[int, int] = {}  # line number handed out -> bytes seen (at least)
 
     def _finish(self) -> None:
@@ -399,6 +415,7 @@ class RangeLines:
             self._finish()
             return b""
         self.lines_out += 1
+        self.physical += 1
         if len(line) > self._max and not line.endswith(b"\n"):
             consumed, quotes, _ = _skip_line(self._handle)
             self.too_large[self.lines_out] = len(line) + consumed

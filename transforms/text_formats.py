@@ -7,6 +7,7 @@ reads is read the same way for training. A bad line never stops a file: it comes
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -17,6 +18,10 @@ __all__ = [
     "FORMATS",
     "ParsedLine",
     "RecordError",
+    "UnclosedQuote",
+    "MAX_RECORD_LINES",
+    "MAX_RECORD_CHARS",
+    "new_tally",
     "detect_format",
     "iter_records",
     "nesting_exceeds",
@@ -39,6 +44,15 @@ _COMPRESSED = (".gz", ".bz2", ".zst", ".deflate", ".lzma", ".xz")
 
 class RecordError(ValueError):
     """A line or row that cannot be read as a record."""
+
+
+class UnclosedQuote(RecordError):
+    """A CSV quoted field that does not close within the bounds of a record (`MAX_RECORD_LINES`,
+    `MAX_RECORD_CHARS`) or before the end of the input: its first line is the dead letter."""
+
+
+MAX_RECORD_LINES = 100  # a CSV record (quoted fields with newlines) spans at most this many lines
+MAX_RECORD_CHARS = 1 << 20  # ... and this many characters (about 1 MiB) once it spans more than one line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +129,13 @@ def _decoded_lines(binary: IO[bytes], encoding: str) -> Iterator[tuple[int, Opti
         yield number, text, None
 
 
-def _iter_jsonl(binary: IO[bytes], encoding: str, text_field: str) -> Iterator[ParsedLine]:
+def _iter_jsonl(binary: IO[bytes], encoding: str, text_field: str, tally: dict) -> Iterator[ParsedLine]:
     for number, text, error in _decoded_lines(binary, encoding):
         if error is not None:
             yield ParsedLine(number, None, error)
             continue
         if not text.strip():
+            tally["blank"] += 1
             continue  # blank lines between JSON records are not records
         try:
             value = json.loads(text)
@@ -136,46 +151,94 @@ def _iter_jsonl(binary: IO[bytes], encoding: str, text_field: str) -> Iterator[P
         yield ParsedLine(number, value)
 
 
-def _iter_delimited(binary: IO[bytes], encoding: str, delimiter: str) -> Iterator[ParsedLine]:
-    """CSV/TSV with a header row; rows with the wrong number of fields are errors."""
-    pending: list[ParsedLine] = []
-    state = {"line": 0}
+class _QuoteRunsOn(Exception):
+    """Raised into the CSV reader when a record has run past the bounds of a quoted field."""
+
+
+def _iter_delimited(
+    binary: IO[bytes], encoding: str, delimiter: str, tally: dict, max_lines: int, max_chars: int
+) -> Iterator[ParsedLine]:
+    """CSV/TSV with a header row; rows with the wrong number of fields are errors.
+
+    A record is numbered by its first line. A record spanning several lines (a quoted field with
+    newlines) may span at most `max_lines` lines and `max_chars` characters, and its quote must
+    close before the end of the input: otherwise its first line is one `UnclosedQuote` dead letter
+    and reading resumes at the line after it (so one stray quote costs one line, not the rest of
+    the file). The lines of a multi-line record after its first are counted in
+    `tally["continuation"]`, the header row in `tally["header"]`, blank lines in `tally["blank"]`."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    decoded = _decoded_lines(binary, encoding)
+    pending: list[ParsedLine] = []  # lines that do not decode, met while reading a row: reported before it
+    replay: collections.deque = collections.deque()  # lines to read again after an unclosed quote
+    row: list = []  # (number, text) of the lines of the row being read
+    state = {"chars": 0, "ended": False}
 
     def lines() -> Iterator[str]:
-        for number, text, error in _decoded_lines(binary, encoding):
-            state["line"] = number
-            if error is not None:
-                pending.append(ParsedLine(number, None, error))
-                continue
+        while True:
+            if replay:
+                number, text = replay.popleft()
+            else:
+                item = next(decoded, None)
+                if item is None:
+                    state["ended"] = True
+                    return
+                number, text, error = item
+                if error is not None:
+                    pending.append(ParsedLine(number, None, error))
+                    continue
+            row.append((number, text))
+            state["chars"] += len(text)
+            if len(row) > 1 and (len(row) > max_lines or state["chars"] > max_chars):
+                raise _QuoteRunsOn
             yield text
+
+    def unclosed(why: str) -> ParsedLine:
+        """The dead letter of a row whose quoted field does not close; its other lines are read again."""
+        replay.extendleft(reversed(row[1:]))
+        return ParsedLine(row[0][0], None, UnclosedQuote(f"unclosed quote: the quoted field that starts on this line {why}"))
 
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting)
     header: Optional[list[str]] = None
     while True:
+        row.clear()
+        state["chars"], state["ended"] = 0, False
         try:
-            row = next(reader)
+            fields = next(reader)
         except StopIteration:
             break
+        except _QuoteRunsOn:  # the reader is left inside the field: a new one reads on from the replayed lines
+            yield from pending
+            pending.clear()
+            yield unclosed(f"runs past {max_lines} lines or {max_chars:,} characters without closing; the record is not read")
+            reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting)
+            continue
         except csv.Error as exc:
             yield from pending
             pending.clear()
-            yield ParsedLine(state["line"], None, RecordError(f"malformed {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}"))
+            tally["continuation"] += max(len(row) - 1, 0)
+            yield ParsedLine(row[0][0] if row else 0, None, RecordError(f"malformed {kind}: {exc}"))
             continue
         yield from pending
         pending.clear()
-        number = state["line"]
+        if state["ended"] and row:  # the input ended inside a quoted field (the reader asked for more)
+            yield unclosed("does not close before the end of the input; the record is not read")
+            reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting)
+            continue
+        tally["continuation"] += len(row) - 1
         if header is None:
-            header = [name.strip() for name in row]
+            tally["header"] += 1
+            header = [name.strip() for name in fields]
             if "\x00" in "".join(header):
                 raise RecordError("header row contains NUL bytes")
             continue
-        if not row or (len(row) == 1 and not row[0].strip()):
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            tally["blank"] += 1
             continue  # blank line
-        if len(row) != len(header):
-            yield ParsedLine(number, None, RecordError(f"row has {len(row)} fields, the header has {len(header)}"))
+        if len(fields) != len(header):
+            yield ParsedLine(row[0][0], None, RecordError(f"row has {len(fields)} fields, the header has {len(header)}"))
             continue
-        yield ParsedLine(number, dict(zip(header, row)))
+        yield ParsedLine(row[0][0], dict(zip(header, fields)))
     yield from pending
 
 
@@ -201,14 +264,34 @@ def _iter_parquet(binary: IO[bytes]) -> Iterator[ParsedLine]:
             row += 1
 
 
-def iter_records(binary: IO[bytes], fmt: str, encoding: str = "utf-8", text_field: str = "text") -> Iterator[ParsedLine]:
-    """Every record of an open binary file in format `fmt` (see `FORMATS`)."""
+def new_tally() -> dict:
+    """The counters `iter_records` keeps of the lines that are no record: blank lines, header rows,
+    and the lines of multi-line CSV records after their first."""
+    return {"blank": 0, "header": 0, "continuation": 0}
+
+
+def iter_records(
+    binary: IO[bytes],
+    fmt: str,
+    encoding: str = "utf-8",
+    text_field: str = "text",
+    tally: Optional[dict] = None,
+    max_record_lines: int = MAX_RECORD_LINES,
+    max_record_chars: int = MAX_RECORD_CHARS,
+) -> Iterator[ParsedLine]:
+    """Every record of an open binary file in format `fmt` (see `FORMATS`).
+
+    Every line ends up in exactly one place: a record or an error (`ParsedLine`, numbered by the
+    record's first line), or, counted in `tally` (`new_tally()`; optional), a blank line, a header
+    row or a continuation line of a multi-line CSV record. A CSV record may span at most
+    `max_record_lines` lines and `max_record_chars` characters (see `_iter_delimited`)."""
+    tally = new_tally() if tally is None else tally
     if fmt == "jsonl":
-        return _iter_jsonl(binary, encoding, text_field)
+        return _iter_jsonl(binary, encoding, text_field, tally)
     if fmt == "csv":
-        return _iter_delimited(binary, encoding, ",")
+        return _iter_delimited(binary, encoding, ",", tally, max_record_lines, max_record_chars)
     if fmt == "tsv":
-        return _iter_delimited(binary, encoding, "\t")
+        return _iter_delimited(binary, encoding, "\t", tally, max_record_lines, max_record_chars)
     if fmt == "parquet":
         return _iter_parquet(binary)
     if fmt == "lines":

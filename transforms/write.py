@@ -35,6 +35,7 @@ from transforms.results import MANIFEST_NAME, OUTPUT_FOLDERS
 __all__ = [
     "DEFAULT_MAX_FAILED_FRACTION",
     "failure_verdict",
+    "line_accounting",
     "TopErrorReasons",
     "clear_previous_output",
     "check_output_folder",
@@ -59,22 +60,32 @@ def failure_verdict(
     counts: dict[str, dict],
     max_failed_fraction: dict[str, float],
     max_failed: Optional[int] = None,
+    accounting: Optional[dict[str, dict]] = None,
 ) -> dict[str, str]:
     """{modality: why the run failed} for each modality over its failure budget; empty when all is well.
 
-    A modality fails when its counts do not add up, when it read no record at all, when more than
+    A modality fails when its counts do not add up, when the lines of its inputs do not reconcile
+    (`accounting`, see `line_accounting`), when it read no record at all, when more than
     `max_failed_fraction[modality]` of its records are dead letters, or more than `max_failed` of them.
     """
     verdict = {}
+    accounting = accounting or {}
     for modality, c in counts.items():
         read, failed = c["read"], c["failed"]
         limit = max_failed_fraction.get(modality, DEFAULT_MAX_FAILED_FRACTION)
+        lines = accounting.get(modality, {})
         if not c["balanced"] and c.get("carried", 0) > c["skipped"]:
             verdict[modality] = f"counts do not add up: carried {c['carried']} > skipped {c['skipped']}"
         elif not c["balanced"]:
             verdict[modality] = (
                 f"counts do not add up: read {read} != embedded {c['embedded']} + failed {failed} + skipped {c['skipped']}"
             )
+        elif not lines.get("balanced", True):
+            named = "; ".join(lines.get("unaccounted", ())) or (
+                f"{lines['lines']} lines != {lines['record_lines']} in records or dead letters + {lines['blank_lines']} blank"
+                f" + {lines['header_lines']} header + {lines['continuation_lines']} continuation"
+            )
+            verdict[modality] = f"the input's lines do not reconcile ({lines['unaccounted_files']} file(s)): {named}"
         elif read == 0:
             verdict[modality] = "no record was read from the inputs (empty files?)"
         elif failed / read > limit:
@@ -509,8 +520,34 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def line_accounting(counts: dict, unaccounted: Sequence[str] = ()) -> dict:
+    """The manifest's `accounting.text`: the physical lines of the line-based text inputs (JSONL,
+    CSV/TSV, plain lines) against where they went, and Parquet rows against rows read. `balanced`:
+    every file's lines = lines read as a record or dead letter + blank + header + continuation
+    lines, and its rows = rows read; `unaccounted` names the first few files that do not."""
+    get = lambda name: counts.get(f"text_{name}", 0)  # noqa: E731 - a local shorthand
+    accounting = {
+        name: get(name)
+        for name in ("lines", "record_lines", "blank_lines", "header_lines", "continuation_lines", "rows", "record_rows")
+    }
+    accounting["unaccounted_files"] = get("unaccounted_files")
+    accounting["balanced"] = (
+        accounting["unaccounted_files"] == 0
+        and accounting["lines"]
+        == accounting["record_lines"] + accounting["blank_lines"] + accounting["header_lines"] + accounting["continuation_lines"]
+        and accounting["rows"] == accounting["record_rows"]
+    )
+    if unaccounted:
+        accounting["unaccounted"] = sorted(unaccounted)
+    return accounting
+
+
 class WriteManifestFn(beam.DoFn):
-    """The final step: writes `_MANIFEST.json` once every output file exists (they arrive as side inputs)."""
+    """The final step: writes `_MANIFEST.json` once every output file exists (they arrive as side inputs).
+
+    `counts`: {counter: n}; `text_read`, `text_embedded`, ... give `counts` ("read == embedded +
+    failed + skipped"), and the reader's line tallies (`text_lines`, `text_record_lines`, ...) give
+    `accounting.text` (`line_accounting`); a run whose counts or lines do not reconcile is "failed"."""
 
     def __init__(
         self,
@@ -524,7 +561,9 @@ class WriteManifestFn(beam.DoFn):
         self._max_failed_fraction = dict(max_failed_fraction or {})
         self._max_failed = max_failed
 
-    def process(self, _, counts: dict, files: Iterable[tuple[str, str]], reasons: Sequence[dict] = ()):
+    def process(
+        self, _, counts: dict, files: Iterable[tuple[str, str]], reasons: Sequence[dict] = (), unaccounted: Sequence[str] = ()
+    ):
         by_modality = {}
         for modality in MODALITIES:
             if modality not in self._static["models"]:
@@ -548,7 +587,8 @@ class WriteManifestFn(beam.DoFn):
         prefix = self._output.rstrip("/") + "/"
         for folder, path in files:  # relative paths: the folder can be moved or copied whole
             grouped.setdefault(folder, []).append(path[len(prefix) :] if path.startswith(prefix) else path)
-        verdict = failure_verdict(by_modality, self._max_failed_fraction, self._max_failed)
+        accounting = {"text": line_accounting(counts, unaccounted)} if "text" in by_modality else {}
+        verdict = failure_verdict(by_modality, self._max_failed_fraction, self._max_failed, accounting)
         manifest = dict(self._static)
         manifest.update(
             status="failed" if verdict else "complete",
@@ -556,6 +596,7 @@ class WriteManifestFn(beam.DoFn):
             top_errors=reasons[0] if reasons else {},
             finished_at=_now(),
             counts=by_modality,
+            accounting=accounting,
             files={k: sorted(v) for k, v in sorted(grouped.items())},
             versions=_versions(),
         )
