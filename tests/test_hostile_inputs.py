@@ -1,4 +1,4 @@
-"""Issue 19, cases 5 and 10: inputs and flags a hostile (or unlucky) user gives the job.
+"""Issue 19, cases 5, 10 and 11: inputs and flags a hostile (or unlucky) user gives the job.
 
 * Case 5: a FIFO, socket or device among the inputs is one `NotARegularFile` dead letter, at once,
   never opened (a FIFO used to hang the run forever, silently).
@@ -6,6 +6,8 @@
   existing file is that file (refused as ambiguous when the glob also matches other files); storage
   already down at launch fails within --storage-timeout with exit 1; Beam flag values that Beam
   would crash on are exit 2 naming the flag.
+
+* Case 11: OpenVINO's telemetry is off before OpenVINO is imported (nothing written under $HOME).
 
 The runs with special files run in a subprocess: a regression would hang, and the subprocess's
 timeout then fails the test instead of hanging the suite.
@@ -17,6 +19,8 @@ import json
 import os
 import pathlib
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -197,3 +201,35 @@ def test_storage_down_at_launch_fails_with_exit_1_naming_the_storage_timeout(tmp
     )
     assert not (tmp_path / "out").exists()
     print(f"storage down at launch ({where}): failed after {elapsed:.1f} s with --storage-timeout 3")
+
+
+# ---- case 11: no telemetry ---------------------------------------------------------------------------
+
+_CONVERT = """
+import transforms  # what every process of the job imports first (the CLI, launchers, Beam workers)
+from transforms.backends import compile_openvino, openvino_version
+import openvino
+import tensorflow as tf
+
+assert openvino_version()
+function = tf.function(lambda x: x * 2.0).get_concrete_function(tf.TensorSpec([1, 4], tf.float32))
+forward = compile_openvino(function)
+print("converted", forward.version)
+"""
+
+
+@pytest.mark.slow
+def test_openvino_writes_nothing_under_home_when_imported_and_converting(tmp_path):
+    """`import openvino` started OpenVINO's telemetry (a client id in ~/intel/openvino_ga_cid, every
+    run counted in ~/intel/stats, an event sent) before the job could switch it off. With HOME an
+    empty folder, importing OpenVINO and converting a function the job's way leaves it empty."""
+    pytest.importorskip("openvino")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(_ENV, HOME=str(home))
+    env.pop("CI", None)  # OpenVINO's own CI check would hide the problem
+    done = subprocess.run(
+        [sys.executable, "-c", _CONVERT], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and "converted" in done.stdout, done.stderr[-3000:]
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
