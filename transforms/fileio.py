@@ -26,6 +26,7 @@ __all__ = [
     "join",
     "match_paths",
     "match_files",
+    "literal_match",
     "glob_also_matches",
     "InputListing",
     "NotARegularFile",
@@ -256,9 +257,18 @@ def match_files(pattern: str) -> list:
     characters: `meta/[x].jpg` reads the file `meta/[x].jpg`, never `meta/x.jpg` (which the glob
     `[x]` would match instead). The launcher refuses a pattern that also matches other files as a
     glob (`glob_also_matches`). gs:// patterns are always globs (checking would cost a call)."""
+    literal = literal_match(pattern)
+    if literal is not None:
+        return literal
+    return [metadata for result in FileSystems.match([pattern]) for metadata in result.metadata_list]
+
+
+def literal_match(pattern: str) -> list | None:
+    """[the file's `FileMetadata`] when `pattern` has glob characters yet names an existing local
+    file as written (see `match_files`), else None (list it as a glob)."""
     if _names_a_local_file(pattern):
         return [FileSystems.get_filesystem(pattern).metadata(pattern)]
-    return [metadata for result in FileSystems.match([pattern]) for metadata in result.metadata_list]
+    return None
 
 
 def glob_also_matches(pattern: str) -> list[str]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
 
@@ -113,7 +114,10 @@ def is_compressed(path: str) -> bool:
 
 def _match(indexed_pattern: tuple[int, str]) -> Iterator[tuple[str, tuple[int, str, int]]]:
     index, pattern = indexed_pattern
-    for metadata in fileio.match_files(pattern):  # a pattern naming a file as written is that file
+    found = fileio.literal_match(pattern)  # a pattern naming a file as written is that file (`meta/[x].jpg`)
+    if found is None:
+        found = [metadata for result in FileSystems.match([pattern]) for metadata in result.metadata_list]
+    for metadata in found:
         yield metadata.path, (index, pattern, int(metadata.size_in_bytes))
 
 
