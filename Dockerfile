@@ -5,7 +5,7 @@
 # Workers start it with Beam's own entrypoint (/opt/apache/beam/boot); the flex-template launcher
 # runs /opt/google/dataflow/python_template_launcher, which calls FLEX_TEMPLATE_PYTHON_PY_FILE with
 # each template parameter as --name=value. See docs/dataflow.md. Not built by the tests or CI:
-# neither has a Docker engine.
+# neither has a Docker engine (tests/test_gpu.py replays its COPY lines and builds the package).
 
 ARG LAUNCHER_IMAGE=gcr.io/dataflow-templates-base/python311-template-launcher-base:latest
 FROM ${LAUNCHER_IMAGE} AS launcher

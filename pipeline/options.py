@@ -27,7 +27,7 @@ from transforms import fileio
 from transforms.backends import BACKENDS, PRECISIONS
 from transforms.decode import DECODERS, DEFAULT_MAX_IMAGE_PIXELS
 from transforms.embed import MAX_DECODE_THREADS
-from transforms.errors import UserError
+from transforms.errors import DataError, UserError
 from transforms.models import MAX_IMAGE_BATCH_SIZE, MAX_TEXT_BATCH_SIZE, NETWORKS, ImageModelSpec, TextModelSpec
 from transforms.records import IMAGE, TEXT, embedding_schema
 from transforms.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
@@ -37,6 +37,7 @@ __all__ = [
     "EmbeddingJobOptions",
     "JobConfig",
     "ConfigError",
+    "StorageUnreachable",
     "FLAG_GROUPS",
     "flag_group",
     "config_from_options",
@@ -48,11 +49,17 @@ __all__ = [
     "real_path",
     "same_path",
     "is_inside",
+    "check_beam_flags",
 ]
 
 
 class ConfigError(UserError, ValueError):
     """A flag whose value cannot work. Raised before the pipeline starts; the message names the flag."""
+
+
+class StorageUnreachable(DataError, ConnectionError):
+    """gs:// storage that the launcher's own checks (listing the inputs, the write probe of --output)
+    could not reach within --storage-timeout: not a bad flag (exit 1, like an outage mid-run)."""
 
 
 def parse_bool(value: str) -> bool:
@@ -405,11 +412,33 @@ def _positive(name: str, value: Optional[int]) -> None:
 
 
 def _check_inputs(flag: str, patterns: Sequence[str], listing: Optional[fileio.InputListing] = None) -> None:
+    """Every input pattern lists and matches something. A local folder named as it is (no glob) is
+    refused: a folder is not a file to read, and reading all of it is what `DIR/**` says. A pattern
+    with glob characters that names an existing file (`meta/[x].jpg`) is that file
+    (`fileio.match_files`), unless as a glob it also matches other files: then it is refused as
+    ambiguous. Storage that stays unreachable is StorageUnreachable (exit 1), not a bad flag."""
     listing = fileio.InputListing() if listing is None else listing
     for pattern in patterns:
+        if not fileio.is_remote(pattern) and not fileio.has_glob(pattern) and os.path.isdir(pattern):
+            example = "*.jpg" if flag == "--image-input" else "*.jsonl"
+            raise ConfigError(
+                f"{flag} {pattern!r}: is a folder, not a file; give a glob of the files to read, "
+                f"e.g. '{pattern.rstrip('/')}/**' (every file below it) or '{pattern.rstrip('/')}/{example}'"
+            )
+        others = fileio.glob_also_matches(pattern)
+        if others:
+            raise ConfigError(
+                f"{flag} {pattern!r}: ambiguous: names the file {os.path.basename(pattern)!r} but, as a glob, also "
+                f"matches {len(others)} other file(s) (e.g. {others[0]!r}); rename the file or name the other files without glob characters"
+            )
         try:
             matched = listing.files(pattern)
         except Exception as exc:  # noqa: BLE001 - bucket missing, no permission
+            if fileio.is_transient_storage_error(exc):
+                raise StorageUnreachable(
+                    f"storage unreachable: {flag} {pattern!r} could not be listed: gs:// calls kept failing "
+                    f"for {fileio.storage_timeout():g} s (--storage-timeout); nothing was started"
+                ) from exc
             raise ConfigError(f"{flag} {pattern!r}: cannot list ({type(exc).__name__}: {exc})") from exc
         if not matched:
             raise ConfigError(f"{flag} {pattern!r}: matches no file")
@@ -450,9 +479,10 @@ def check_output_writable(output: str) -> None:
     try:
         fileio.write_bytes(probe, b"ok")
         FileSystems.delete([probe])
-    except fileio.StorageUnavailable as exc:
-        raise ConfigError(f"--output {output!r}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001
+        if fileio.is_transient_storage_error(exc):
+            detail = exc if isinstance(exc, fileio.StorageUnavailable) else fileio._storage_outage(probe, exc)
+            raise StorageUnreachable(f"--output {output!r}: {detail}; nothing was started") from exc
         raise ConfigError(f"--output {output!r}: not writable ({type(exc).__name__}: {exc})") from exc
 
 
@@ -505,6 +535,31 @@ def check_remote_paths(options: PipelineOptions) -> None:
                 )
 
 
+def _known_runner(name: str) -> bool:
+    """Whether Beam's `create_runner` would find a runner of this name (as it looks names up)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    known = {path.rsplit(".", 1)[-1].lower() for path in StandardOptions.ALL_KNOWN_RUNNERS}
+    return "." in name or name.lower() in known or name.lower() + "runner" in known
+
+
+def check_beam_flags(options: PipelineOptions) -> None:
+    """Beam flags this job passes through whose bad values Beam would only crash on, mid-launch
+    (`--direct_num_workers -1`: an IndexError; `--runner Bogus`: a ValueError after the output
+    folder was claimed): ConfigError naming the flag. Values argparse already refuses (a word for
+    a number, an unknown --direct_running_mode) exit 2 there."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    workers = options.view_as(DirectOptions).direct_num_workers
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--direct_num_workers {workers}: must be 0 (one worker per CPU) or a positive number")
+    runner = options.view_as(StandardOptions).runner
+    if isinstance(runner, str) and runner and not _known_runner(runner):
+        raise ConfigError(
+            f"--runner {runner!r}: unknown runner; DirectRunner (this machine, the default) or DataflowRunner (Google Cloud)"
+        )
+
+
 def check_unknown_flags(argv: Sequence[str]) -> None:
     """Refuse flags that neither this job nor Beam knows (Beam alone would only log and drop them)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -535,6 +590,7 @@ def config_from_options(
     o = options.view_as(EmbeddingJobOptions)
     if not o.output:
         raise ConfigError("--output is required (a local folder or gs:// path)")
+    check_beam_flags(options)
     check_remote_paths(options)
     text_inputs = tuple(o.text_input or ())
     image_inputs = tuple(o.image_input or ())
@@ -571,6 +627,7 @@ def config_from_options(
             raise ConfigError(
                 f"{flag} {value:,}: the maximum is {maximum:,} (a batch, or a batch per thread, is held in memory whole)"
             )
+    fileio.bound_storage_retries(o.storage_timeout)  # the launch's own gs:// calls (listing, probes) obey it too
     if o.image_alpha is not None and o.image_alpha <= 0:
         raise ConfigError(f"--image-alpha must be positive, got {o.image_alpha}")
     if o.text_encoding:

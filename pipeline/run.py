@@ -471,6 +471,15 @@ def _interrupted(signum: int) -> None:
     name = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
     with contextlib.suppress(Exception):
         print(f"\nerror: {name}; {_UNFINISHED}", file=sys.stderr, flush=True)
+    # Nothing after that line: as the workers go away, Beam's data plane and gRPC threads in this
+    # process log tracebacks ("Failed to read inputs in the data plane"). --verbose keeps them.
+    from transforms import quiet
+
+    if not quiet.is_verbose():
+        logging.disable(logging.CRITICAL)
+        with contextlib.suppress(Exception):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
     with contextlib.suppress(Exception):
         stop_workers(grace=3.0)
     if _CLAIMED:
@@ -481,13 +490,48 @@ def _interrupted(signum: int) -> None:
     os._exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
+class _WorkersIgnoreCtrlC:
+    """The `subprocess` module as Beam's local job service sees it: worker command lines (run by
+    `sh -c`) start with `trap '' INT`, so the worker processes ignore SIGINT.
+
+    A Ctrl-C in a terminal goes to the whole foreground process group: Beam's worker processes
+    (multi_processing mode) got it too and each printed a KeyboardInterrupt traceback (inside an
+    import or a gRPC call) after the launcher's one line. The launcher alone handles Ctrl-C
+    (`_interrupted`) and stops its workers with SIGTERM; SIGTERM, SIGKILL and SIGHUP still reach them."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def Popen(self, args, *rest, **kwargs):  # noqa: N802 - subprocess.Popen's name
+        if kwargs.get("shell") and isinstance(args, str):
+            args = "trap '' INT; " + args
+        return self._module.Popen(args, *rest, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """While active, local worker processes that Beam starts ignore SIGINT (`_WorkersIgnoreCtrlC`)."""
+    from apache_beam.runners.portability import local_job_service
+
+    original = local_job_service.subprocess
+    local_job_service.subprocess = _WorkersIgnoreCtrlC(original)
+    try:
+        yield
+    finally:
+        local_job_service.subprocess = original
+
+
 @contextlib.contextmanager
 def _signals_end_the_run() -> Iterator[None]:
     """While the run runs, SIGINT and SIGTERM end it through `_interrupted`, in a watcher thread.
 
     Python runs signal handlers only between bytecodes of the main thread, which may sit in a C call
     of Beam's runner for minutes; the wakeup fd is written by the C-level handler at once, so the
-    watcher acts even then."""
+    watcher acts even then. Local worker processes ignore SIGINT meanwhile (`_workers_ignore_ctrl_c`):
+    the launcher's one line is all a Ctrl-C prints."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -512,7 +556,8 @@ def _signals_end_the_run() -> Iterator[None]:
     watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
     watcher.start()
     try:
-        yield
+        with _workers_ignore_ctrl_c():
+            yield
     finally:
         signal.set_wakeup_fd(previous_fd)
         for sig, handler in previous.items():

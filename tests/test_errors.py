@@ -38,6 +38,8 @@ NOT_USER_ERRORS = {
     "transforms.embed.EmptyText",
     "transforms.fileio.TruncatedInput",
     "transforms.fileio.FileTooLarge",
+    # a FIFO, socket, device or folder among the inputs: a dead letter (issue 19), never opened
+    "transforms.fileio.NotARegularFile",
     "transforms.splits.RecordTooLarge",
     "transforms.text_formats.RecordError",
     "transforms.text_formats.UnclosedQuote",
@@ -55,6 +57,7 @@ NOT_USER_ERRORS = {
 # Every user-error class, its other base (older `except` clauses keep working) and its exit code.
 USER_ERRORS = {
     "pipeline.options.ConfigError": (ValueError, EXIT_USAGE),
+    "pipeline.options.StorageUnreachable": (ConnectionError, EXIT_FAILED),
     "transforms.models.ModelConfigError": (ValueError, EXIT_USAGE),
     "pipeline.tools.common.ToolError": (ValueError, EXIT_USAGE),
     "pipeline.tools.similar_words.UnknownWordError": (ValueError, EXIT_USAGE),

@@ -2,7 +2,8 @@
 Dockerfile (Docker's own parser, a shell syntax check of every RUN, hadolint), and the job's
 device handling (nothing pins the CPU; each worker process logs and counts where its model runs).
 
-Not run here: a real GPU, the image build (no Docker engine), a Dataflow job.
+Not run here: a real GPU, the image build (no Docker engine; the package build from each image's
+COPY lines is replayed instead), a Dataflow job.
 """
 
 from __future__ import annotations
@@ -88,6 +89,58 @@ def test_gpu_requirements_are_the_cpu_pins_with_tensorflows_cuda_build(instructi
     assert [line for line in cpu if not line.startswith("tensorflow-cpu")] == [
         line for line in gpu if not line.startswith("tensorflow[")
     ]
+
+
+def _replay_copies(dockerfile_path: pathlib.Path, context: pathlib.Path) -> pathlib.Path:
+    """Replay a Dockerfile's COPY lines from the build context (the project) into `context`, which
+    stands for the image's root, as Docker would: relative destinations under the current WORKDIR,
+    a folder's contents into the destination folder, several sources into a folder. `COPY --from`
+    (another image) is skipped. Returns the last WORKDIR (where the image's `pip install .` runs)."""
+    dockerfile = pytest.importorskip("dockerfile")
+    workdir = pathlib.PurePosixPath("/")
+    for command in dockerfile.parse_file(str(dockerfile_path)):
+        if command.cmd.upper() == "WORKDIR":
+            workdir = workdir / command.value[0]
+            (context / workdir.relative_to("/")).mkdir(parents=True, exist_ok=True)
+        if command.cmd.upper() != "COPY" or any(flag.startswith("--from") for flag in command.flags):
+            continue
+        *sources, destination = command.value
+        target = context / (workdir / destination).relative_to("/")
+        for source in sources:
+            origin = PROJECT_ROOT / source
+            assert origin.exists(), f"{dockerfile_path.name}: COPY {source}: not in the build context"
+            if origin.is_dir():
+                shutil.copytree(origin, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                into = destination.endswith("/") or len(sources) > 1 or target.is_dir()
+                (target if into else target.parent).mkdir(parents=True, exist_ok=True)
+                shutil.copy(origin, target / origin.name if into else target)
+    return context / workdir.relative_to("/")
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.gpu", "Dockerfile"])
+def test_the_image_builds_the_package_from_its_own_copy_lines(tmp_path, name):
+    """Issue 19, case 11: the image's `pip install --no-deps --no-build-isolation .` works on what
+    its COPY lines put there (Dockerfile.gpu copied neither pyproject.toml nor README.md, and
+    setuptools failed: "Multiple top-level packages discovered"). Built here as a wheel, offline."""
+    workdir = _replay_copies(PROJECT_ROOT / name, tmp_path / "image")
+    run = [c.value[0] for c in pytest.importorskip("dockerfile").parse_file(str(PROJECT_ROOT / name)) if c.cmd == "RUN"]
+    assert any("pip install --no-deps --no-build-isolation ." in script for script in run)  # what is replayed
+    wheels = tmp_path / "wheels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels), "."],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [wheel] = wheels.glob("beam_embeddings-*.whl")
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pipeline/run.py" in names and "transforms/embed.py" in names and "pipeline/train/text.py" in names
+    assert not any(n.startswith(("tests/", "benchmarks/", "examples/")) for n in names)
 
 
 def test_hadolint_finds_nothing_in_either_dockerfile():

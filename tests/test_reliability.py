@@ -123,6 +123,51 @@ def test_a_killed_run_leaves_no_manifest_and_a_rerun_completes_exactly(tmp_path,
     assert not list((out / "text").glob("beam-temp-*")), "temp files of the killed run survived"
 
 
+@pytest.mark.slow
+def test_ctrl_c_to_the_whole_process_group_prints_one_line_and_nothing_after_it(tmp_path, tiny_text_model):
+    """Issue 19, case 10: a Ctrl-C in a terminal reaches the launcher and its worker processes alike
+    (the foreground process group). It ends the run with the launcher's one line, exit 130: no
+    KeyboardInterrupt traceback of a worker, no gRPC traceback of the launcher after it."""
+    data = tmp_path / "big.jsonl"
+    with open(data, "w") as f:
+        for i in range(600_000):
+            f.write(json.dumps({"id": f"r{i}", "text": f"good film number {i}"}) + "\n")
+    out = tmp_path / "out"
+    argv = ["--output", out, "--text-input", data, "--text-model", tiny_text_model, *TWO_WORKER_PROCESSES]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    process = start_pipeline("run", *argv, env=env, start_new_session=True)
+    try:
+        workers: set[int] = set()
+        deadline = time.time() + 180
+        while process.poll() is None and time.time() < deadline and not (len(workers) >= 2 and any(out.glob("text/beam-temp-*"))):
+            workers = {
+                p for p in descendants(process.pid) if b"sdk_worker_main" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()
+            }
+            time.sleep(0.1)
+        assert len(workers) >= 2 and process.poll() is None, "the workers never got to work"
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    after = stderr[stderr.index("error: interrupted (Ctrl-C)") :]
+    assert after.strip().splitlines() == [after.strip()], f"output after the one line: {after!r}"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    deadline = time.time() + 30
+    while {w for w in workers if _alive(w)} and time.time() < deadline:
+        time.sleep(0.1)
+    assert not {w for w in workers if _alive(w)}, "worker processes outlived the run"
+    assert not (out / MANIFEST_NAME).exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _lambda_model(path: pathlib.Path) -> pathlib.Path:
     import keras
 

@@ -75,7 +75,9 @@ def _switch_off_converter_telemetry() -> None:
     consent file says no (called from Python there is no dialog, and no file counts as consent),
     from a subprocess that waits up to 3 s per event without a network. A batch job on workers
     must make no such calls, and the waits doubled the conversion time here. The converter falls
-    back to its own no-op stub when `openvino-telemetry` is not importable; this installs that stub.
+    back to its own no-op stub when `openvino-telemetry` is not importable; `transforms.quiet`
+    makes it unimportable before OpenVINO is imported (its import alone starts telemetry), and this
+    installs the stub again for a process that imported OpenVINO before `transforms`.
     """
     try:
         from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils

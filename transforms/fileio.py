@@ -8,6 +8,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -24,7 +25,12 @@ __all__ = [
     "is_remote",
     "join",
     "match_paths",
+    "match_files",
+    "literal_match",
+    "glob_also_matches",
     "InputListing",
+    "NotARegularFile",
+    "check_regular_file",
     "read_bytes",
     "read_parquet_table",
     "parquet_batches",
@@ -126,6 +132,11 @@ def is_transient_storage_error(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, (StorageUnavailable, ConnectionError, TimeoutError)):
+            return True
+        details = getattr(exc, "exception_details", None)  # Beam's BeamIOError: {path: exception}, not chained
+        if isinstance(details, dict) and any(
+            isinstance(e, BaseException) and is_transient_storage_error(e) for e in details.values()
+        ):
             return True
         try:
             from google.api_core.exceptions import RetryError
@@ -233,14 +244,46 @@ def path_id(path: str, pattern: str) -> str:
     return relative.replace(os.sep, "/")
 
 
+def _names_a_local_file(pattern: str) -> bool:
+    """Whether `pattern` has glob characters and yet names a local file that exists as written
+    (`meta/[x].jpg`: a file whose name holds `[`, `*` or `?`)."""
+    return not is_remote(pattern) and has_glob(pattern) and os.path.exists(pattern) and not os.path.isdir(pattern)
+
+
+def match_files(pattern: str) -> list:
+    """Beam `FileMetadata` (path, size_in_bytes) of every file a glob/path matches.
+
+    A local pattern that names an existing file as written is that file, even when it holds glob
+    characters: `meta/[x].jpg` reads the file `meta/[x].jpg`, never `meta/x.jpg` (which the glob
+    `[x]` would match instead). The launcher refuses a pattern that also matches other files as a
+    glob (`glob_also_matches`). gs:// patterns are always globs (checking would cost a call)."""
+    literal = literal_match(pattern)
+    if literal is not None:
+        return literal
+    return [metadata for result in FileSystems.match([pattern]) for metadata in result.metadata_list]
+
+
+def literal_match(pattern: str) -> list | None:
+    """[the file's `FileMetadata`] when `pattern` has glob characters yet names an existing local
+    file as written (see `match_files`), else None (list it as a glob)."""
+    if _names_a_local_file(pattern):
+        return [FileSystems.get_filesystem(pattern).metadata(pattern)]
+    return None
+
+
+def glob_also_matches(pattern: str) -> list[str]:
+    """For a local pattern that names an existing file as written (see `match_files`): the other
+    files it matches read as a glob, sorted (empty otherwise: the pattern means one thing)."""
+    if not _names_a_local_file(pattern):
+        return []
+    literal = _canonical_local(pattern)
+    found = {m.path for result in FileSystems.match([pattern]) for m in result.metadata_list}
+    return sorted(path for path in found if _canonical_local(path) != literal)
+
+
 def match_paths(patterns: Iterable[str]) -> list[str]:
     """Every file that a list of globs/paths matches, sorted; a pattern that matches nothing is skipped."""
-    found: set[str] = set()
-    for pattern in patterns:
-        for result in FileSystems.match([pattern]):
-            for metadata in result.metadata_list:
-                found.add(metadata.path)
-    return sorted(found)
+    return sorted({metadata.path for pattern in patterns for metadata in match_files(pattern)})
 
 
 class InputListing:
@@ -255,11 +298,7 @@ class InputListing:
         """(path, size in bytes) of every file `pattern` matches (listed on first use; a listing
         error is raised, and the pattern is listed again next time)."""
         if pattern not in self._files:
-            self._files[pattern] = [
-                (metadata.path, int(metadata.size_in_bytes or 0))
-                for result in FileSystems.match([pattern])
-                for metadata in result.metadata_list
-            ]
+            self._files[pattern] = [(metadata.path, int(metadata.size_in_bytes or 0)) for metadata in match_files(pattern)]
         return self._files[pattern]
 
     def paths(self, patterns: Iterable[str]) -> list[str]:
@@ -289,11 +328,42 @@ def _raise_storage_error(path: str, exc: Exception) -> None:
         raise _storage_outage(path, exc) from exc
 
 
+class NotARegularFile(OSError):
+    """A local input that is a FIFO, socket, device or folder: never opened (opening a FIFO waits for
+    a writer, forever; a device can be endless), so one dead letter instead of a hung run."""
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def check_regular_file(path: str) -> None:
+    """NotARegularFile when the local `path` (symlinks followed) is not a regular file; checked with
+    `os.stat`, without opening it. gs:// objects and paths that cannot be stat-ed (gone, no
+    permission) pass: opening them reports that."""
+    if is_remote(path):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise NotARegularFile(f"{path} is {kind}, not a regular file: not read (only regular files are inputs)")
+
+
 @contextlib.contextmanager
 def _open_raw(path: str) -> Iterator[IO[bytes]]:
     """A file's raw bytes; a missing gs:// object raises FileNotFoundError as a missing local file
-    does (GCS raises google.api_core's NotFound, whose message does not say so)."""
+    does (GCS raises google.api_core's NotFound, whose message does not say so); a local FIFO,
+    socket, device or folder raises NotARegularFile without being opened."""
     check_scheme(path)
+    check_regular_file(path)
     _fail_fast_if_down(path)
     try:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
@@ -344,13 +414,15 @@ class _StrictDecompressed:
 def open_input(path: str):
     """An input file for reading, local or gs://, decompressed by its extension (`.gz`, `.bz2`) with
     Python's own decoders, which notice a truncated stream (TruncatedInput) instead of ending early;
-    other files open as they are. A missing gs:// object raises FileNotFoundError."""
+    other files open as they are. A missing gs:// object raises FileNotFoundError; a local FIFO,
+    socket, device or folder NotARegularFile (not opened)."""
     import bz2
     import gzip
 
     lower = path.lower()
     opener = gzip.GzipFile if lower.endswith(".gz") else bz2.BZ2File if lower.endswith(".bz2") else None
     check_scheme(path)
+    check_regular_file(path)
     _fail_fast_if_down(path)
     try:
         raw = FileSystems.open(path, compression_type="uncompressed")

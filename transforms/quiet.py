@@ -13,10 +13,18 @@ written back to stderr except those start-up lines (absl-format lines and the "W
 messages before absl::InitializeLog()" notice), so another thread's output is not lost; if the
 import fails, everything is written back.
 
+`install()` also switches OpenVINO's telemetry off before anything imports OpenVINO
+(`block_telemetry`): `import openvino` imports its converter, whose package `__init__` starts
+`openvino_telemetry` with consent assumed when no consent file exists, writes a client id to
+`~/intel/openvino_ga_cid`, counts every run in `~/intel/stats` and sends an "import" event to
+Google Analytics. Where `openvino_telemetry` cannot be imported the converter uses its own no-op
+stub, so `install()` makes it unimportable (`sys.modules[name] = None`): nothing is written under
+the user's home and nothing is sent, with no consent file to write either.
+
 `transforms/__init__.py` installs it, so it covers every process that runs this code: the command
 line, the flex-template launcher and Beam's worker processes (which import `transforms` when they
-unpickle a DoFn, long before a model loads TensorFlow). Set `EMBEDDINGS_VERBOSE=1` (what
-`--verbose` does; Beam's local worker processes inherit it) to see the lines again.
+unpickle a DoFn, long before a model loads TensorFlow or OpenVINO). Set `EMBEDDINGS_VERBOSE=1`
+(what `--verbose` does; Beam's local worker processes inherit it) to see the lines again.
 """
 
 from __future__ import annotations
@@ -30,10 +38,20 @@ import tempfile
 import threading
 from typing import Iterator
 
-__all__ = ["VERBOSE_ENV", "QUIET_MODULES", "install", "is_verbose", "quiet_stderr", "strip_startup_noise"]
+__all__ = [
+    "VERBOSE_ENV",
+    "QUIET_MODULES",
+    "TELEMETRY_MODULES",
+    "install",
+    "block_telemetry",
+    "is_verbose",
+    "quiet_stderr",
+    "strip_startup_noise",
+]
 
 VERBOSE_ENV = "EMBEDDINGS_VERBOSE"
 QUIET_MODULES = ("tensorflow",)
+TELEMETRY_MODULES = ("openvino_telemetry",)  # usage telemetry that libraries start on import
 
 _NOISE = re.compile(
     rb"^(?:WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -125,7 +143,23 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+def block_telemetry() -> bool:
+    """Make the telemetry packages of TELEMETRY_MODULES unimportable in this process (an import
+    raises ImportError, and OpenVINO falls back to its no-op stub); returns False when one was
+    already imported (too late for what its import did; `transforms.backends` still stubs it out
+    of the converter)."""
+    in_time = True
+    for name in TELEMETRY_MODULES:
+        if sys.modules.get(name, None) is not None:
+            in_time = False
+        else:
+            sys.modules[name] = None
+    return in_time
+
+
 def install() -> None:
-    """Put the quiet finder first on `sys.meta_path` (once per process; a no-op if TensorFlow is already imported)."""
+    """Put the quiet finder first on `sys.meta_path` (once per process; a no-op if TensorFlow is
+    already imported), and switch telemetry off before OpenVINO is imported (`block_telemetry`)."""
+    block_telemetry()
     if not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder())

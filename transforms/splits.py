@@ -121,9 +121,11 @@ def is_compressed(path: str) -> bool:
 
 def _match(indexed_pattern: tuple[int, str]) -> Iterator[tuple[str, tuple[int, str, int]]]:
     index, pattern = indexed_pattern
-    for result in FileSystems.match([pattern]):
-        for metadata in result.metadata_list:
-            yield metadata.path, (index, pattern, int(metadata.size_in_bytes))
+    found = fileio.literal_match(pattern)  # a pattern naming a file as written is that file (`meta/[x].jpg`)
+    if found is None:
+        found = [metadata for result in FileSystems.match([pattern]) for metadata in result.metadata_list]
+    for metadata in found:
+        yield metadata.path, (index, pattern, int(metadata.size_in_bytes))
 
 
 def _first_pattern(entry: tuple[str, Sequence[tuple[int, str, int]]]) -> tuple[str, str, int]:
@@ -154,9 +156,14 @@ class MatchFiles(beam.PTransform):
 
 
 def plan_file(pattern: str, path: str, size: int, split_bytes: int = DEFAULT_SPLIT_BYTES) -> FilePlan:
-    """A file's plan without its chunk counts (a Parquet footer is read here)."""
+    """A file's plan without its chunk counts (a Parquet footer is read here). A local FIFO, socket,
+    device or folder is planned as an error (one dead letter), never opened."""
     fmt = detect_format(path)
     plan = FilePlan(pattern, path, size, fmt, split_bytes)
+    try:
+        fileio.check_regular_file(path)
+    except fileio.NotARegularFile as exc:
+        return plan._replace(error=f"NotARegularFile: {exc}")
     if fmt == "parquet" and not is_compressed(path):
         try:
             import pyarrow.parquet as pq
