@@ -32,7 +32,7 @@ COPY setup.py pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 RUN pip install --no-deps --no-build-isolation . \
-    && python -c "import pipeline.run, transforms.embed, openvino, cv2"
+    && python -c "import pipeline.run, transforms.embed.dofns, openvino, cv2"
 
 # Flex-template launch: `python /template/launch.py --output=gs://... --text_input=gs://...`.
 # Build with --build-arg SDK_CONTAINER_IMAGE="$IMAGE" so that the job's workers run this same

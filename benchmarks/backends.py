@@ -37,7 +37,7 @@ def _fidelity(got: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def measure(network: str, alpha, weights: str, batch: int, rounds: int, calls: int) -> dict:
-    from transforms.models import ImageModelSpec, load_image_embedder
+    from transforms.embed.models import ImageModelSpec, load_image_embedder
 
     spec = ImageModelSpec(network, weights=weights, alpha=alpha, batch_size=batch, backend="tensorflow")
     tf_ = load_image_embedder(spec)

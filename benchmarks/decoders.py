@@ -6,7 +6,7 @@ In one process, per network (scenario a: MobileNet 0.25 with the shared weights;
 with random weights), a round times, back to back: TensorFlow's bare forward pass (the better of
 one and two batches in flight, as `benchmarks.run`'s limit) and OpenVINO's (pixels decoded
 beforehand, one batch in flight per stream as in `benchmarks.run`'s limit OV),
-then the job's own image stage (`transforms.embed.EmbedImageBatchesFn`: read, decode, embed, build
+then the job's own image stage (`transforms.embed.dofns.EmbedImageBatchesFn`: read, decode, embed, build
 the output tables, on OpenVINO) with `--image-decoder pillow` and with `opencv`, on the
 benchmark's 500x375 photos. Rounds are interleaved so the load of a shared machine hits every
 setting alike; medians of img/s are reported with the ratios job / bare TF and job / bare OV.
@@ -43,7 +43,7 @@ def _bare(embedder, pixels: np.ndarray, calls: int) -> float:
 
 def _stage(spec, schema, refs) -> float:
     """img/s of the job's image stage (EmbedImageBatchesFn) over `refs`, one bundle."""
-    from transforms.embed import EmbedImageBatchesFn
+    from transforms.embed.dofns import EmbedImageBatchesFn
 
     fn = EmbedImageBatchesFn(spec, schema)
     fn.setup()
@@ -72,8 +72,8 @@ def main(argv=None) -> int:
 
     import dataclasses
 
-    from transforms.decode import decode_image
-    from transforms.models import ImageModelSpec, load_image_embedder
+    from transforms.embed.decode import decode_image
+    from transforms.embed.models import ImageModelSpec, load_image_embedder
     from transforms.records import IMAGE, ImageRef, embedding_schema
 
     shared, work = pathlib.Path(args.shared_data), pathlib.Path(args.work_dir)

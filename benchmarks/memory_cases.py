@@ -86,7 +86,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if "batch" in cases:
             batch = options.batch
             if not batch:
-                from transforms.models import MAX_TEXT_BATCH_SIZE
+                from transforms.embed.models import MAX_TEXT_BATCH_SIZE
 
                 batch = MAX_TEXT_BATCH_SIZE
             data = write_records(work / "hundred.jsonl", 100, same_id=False)

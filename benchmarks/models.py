@@ -4,7 +4,7 @@ The peer is given the same network as the job, saved as one `.keras` file a Beam
 to `TFModelHandlerNumpy`/`TFModelHandlerTensor`:
 
 * images: uint8 pixels -> the network's preprocessing as built-in layers -> the headless network
-  with `pooling="avg"`, built by the job's own `transforms.models.build_base_network` (same weights
+  with `pooling="avg"`, built by the job's own `transforms.embed.models.build_base_network` (same weights
   file, or the same seed for random weights);
 * text: the `train-text` model cut at its `text_embedding` layer.
 
@@ -57,7 +57,7 @@ def save_headless_text_model(source: str, output: str) -> None:
     """The text model cut at `text_embedding`, as its own `.keras` file."""
     import keras
 
-    from transforms.models import TEXT_EMBEDDING_LAYER
+    from transforms.embed.models import TEXT_EMBEDDING_LAYER
 
     model = keras.saving.load_model(source, compile=False)
     _save_atomically(keras.Model(model.inputs, model.get_layer(TEXT_EMBEDDING_LAYER).output, name="text_embedder"), output)
@@ -71,11 +71,11 @@ def _save_atomically(model, output: str) -> None:
 
 
 def save_peer_image_model(network: str, size: int, alpha: Optional[float], weights: str, output: str) -> None:
-    """uint8 pixels in, pooled embedding out: the job's own network (`transforms.models.build_base_network`,
+    """uint8 pixels in, pooled embedding out: the job's own network (`transforms.embed.models.build_base_network`,
     same weights file or the same seed) with its preprocessing as built-in layers in front."""
     import keras
 
-    from transforms.models import NETWORKS, build_base_network, preprocessing_layers
+    from transforms.embed.models import NETWORKS, build_base_network, preprocessing_layers
 
     base = build_base_network(network, weights=None if weights == "none" else weights, alpha=alpha, image_size=size)
     pixels = keras.Input((size, size, 3), name="pixels")

@@ -26,7 +26,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy, TFModelHandlerTensor
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.fileio import path_id
+from transforms.io.fileio import path_id
 from transforms.records import IMAGE, TEXT, embedding_schema
 
 __all__ = ["run_image_peer", "run_text_peer", "local_pipeline"]

@@ -128,8 +128,8 @@ def _rate_in_flight(embed: Callable, batches: list, calls: int, batch: int, coun
 def _limit_image(spec: dict) -> dict:
     import numpy as np
 
-    from transforms import decode
-    from transforms.models import ImageModelSpec, load_image_embedder
+    from transforms.embed import decode
+    from transforms.embed.models import ImageModelSpec, load_image_embedder
 
     backend = spec.get("backend", "tensorflow")
     model_spec = ImageModelSpec(
@@ -182,7 +182,7 @@ def _limit_image(spec: dict) -> dict:
 def _limit_text(spec: dict) -> dict:
     import tensorflow as tf
 
-    from transforms.models import TEXT_EMBEDDING_LAYER, TextModelSpec, load_text_embedder
+    from transforms.embed.models import TEXT_EMBEDDING_LAYER, TextModelSpec, load_text_embedder
 
     batch = spec["batch"]
     load_start = time.perf_counter()

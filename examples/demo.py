@@ -303,7 +303,7 @@ def _load_labelled_images(folder: str) -> tuple[np.ndarray, list[str], list[str]
 
     Decoded with the job's own `decode_image`, so the model trains on exactly what the job feeds it.
     """
-    from transforms.decode import ImageDecodeError, decode_image
+    from transforms.embed.decode import ImageDecodeError, decode_image
 
     pixels, labels, skipped = [], [], []
     with open(os.path.join(folder, IMAGE_MANIFEST), newline="", encoding="utf-8") as handle:
@@ -464,7 +464,7 @@ def _text_captions(embeddings, wanted: set[str], text_field: str) -> dict[str, s
     """The text of some records, read back from their JSONL or plain-text source line (the output holds no text)."""
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms.text_formats import detect_format
+    from transforms.io.text_formats import detect_format
 
     by_source: dict[str, dict[int, str]] = {}
     for batch in embeddings.vector_batches(columns=["source", "line"], with_vectors=False):

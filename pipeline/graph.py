@@ -6,7 +6,7 @@
     WriteErrors (every dead letter), SumCounts -> WriteManifest
 
 Each modality is one composite step (`Text`, `Images`), built from the public columnar transforms
-(`transforms.api.EmbedTextTables` / `EmbedImageRefs`); the duplicate-id check and incremental
+(`transforms.embed.api.EmbedTextTables` / `EmbedImageRefs`); the duplicate-id check and incremental
 skipping reach them as side inputs. `build_pipeline` only wires these together; it is called by
 `pipeline.run` and by the tests with a `TestPipeline`.
 """
@@ -20,17 +20,17 @@ import apache_beam as beam
 import pyarrow as pa
 
 from pipeline.options import JobConfig
-from transforms import fileio
-from transforms.api import EmbedImageRefs, EmbedTextTables
-from transforms.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
-from transforms.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
-from transforms.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
-from transforms.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
-from transforms.image_read import ListImageFiles, ReadImageManifests, is_manifest
-from transforms.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
+from transforms.embed.api import EmbedImageRefs, EmbedTextTables
+from transforms.embed.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
+from transforms.io import fileio
+from transforms.io.image_read import ListImageFiles, ReadImageManifests, is_manifest
+from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
-from transforms.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
-from transforms.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
+from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
+from transforms.sinks.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
+from transforms.state.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
+from transforms.state.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
+from transforms.state.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
 
 __all__ = ["ModelInfo", "ModalityOutput", "EmbedTextFiles", "EmbedImageFiles", "output_schema", "build_pipeline"]
 

@@ -23,15 +23,15 @@ from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms import fileio
-from transforms.backends import BACKENDS, PRECISIONS
-from transforms.decode import DECODERS, DEFAULT_MAX_IMAGE_PIXELS
-from transforms.embed import MAX_DECODE_THREADS
+from transforms.embed.backends import BACKENDS, PRECISIONS
+from transforms.embed.decode import DECODERS, DEFAULT_MAX_IMAGE_PIXELS
+from transforms.embed.dofns import MAX_DECODE_THREADS
+from transforms.embed.models import MAX_IMAGE_BATCH_SIZE, MAX_TEXT_BATCH_SIZE, NETWORKS, ImageModelSpec, TextModelSpec
 from transforms.errors import DataError, UserError
-from transforms.models import MAX_IMAGE_BATCH_SIZE, MAX_TEXT_BATCH_SIZE, NETWORKS, ImageModelSpec, TextModelSpec
+from transforms.io import fileio
+from transforms.io.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
 from transforms.records import IMAGE, TEXT, embedding_schema
-from transforms.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
-from transforms.write import DEFAULT_MAX_FAILED_FRACTION
+from transforms.sinks.write import DEFAULT_MAX_FAILED_FRACTION
 
 __all__ = [
     "EmbeddingJobOptions",
@@ -732,7 +732,7 @@ def config_from_options(
     if config.bigquery_table:  # PROJECT:DATASET.TABLE, and a gs:// temp location for the load files
         from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-        from transforms.bigquery import BigQueryTableError, check_sink
+        from transforms.sinks.bigquery import BigQueryTableError, check_sink
 
         try:
             check_sink(config.bigquery_table, options.view_as(GoogleCloudOptions).temp_location)

@@ -34,12 +34,13 @@ from pipeline.options import (
     check_unknown_flags,
     config_from_options,
 )
-from transforms import fileio, progress
+from transforms import progress
+from transforms.embed.models import load_image_embedder, load_text_embedder
 from transforms.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, UserError
-from transforms.models import load_image_embedder, load_text_embedder
+from transforms.io import fileio
 from transforms.records import IMAGE, TEXT
 from transforms.results import MANIFEST_NAME, read_manifest, run_files
-from transforms.write import (
+from transforms.sinks.write import (
     ForeignFilesError,
     OutputInUseError,
     UnreadableManifestError,
@@ -137,7 +138,7 @@ def local_in_process(options: PipelineOptions) -> bool:
 
 def known_image_count(config: JobConfig, listing: Optional[fileio.InputListing] = None) -> Optional[int]:
     """How many images the run will see, when every --image-input is a glob (a manifest's rows are not counted)."""
-    from transforms.image_read import is_manifest
+    from transforms.io.image_read import is_manifest
 
     if not config.has_images or any(is_manifest(i) for i in config.image_inputs):
         return None

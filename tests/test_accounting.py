@@ -18,8 +18,8 @@ import pytest
 
 from pipeline.run import main
 from tests_support import run_pipeline
+from transforms.io.text_read import ReadTextFileFn, add_tallies, read_text_file, reconcile_file
 from transforms.results import read_embeddings, read_errors, read_manifest
-from transforms.text_read import ReadTextFileFn, add_tallies, read_text_file, reconcile_file
 
 
 def _physical_lines(path: pathlib.Path) -> int:
@@ -176,7 +176,7 @@ def test_invalid_utf8_in_a_parquet_id_is_a_dead_letter_for_that_row(tmp_path, ti
 
 def test_the_embedder_dead_letters_a_table_row_whose_id_is_not_utf8():
     # Tables handed to EmbedTextTables by other code: a bad id was a crash in `to_pylist`.
-    from transforms.embed import _without_invalid_utf8
+    from transforms.embed.dofns import _without_invalid_utf8
 
     table = pa.table(
         {
@@ -274,7 +274,7 @@ def test_every_line_of_every_input_is_accounted_for_whole_or_split(tmp_path, tin
 def test_a_run_whose_lines_do_not_reconcile_fails_naming_the_file(tmp_path, tiny_text_model, monkeypatch, capsys):
     # Put back the bug of case 4 (pyarrow's reader lets bad bytes through, and the block is lost
     # as one `:*` dead letter): the run no longer passes as complete.
-    from transforms import text_read
+    from transforms.io import text_read
 
     monkeypatch.setattr(text_read, "_valid_utf8", lambda data: True)
     lines = _jsonl_bytes(1000)

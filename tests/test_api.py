@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.tests_support import PROJECT_ROOT, run_pipeline
 from transforms import EmbedImages, EmbedText, read_embeddings, read_errors
-from transforms.models import ModelConfigError
+from transforms.embed.models import ModelConfigError
 
 TEXT_RECORDS = [
     {"id": "t1", "text": "good movie", "label": 1},
@@ -283,9 +283,9 @@ def test_columnar_core_keeps_the_schema_and_gives_the_dict_transforms_vectors(tm
     import pyarrow as pa
 
     from transforms import EmbedImageRefs, EmbedTextTables
-    from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+    from transforms.embed.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+    from transforms.io.text_read import text_batch_schema
     from transforms.records import IMAGE, TEXT, ImageRef, embedding_schema
-    from transforms.text_read import text_batch_schema
 
     texts = {"a": "good movie", "b": "   ", "c": "bad film, awful plot twist", "d": "great acting", "e": "good good"}
     labels = {"a": "x", "b": None, "c": "y", "d": None, "e": "z"}

@@ -10,7 +10,7 @@ from PIL import Image
 from test_models import REQUIRED
 
 from pipeline.run import main, run
-from transforms.models import ImageModelSpec, ModelConfigError, load_image_embedder
+from transforms.embed.models import ImageModelSpec, ModelConfigError, load_image_embedder
 from transforms.results import read_embeddings
 
 pytest.importorskip("openvino", reason="the openvino package is not installed (requirements.txt pins it)")

@@ -10,7 +10,7 @@ from PIL import Image
 from test_decode import encode, halves, png_header_only, with_exif_orientation
 
 from pipeline.run import run
-from transforms.embed import embed_isolating_failures
+from transforms.embed.dofns import embed_isolating_failures
 from transforms.results import read_embeddings, read_errors
 
 
@@ -178,7 +178,7 @@ def test_non_finite_outputs_are_per_record_errors():
 @pytest.mark.slow
 def test_one_failing_record_in_a_real_model_batch_is_isolated_in_the_job(tmp_path, tiny_text_model, monkeypatch):
     """A model that fails for one record: only that record is a dead letter, its batch-mates are embedded."""
-    from transforms import models
+    from transforms.embed import models
 
     real_embed = models.TextEmbedder.embed
 

@@ -23,7 +23,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from tests_support import DATAFLOW_PROJECT as PROJECT
 from tests_support import build_dataflow_template, pipeline_do_fns
-from transforms.bigquery import (
+from transforms.records import IMAGE, TEXT, embedding_schema
+from transforms.sinks.bigquery import (
     BigQueryTableError,
     TableToRowsFn,
     bigquery_schema,
@@ -32,7 +33,6 @@ from transforms.bigquery import (
     table_for,
     table_rows,
 )
-from transforms.records import IMAGE, TEXT, embedding_schema
 
 TABLE = f"{PROJECT}:embeddings.reviews"
 SDK_IMAGE = "europe-docker.pkg.dev/embeddings-test-project/beam/embeddings:0.1.0"

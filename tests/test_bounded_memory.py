@@ -15,9 +15,8 @@ import pytest
 
 from pipeline.run import run
 from tests.tests_support import run_pipeline
-from transforms.dedup import CHUNK_LINES, LineFlags, _check_bucket, id_hashes, text_key_batch
-from transforms.embed import MAX_DECODE_THREADS
-from transforms.models import (
+from transforms.embed.dofns import MAX_DECODE_THREADS
+from transforms.embed.models import (
     MAX_IMAGE_BATCH_SIZE,
     MAX_TEXT_BATCH_SIZE,
     ImageModelSpec,
@@ -27,6 +26,7 @@ from transforms.models import (
     load_text_embedder,
 )
 from transforms.results import read_embeddings, read_errors
+from transforms.state.dedup import CHUNK_LINES, LineFlags, _check_bucket, id_hashes, text_key_batch
 
 
 def _jsonl(path, rows) -> None:
@@ -79,7 +79,7 @@ def test_batch_like_flags_above_their_maximum_are_config_errors(tmp_path, flag, 
 
 
 def test_the_api_refuses_batch_sizes_above_the_maximum(tiny_text_model):
-    from transforms.api import EmbedImages, EmbedText
+    from transforms.embed.api import EmbedImages, EmbedText
 
     with pytest.raises(ValueError, match=f"EmbedText: batch_size {MAX_TEXT_BATCH_SIZE + 1:,} is larger than the maximum"):
         EmbedText(str(tiny_text_model), batch_size=MAX_TEXT_BATCH_SIZE + 1)
@@ -112,7 +112,7 @@ def test_a_short_text_batch_runs_at_its_own_size(tiny_text_model):
 
 
 def _backends():
-    from transforms.backends import openvino_version
+    from transforms.embed.backends import openvino_version
 
     return ["tensorflow"] + (["openvino"] if openvino_version() else [])
 

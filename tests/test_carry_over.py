@@ -208,8 +208,8 @@ def first_run_id(folder: str) -> str:
 
 def _bucket_check(current, prior, first_only):
     """Run one bucket of dedup's check on hand-made key slices; returns {current line: earlier position}."""
-    from transforms.dedup import CARRY_ROWS, _check_bucket, text_key_batch
-    from transforms.incremental import row_positions
+    from transforms.state.dedup import CARRY_ROWS, _check_bucket, text_key_batch
+    from transforms.state.incremental import row_positions
 
     parts = []
     for path, lines, ikeys, ckeys in current:

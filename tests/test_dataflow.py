@@ -55,7 +55,7 @@ IMAGE_EMBED_STEP = "Images/EmbedImages/EmbedImageBatches/ParDo(EmbedImageBatches
 
 
 def _read(path: str) -> bytes:
-    from transforms import fileio
+    from transforms.io import fileio
 
     return fileio.read_bytes(path)
 
@@ -132,7 +132,7 @@ def template(tmp_path_factory, gcs_emulator, models_on_gcs) -> dict:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.portability.api import beam_runner_api_pb2
 
-    from transforms import fileio
+    from transforms.io import fileio
 
     job = "embed-template"
     _upload_inputs(gcs_emulator, job, tmp_path_factory.mktemp("dataflow") / "in")
@@ -214,7 +214,7 @@ def test_setup_py_package_is_staged_with_the_pipeline(template):
     names = tarfile.open(fileobj=io.BytesIO(_read(staged["workflow.tar.gz"]))).getnames()
     root = names[0].split("/")[0]
     assert root == "beam-embeddings-0.1.0"
-    for module in ("setup.py", "pipeline/run.py", "pipeline/graph.py", "transforms/embed.py", "transforms/models.py"):
+    for module in ("setup.py", "pipeline/run.py", "pipeline/graph.py", "transforms/embed/dofns.py", "transforms/embed/models.py"):
         assert f"{root}/{module}" in names, module
 
 
@@ -251,7 +251,7 @@ def test_building_a_template_leaves_an_earlier_output_alone(template):
 
 def test_container_image_job_stages_no_package(gcs_emulator, models_on_gcs, tmp_path):
     """With `--sdk_container_image` the workers already hold the package: nothing to build or stage."""
-    from transforms import fileio
+    from transforms.io import fileio
 
     job = "embed-container"
     _upload_inputs(gcs_emulator, job, tmp_path / "in")
@@ -314,7 +314,7 @@ def _run_flags() -> list[argparse.Action]:
 
 
 def _regexes(action: argparse.Action) -> list[str]:
-    from transforms.models import NETWORKS
+    from transforms.embed.models import NETWORKS
 
     networks = "|".join(NETWORKS)
     by_name = {

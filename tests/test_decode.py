@@ -1,4 +1,4 @@
-"""Tests of `transforms.decode`: every mode and format we accept, and every way bytes can be bad."""
+"""Tests of `transforms.embed.decode`: every mode and format we accept, and every way bytes can be bad."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from transforms.decode import (
+from transforms.embed.decode import (
     DEFAULT_MAX_IMAGE_PIXELS,
     SUPPORTED_FORMATS,
     CorruptImage,

@@ -11,9 +11,9 @@ from PIL import Image
 from test_real_data import precision_at_k
 
 from pipeline.run import main, run
-from transforms import decode
-from transforms.decode import decode_image
-from transforms.models import ImageModelSpec, ModelConfigError, load_image_embedder
+from transforms.embed import decode
+from transforms.embed.decode import decode_image
+from transforms.embed.models import ImageModelSpec, ModelConfigError, load_image_embedder
 from transforms.results import read_embeddings, read_errors
 
 pytest.importorskip("cv2", reason="OpenCV is not installed (the fast-decode extra)")
@@ -259,7 +259,7 @@ def test_embed_images_in_a_users_pipeline_takes_the_decoder(tmp_path, tiny_image
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
 
-    from transforms.api import EmbedImages
+    from transforms.embed.api import EmbedImages
 
     _photos(tmp_path / "img")
     good = sorted((tmp_path / "img").glob("good*.jpg"))

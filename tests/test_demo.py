@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from examples import demo
-from transforms.decode import CorruptImage, decode_image
-from transforms.text_formats import iter_records
+from transforms.embed.decode import CorruptImage, decode_image
+from transforms.io.text_formats import iter_records
 
 WORD = re.compile(r"[a-z]+")
 
@@ -181,7 +181,7 @@ def small_demo(tmp_path_factory):
 def test_demo_image_model_loads_in_safe_mode_and_its_features_embed_each_image(small_demo):
     import keras
 
-    from transforms.models import ImageModelSpec, load_image_embedder
+    from transforms.embed.models import ImageModelSpec, load_image_embedder
 
     model = keras.saving.load_model(small_demo.image_model, safe_mode=True)
     assert tuple(model.inputs[0].shape) == (None, 64, 64, 3)

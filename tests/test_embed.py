@@ -11,11 +11,11 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 from PIL import Image
 
-from transforms.decode import decode_image
-from transforms.embed import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
-from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms.embed.decode import decode_image
+from transforms.embed.dofns import SKIPPED, EmbedImageBatchesFn, EmbedTextBatchesFn
+from transforms.embed.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms.io.text_read import text_batch_schema
 from transforms.records import ERRORS, IMAGE, TEXT, ImageRef, embedding_schema
-from transforms.text_read import text_batch_schema
 
 TEXTS = [
     "good movie",
@@ -119,7 +119,7 @@ def test_text_dofn_output_schema_dead_letters_and_one_load(tiny_text_model):
 
 @pytest.mark.slow
 def test_text_dofn_isolates_a_failing_record_and_normalizes(tiny_text_model, monkeypatch):
-    from transforms import models
+    from transforms.embed import models
 
     real_embed = models.TextEmbedder.embed
 

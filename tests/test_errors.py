@@ -29,44 +29,44 @@ from transforms.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, DataErr
 # to be placed on one side or the other.
 NOT_USER_ERRORS = {
     # one bad record or image: a dead letter (id, stage, reason), never a stop
-    "transforms.decode.ImageDecodeError",
-    "transforms.decode.EmptyImageFile",
-    "transforms.decode.UnsupportedImageFormat",
-    "transforms.decode.CorruptImage",
-    "transforms.decode.ImageTooLarge",
-    "transforms.embed.NonFiniteEmbedding",
-    "transforms.embed.EmptyText",
-    "transforms.fileio.TruncatedInput",
-    "transforms.fileio.FileTooLarge",
+    "transforms.embed.decode.ImageDecodeError",
+    "transforms.embed.decode.EmptyImageFile",
+    "transforms.embed.decode.UnsupportedImageFormat",
+    "transforms.embed.decode.CorruptImage",
+    "transforms.embed.decode.ImageTooLarge",
+    "transforms.embed.dofns.NonFiniteEmbedding",
+    "transforms.embed.dofns.EmptyText",
+    "transforms.io.fileio.TruncatedInput",
+    "transforms.io.fileio.FileTooLarge",
     # a FIFO, socket, device or folder among the inputs: a dead letter (issue 19), never opened
-    "transforms.fileio.NotARegularFile",
-    "transforms.splits.RecordTooLarge",
-    "transforms.text_formats.RecordError",
-    "transforms.text_formats.UnclosedQuote",
+    "transforms.io.fileio.NotARegularFile",
+    "transforms.io.splits.RecordTooLarge",
+    "transforms.io.text_formats.RecordError",
+    "transforms.io.text_formats.UnclosedQuote",
     # raised into the CSV reader to stop a quoted field that runs on; never leaves text_formats
-    "transforms.text_formats._QuoteRunsOn",
+    "transforms.io.text_formats._QuoteRunsOn",
     # the storage went away mid-run: `run` reports it as RunStopped (exit 1) with one line
-    "transforms.fileio.StorageUnavailable",
+    "transforms.io.fileio.StorageUnavailable",
     # OpenVINO missing or failing: `auto` falls back to TensorFlow, `openvino` raises ModelConfigError
-    "transforms.backends.BackendUnavailable",
-    "transforms.backends.ConversionFailed",
+    "transforms.embed.backends.BackendUnavailable",
+    "transforms.embed.backends.ConversionFailed",
     # OpenCV missing for --image-decoder opencv: the model loader raises it as ModelConfigError
-    "transforms.decode.DecoderUnavailable",
+    "transforms.embed.decode.DecoderUnavailable",
 }
 
 # Every user-error class, its other base (older `except` clauses keep working) and its exit code.
 USER_ERRORS = {
     "pipeline.options.ConfigError": (ValueError, EXIT_USAGE),
     "pipeline.options.StorageUnreachable": (ConnectionError, EXIT_FAILED),
-    "transforms.models.ModelConfigError": (ValueError, EXIT_USAGE),
+    "transforms.embed.models.ModelConfigError": (ValueError, EXIT_USAGE),
     "pipeline.tools.common.ToolError": (ValueError, EXIT_USAGE),
     "pipeline.tools.similar_words.UnknownWordError": (ValueError, EXIT_USAGE),
     "pipeline.train.text.TrainingConfigError": (ValueError, EXIT_USAGE),
     "pipeline.train.text.TrainingDataError": (ValueError, EXIT_FAILED),
-    "transforms.bigquery.BigQueryTableError": (ValueError, EXIT_USAGE),
-    "transforms.write.OutputInUseError": (RuntimeError, EXIT_USAGE),
-    "transforms.write.ForeignFilesError": (RuntimeError, EXIT_USAGE),
-    "transforms.write.UnreadableManifestError": (RuntimeError, EXIT_USAGE),
+    "transforms.sinks.bigquery.BigQueryTableError": (ValueError, EXIT_USAGE),
+    "transforms.sinks.write.OutputInUseError": (RuntimeError, EXIT_USAGE),
+    "transforms.sinks.write.ForeignFilesError": (RuntimeError, EXIT_USAGE),
+    "transforms.sinks.write.UnreadableManifestError": (RuntimeError, EXIT_USAGE),
     "transforms.results.IncompleteOutputError": (RuntimeError, EXIT_FAILED),
     "transforms.results.FailedRunError": (RuntimeError, EXIT_FAILED),
     "pipeline.run.RunFailed": (RuntimeError, EXIT_FAILED),
@@ -148,7 +148,7 @@ def _bad_run_argv(case: str, tmp, text_model) -> tuple[list[str], int, str, str]
     if case == "BigQueryTableError":
         return run + ["--bigquery-table", "not-a-table"], EXIT_USAGE, "error: --bigquery-table", "not-a-table"
     if case == "OutputInUseError":  # another live run (this test's process) holds the folder
-        from transforms.write import claim_output
+        from transforms.sinks.write import claim_output
 
         claim_output(str(out), "the-other-run")
         return run, EXIT_USAGE, f"error: --output {str(out)!r}", "the-other-run"

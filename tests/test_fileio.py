@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from transforms.fileio import glob_root, path_id
+from transforms.io.fileio import glob_root, path_id
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_path_id_survives_a_move_to_gcs():
 def test_open_input_names_a_truncated_gzip_instead_of_ending_early(tmp_path):
     import gzip
 
-    from transforms.fileio import TruncatedInput, open_input
+    from transforms.io.fileio import TruncatedInput, open_input
 
     data = b"".join(b"line %d\n" % i for i in range(30000))
     whole = tmp_path / "whole.txt.gz"
@@ -59,7 +59,7 @@ def test_open_input_names_a_truncated_gzip_instead_of_ending_early(tmp_path):
 
 
 def test_nesting_prescreen_never_under_counts():
-    from transforms.text_formats import nesting_exceeds
+    from transforms.io.text_formats import nesting_exceeds
 
     assert nesting_exceeds(b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"\n")
     assert not nesting_exceeds(b'{"id": "1", "text": "[[fine]]"}\n' * 1000)
@@ -71,7 +71,7 @@ def test_parquet_reads_give_the_columns_row_groups_and_batches_asked_for(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from transforms import fileio
+    from transforms.io import fileio
 
     table = pa.table({"id": [f"r{i}" for i in range(250)], "n": list(range(250)), "x": [float(i) for i in range(250)]})
     sink = io.BytesIO()

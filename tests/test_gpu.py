@@ -139,7 +139,7 @@ def test_the_image_builds_the_package_from_its_own_copy_lines(tmp_path, name):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert "pipeline/run.py" in names and "transforms/embed.py" in names and "pipeline/train/text.py" in names
+    assert "pipeline/run.py" in names and "transforms/embed/dofns.py" in names and "pipeline/train/text.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "examples/")) for n in names)
 
 
@@ -170,7 +170,7 @@ def test_nothing_in_the_job_pins_the_cpu():
 def test_a_worker_without_a_gpu_logs_the_cpu_and_why(caplog):
     import tensorflow as tf
 
-    from transforms import devices
+    from transforms.embed import devices
 
     seen = devices.visible_devices()
     assert seen["built_with_cuda"] == tf.test.is_built_with_cuda()
@@ -178,10 +178,10 @@ def test_a_worker_without_a_gpu_logs_the_cpu_and_why(caplog):
     if seen["gpus"]:
         pytest.skip("this machine has a GPU")
     devices._LOGGED.discard("probe")
-    with caplog.at_level(logging.INFO, logger="transforms.devices"):
+    with caplog.at_level(logging.INFO, logger="transforms.embed.devices"):
         assert devices.log_model_devices("probe") == 0
         assert devices.log_model_devices("probe") == 0  # logged once per process
-    messages = [r.getMessage() for r in caplog.records if r.name == "transforms.devices"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "transforms.embed.devices"]
     reason = "TensorFlow is a CPU-only build" if not seen["built_with_cuda"] else "no GPU is visible to TensorFlow"
     assert messages == [f"probe model runs on CPU ({reason})"]
 

@@ -105,8 +105,8 @@ def test_fifos_sockets_and_devices_among_text_and_images_are_dead_letters_at_onc
 def test_a_fifo_is_refused_without_being_opened(tmp_path):
     """`fileio` raises NotARegularFile for a FIFO before opening it: opening a FIFO with no writer
     blocks, so reaching the next line at all shows it was not opened."""
-    from transforms import fileio
-    from transforms.splits import plan_file
+    from transforms.io import fileio
+    from transforms.io.splits import plan_file
 
     fifo = tmp_path / "pipe.jsonl"
     os.mkfifo(fifo)
@@ -207,7 +207,7 @@ def test_storage_down_at_launch_fails_with_exit_1_naming_the_storage_timeout(tmp
 
 _CONVERT = """
 import transforms  # what every process of the job imports first (the CLI, launchers, Beam workers)
-from transforms.backends import compile_openvino, openvino_version
+from transforms.embed.backends import compile_openvino, openvino_version
 import openvino
 import tensorflow as tf
 

@@ -5,7 +5,14 @@ import shutil
 import numpy as np
 import pytest
 
-from transforms.models import NETWORKS, ImageModelSpec, ModelConfigError, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms.embed.models import (
+    NETWORKS,
+    ImageModelSpec,
+    ModelConfigError,
+    TextModelSpec,
+    load_image_embedder,
+    load_text_embedder,
+)
 
 # The networks the issue names, each at a small input size so the test stays quick.
 REQUIRED = {

@@ -20,9 +20,9 @@ from PIL import Image
 
 from pipeline.run import main
 from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, descendants, refused_storage, run_pipeline, start_pipeline
-from transforms import fileio
+from transforms.io import fileio
 from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
-from transforms.write import RUNNING_NAME, failure_verdict
+from transforms.sinks.write import RUNNING_NAME, failure_verdict
 
 _ENV = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
 
@@ -322,9 +322,9 @@ def test_text_and_manifest_reads_fail_on_a_storage_outage_instead_of_dead_letter
     is raised out of the reader), never becomes one quiet dead letter per file under the budget."""
     from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
 
-    from transforms.image_read import ReadImageManifestFn
-    from transforms.splits import FileRestrictions, plan_file
-    from transforms.text_read import ReadTextFileFn
+    from transforms.io.image_read import ReadImageManifestFn
+    from transforms.io.splits import FileRestrictions, plan_file
+    from transforms.io.text_read import ReadTextFileFn
 
     with refused_storage(timeout=2):
         path = f"gs://outage/{name}"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.run import main, run
 from transforms.results import MANIFEST_NAME, IncompleteOutputError, read_embeddings, read_errors, read_manifest
-from transforms.write import RUNNING_NAME
+from transforms.sinks.write import RUNNING_NAME
 
 
 def _write_text_inputs(folder: pathlib.Path) -> dict:
@@ -68,7 +68,7 @@ def _image_embedder(path, size=32):
 
     model = keras.saving.load_model(path, safe_mode=True)
     sub = keras.Model(model.inputs, model.get_layer("features").output)
-    from transforms.decode import decode_image
+    from transforms.embed.decode import decode_image
 
     def embed(paths):
         pixels = np.stack([decode_image(pathlib.Path(p).read_bytes(), (size, size)) for p in paths])

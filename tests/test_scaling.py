@@ -17,9 +17,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
-from transforms.dedup import CHUNK_LINES, CheckTextRecords, LineFlags, hash64, id_hashes, text_key_batch
-from transforms.incremental import AttachPriorKeys, content_keys, prior_key_batches
 from transforms.records import ImageRef
+from transforms.state.dedup import CHUNK_LINES, CheckTextRecords, LineFlags, hash64, id_hashes, text_key_batch
+from transforms.state.incremental import AttachPriorKeys, content_keys, prior_key_batches
 
 MODEL = "m" * 64
 
@@ -182,7 +182,7 @@ def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, ti
     from apache_beam.portability.api import beam_runner_api_pb2
     from test_dataflow import _dataflow_flags, _read, _run_in_project_root, _upload_inputs
 
-    from transforms import fileio
+    from transforms.io import fileio
 
     job = "embed-scaling" if request.param == "images" else "embed-carry"
     _upload_inputs(gcs_emulator, job, tmp_path_factory.mktemp("scaling") / "in")
@@ -276,7 +276,7 @@ def test_dataflow_job_has_no_global_combine_on_record_data(incremental_job):
 
 
 def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_line():
-    from transforms.dedup import MergeBucketSlices, key_batch_rows
+    from transforms.state.dedup import MergeBucketSlices, key_batch_rows
 
     merge = MergeBucketSlices(bits=2, budget_bytes=4 * 24 * 256)  # flush at 256 rows a bucket
     merge.start_bundle()
@@ -307,7 +307,7 @@ def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_lin
 def test_content_keys_decode_hex_digests_and_hash_anything_else():
     import hashlib
 
-    from transforms.incremental import sha256_keys
+    from transforms.state.incremental import sha256_keys
 
     digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(70_000)]  # more than one chunk
     keys = sha256_keys(digests)

@@ -241,7 +241,7 @@ def test_the_launcher_lists_each_input_pattern_once(tmp_path, monkeypatch, tiny_
     times); the pipeline's own MatchFiles lists them again where it runs."""
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms import splits
+    from transforms.io import splits
 
     for i in range(3):
         (tmp_path / f"{i}.jsonl").write_text(

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
-from transforms import splits
-from transforms.text_read import ReadTextFileFn, read_text_file
+from transforms.io import splits
+from transforms.io.text_read import ReadTextFileFn, read_text_file
 
 
 def _read(path, split_bytes=None, pattern=None, **kwargs):
@@ -244,7 +244,7 @@ def test_a_200_mb_line_is_skipped_in_little_memory(tmp_path):
         out.write(b'"}\n{"text": "after"}\n')
     script = textwrap.dedent(f"""
         import resource, pyarrow as pa
-        from transforms.text_read import read_text_file
+        from transforms.io.text_read import read_text_file
         items = list(read_text_file({str(path)!r}))
         rows = sum(i.num_rows for i in items if isinstance(i, pa.Table))
         errors = [i.value.error_type for i in items if hasattr(i, "tag")]

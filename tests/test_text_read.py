@@ -6,7 +6,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from transforms.text_read import ReadTextFileFn, read_text_file
+from transforms.io.text_read import ReadTextFileFn, read_text_file
 
 
 def _read(path, block=None, split_bytes=None, **kwargs):

@@ -13,7 +13,7 @@ from test_tools_support import run_cli
 
 from pipeline.train import image as train_image
 from pipeline.train.image import ImageTrainingConfig, base_network, list_labelled_images, report_path_for
-from transforms.models import NETWORKS, ImageModelSpec, load_image_embedder, preprocessing_layers
+from transforms.embed.models import NETWORKS, ImageModelSpec, load_image_embedder, preprocessing_layers
 
 CIFAR = "images/cifar10-subset"
 MOBILENET_WEIGHTS = "weights/mobilenet_2_5_224_tf_no_top.h5"
@@ -127,7 +127,7 @@ def test_bad_flags_fail_before_training(tmp_path, capsys):
 def test_the_saved_model_is_safe_mode_loadable_and_the_job_embeds_with_its_embedding_layer(tmp_path, capsys):
     import keras
 
-    from transforms.models import ImageModelSpec, load_image_embedder
+    from transforms.embed.models import ImageModelSpec, load_image_embedder
 
     root = _write_class_folders(tmp_path / "images")
     weights = tmp_path / "random.weights.h5"

@@ -14,7 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from transforms import read_embeddings, read_errors, read_manifest
 from transforms.records import ERROR_SCHEMA, TEXT, ErrorRecord, embedding_schema
 from transforms.results import MANIFEST_NAME, IncompleteOutputError
-from transforms.write import (
+from transforms.sinks.write import (
     RUNNING_NAME,
     ForeignFilesError,
     UnreadableManifestError,

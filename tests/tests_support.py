@@ -81,7 +81,7 @@ def refused_storage(timeout: float = 2.0) -> Iterator[None]:
     emulator's fake credentials in the environment (no 20 s auth lookups) and this process's
     storage retries bounded to `timeout` seconds; all restored on exit."""
     from gcs_emulator import start_emulator, stop_emulator
-    from transforms import fileio
+    from transforms.io import fileio
 
     start_emulator()
     endpoint = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -113,7 +113,7 @@ def build_dataflow_template(emulator, job: str, sdk_image: str, flags: Sequence[
     from apache_beam.portability.api import beam_runner_api_pb2
 
     from pipeline.run import run
-    from transforms import fileio
+    from transforms.io import fileio
 
     location = emulator.url(job, "template", "embed.json")
     argv = [

@@ -2,10 +2,10 @@
 
     from transforms import EmbedText, EmbedImages, read_embeddings
 
-`EmbedText` / `EmbedImages` (see `transforms.api`) embed a PCollection of dicts inside your own
+`EmbedText` / `EmbedImages` (see `transforms.embed.api`) embed a PCollection of dicts inside your own
 pipeline; `EmbedTextTables` / `EmbedImageRefs` are their columnar core, which the job is built
 from. `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.results`) read a
-finished run of the job. The names are imported on first use, so `import transforms.fileio`
+finished run of the job. The names are imported on first use, so `import transforms.io.fileio`
 stays light and reading a run never imports TensorFlow.
 """
 
@@ -31,12 +31,12 @@ __all__ = [
 ]
 
 _HOMES = {
-    "EmbedText": "transforms.api",
-    "EmbedImages": "transforms.api",
-    "EmbedResult": "transforms.api",
-    "EmbedTextTables": "transforms.api",
-    "EmbedImageRefs": "transforms.api",
-    "EmbeddedTables": "transforms.api",
+    "EmbedText": "transforms.embed.api",
+    "EmbedImages": "transforms.embed.api",
+    "EmbedResult": "transforms.embed.api",
+    "EmbedTextTables": "transforms.embed.api",
+    "EmbedImageRefs": "transforms.embed.api",
+    "EmbeddedTables": "transforms.embed.api",
     "read_embeddings": "transforms.results",
     "read_errors": "transforms.results",
     "read_manifest": "transforms.results",

@@ -146,7 +146,7 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
 def block_telemetry() -> bool:
     """Make the telemetry packages of TELEMETRY_MODULES unimportable in this process (an import
     raises ImportError, and OpenVINO falls back to its no-op stub); returns False when one was
-    already imported (too late for what its import did; `transforms.backends` still stubs it out
+    already imported (too late for what its import did; `transforms.embed.backends` still stubs it out
     of the converter)."""
     in_time = True
     for name in TELEMETRY_MODULES:

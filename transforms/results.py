@@ -1,6 +1,6 @@
 """Reading a finished run: its manifest, embeddings and dead letters (no TensorFlow imported).
 
-A run's folder is complete only when `_MANIFEST.json` exists (`transforms.write` writes it last):
+A run's folder is complete only when `_MANIFEST.json` exists (`transforms.sinks.write` writes it last):
 `read_manifest` and `read_embeddings` refuse a folder without it, and a run that failed its checks
 unless given `allow_failed=True`.
 """
@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import fileio
 from transforms.errors import DataError
+from transforms.io import fileio
 from transforms.records import ERROR_SCHEMA
 
 __all__ = [

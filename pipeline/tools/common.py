@@ -6,8 +6,8 @@ import json
 from typing import Mapping, Sequence
 
 from transforms.errors import UserError
-from transforms.fileio import upload as copy_local_file  # re-exported for the tools
-from transforms.fileio import write_bytes
+from transforms.io.fileio import upload as copy_local_file  # re-exported for the tools
+from transforms.io.fileio import write_bytes
 
 __all__ = [
     "ToolError",

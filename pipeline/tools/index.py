@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
-from transforms import fileio
+from transforms.io import fileio
 
 __all__ = [
     "INDEX_FOLDER",

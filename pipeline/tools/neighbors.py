@@ -21,7 +21,7 @@ from pipeline.tools.common import ToolError, format_table, print_json_lines
 from pipeline.tools.index import load_index
 from pipeline.tools.knn import RunningTopK
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
-from transforms import fileio
+from transforms.io import fileio
 from transforms.records import IMAGE, TEXT
 
 __all__ = [
@@ -116,7 +116,7 @@ def query_from_text(
     embeddings: EmbeddingSet, text: str, model_path: Optional[str] = None, unsafe: bool = False, allow_mismatch: bool = False
 ) -> np.ndarray:
     """A text embedded with the run's text model (or `model_path`)."""
-    from transforms.models import TextModelSpec, load_text_embedder
+    from transforms.embed.models import TextModelSpec, load_text_embedder
 
     if embeddings.modality != TEXT:
         raise ToolError("--text searches text embeddings; this run's chosen modality is image")
@@ -145,7 +145,7 @@ def _check_recorded_path(path: str, flag: str) -> None:
 
 
 def _image_spec(embeddings: EmbeddingSet, overrides: dict, unsafe: bool):
-    from transforms.models import ImageModelSpec
+    from transforms.embed.models import ImageModelSpec
 
     recorded = dict((embeddings.manifest.get("options") or {}).get("image_model") or {})
     if overrides.get("model") and overrides["model"] != recorded.get("model"):
@@ -169,8 +169,8 @@ def query_from_image(
     allow_mismatch: bool = False,
 ) -> np.ndarray:
     """An image file (local or gs://) decoded and embedded as the job does, with the run's image model by default."""
-    from transforms.decode import ImageDecodeError, decode_image
-    from transforms.models import load_image_embedder
+    from transforms.embed.decode import ImageDecodeError, decode_image
+    from transforms.embed.models import load_image_embedder
 
     if embeddings.modality != IMAGE:
         raise ToolError("--image searches image embeddings; this run's chosen modality is text")

@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
-from transforms import fileio
+from transforms.io import fileio
 
 __all__ = [
     "DEFAULT_MAX_POINTS",

@@ -45,7 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
 from pipeline.tools.projector import pca_2d
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, OUTPUT_COLUMNS, EmbeddingSet, unit_rows
-from transforms import fileio
+from transforms.io import fileio
 from transforms.records import IMAGE, MODALITIES, TEXT
 from transforms.results import FailedRunError, read_manifest, run_files
 
@@ -311,7 +311,7 @@ def thumbnail(uri: str, size: int) -> tuple[Optional[str], Optional[str]]:
 
 def text_snippets(rows: Sequence[dict], manifest: dict) -> dict[tuple, str]:
     """The texts at (source, line) of some rows, read back from their source files (each file once, stopping when all are found)."""
-    from transforms.text_formats import detect_format, iter_records
+    from transforms.io.text_formats import detect_format, iter_records
 
     options = manifest.get("options", {})
     field = options.get("text_field") or "text"

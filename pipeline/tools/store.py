@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.tools.common import ToolError
-from transforms import fileio
+from transforms.io import fileio
 from transforms.records import MODALITIES
 from transforms.results import read_manifest, run_files
 

@@ -1,7 +1,7 @@
 """Word vectors of a `train-text` model, and the `export-word-vectors` command.
 
 A text model's `embedding` layer holds one learnt vector per token of its `vectorize`
-(TextVectorization) vocabulary (the layer names of `transforms.models`' text-model contract): row i is the vector of vocabulary entry i. Row 0 is the padding
+(TextVectorization) vocabulary (the layer names of `transforms.embed.models`' text-model contract): row i is the vector of vocabulary entry i. Row 0 is the padding
 token (masked, never learnt) and is left out; row 1 is `[UNK]`, the vector shared by every word
 outside the vocabulary. Rows past the end of the vocabulary (when `--vocab-size` was larger than
 the words seen) are never used and are left out too.
@@ -61,8 +61,8 @@ class WordVectors:
 
 
 def _contract_layer(model, name: str):
-    """The text model's layer called `name` by the contract (transforms.models), or a ToolError."""
-    from transforms.models import TEXT_MODEL_LAYER_TYPES, text_model_layer
+    """The text model's layer called `name` by the contract (transforms.embed.models), or a ToolError."""
+    from transforms.embed.models import TEXT_MODEL_LAYER_TYPES, text_model_layer
 
     layer = text_model_layer(model, name)
     if layer is None:
@@ -72,7 +72,7 @@ def _contract_layer(model, name: str):
 
 def load_word_vectors(model_path: str, unsafe: bool = False) -> WordVectors:
     """The vocabulary and word vectors of a `train-text` model (local or gs://)."""
-    from transforms.models import TEXT_VECTORIZE_LAYER, WORD_EMBEDDING_LAYER, TextModelSpec, load_text_embedder
+    from transforms.embed.models import TEXT_VECTORIZE_LAYER, WORD_EMBEDDING_LAYER, TextModelSpec, load_text_embedder
 
     embedder = load_text_embedder(TextModelSpec(model_path, batch_size=1, unsafe_loading=unsafe))
     model = embedder.full_model

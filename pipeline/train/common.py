@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Callable, Sequence, TypeVar
 
-from transforms import fileio
+from transforms.io import fileio
 
 __all__ = [
     "MODEL_SUFFIX",

@@ -22,7 +22,7 @@ a higher validation loss than before it, the model from before it is kept (and t
 Input: a folder of class subfolders (the label is the subfolder's name; local or gs://), or a
 manifest (.csv, .tsv, .jsonl, .parquet) with a uri and a label column (relative uris are resolved
 against the manifest's folder). Images are decoded exactly as the job decodes them
-(`transforms.decode.decode_image`: upright, RGB, stretched to the input size) and held in memory
+(`transforms.embed.decode.decode_image`: upright, RGB, stretched to the input size) and held in memory
 as uint8. The split is stratified and seeded. The report, with the validation accuracy, goes
 beside the model as `MODEL.training.json`.
 """
@@ -53,9 +53,9 @@ from pipeline.train.common import (
     train_and_print,
     write_report,
 )
-from transforms import fileio
-from transforms.models import NETWORKS, ModelConfigError, Network, build_base_network, preprocessing_layers
-from transforms.text_formats import detect_format, iter_records
+from transforms.embed.models import NETWORKS, ModelConfigError, Network, build_base_network, preprocessing_layers
+from transforms.io import fileio
+from transforms.io.text_formats import detect_format, iter_records
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -218,7 +218,7 @@ class LabelledImages:
 
 def load_labelled_images(items: Sequence[tuple[str, str]], size: int, threads: Optional[int] = None) -> LabelledImages:
     """Decode every image as the job does; failures are collected, not raised."""
-    from transforms.decode import decode_image
+    from transforms.embed.decode import decode_image
 
     def load(item):
         uri, _ = item
@@ -256,7 +256,7 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
 
 def base_network(config: ImageTrainingConfig):
     """The headless, average-pooled base network, built as the job builds `--image-model NAME`
-    (`transforms.models.build_base_network`, seeded with `--seed`); errors name this command's flags."""
+    (`transforms.embed.models.build_base_network`, seeded with `--seed`); errors name this command's flags."""
     try:
         return build_base_network(
             config.base, config.base_weights, config.alpha, config.image_size, config.seed, model_flag="--base"

@@ -3,7 +3,7 @@
 The saved `.keras` file is the contract with the embedding job: a functional model taking one
 string per row (`text`, shape `(1,)`), with the layers `vectorize` -> `embedding` ->
 `text_embedding` (masked average of the token vectors, the record embedding) -> `sentiment`.
-These names are defined once, in `transforms.models` (TEXT_INPUT, TEXT_VECTORIZE_LAYER,
+These names are defined once, in `transforms.embed.models` (TEXT_INPUT, TEXT_VECTORIZE_LAYER,
 WORD_EMBEDDING_LAYER, TEXT_EMBEDDING_LAYER, TEXT_OUTPUT_LAYER). It loads with `keras.saving.load_model(path, safe_mode=True)`: built-in layers only.
 
 A text with no token after standardisation (empty, or punctuation only) has nothing to average:
@@ -39,15 +39,15 @@ from pipeline.train.common import (
     train_and_print,
     write_report,
 )
-from transforms.errors import DataError, UserError
-from transforms.models import (
+from transforms.embed.models import (
     TEXT_EMBEDDING_LAYER,
     TEXT_INPUT,
     TEXT_OUTPUT_LAYER,
     TEXT_VECTORIZE_LAYER,
     WORD_EMBEDDING_LAYER,
 )
-from transforms.text_formats import detect_format, iter_records
+from transforms.errors import DataError, UserError
+from transforms.io.text_formats import detect_format, iter_records
 
 __all__ = [
     "TextTrainingConfig",

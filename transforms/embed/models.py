@@ -3,7 +3,7 @@
 Loading lives here and only here. A spec is a small frozen, picklable description of a model;
 `load_text_embedder` / `load_image_embedder` turn it into an embedder that runs fixed-shape
 batches through a `tf.function`. The Beam DoFns acquire embedders through `shared.Shared`, so
-every thread of a worker process uses one copy, loaded once (see `transforms.embed`).
+every thread of a worker process uses one copy, loaded once (see `transforms.embed.dofns`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from transforms import backends, decode, fileio
+from transforms.embed import backends, decode
 from transforms.errors import UserError
+from transforms.io import fileio
 
 __all__ = [
     "ModelConfigError",
@@ -218,9 +219,9 @@ class ImageModelSpec:
     batch_size: int = 32
     unsafe_loading: bool = False
     seed: int = 0  # random initialisation when weights == "none", so every worker agrees
-    backend: str = "auto"  # auto | tensorflow | openvino (see transforms.backends)
+    backend: str = "auto"  # auto | tensorflow | openvino (see transforms.embed.backends)
     precision: str = "f32"  # f32 | bf16 (bf16: OpenVINO only)
-    decoder: str = "pillow"  # pillow | opencv (transforms.decode: how JPEGs are decoded and resized)
+    decoder: str = "pillow"  # pillow | opencv (transforms.embed.decode: how JPEGs are decoded and resized)
 
     @property
     def is_network(self) -> bool:
@@ -352,7 +353,7 @@ class ImageEmbedder:
 
     The network (with its preprocessing) is traced once as a `tf.function` for the fixed batch
     shape; `spec.backend` decides whether TensorFlow runs it or OpenVINO runs its conversion
-    (`transforms.backends`). `backend`, `precision` and `backend_details` say what runs, and why.
+    (`transforms.embed.backends`). `backend`, `precision` and `backend_details` say what runs, and why.
     """
 
     def __init__(self, spec: ImageModelSpec, model, preprocess: Optional[Callable], model_name: str, model_sha256: str):

@@ -3,12 +3,12 @@
 A record is unchanged when an earlier output holds a row with the same `id`, `content_sha256`
 and `model_sha256`. Each side is reduced to two 64-bit keys, `ikey` (a hash of the id) and
 `ckey` (a hash of the content and model sha256s), computed column-wise over Arrow buffers
-(`transforms.dedup.hash64`): no per-row Python, for earlier runs' Parquet (read by row group,
+(`transforms.state.dedup.hash64`): no per-row Python, for earlier runs' Parquet (read by row group,
 three columns only, with seeks) and for this run's records alike. A match needs both keys equal:
 128 bits, as safe as the 16-byte key used before.
 
 The earlier keys are never gathered in one place. Text: they join this run's record keys in the
-hash buckets of `transforms.dedup.CheckTextRecords`, which turns matches into per-chunk bitmaps of
+hash buckets of `transforms.state.dedup.CheckTextRecords`, which turns matches into per-chunk bitmaps of
 lines to skip. Images (whose content is only known once a file is read): `AttachPriorKeys` joins
 the image refs with the earlier keys of their ids in the same kind of buckets, and each ref
 travels on with the few `ckey`s an earlier run stored for its id.
@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import fileio
-from transforms.dedup import _as_arrow_strings, _fmix, hash64, id_hashes, split_by_bucket
+from transforms.io import fileio
+from transforms.state.dedup import _as_arrow_strings, _fmix, hash64, id_hashes, split_by_bucket
 
 __all__ = [
     "KEY_COLUMNS",

@@ -1,9 +1,9 @@
 """Inference backends for the image networks: TensorFlow, or OpenVINO running the same function.
 
-The image embedder (`transforms.models.ImageEmbedder`) always builds one TensorFlow function,
+The image embedder (`transforms.embed.models.ImageEmbedder`) always builds one TensorFlow function,
 uint8 pixels -> the network's own `preprocess_input` -> the headless network -> one vector per
 image, traced for fixed batch shapes (the full batch, and smaller buckets for short batches:
-`transforms.models.batch_buckets`). The backend decides what runs it:
+`transforms.embed.models.batch_buckets`). The backend decides what runs it:
 
 * `tensorflow`: that `tf.function` itself.
 * `openvino`: the same traced function (its `ConcreteFunction`, preprocessing included, so the

@@ -7,11 +7,11 @@ from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
 
-from transforms import fileio
+from transforms.io import fileio
+from transforms.io.splits import DEFAULT_SPLIT_BYTES, FilePlan, FileRestrictions, MatchFiles, PlanFiles, iter_range_records
+from transforms.io.text_formats import detect_format
+from transforms.io.text_read import passthrough_value
 from transforms.records import ERRORS, IMAGE, ErrorRecord, ImageRef
-from transforms.splits import DEFAULT_SPLIT_BYTES, FilePlan, FileRestrictions, MatchFiles, PlanFiles, iter_range_records
-from transforms.text_formats import detect_format
-from transforms.text_read import passthrough_value
 
 __all__ = [
     "MANIFEST_FORMATS",

@@ -7,9 +7,9 @@ records that left the input absent, changed records with their new vector.
 
 How it scales (no earlier row is broadcast, no per-row side input):
 
-1. `transforms.incremental.ReadPriorKeys(positions=True)` reads the earlier files' key columns by
+1. `transforms.state.incremental.ReadPriorKeys(positions=True)` reads the earlier files' key columns by
    row group and sends, per earlier row, its position (file, row group, row: 8 bytes) beside its
-   keys into the hash-bucket join of `transforms.dedup.CheckTextRecords`.
+   keys into the hash-bucket join of `transforms.state.dedup.CheckTextRecords`.
 2. Each bucket picks, for every unchanged record it carries, ONE earlier row (`dedup._carried`) and
    emits it keyed by (earlier file, row group), with the record's current source and line
    (about 4 + 2..8 bytes a carried record, shuffled).
@@ -19,7 +19,7 @@ How it scales (no earlier row is broadcast, no per-row side input):
    `embedded_run_id` the earlier row's own (a snapshot carried again keeps it) or the earlier
    run's id.
 
-Images: `transforms.incremental.AttachPriorKeys(positions=True)` attaches to each image ref the
+Images: `transforms.state.incremental.AttachPriorKeys(positions=True)` attaches to each image ref the
 earlier `ckey`s of its id with the position of each one's first earlier row; the embedding step,
 which learns an image is unchanged only after hashing its bytes, emits that position (CARRIED,
 the same shape as step 2) and `CarryRows` copies the rows in the same way (no `line`).

@@ -20,12 +20,14 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from transforms import decode, fileio, progress
-from transforms.dedup import LineFlags, duplicate_reason, later_occurrence_reason
-from transforms.devices import log_model_devices
-from transforms.incremental import attached, image_content_key, is_unchanged, split_positions
-from transforms.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms import progress
+from transforms.embed import decode
+from transforms.embed.devices import log_model_devices
+from transforms.embed.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
+from transforms.io import fileio
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
+from transforms.state.dedup import LineFlags, duplicate_reason, later_occurrence_reason
+from transforms.state.incremental import attached, image_content_key, is_unchanged, split_positions
 
 __all__ = [
     "ERRORS",
@@ -299,9 +301,9 @@ def _load_image(
     """(pixels, sha256), (None, ErrorRecord), or (_SKIP, ckey) when an earlier run embedded these bytes.
 
     `prior`: the `ckey`s that earlier runs stored for this id (`incremental.AttachPriorKeys`);
-    `decoder`: `transforms.decode.decode_image`'s (the model spec's `decoder`)."""
+    `decoder`: `transforms.embed.decode.decode_image`'s (the model spec's `decoder`)."""
     try:
-        inline = getattr(ref, "data", None)  # bytes given with the record (transforms.api.InlineImageRef)
+        inline = getattr(ref, "data", None)  # bytes given with the record (transforms.embed.api.InlineImageRef)
         data = inline if inline is not None else fileio.read_bytes(ref.uri, limit=max_bytes)
     except fileio.StorageUnavailable:
         raise  # storage is down, not this file: the run fails (issue 12) rather than dead-letter them all
@@ -368,7 +370,7 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         super().setup()
         self._threads = self._decode_threads or max(2, os.cpu_count() or 2)
         # TensorFlow: one model call at a time (two are no faster, and hold twice the activations).
-        # OpenVINO: one call per stream (each stream is a share of the cores; see transforms.backends).
+        # OpenVINO: one call per stream (each stream is a share of the cores; see transforms.embed.backends).
         with _MODEL_SLOTS_LOCK:
             self._model_slots = _MODEL_SLOTS.setdefault(
                 self._spec.cache_key(), threading.BoundedSemaphore(self._embedder.concurrent_calls)

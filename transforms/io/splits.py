@@ -46,8 +46,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider
 
-from transforms import fileio
-from transforms.text_formats import detect_format
+from transforms.io import fileio
+from transforms.io.text_formats import detect_format
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -645,7 +645,7 @@ def iter_range_records(
     `ParsedLine`s numbered as in the whole file (1-based lines; Parquet: 0-based rows); a line
     longer than `max_bytes` is a `RecordTooLarge` error. Truncated streams raise (TruncatedInput)
     after the complete records."""
-    from transforms.text_formats import ParsedLine, iter_records
+    from transforms.io.text_formats import ParsedLine, iter_records
 
     if plan.fmt == "parquet":
         for first_row, table in range_row_groups(plan, tracker, handle):

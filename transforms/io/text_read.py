@@ -1,6 +1,6 @@
 """Reading text records from files into columnar batches (pyarrow tables), with dead letters.
 
-Files are read in splittable ranges (`transforms.splits`): one big file is spread over many
+Files are read in splittable ranges (`transforms.io.splits`): one big file is spread over many
 workers, with line numbers exactly those of the whole file.
 """
 
@@ -17,9 +17,8 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.restriction_trackers import OffsetRestrictionTracker
 
-from transforms import fileio
-from transforms.records import ERRORS, TEXT, ErrorRecord
-from transforms.splits import (
+from transforms.io import fileio
+from transforms.io.splits import (
     DEFAULT_MAX_TEXT_BYTES,
     DEFAULT_SPLIT_BYTES,
     LINE_FORMATS,
@@ -36,7 +35,8 @@ from transforms.splits import (
     range_row_groups,
     range_start,
 )
-from transforms.text_formats import ParsedLine, RecordError, iter_records, nesting_exceeds
+from transforms.io.text_formats import ParsedLine, RecordError, iter_records, nesting_exceeds
+from transforms.records import ERRORS, TEXT, ErrorRecord
 
 __all__ = [
     "LINES",
@@ -301,7 +301,7 @@ def _has_surrogates(value: str) -> bool:
 
 
 class ReadTextFileFn(beam.DoFn):
-    """A splittable DoFn: one `FilePlan` in, read range by range (`transforms.splits`); tables of up
+    """A splittable DoFn: one `FilePlan` in, read range by range (`transforms.io.splits`); tables of up
     to `batch_rows` records out, an ErrorRecord per bad line, and (`LINES`) the range's `LineTally`.
 
     The id is the `id_field` value, or `<path id>:<line>` (Parquet: `<path id>:<row>`, from 0) where
@@ -616,7 +616,7 @@ class ReadTextFiles(beam.PTransform):
     PCollection of `(ids, sources, lines)` batches.
 
     Every matched file is read once (the first pattern matching it gives its path id), split into
-    ranges of about `split_bytes` (default 64 MiB) that any worker can read (`transforms.splits`).
+    ranges of about `split_bytes` (default 64 MiB) that any worker can read (`transforms.io.splits`).
     `counted=False` leaves the `text_read` counter alone (a second pass over the same records)."""
 
     def __init__(
@@ -660,7 +660,7 @@ def read_text_file(
     """Everything `ReadTextFileFn(**kwargs)` yields for one file, without Beam (tests, tools):
     read whole, or, with `split_bytes`, range by range as a runner would after splitting it. The
     ranges' `LineTally`s go into the list `accounting` when one is given (dropped otherwise)."""
-    from transforms import splits
+    from transforms.io import splits
 
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
     plan = plan_file(pattern or path, path, size, split_bytes or DEFAULT_SPLIT_BYTES)

@@ -8,7 +8,7 @@ Text (`CheckTextRecords`): a light pass over the input yields, per batch of one 
 read, a 64-bit hash of each id (`ikey`) and, for incremental runs, a 64-bit key of the content and
 model (`ckey`). Each batch is cut into `2**bits` columnar slices by the top bits of `ikey` and the
 slices are grouped by bucket (Beam's shuffle; one element per batch and bucket, never one per
-record); earlier runs' keys join the same buckets (`transforms.incremental.ReadPriorKeys`). Per
+record); earlier runs' keys join the same buckets (`transforms.state.incremental.ReadPriorKeys`). Per
 bucket, with NumPy only:
 
 * repeated `ikey`s: every later occurrence with its first one (exceptional: only duplicates), as
@@ -337,7 +337,7 @@ def _carried(skip: np.ndarray, ikeys, ckeys, file_ids, lines, prior: list, first
 
 def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_of_part, lines) -> Iterator:
     """((earlier file, row group), (rows in the group, current paths, path of each, current lines))."""
-    from transforms.incremental import split_positions
+    from transforms.state.incremental import split_positions
 
     if len(rows) == 0:
         return

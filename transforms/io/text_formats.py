@@ -1,6 +1,6 @@
 """Parsing of text-record files: JSONL, CSV, TSV, Parquet and plain text, one record at a time.
 
-Shared by the Beam reader (`transforms.text_read`) and by `train-text`, so that a file the job
+Shared by the Beam reader (`transforms.io.text_read`) and by `train-text`, so that a file the job
 reads is read the same way for training. A bad line never stops a file: it comes out as a
 `ParsedLine` with `error` set, and the caller decides what to do with it.
 """
@@ -253,7 +253,7 @@ def _iter_lines(binary: IO[bytes], encoding: str, text_field: str) -> Iterator[P
 def _iter_parquet(binary: IO[bytes]) -> Iterator[ParsedLine]:
     import pyarrow.parquet as pq
 
-    from transforms import fileio
+    from transforms.io import fileio
 
     data = binary.read()  # Parquet needs random access; Beam's GCS reader seeks, but a buffer is simplest
     parquet = pq.ParquetFile(io.BytesIO(data))

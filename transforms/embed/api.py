@@ -9,7 +9,7 @@ Apply them to a PCollection of dicts; each returns an `EmbedResult` of two PColl
   `modality`, `source`, `stage`, `error_type` and `message` (the columns of the job's `errors/`).
 
 Every input record ends up in exactly one of the two: a malformed record is a dead letter, never an
-exception. Under the hood they run the job's own DoFns (`transforms.embed`): the same fixed-shape
+exception. Under the hood they run the job's own DoFns (`transforms.embed.dofns`): the same fixed-shape
 batches, one model per worker process shared by its threads (`shared.Shared`, counted by the Beam
 metrics `embeddings:text_model_loads` / `image_model_loads`), the same failure isolation, so the
 vectors are bit-identical to what `python -m pipeline run` writes for the same records and model.
@@ -38,8 +38,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import decode
-from transforms.embed import (
+from transforms.embed import decode
+from transforms.embed.dofns import (
     CARRIED,
     DEFAULT_MAX_IMAGE_BYTES,
     MAX_DECODE_THREADS,
@@ -47,7 +47,7 @@ from transforms.embed import (
     EmbedImageBatchesFn,
     EmbedTextBatchesFn,
 )
-from transforms.models import (
+from transforms.embed.models import (
     MAX_IMAGE_BATCH_SIZE,
     MAX_TEXT_BATCH_SIZE,
     ImageModelSpec,
@@ -57,8 +57,8 @@ from transforms.models import (
     load_image_embedder,
     load_text_embedder,
 )
+from transforms.io.text_read import passthrough_value, text_batch_schema, text_field_problem
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema
-from transforms.text_read import passthrough_value, text_batch_schema, text_field_problem
 
 __all__ = [
     "EmbedText",
@@ -370,7 +370,7 @@ class EmbedImages(beam.PTransform):
     """Dicts holding an image (`uri`: a local path or gs:// uri, or the bytes in `image_bytes`) in;
     `EmbedResult(embeddings, errors)` out.
 
-    `model` is a Keras Applications network name (see `transforms.models.NETWORKS`; `weights`:
+    `model` is a Keras Applications network name (see `transforms.embed.models.NETWORKS`; `weights`:
     `imagenet`, `none` or a weights file; `alpha`, `image_size`) or a `.keras` classifier cut at
     `layer` (default: the layer feeding the last one; `preprocess`: a network whose
     `preprocess_input` to apply). The id defaults to the uri; a record with only bytes needs an id.
@@ -379,7 +379,7 @@ class EmbedImages(beam.PTransform):
     in the job) the images are spread over the workers before batching. For batch pipelines: the
     input must be globally windowed (it is refused otherwise). `decoder`: "pillow" (default) or
     "opencv" (the `fast-decode` extra: about twice as fast on JPEGs, pixels ~1/255 apart, a
-    different `model_sha256`; see `transforms.decode`).
+    different `model_sha256`; see `transforms.embed.decode`).
     """
 
     def __init__(

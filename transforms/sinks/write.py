@@ -27,8 +27,8 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import fileio
 from transforms.errors import UserError
+from transforms.io import fileio
 from transforms.records import ERROR_SCHEMA, MODALITIES, error_table
 from transforms.results import MANIFEST_NAME, OUTPUT_FOLDERS
 
