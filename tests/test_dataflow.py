@@ -240,7 +240,7 @@ def test_staged_package_installs_like_on_a_worker(template, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "site" / "transforms" / "embed.py").exists()
+    assert (tmp_path / "site" / "transforms" / "embed" / "dofns.py").exists()
 
 
 def test_building_a_template_leaves_an_earlier_output_alone(template):
