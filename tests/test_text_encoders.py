@@ -17,6 +17,7 @@ import re
 import numpy as np
 import pytest
 
+from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from pipeline.run import main as run_main
 from transforms.embed.models import TextModelSpec, load_text_embedder
 from transforms.results import read_embeddings, read_errors, read_manifest
@@ -231,3 +232,16 @@ def test_an_image_model_or_a_folder_without_a_savedmodel_is_not_a_text_encoder(t
     (tmp_path / "empty").mkdir()
     code, err = _run(tmp_path, capsys, "--text-model", tmp_path / "empty")
     assert code == 2 and "or a SavedModel directory (holding saved_model.pb)" in err and err.startswith("error: --text-model ")
+
+
+def test_a_savedmodel_on_gcs_is_copied_through_beams_filesystems(tmp_path, gcs_emulator):
+    """TensorFlow's own gs:// reader ignores the storage emulator: the folder comes through Beam's
+    FileSystems (as a .keras file does), and is the same model with the same identity."""
+    local = tmp_path / "encoder"
+    _save_module(local)
+    remote = gcs_emulator.upload_tree(local, "models", "encoder")
+    texts = TEXTS[:3]
+    here = load_text_embedder(TextModelSpec(str(local), batch_size=2))
+    there = load_text_embedder(TextModelSpec(remote, batch_size=2))
+    assert there.model_sha256 == here.model_sha256 == _dir_sha256(local) and there.model_name == "encoder"
+    assert there.embed(texts).tobytes() == here.embed(texts).tobytes()
