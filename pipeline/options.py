@@ -95,7 +95,8 @@ _METAVARS = {
     "output": "DIR",
     "text_input": "GLOB",
     "image_input": "GLOB_OR_MANIFEST",
-    "text_model": "MODEL.keras",
+    "text_model": "MODEL",
+    "text_layer": "LAYER",
     "image_model": "NETWORK_OR_MODEL.keras",
     "image_weights": "WEIGHTS",
     "incremental_from": "DIR",
@@ -158,7 +159,16 @@ class EmbeddingJobOptions(PipelineOptions):
             action="append",
             help="Glob of text record files (JSONL, CSV, TSV, Parquet, plain lines). Repeatable.",
         )
-        _flag(parser, "--text-model", help="The .keras model made by `train-text` (local or gs://).")
+        _flag(
+            parser,
+            "--text-model",
+            help="The .keras model made by `train-text`, or any text encoder taking a batch of strings: a .keras model or a SavedModel directory (local or gs://).",
+        )
+        _flag(
+            parser,
+            "--text-layer",
+            help="For another encoder: the layer (.keras) or serving-signature output (SavedModel) that is the embedding (default: text_embedding; a SavedModel's only float (batch, dim) output).",
+        )
         _flag(parser, "--text-field", default="text", help="Field/column holding the text (default: text).")
         _flag(
             parser,
@@ -681,7 +691,9 @@ def config_from_options(
         output=output.rstrip("/") if output not in ("/",) else output,
         run_id=o.run_id or uuid.uuid4().hex[:12],
         text_inputs=tuple(_absolute(p) for p in text_inputs),
-        text_model=TextModelSpec(_absolute(o.text_model), o.text_batch_size, o.unsafe_model_loading) if o.text_model else None,
+        text_model=TextModelSpec(_absolute(o.text_model), o.text_batch_size, o.unsafe_model_loading, o.text_layer)
+        if o.text_model
+        else None,
         text_field=o.text_field,
         text_id_field=o.text_id_field,
         text_encoding=o.text_encoding,

@@ -90,7 +90,7 @@ def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
             embedder.model_name,
             embedder.model_sha256,
             embedder.dimension,
-            {"path": config.text_model.path, "sequence_length": embedder.sequence_length},
+            {"path": config.text_model.path, "layer": config.text_model.layer, "sequence_length": embedder.sequence_length},
         )
     if config.image_model is not None:
         embedder = load_image_embedder(config.image_model, hand_off=True)

@@ -56,6 +56,7 @@ from transforms.embed.models import (
     check_batch_size,
     load_image_embedder,
     load_text_embedder,
+    model_fields,
 )
 from transforms.io.text_read import passthrough_value, text_batch_schema, text_field_problem
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema
@@ -70,16 +71,9 @@ __all__ = [
     "InlineImageRef",
 ]
 
-# The job's flags, as the arguments of these transforms (for error messages raised by the loaders).
-_ARGUMENTS = {
-    "--text-model": "model",
-    "--image-model": "model",
-    "--image-weights": "weights",
-    "--image-size": "image_size",
-    "--image-alpha": "alpha",
-    "--image-layer": "layer",
-    "--image-preprocess": "preprocess",
-}
+# The model specs' fields, as the arguments of these transforms (the loaders' errors name fields):
+# the same name, but for the text model's path.
+_ARGUMENTS = {"text.path": "model"}
 
 
 class EmbedResult(NamedTuple):
@@ -197,14 +191,16 @@ def _rows(table: pa.Table, passthrough: Sequence[str]) -> Iterator[dict]:
 
 
 def _load(transform: str, loader, spec):
-    """Load a model in the launcher; a bad argument raises ModelConfigError naming it."""
+    """Load a model in the launcher; a bad argument raises ModelConfigError naming it
+    (`EmbedImages(layer=...) 'x': no such layer ...`)."""
     try:
         return loader(spec)
     except ModelConfigError as exc:
-        prefix = f"{exc.flag} {exc.value!r}: "
-        reason = str(exc)[len(prefix) :] if str(exc).startswith(prefix) else str(exc)
-        argument = _ARGUMENTS.get(exc.flag, exc.flag)
-        raise ModelConfigError(f"{transform}({argument}=...)", exc.value, reason) from exc
+        names = {}
+        for field in model_fields(exc.modality):
+            key = f"{exc.modality}.{field}"
+            names[key] = f"{transform}({_ARGUMENTS.get(key, field)}=...)"
+        raise ModelConfigError(exc.field, exc.value, exc.reason, exc.modality, names=names) from exc
 
 
 def _check_common(name: str, passthrough: Sequence[str], batch_size: int, maximum: int, *fields: str) -> tuple[str, ...]:
