@@ -142,6 +142,22 @@ def test_neighbors_and_evaluate_read_the_library_run(library_run):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_report_and_build_index_read_the_library_run(library_run, tmp_path):
+    page = tmp_path / "report.html"
+    done = run_pipeline("report", library_run["out"], "--out", page)
+    assert done.returncode == 0, done.stderr[-2000:]
+    html = page.read_text()
+    assert "lib-1" in html and "img0" in html and "data:image/jpeg;base64," in html  # image thumbnails from `source`
+    pytest.importorskip("faiss")
+    copy = tmp_path / "run"  # the index goes into the run folder: a copy, the module's run stays as it is
+    import shutil
+
+    shutil.copytree(library_run["out"], copy)
+    done = run_pipeline("build-index", "--embeddings", copy, "--modality", "text")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (copy / "index").is_dir()
+
+
 def test_a_later_incremental_run_skips_what_the_library_embedded(library_run, tmp_path):
     data = tmp_path / "now.jsonl"
     now = GOOD[:-2] + [{"id": "new", "text": "great acting", "label": "1"}]  # two records left, one arrived
