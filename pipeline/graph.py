@@ -57,7 +57,10 @@ class ModalityOutput(NamedTuple):
 
 
 def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schema:
-    """The Parquet schema of a modality's embeddings, with the model's identity in its metadata."""
+    """The Parquet schema of a modality's embeddings, with the model's identity in its metadata.
+
+    Always with `embedded_run_id` (this run's id, or an earlier run's on rows --carry-over copies):
+    one schema whether or not --carry-over is on, so folders of both kinds read together as one."""
     metadata = {"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()}
     if modality == IMAGE:
         metadata.update(
@@ -65,7 +68,7 @@ def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schem
             precision=str(info.details.get("precision", "f32")),
             decoder=str(info.details.get("decoder", "pillow")),
         )
-    return embedding_schema(modality, info.dimension, config.passthrough, metadata=metadata, provenance=config.carry_over)
+    return embedding_schema(modality, info.dimension, config.passthrough, metadata=metadata, provenance=True)
 
 
 def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
@@ -154,14 +157,13 @@ _WRITE_LABELS = {
 def _write_embeddings(
     modality: str, tables, carry_rows, config: JobConfig, schema: pa.Schema, prior_files: Sequence[str]
 ) -> tuple[list, list, Optional[beam.PCollection]]:
-    """Write a modality's embeddings to OUTPUT/<modality>/ (with this run's id under --carry-over)
+    """Write a modality's embeddings to OUTPUT/<modality>/ (each row with this run's id: `embedded_run_id`)
     and, when `carry_rows` (earlier rows chosen to carry over) is given, copy those rows to their
     own files (OUTPUT/<modality>/carried-*). Returns (file name PCollections, counts, carried)."""
     labels = _WRITE_LABELS[modality]
     folder = fileio.join(config.output, modality)
     files, counts, carried = [], [], None
-    if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
-        tables = tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)
+    tables = tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)  # every run: one schema
     if carry_rows is not None:
         run_ids = dict(prior_run_ids(config.incremental_from, modality))
         carried = carry_rows | labels["carry"] >> CarryRows(
@@ -251,7 +253,7 @@ class EmbedTextFiles(beam.PTransform):
                 side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
         embedded = read.records | "EmbedText" >> EmbedTextTables(
             config.text_model, without_provenance(self._schema), config.normalize, **side
-        )  # embedded_run_id (--carry-over) is added after embedding
+        )  # embedded_run_id is added after embedding
         files, counts, carried = _write_embeddings(
             TEXT, embedded.tables, checked["carry"] if carry else None, config, self._schema, self._prior_files
         )
@@ -266,6 +268,8 @@ class EmbedTextFiles(beam.PTransform):
             _count("CountSkipped", "text_skipped", embedded.skipped, lambda n: n),
             per_file | "CountLines" >> beam.FlatMap(_line_counts),
         ]
+        if self._prior_files:  # earlier ids no record has now: the records that left the input
+            counts.append(_count("CountRemoved", "text_removed", checked["removed"], lambda n: n))
         errors = (read[ERRORS], embedded.errors)
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried, unaccounted)
 
@@ -321,9 +325,11 @@ class EmbedImageFiles(beam.PTransform):
         # Hash buckets sized from the manifests (a glob's files are not counted before the run).
         bits = bucket_bits_for(2 * _estimated_records(manifests, self._listing))
         duplicates = None if config.allow_duplicate_ids else beam.pvalue.AsDict(_duplicate_image_ids(refs, bits))
-        to_embed = refs
+        to_embed, removed = refs, None
         if self._prior_files:  # each ref travels on with the keys earlier runs stored for its id (a keyed join)
-            to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(self._prior_files, bits, positions=carry)
+            to_embed, removed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(
+                self._prior_files, bits, positions=carry, with_removed=True
+            )
         embedded = to_embed | "EmbedImages" >> EmbedImageRefs(
             config.image_model,
             without_provenance(self._schema),
@@ -332,7 +338,7 @@ class EmbedImageFiles(beam.PTransform):
             config.decode_threads,
             config.max_image_bytes,
             duplicates=duplicates,
-        )  # embedded_run_id (--carry-over) is added after embedding
+        )  # embedded_run_id is added after embedding
         files, counts, carried = _write_embeddings(
             IMAGE, embedded.tables, embedded.carried if carry else None, config, self._schema, self._prior_files
         )
@@ -342,6 +348,8 @@ class EmbedImageFiles(beam.PTransform):
             _count("CountEmbedded", "image_embedded", embedded.tables, _rows),
             _count("CountSkipped", "image_skipped", embedded.skipped, lambda n: n),
         ]
+        if removed is not None:  # earlier ids no image has now: the images that left the input
+            counts.append(_count("CountRemoved", "image_removed", removed, lambda n: n))
         errors = (*read_errors, embedded.errors)
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried)
 

@@ -331,7 +331,7 @@ class EmbeddingJobOptions(PipelineOptions):
             parser,
             "--incremental-from",
             action="append",
-            help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.",
+            help="An earlier run's output folder (repeatable, or several separated by commas): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.",
         )
         _flag(
             parser,
@@ -532,7 +532,7 @@ def check_remote_paths(options: PipelineOptions) -> None:
         ("--image-input", o.image_input or []),
         ("--image-model", [image_model]),
         ("--image-weights", [o.image_weights if _is_file_path(o.image_weights, ("imagenet", "none")) else None]),
-        ("--incremental-from", o.incremental_from or []),
+        ("--incremental-from", split_folders(o.incremental_from)),
         ("--temp_location", [gcp.temp_location]),
         ("--staging_location", [gcp.staging_location]),
     ]
@@ -709,7 +709,7 @@ def config_from_options(
         passthrough=passthrough,
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
-        incremental_from=tuple(_absolute(d).rstrip("/") for d in (o.incremental_from or ())),
+        incremental_from=tuple(_absolute(d).rstrip("/") for d in split_folders(o.incremental_from)),
         carry_over=o.carry_over,
         detach=o.detach,
         bigquery_table=o.bigquery_table or None,
@@ -755,6 +755,12 @@ def config_from_options(
         _check_inputs("--image-input", config.image_inputs, listing)
         check_inputs_outside_output(config, listing)
     return config
+
+
+def split_folders(values: Optional[Sequence[str]]) -> list[str]:
+    """`--incremental-from`'s folders: the flag repeated, or several in one value separated by commas
+    (a flex template passes each parameter once: `incremental_from=gs://b/run1,gs://b/run2`)."""
+    return [part.strip() for value in values or () for part in str(value).split(",") if part.strip()]
 
 
 def reserved_output_columns() -> frozenset[str]:

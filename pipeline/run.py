@@ -209,6 +209,9 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
             lines.append(
                 f"  {modality}: {c['carried']} earlier embedding(s) carried over: {c['embedded'] + c['carried']} rows in {modality}/"
             )
+    for modality, c in manifest["counts"].items():  # --incremental-from: what left the input since the earlier run(s)
+        if "removed" in c:
+            lines.append(f"  {modality}: {c['removed']} record(s) of the earlier run(s) no longer in the input (removed)")
     for modality, a in manifest.get("accounting", {}).items():  # every input line accounted for (issue 19)
         parts = []
         if a["lines"] or not a["rows"]:
