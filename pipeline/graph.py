@@ -20,6 +20,7 @@ import apache_beam as beam
 import pyarrow as pa
 
 from pipeline.options import JobConfig
+from pipeline.output_folder import release_output
 from transforms.embed.api import EmbedImageRefs, EmbedTextTables
 from transforms.embed.devices import requested_workers  # GPU workers: what the job asked for (issue 13)
 from transforms.io import fileio
@@ -27,7 +28,8 @@ from transforms.io.image_read import ListImageFiles, ReadImageManifests, is_mani
 from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
-from transforms.sinks.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
+from transforms.sinks.manifest import TopErrorReasons, WriteManifestFn
+from transforms.sinks.parquet import WriteErrors, WriteTables
 from transforms.state.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.state.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
 from transforms.state.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
@@ -433,7 +435,7 @@ def _write_manifest(
         | "ManifestTrigger" >> beam.Create([None])
         | "WriteManifest"
         >> beam.ParDo(
-            WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed),
+            WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed, release=release_output),
             counts=beam.pvalue.AsDict(totals),
             files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),
             reasons=beam.pvalue.AsList(errors | "TopErrorReasons" >> TopErrorReasons()),

@@ -31,7 +31,7 @@ from transforms.errors import DataError, UserError
 from transforms.io import fileio
 from transforms.io.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
 from transforms.records import IMAGE, TEXT, embedding_schema
-from transforms.sinks.write import DEFAULT_MAX_FAILED_FRACTION
+from transforms.sinks.manifest import DEFAULT_MAX_FAILED_FRACTION
 
 __all__ = [
     "EmbeddingJobOptions",

@@ -16,9 +16,9 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
+from pipeline.output_folder import RUNNING_NAME
 from pipeline.run import main, run
 from transforms.results import MANIFEST_NAME, read_embeddings, read_errors, read_manifest
-from transforms.sinks.write import RUNNING_NAME
 
 pytestmark = pytest.mark.gcs
 

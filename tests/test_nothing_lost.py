@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.output_folder import RUNNING_NAME
 from pipeline.run import main
 from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, descendants, refused_storage, run_pipeline, start_pipeline
 from transforms.io import fileio
 from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
-from transforms.sinks.write import RUNNING_NAME, failure_verdict
+from transforms.sinks.manifest import failure_verdict
 
 _ENV = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
 

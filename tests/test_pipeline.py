@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.output_folder import RUNNING_NAME
 from pipeline.run import main, run
 from transforms.results import MANIFEST_NAME, IncompleteOutputError, read_embeddings, read_errors, read_manifest
-from transforms.sinks.write import RUNNING_NAME
 
 
 def _write_text_inputs(folder: pathlib.Path) -> dict:

@@ -1,6 +1,6 @@
 """Reading a finished run: its manifest, embeddings and dead letters (no TensorFlow imported).
 
-A run's folder is complete only when `_MANIFEST.json` exists (`transforms.sinks.write` writes it last):
+A run's folder is complete only when `_MANIFEST.json` exists (`transforms.sinks.manifest` writes it last):
 `read_manifest` and `read_embeddings` refuse a folder without it, and a run that failed its checks
 unless given `allow_failed=True`.
 """
