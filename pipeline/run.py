@@ -432,5 +432,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     SIGTERM; every failure ends with one `error:` line on stderr. The same exit path as
     `python -m pipeline run` (`pipeline.cli.exit_status`)."""
     from pipeline.cli import exit_status
+    from transforms import quiet
 
+    quiet.install()  # the flex template's launcher starts here, not in `pipeline.cli.main`
     return exit_status("run", lambda: run_command(argv))

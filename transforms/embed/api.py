@@ -38,6 +38,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms import quiet
 from transforms.embed import decode
 from transforms.embed.dofns import (
     CARRIED,
@@ -198,6 +199,7 @@ def _rows(table: pa.Table, passthrough: Sequence[str]) -> Iterator[dict]:
 
 def _load(transform: str, loader, spec):
     """Load a model in the launcher; a bad argument raises ModelConfigError naming it."""
+    quiet.quiet_start()  # as the DoFns' setup: TensorFlow's start-up lines hidden, OpenVINO telemetry off
     try:
         return loader(spec)
     except ModelConfigError as exc:
