@@ -325,6 +325,16 @@ class EmbeddingJobOptions(PipelineOptions):
         )
         _flag(
             parser,
+            "--allow-failed",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="With --incremental-from: use an earlier run that failed its checks on a modality this run embeds (its records missing there are embedded again); a modality that is complete in a failed run is used without it.",
+        )
+        _flag(
+            parser,
             "--carry-over",
             nargs="?",
             const=True,
@@ -380,6 +390,7 @@ class JobConfig:
     normalize: bool = False
     allow_duplicate_ids: bool = False
     incremental_from: tuple[str, ...] = ()
+    allow_failed: bool = False
     carry_over: bool = False
     detach: bool = False
     bigquery_table: Optional[str] = None
@@ -698,6 +709,7 @@ def config_from_options(
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
         incremental_from=tuple(_absolute(d).rstrip("/") for d in (o.incremental_from or ())),
+        allow_failed=o.allow_failed,
         carry_over=o.carry_over,
         detach=o.detach,
         bigquery_table=o.bigquery_table or None,

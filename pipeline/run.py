@@ -50,7 +50,7 @@ from transforms.embed.models import load_image_embedder, load_text_embedder
 from transforms.errors import DataError, UserError
 from transforms.io import fileio
 from transforms.records import IMAGE, TEXT
-from transforms.results import MANIFEST_NAME, read_manifest, run_files
+from transforms.results import MANIFEST_NAME, failure_summary, modality_status, read_manifest, run_files
 
 __all__ = [
     "run",
@@ -171,11 +171,9 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
                 raise ConfigError(
                     f"{flag}: its {MANIFEST_NAME} cannot be read ({type(exc).__name__}: {exc}); give the folder of a finished run"
                 ) from None
-            if manifest.get("status") == "failed":
-                raise ConfigError(
-                    f"{flag}: run {manifest.get('run_id')} failed its checks, so its embeddings are incomplete; "
-                    "give the folder of a run that completed"
-                )
+            note = _failed_prior_note(flag, manifest, config)
+            if note:
+                print(note, file=sys.stderr)
             wanted = [path for paths in listed.values() for path in paths]
             present = set(fileio.match_paths(sorted({p.rsplit("/", 1)[0] + "/*" for p in wanted})))  # a listing per folder
             missing = [path for path in wanted if path not in present]
@@ -191,6 +189,31 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
         for modality, paths in listed.items():
             files.setdefault(modality, []).extend(paths)
     return files
+
+
+def _failed_prior_note(flag: str, manifest: dict, config: JobConfig) -> Optional[str]:
+    """For an earlier run that failed its checks: ConfigError when it failed on a modality this run embeds
+    and --allow-failed is off; otherwise the note line to print (None for a complete run). A modality
+    that is complete in the failed run (images fine, text over its budget) is used without the flag."""
+    if manifest.get("status") != "failed":
+        return None
+    embeds = [
+        m for m in (TEXT, IMAGE) if m in manifest.get("models", {}) and (config.has_text if m == TEXT else config.has_images)
+    ]
+    failed = [m for m in embeds if modality_status(manifest, m)["status"] == "failed"]
+    run_name = f"run {manifest.get('run_id')}"
+    if not failed:
+        used = " and ".join(embeds) or "none of its"
+        return (
+            f"note: {flag}: {run_name} failed ({failure_summary(manifest)}), but its {used} embeddings are complete: using them"
+        )
+    if not config.allow_failed:
+        raise ConfigError(
+            f"{flag}: {run_name} failed its checks ({failure_summary(manifest)}), so its {' and '.join(failed)} embeddings "
+            "are incomplete; pass --allow-failed to use them anyway (records missing there are embedded again), "
+            "or give the folder of a run that completed"
+        )
+    return f"note: {flag}: {run_name} failed ({failure_summary(manifest)}): using its incomplete {' and '.join(failed)} embeddings (--allow-failed)"
 
 
 def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
@@ -221,6 +244,12 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
             parts.append(f"{a['rows']} Parquet rows = {a['record_rows']} read")
         verdict = "ok" if a["balanced"] else f"LINES UNACCOUNTED in {a['unaccounted_files']} file(s)"
         lines.append(f"  {modality} inputs: {'; '.join(parts)}: {verdict}")
+    if manifest.get("status") == "failed":  # each modality's own status beside the run's (manifest "modalities")
+        statuses = {m: modality_status(manifest, m)["status"] for m in manifest["counts"]}
+        complete = [m for m, status in statuses.items() if status == "complete"]
+        parts = [f"{m} {status}" for m, status in statuses.items()]
+        usable = f"; tools read its {' and '.join(complete)} embeddings as they are" if complete else ""
+        lines.append(f"  status: run failed ({', '.join(parts)}){usable}; --allow-failed reads the rest")
     for folder, paths in manifest["files"].items():
         lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
     for modality, reasons in manifest.get("top_errors", {}).items():

@@ -237,6 +237,9 @@ class WriteManifestFn(beam.DoFn):
         manifest.update(
             status="failed" if verdict else "complete",
             failures=verdict,
+            modalities={  # each modality's own status: a tool reads a complete one of a failed run
+                m: {"status": "failed", "reason": verdict[m]} if m in verdict else {"status": "complete"} for m in by_modality
+            },
             top_errors=reasons[0] if reasons else {},
             finished_at=utc_now(),
             counts=by_modality,
