@@ -424,7 +424,7 @@ def test_the_tools_refuse_a_failed_run_in_one_line(tmp_path, tiny_text_model, ca
 
     assert cli.main(["neighbors", "--embeddings", str(out), "--id", "r1", "-k", "2"]) != 0
     err = capsys.readouterr().err
-    assert "failed" in err and "allow_failed" in err and "Traceback" not in err
+    assert "failed" in err and "--allow-failed" in err and "allow_failed=True" not in err and "Traceback" not in err
 
 
 def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):

@@ -188,6 +188,7 @@ class WriteManifestFn(beam.DoFn):
     `counts`: {counter: n}; `text_read`, `text_embedded`, ... give `counts` ("read == embedded +
     failed + skipped"), and the reader's line tallies (`text_lines`, `text_record_lines`, ...) give
     `accounting.text` (`line_accounting`); a run whose counts or lines do not reconcile is "failed".
+    Each modality's own status is in `modalities` (`transforms.results.modality_status`).
     `release(output, run_id)`, when given, runs once the manifest is written (the job frees its claim
     on the folder there: `pipeline.output_folder.release_output`)."""
 
