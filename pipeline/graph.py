@@ -27,7 +27,9 @@ from transforms.io.image_read import ListImageFiles, ReadImageManifests, is_mani
 from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
-from transforms.sinks.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
+from transforms.sinks.folder import release_output
+from transforms.sinks.manifest import TopErrorReasons, WriteManifestFn
+from transforms.sinks.parquet import WriteErrors, WriteTables
 from transforms.state.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.state.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
 from transforms.state.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
@@ -441,7 +443,7 @@ def _write_manifest(
         | "ManifestTrigger" >> beam.Create([None])
         | "WriteManifest"
         >> beam.ParDo(
-            WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed),
+            WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed, release=release_output),
             counts=beam.pvalue.AsDict(totals),
             files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),
             reasons=beam.pvalue.AsList(errors | "TopErrorReasons" >> TopErrorReasons()),

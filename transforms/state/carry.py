@@ -51,7 +51,7 @@ def prior_run_ids(folders: Sequence[str], modality: str = TEXT) -> list[tuple[st
 
     files = []
     for folder in folders:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, allow_failed=True)  # checked at launch (`prior_embedding_files`)
         files += [(path, str(manifest.get("run_id"))) for path in run_files(folder, manifest, modality)]
     return files
 
