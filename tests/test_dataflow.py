@@ -389,7 +389,8 @@ def test_flex_template_regexes_accept_the_defaults():
 def test_flex_template_boolean_parameters_parse_as_name_equals_value(name):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import EmbeddingJobOptions, check_unknown_flags
+    from pipeline.checks import check_unknown_flags
+    from pipeline.options import EmbeddingJobOptions
 
     for value, expected in (("true", True), ("false", False)):
         check_unknown_flags([f"--{name}={value}"])
