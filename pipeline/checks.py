@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import io
 import itertools
 import json
 import logging
@@ -85,7 +86,8 @@ __all__ = [
     "SAMPLE_RECORDS",
 ]
 
-SAMPLE_RECORDS = 20  # records read from the first file of each input to check the field flags
+SAMPLE_RECORDS = 20  # records read from the first file of each input to check the field flags ...
+SAMPLE_BYTES = 1 << 20  # ... within its first MiB (a longer first record: nothing learned, no check)
 CREDENTIALS_TIMEOUT = 20.0  # seconds google.auth.default() may take (it pings the GCE metadata server)
 
 
@@ -522,28 +524,32 @@ def check_inputs_outside_output(config: JobConfig, listing: Optional[fileio.Inpu
 
 
 def _sample_fields(path: str, fmt: str, encoding: str) -> Optional[list[str]]:
-    """The field names of the first `SAMPLE_RECORDS` records of a file, in order of first sight: for
-    Parquet the schema's columns (read from the footer). None when nothing could be learned (plain
-    lines, a file that does not open or parse, no record): the run's dead letters then say why."""
+    """The field names of the first `SAMPLE_RECORDS` records within the first `SAMPLE_BYTES` of a file
+    (decompressed), in order of first sight; for Parquet the schema's columns (from the footer).
+    None when nothing could be learned (a file that does not open or parse, no whole record in the
+    sample): the run's dead letters then say why."""
     from transforms.io.text_formats import iter_records
 
     try:
         with fileio.open_input(path) as handle:
             if fmt == "parquet":
-                if handle.seekable() if hasattr(handle, "seekable") else False:
-                    import pyarrow.parquet as pq
+                if not path.lower().endswith(".parquet"):
+                    return None  # a compressed Parquet file: only a whole read would tell
+                import pyarrow.parquet as pq
 
-                    return list(pq.ParquetFile(handle).schema_arrow.names)
-                return None  # a compressed Parquet file: only a whole read would tell
-            fields: dict[str, None] = {}
-            records = 0
-            for parsed in itertools.islice(iter_records(handle, fmt, encoding), SAMPLE_RECORDS * 5):
-                if parsed.record is not None:
-                    fields.update(dict.fromkeys(parsed.record))
-                    records += 1
-                    if records >= SAMPLE_RECORDS:
-                        break
-            return list(fields) if records else None
+                return list(pq.ParquetFile(handle).schema_arrow.names)
+            head = handle.read(SAMPLE_BYTES)  # bounded: a file of one endless line is read no further
+            if len(head) == SAMPLE_BYTES:
+                head = head[: head.rfind(b"\n") + 1]  # whole lines only
+        fields: dict[str, None] = {}
+        records = 0
+        for parsed in itertools.islice(iter_records(io.BytesIO(head), fmt, encoding), SAMPLE_RECORDS * 5):
+            if parsed.record is not None:
+                fields.update(dict.fromkeys(parsed.record))
+                records += 1
+                if records >= SAMPLE_RECORDS:
+                    break
+        return list(fields) if records else None
     except Exception:  # noqa: BLE001 - unreadable here is unreadable in the run: a dead letter says why
         return None
 

@@ -220,3 +220,9 @@ def test_a_lowercase_directrunner_is_a_local_run(tmp_path, tiny_text_model, caps
     assert cli.main(argv) == 0, capsys.readouterr().err
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["counts"]["text"]["embedded"] == 6
+
+
+def test_the_sample_is_bounded_a_first_record_past_it_is_left_to_the_run(tmp_path):
+    data = tmp_path / "one-long-line.jsonl"
+    data.write_text(json.dumps({"id": "a", "text": "x" * (3 << 20)}))  # 3 MiB, no newline: past the 1 MiB sample
+    assert _text(tmp_path, data, "--text-field", "body").text_field == "body"  # nothing learned: no refusal
