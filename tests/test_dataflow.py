@@ -240,7 +240,9 @@ def test_staged_package_installs_like_on_a_worker(template, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "site" / "transforms" / "embed" / "dofns.py").exists()
+    site = tmp_path / "site"
+    for module in ("transforms/embed/dofns.py", "transforms/io/text_read.py", "pipeline/checks.py", "pipeline/options.py"):
+        assert (site / module).exists(), module  # every subpackage is in the staged package
 
 
 def test_building_a_template_leaves_an_earlier_output_alone(template):
@@ -389,7 +391,8 @@ def test_flex_template_regexes_accept_the_defaults():
 def test_flex_template_boolean_parameters_parse_as_name_equals_value(name):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import EmbeddingJobOptions, check_unknown_flags
+    from pipeline.checks import check_unknown_flags
+    from pipeline.options import EmbeddingJobOptions
 
     for value, expected in (("true", True), ("false", False)):
         check_unknown_flags([f"--{name}={value}"])
