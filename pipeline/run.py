@@ -137,12 +137,12 @@ def local_in_process(options: PipelineOptions) -> bool:
 
 
 def known_image_count(config: JobConfig, listing: Optional[fileio.InputListing] = None) -> Optional[int]:
-    """How many images the run will see, when every --image-input is a glob (a manifest's rows are not counted)."""
-    from transforms.io.image_read import is_manifest
+    """How many images the run will see, when every --image-input is a glob or a folder (a manifest's rows are not counted)."""
+    from transforms.io.image_read import image_input_paths, is_manifest
 
     if not config.has_images or any(is_manifest(i) for i in config.image_inputs):
         return None
-    return len((listing or fileio.InputListing()).paths(config.image_inputs))
+    return len(image_input_paths(config.image_inputs, listing))
 
 
 def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
