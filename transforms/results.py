@@ -8,6 +8,7 @@ unless given `allow_failed=True`.
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional, Sequence
 
 import pyarrow as pa
@@ -47,6 +48,8 @@ def read_manifest(output: str, allow_failed: bool = False) -> dict:
     """The manifest of a finished run; IncompleteOutputError when the run did not finish, and
     FailedRunError when it failed its checks (unless `allow_failed`)."""
     path = fileio.join(output, MANIFEST_NAME)
+    if not fileio.is_remote(output) and not os.path.isdir(output):
+        raise IncompleteOutputError(f"{output}: no such folder; give the output folder of a finished run")
     if not FileSystems.exists(path):
         raise IncompleteOutputError(
             f"{output} has no {MANIFEST_NAME}: the run that wrote it did not finish (or it is not a job "
