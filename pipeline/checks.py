@@ -424,18 +424,21 @@ def check_dataflow_ready(options: PipelineOptions, timeout: float = CREDENTIALS_
 
 
 def check_inputs(flag: str, patterns: Sequence[str], listing: Optional[fileio.InputListing] = None) -> None:
-    """Every input pattern lists and matches something. A local folder named as it is (no glob) is
-    refused: a folder is not a file to read, and reading all of it is what `DIR/**` says. A pattern
+    """Every input pattern lists and matches something. An `--image-input` folder is a folder of
+    images and must hold one (`check_image_folder`). A local `--text-input` folder named as it is
+    (no glob) is refused: a folder is not a file to read, and reading all of it is what `DIR/**` says. A pattern
     with glob characters that names an existing file (`meta/[x].jpg`) is that file
     (`fileio.match_files`), unless as a glob it also matches other files: then it is refused as
     ambiguous. Storage that stays unreachable is StorageUnreachable (exit 1), not a bad flag."""
     listing = fileio.InputListing() if listing is None else listing
     for pattern in patterns:
+        if flag == "--image-input" and fileio.is_folder(pattern):
+            check_image_folder(pattern, listing)
+            continue
         if not fileio.is_remote(pattern) and not fileio.has_glob(pattern) and os.path.isdir(pattern):
-            example = "*.jpg" if flag == "--image-input" else "*.jsonl"
             raise ConfigError(
                 f"{flag} {pattern!r}: is a folder, not a file; give a glob of the files to read, "
-                f"e.g. '{pattern.rstrip('/')}/**' (every file below it) or '{pattern.rstrip('/')}/{example}'"
+                f"e.g. '{pattern.rstrip('/')}/**' (every file below it) or '{pattern.rstrip('/')}/*.jsonl'"
             )
         others = fileio.glob_also_matches(pattern)
         if others:
@@ -454,6 +457,35 @@ def check_inputs(flag: str, patterns: Sequence[str], listing: Optional[fileio.In
             raise ConfigError(f"{flag} {pattern!r}: cannot list ({type(exc).__name__}: {exc})") from exc
         if not matched:
             raise ConfigError(f"{flag} {pattern!r}: matches no file")
+
+
+def check_image_folder(folder: str, listing: fileio.InputListing) -> None:
+    """An `--image-input` folder holds at least one image (else ConfigError naming the flag and the
+    folder, before any model loads); the files in it that are not images are named in the log."""
+    from transforms.io.image_read import IMAGE_EXTENSIONS, image_folder_files
+
+    try:
+        images, others = image_folder_files(folder, listing)
+    except Exception as exc:  # noqa: BLE001 - bucket missing, no permission
+        if fileio.is_transient_storage_error(exc):
+            raise StorageUnreachable(
+                f"storage unreachable: --image-input {folder!r} could not be listed: gs:// calls kept failing "
+                f"for {fileio.storage_timeout():g} s (--storage-timeout); nothing was started"
+            ) from exc
+        raise ConfigError(f"--image-input {folder!r}: cannot list ({type(exc).__name__}: {exc})") from exc
+    if not images:
+        found = f"its {len(others)} file(s) (e.g. {os.path.basename(others[0])!r}) are not images" if others else "it is empty"
+        raise ConfigError(
+            f"--image-input {folder!r}: a folder with no images below it ({found}; images end in {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    if others:
+        logging.getLogger(__name__).info(
+            "--image-input %s: reading the %d image(s) below it; %d other file(s) are not images and are not read (e.g. %s)",
+            folder,
+            len(images),
+            len(others),
+            others[0],
+        )
 
 
 def real_path(path: str) -> str:
@@ -509,19 +541,20 @@ def check_inputs_outside_output(config: JobConfig, listing: Optional[fileio.Inpu
     output = real_path(config.output)
     samples = [f"{output}/{name}" for name in _OUTPUT_SAMPLES]
     for flag, patterns in (("--text-input", config.text_inputs), ("--image-input", config.image_inputs)):
-        for pattern in patterns:
+        for given in patterns:
+            pattern = fileio.folder_glob(given) if flag == "--image-input" and fileio.is_folder(given) else given
             inside = is_inside(fileio.glob_root(pattern) or pattern, output) if fileio.has_glob(pattern) else False
-            inside = inside or any(is_inside(path, output) for path, _ in listing.files(pattern))
+            inside = inside or any(is_inside(path, output) for path, _ in listing.files(given))
             if inside:
                 raise ConfigError(
-                    f"{flag} {pattern!r}: reads inside --output {config.output!r}, the folder this run clears and "
+                    f"{flag} {given!r}: reads inside --output {config.output!r}, the folder this run clears and "
                     "writes; move the inputs out of it or choose another --output"
                 )
             regex = re.compile(FileSystem.translate_pattern(_real_pattern(pattern)))
             if any(regex.match(sample) for sample in samples):
                 raise ConfigError(
-                    f"{flag} {pattern!r}: would also read this run's own files, as --output {config.output!r} lies "
-                    "inside that glob; choose an --output outside it, or a glob that does not reach it"
+                    f"{flag} {given!r}: would also read this run's own files, as --output {config.output!r} lies "
+                    f"inside that {'glob' if pattern == given else 'folder'}; choose an --output outside it, or a glob that does not reach it"
                 )
 
 

@@ -189,7 +189,7 @@ class InputOptions(PipelineOptions):
         ),
         Flag(
             "--image-input",
-            "Glob of image files, or a manifest (.csv, .jsonl, .parquet) with a uri column. Repeatable.",
+            "Glob of image files, a folder (the images below it, at any depth), or a manifest (.csv, .jsonl, .parquet) with a uri column. Repeatable.",
             repeatable=True,
             metavar="GLOB_OR_MANIFEST",
         ),

@@ -126,19 +126,22 @@ def local_in_process(options: PipelineOptions) -> bool:
 
 
 def known_image_count(config: JobConfig, listing: Optional[fileio.InputListing] = None) -> Optional[int]:
-    """How many images the run will see, when every --image-input is a glob (a manifest's rows are not counted)."""
-    from transforms.io.image_read import is_manifest
+    """How many images the run will see, when every --image-input is a glob or a folder (a manifest's rows are not counted)."""
+    from transforms.io.image_read import image_input_paths, is_manifest
 
     if not config.has_images or any(is_manifest(i) for i in config.image_inputs):
         return None
-    return len((listing or fileio.InputListing()).paths(config.image_inputs))
+    return len(image_input_paths(config.image_inputs, listing))
 
 
-def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
-    """The end-of-run table: counts, throughput, the input lines' reconciliation and where the output went."""
+def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None, total: Optional[float] = None) -> str:
+    """The end-of-run table: counts, throughput, the input lines' reconciliation and where the output went.
+    `elapsed`: seconds the pipeline ran (rec/s is per these); `total`: seconds since the command
+    started (`command_started`), the wall time the user waited."""
     failures = manifest.get("failures", {})
     status = "FAILED" if manifest.get("status") == "failed" else "finished"
-    lines = [f"Run {manifest['run_id']} {status} in {elapsed:.1f} s -> {manifest['output']}"]
+    took = f"{elapsed:.1f} s" if total is None else f"{total:.1f} s (the pipeline itself {elapsed:.1f} s)"
+    lines = [f"Run {manifest['run_id']} {status} in {took} -> {manifest['output']}"]
     lines.append(f"{'modality':<10}{'read':>10}{'embedded':>10}{'failed':>10}{'skipped':>10}{'rec/s':>10}  check")
     for modality, c in manifest["counts"].items():
         rate = c["embedded"] / elapsed if elapsed > 0 else 0.0
@@ -206,12 +209,38 @@ def _model_loads(result) -> dict:
     return loads
 
 
+_IMPORTED = time.monotonic()
+_command_start: Optional[float] = None  # when the command that runs now started (`command_started`)
+
+
+def command_started() -> float:
+    """`time.monotonic()` when the user's command started, for the summary's "finished in". When
+    this is the process's first run and the process was started to run it (this module imported
+    within 30 s of the process's start: `python -m pipeline run`, `beam-embeddings`, the flex
+    template's launcher), the process's own start: Python, Beam and TensorFlow start-up, the launch
+    checks and model loading are part of the wait (Linux: /proc; elsewhere the module's import).
+    Otherwise (a later run in the process, a notebook) this run's call."""
+    now = time.monotonic()
+    if _command_start is not None:
+        return now
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
+            age = float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+        process_start = now - age
+    except (OSError, ValueError, IndexError):
+        process_start = _IMPORTED
+    return process_start if 0 <= _IMPORTED - process_start < 30 else now
+
+
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, test_pipeline=None) -> dict:
     """Run the job; returns the manifest (for a runner that waits) or {} for a submitted job.
 
     Launch order: every check that needs no model (`pipeline.checks.launch`: flags, Dataflow's
     credentials, inputs and their fields, earlier runs, --output writable and free of foreign files),
     then the models load (a bad model is exit 2 too), and only then is --output claimed and cleared."""
+    global _command_start
+    _command_start = command_started()
     argv = list(sys.argv[1:] if argv is None else argv)
     options, config, prior, listing, builds_only = launch(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -287,7 +316,8 @@ def _run_claimed(
     manifest = read_manifest(config.output, allow_failed=True)
     progress.finish()  # the final counts end the live progress line
     manifest["model_loads"] = _model_loads(result)
-    print(format_summary(manifest, elapsed, manifest["model_loads"]))
+    total = time.monotonic() - (_command_start if _command_start is not None else start)
+    print(format_summary(manifest, elapsed, manifest["model_loads"], total=max(total, elapsed)))
     if manifest.get("status") == "failed":
         raise RunFailed(manifest)
     return manifest

@@ -344,17 +344,25 @@ def _label(dest: str) -> str:
     return " ".join([words[0].capitalize()] + words[1:])
 
 
+def _template_help(action: argparse.Action, regexes: list[str]) -> str:
+    """A flag's help as the template shows it: where the template takes gs:// paths only (Dataflow's
+    workers cannot read the launcher's disk), the help does not offer local paths."""
+    if any("gs://" in regex for regex in regexes):
+        return action.help.replace("(local or gs://)", "(gs://)")
+    return action.help
+
+
 def flex_template_metadata() -> dict:
     """The flex template's parameters: exactly the `run` flags, with their own help texts."""
     parameters = []
     for action in _run_flags():
+        regexes = _regexes(action)
         parameter = {
             "name": action.dest,
             "label": _label(action.dest),
-            "helpText": action.help,
+            "helpText": _template_help(action, regexes),
             "isOptional": action.dest != "output",
         }
-        regexes = _regexes(action)
         if regexes:
             parameter["regexes"] = regexes
         parameters.append(parameter)
