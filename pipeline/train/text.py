@@ -568,6 +568,7 @@ def build_text_model(
             name=SIF_WEIGHTS_LAYER,
             input_dim=rows,
             output_dim=1,
+            mask_zero=True,  # Multiply keeps a mask only when every input has one
             embeddings_initializer=keras.initializers.Constant(np.asarray(token_weights, np.float32).reshape(rows, 1)),
             trainable=False,
         )(tokens)
