@@ -16,7 +16,9 @@ the header says). A file that covers no word of the vocabulary is an error too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gzip
 import io
 from typing import Sequence
 
@@ -73,7 +75,7 @@ def read_word_vectors(path: str) -> PretrainedVectors:
     try:
         if path.endswith(".parquet"):
             return _read_parquet(path)
-        handle = FileSystems.open(path)  # .gz is decompressed (compression detected from the name)
+        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     except VectorFileError:
         raise
     except Exception as exc:  # noqa: BLE001 - missing file, no permission
@@ -81,7 +83,7 @@ def read_word_vectors(path: str) -> PretrainedVectors:
     words: dict[str, int] = {}
     rows: list[np.ndarray] = []
     dimension = None
-    with handle:
+    with raw, gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else contextlib.nullcontext(raw) as handle:
         text = io.TextIOWrapper(handle, encoding="utf-8", errors="strict")
         number = 0
         try:
