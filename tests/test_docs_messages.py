@@ -225,3 +225,30 @@ def test_the_pyarrow_recipes_read_single_threaded_and_say_why():
     for call in re.findall(r"(?:\.to_table|pd\.read_parquet|pq\.read_table)\([^\n]*\)", text):
         if "..." not in call:  # the prose naming the readers, not a recipe
             assert "use_threads=False" in call, call
+
+
+# ---- the README stays short, and every relative link lands on a file -----------------------------------
+
+
+def test_the_readme_is_at_most_400_lines():
+    lines = (PROJECT_ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 400, f"README.md has {len(lines)} lines: move detail into docs/*.md (issue 21)"
+
+
+def _relative_links(doc) -> list[str]:
+    """Targets of the Markdown links `[text](target)` in `doc` that are not URLs or in-page anchors."""
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # links inside code blocks are code
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+
+
+def test_every_relative_link_in_the_readme_and_docs_points_at_a_file():
+    checked = 0
+    broken = []
+    for doc in DOCS:
+        for target in _relative_links(doc):
+            checked += 1
+            if not (doc.parent / target.split("#", 1)[0]).exists():
+                broken.append(f"{doc.relative_to(PROJECT_ROOT)}: {target}")
+    assert checked > 20  # the README alone links to most docs pages
+    assert not broken, broken

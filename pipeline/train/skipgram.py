@@ -19,7 +19,7 @@ steps, each on whole arrays (NumPy, or TensorFlow in one compiled step), never a
   of ids sampled uniformly). The loss is -log sigmoid(t.c) - sum log sigmoid(-t.n). The step is
   compiled with XLA (`jit_compile=True`): 2.4x faster on CPU than without.
 
-Measured on WikiText-2 train (2M tokens, 2 cores): see the README's text-model section and
+Measured on WikiText-2 train (2M tokens, 2 cores): see docs/training.md (moved from the README) and
 `benchmarks/text_quality.py`.
 """
 
