@@ -29,8 +29,9 @@ from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.sinks.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
 from transforms.state.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
-from transforms.state.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
-from transforms.state.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
+from transforms.state.dedup import CheckTextRecords, FindDuplicateIds
+from transforms.state.incremental import AttachPriorKeys, ReadPriorKeys
+from transforms.state.keys import bucket_bits_for, id_key_slices, table_key_slices
 
 __all__ = ["ModelInfo", "ModalityOutput", "EmbedTextFiles", "EmbedImageFiles", "output_schema", "build_pipeline"]
 
@@ -110,40 +111,6 @@ def _estimated_records(patterns, listing: fileio.InputListing, bytes_per_record:
     return total // bytes_per_record
 
 
-def _split_by_source(sources) -> list:
-    """[(path, row positions)] of a batch: one file per batch in practice, checked all the same."""
-    import numpy as np
-
-    if len(set(sources)) == 1:
-        return [(sources[0], np.arange(len(sources)))]
-    order: dict = {}
-    for i, source in enumerate(sources):
-        order.setdefault(source, []).append(i)
-    return [(source, np.array(rows)) for source, rows in order.items()]
-
-
-def _id_batch_keys(batch, file_index: dict, bits: int):
-    """(bucket, KeyBatch) slices of an ids-only batch `(ids, sources, lines)` (duplicate check only)."""
-    import numpy as np
-
-    ids, sources, lines = batch
-    ikeys = id_hashes(ids)
-    lines = np.asarray(lines, dtype=np.int64)
-    for path, rows in _split_by_source(sources):
-        yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], None, bits)
-
-
-def _table_keys(table, file_index: dict, model_sha256: str, bits: int):
-    """(bucket, KeyBatch) slices of a table of records, with content keys (incremental runs)."""
-    import numpy as np
-
-    ikeys = id_hashes(table.column("id"))
-    ckeys = content_keys(table.column("content_sha256"), model_sha256)
-    lines = np.asarray(table.column("line").combine_chunks(), dtype=np.int64)
-    for path, rows in _split_by_source(table.column("source").to_pylist()):
-        yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], ckeys[rows], bits)
-
-
 # The labels of the write steps, per modality (docs/scaling.md and the Dataflow tests name them).
 _WRITE_LABELS = {
     TEXT: {"write": "WriteTextEmbeddings", "carry": "CarryTextRows", "write_carried": "WriteCarriedText"},
@@ -221,7 +188,7 @@ class EmbedTextFiles(beam.PTransform):
         if self._prior_files:  # content hashes too: the reader's own records, uncounted
             keys = (
                 p | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **self._read_options)
-            ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, self._info.sha256, bits)
+            ).records | "TextRecordKeys" >> beam.FlatMap(table_key_slices, file_index, self._info.sha256, bits)
             keys = (
                 keys,
                 p | "PriorTextKeys" >> ReadPriorKeys(self._prior_files, bits, positions=carry),
@@ -230,7 +197,7 @@ class EmbedTextFiles(beam.PTransform):
             keys = (
                 p
                 | "ReadTextIds" >> ReadTextFiles(config.text_inputs, ids_only=True, **self._read_options)
-                | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
+                | "TextIdKeys" >> beam.FlatMap(id_key_slices, file_index, bits)
             )
         return keys | "CheckTextRecords" >> CheckTextRecords(bits, carry=carry, first_only=not config.allow_duplicate_ids)
 

@@ -26,8 +26,10 @@ from transforms.embed.devices import log_model_devices
 from transforms.embed.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.io import fileio
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
+from transforms.state.carry import CarrySlice
 from transforms.state.dedup import LineFlags, duplicate_reason, later_occurrence_reason
-from transforms.state.incremental import attached, image_content_key, is_unchanged, split_positions
+from transforms.state.incremental import AttachedRef, attached, is_unchanged
+from transforms.state.keys import image_content_key, split_positions
 
 __all__ = [
     "ERRORS",
@@ -386,19 +388,21 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         self._pending = collections.deque()
 
     def process(self, refs: Sequence, duplicates: Optional[dict] = None) -> Iterator:
-        """`refs`: ImageRefs, or (ImageRef, earlier ckeys of its id) pairs from `incremental.AttachPriorKeys`."""
+        """`refs`: ImageRefs, or the `incremental.AttachedRef`s of `incremental.AttachPriorKeys` (the job's
+        incremental runs); `duplicates`: the job's {id: first occurrence} of repeated ids, or None."""
         self._report_loads()
         pairs = [attached(r) for r in refs]
         if duplicates:
             unique = []
-            for ref, prior, positions in pairs:
+            for pair in pairs:
+                ref = pair.ref
                 reason = duplicate_reason(ref.id, (ref.uri, ref.line), duplicates)
                 if reason:
                     yield from self._emit(
                         _ImageBatchResult(errors=[ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason)])
                     )
                 else:
-                    unique.append((ref, prior, positions))
+                    unique.append(pair)
             pairs = unique
         batch = self._embedder.spec.batch_size
         for start in range(0, len(pairs), batch):
@@ -430,13 +434,13 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
                 CARRIED,
                 (
                     (int(files[0]), int(groups[0])),
-                    (rows.astype(np.uint32), [uri], np.zeros(1, np.uint8), np.zeros(1, np.int64)),
+                    CarrySlice(rows.astype(np.uint32), [uri], np.zeros(1, np.uint8), np.zeros(1, np.int64)),
                 ),
             )
         if embedded:
             yield result.table
 
-    def _embed_batch(self, pairs: list[tuple[ImageRef, tuple, tuple]]) -> _ImageBatchResult:
+    def _embed_batch(self, pairs: list[AttachedRef]) -> _ImageBatchResult:
         """Read, decode and embed one batch of (ref, earlier ckeys, their positions) (runs in a pool
         thread). A skipped image whose earlier row's position is known (carry-over) is carried."""
         embedder = self._embedder
