@@ -6,8 +6,10 @@
     WriteErrors (every dead letter), SumCounts -> WriteManifest
 
 Each modality is one composite step (`Text`, `Images`), built from the public columnar transforms
-(`transforms.embed.api.EmbedTextTables` / `EmbedImageRefs`); the duplicate-id check and incremental
-skipping reach them as side inputs. `build_pipeline` only wires these together; it is called by
+(`transforms.embed.api.EmbedTextTables` / `EmbedImageRefs`) and the job's state steps: text tables
+pass `transforms.state.screen.ScreenTextTables` (the duplicate-id check and incremental skipping,
+as side inputs) first; images reach the embedding DoFn with their duplicate check as a side input
+and, in incremental runs, as `incremental.AttachedRef`s. `build_pipeline` only wires these together; it is called by
 `pipeline.run` and by the tests with a `TestPipeline`.
 """
 
@@ -28,10 +30,11 @@ from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.sinks.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
-from transforms.state.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
+from transforms.state.carry import CARRIED, CarryRows, prior_run_ids, with_run_id, without_provenance
 from transforms.state.dedup import CheckTextRecords, FindDuplicateIds
-from transforms.state.incremental import AttachPriorKeys, ReadPriorKeys
+from transforms.state.incremental import SKIPPED, AttachPriorKeys, ReadPriorKeys
 from transforms.state.keys import bucket_bits_for, id_key_slices, table_key_slices
+from transforms.state.screen import ScreenTextTables
 
 __all__ = ["ModelInfo", "ModalityOutput", "EmbedTextFiles", "EmbedImageFiles", "output_schema", "build_pipeline"]
 
@@ -209,15 +212,17 @@ class EmbedTextFiles(beam.PTransform):
         read = p | "ReadTextRecords" >> ReadTextFiles(
             config.text_inputs, passthrough=config.text_read_passthrough, **self._read_options
         )
-        side, checked = {}, None
+        side, checked, tables, screened = {}, None, read.records, []
         if not config.allow_duplicate_ids or self._prior_files:
             checked = self._check_records(p, carry)
             if not config.allow_duplicate_ids:
                 side["duplicates"] = beam.pvalue.AsMultiMap(checked["duplicates"])
             if self._prior_files:
                 side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
-        embedded = read.records | "EmbedText" >> EmbedTextTables(
-            config.text_model, without_provenance(self._schema), config.normalize, **side
+            screened = [tables | "ScreenText" >> ScreenTextTables(**side)]
+            tables = screened[0].tables
+        embedded = tables | "EmbedText" >> EmbedTextTables(
+            config.text_model, without_provenance(self._schema), config.normalize
         )  # embedded_run_id (--carry-over) is added after embedding
         files, counts, carried = _write_embeddings(
             TEXT, embedded.tables, checked["carry"] if carry else None, config, self._schema, self._prior_files
@@ -230,10 +235,10 @@ class EmbedTextFiles(beam.PTransform):
             _count("CountRead", "text_read", read.records, _rows),
             _count("CountReadErrors", "text_read", read[ERRORS]),
             _count("CountEmbedded", "text_embedded", embedded.tables, _rows),
-            _count("CountSkipped", "text_skipped", embedded.skipped, lambda n: n),
             per_file | "CountLines" >> beam.FlatMap(_line_counts),
         ]
-        errors = (read[ERRORS], embedded.errors)
+        counts += [_count("CountSkipped", "text_skipped", s.skipped, lambda n: n) for s in screened]
+        errors = (read[ERRORS], *(s.errors for s in screened), embedded.errors)
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried, unaccounted)
 
 
@@ -245,6 +250,19 @@ def _duplicate_image_ids(refs, bits: int):
         | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
         | "FindDuplicateImageIds" >> FindDuplicateIds(1 << bits)
     )
+
+
+class _EmbedImageRefsWithChecks(beam.PTransform):
+    """The public `EmbedImageRefs` with the job's knobs: the duplicate check's {id: first occurrence}
+    as a side input (None: no check), every output of the embedding step (SKIPPED, CARRIED too)."""
+
+    def __init__(self, embed: EmbedImageRefs, duplicates: Optional[beam.pvalue.AsSideInput]):
+        super().__init__()
+        self._embed = embed
+        self._side = {} if duplicates is None else {"duplicates": duplicates}
+
+    def expand(self, refs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return self._embed.embed_batches(refs, **self._side)
 
 
 class EmbedImageFiles(beam.PTransform):
@@ -291,25 +309,25 @@ class EmbedImageFiles(beam.PTransform):
         to_embed = refs
         if self._prior_files:  # each ref travels on with the keys earlier runs stored for its id (a keyed join)
             to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(self._prior_files, bits, positions=carry)
-        embedded = to_embed | "EmbedImages" >> EmbedImageRefs(
+        embed = EmbedImageRefs(
             config.image_model,
-            without_provenance(self._schema),
+            without_provenance(self._schema),  # embedded_run_id (--carry-over) is added after embedding
             config.normalize,
             config.max_image_pixels,
             config.decode_threads,
             config.max_image_bytes,
-            duplicates=duplicates,
-        )  # embedded_run_id (--carry-over) is added after embedding
+        )
+        embedded = to_embed | "EmbedImages" >> _EmbedImageRefsWithChecks(embed, duplicates)
         files, counts, carried = _write_embeddings(
-            IMAGE, embedded.tables, embedded.carried if carry else None, config, self._schema, self._prior_files
+            IMAGE, embedded.tables, embedded[CARRIED] if carry else None, config, self._schema, self._prior_files
         )
         counts.append(_count("CountListed", "image_read", refs))
         counts += [_count(f"CountReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
         counts += [
             _count("CountEmbedded", "image_embedded", embedded.tables, _rows),
-            _count("CountSkipped", "image_skipped", embedded.skipped, lambda n: n),
+            _count("CountSkipped", "image_skipped", embedded[SKIPPED], lambda n: n),
         ]
-        errors = (*read_errors, embedded.errors)
+        errors = (*read_errors, embedded[ERRORS])
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried)
 
 

@@ -245,9 +245,9 @@ def test_dataflow_job_side_inputs_carry_no_per_record_data(request, incremental_
                 assert side.access_pattern.urn == common_urns.side_inputs.MULTIMAP.urn, (transform.unique_name, producer)
             seen[(transform.unique_name, producer)] = side.access_pattern.urn
     consumers = {name for name, _ in seen}
-    assert any(name.startswith("Text/EmbedText/") for name in consumers)  # the checks are wired, as multimaps
+    assert any(name.startswith("Text/ScreenText/") for name in consumers)  # the checks are wired, as multimaps
     text_checks = {
-        p.split("/")[2] for name, p in seen if name.startswith("Text/EmbedText/") and p.startswith("Text/CheckTextRecords/")
+        p.split("/")[2] for name, p in seen if name.startswith("Text/ScreenText/") and p.startswith("Text/CheckTextRecords/")
     }
     assert text_checks == {"CheckBuckets", "SkipBitmaps"}  # duplicates and skips, both multimaps
     names = {t.unique_name for t in incremental_job.components.transforms.values()}

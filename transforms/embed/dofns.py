@@ -26,9 +26,9 @@ from transforms.embed.devices import log_model_devices
 from transforms.embed.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.io import fileio
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
-from transforms.state.carry import CarrySlice
-from transforms.state.dedup import LineFlags, duplicate_reason, later_occurrence_reason
-from transforms.state.incremental import AttachedRef, attached, is_unchanged
+from transforms.state.carry import CARRIED, CarrySlice
+from transforms.state.dedup import duplicate_reason
+from transforms.state.incremental import SKIPPED, AttachedRef, attached, is_unchanged
 from transforms.state.keys import image_content_key, split_positions
 
 __all__ = [
@@ -43,8 +43,6 @@ __all__ = [
     "EmptyText",
 ]
 
-SKIPPED = "skipped"  # tagged output: how many records of a batch an earlier run already embedded
-CARRIED = "carried"  # tagged output (carry-over): ((earlier file, row group), (rows, uris, ...)) to copy
 METRICS_NAMESPACE = "embeddings"
 
 
@@ -164,28 +162,20 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         self._schema = schema
         self._normalize = normalize
 
-    def process(self, table: pa.Table, skips=None, duplicates=None) -> Iterator:
-        """`skips` and `duplicates`: the multimap side inputs of `dedup.CheckTextRecords` (or None).
-
-        Unchanged records (incremental runs) are dropped and counted, later occurrences of an id
-        and empty texts become dead letters, the rest is embedded; one output table per input table."""
+    def process(self, table: pa.Table) -> Iterator:
+        """Empty texts become dead letters, the rest is embedded; one output table per input table.
+        (The job drops its duplicates and unchanged records before: `transforms.state.screen`.)"""
         self._report_loads()
-        flags = LineFlags(skips, duplicates)
-        skipped = 0
         table, undecodable = _without_invalid_utf8(table)  # a dead letter each, not a crash (issue 19)
-        if skips is not None:
-            table, skipped = _without_unchanged(table, flags)
-            if skipped:
-                yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
-        rejected, candidates = _screen_texts(table, texts, ids, sources, flags if duplicates is not None else None)
+        rejected, candidates = _screen_texts(texts, ids, sources)
         rejected = undecodable + rejected
         keep, vectors, failed = self._embed(texts, candidates, ids, sources)
         for error in rejected + failed:
             yield beam.pvalue.TaggedOutput(ERRORS, error)
-        self._count(embedded=len(keep), failed=len(rejected) + len(failed), skipped=skipped)
+        self._count(embedded=len(keep), failed=len(rejected) + len(failed), skipped=0)
         if keep:
             yield _output_table(
                 table, np.array(keep), vectors, self._embedder.model_name, self._embedder.model_sha256, self._schema
@@ -246,28 +236,11 @@ def _decodes(value: bytes) -> bool:
     return True
 
 
-def _without_unchanged(table: pa.Table, flags: LineFlags) -> tuple[pa.Table, int]:
-    """The rows an earlier run did not embed (incremental runs), and how many were dropped."""
-    unchanged = flags.skipped(table)
-    if not unchanged.any():
-        return table, 0
-    return table.filter(pa.array(~unchanged)), int(unchanged.sum())
-
-
-def _screen_texts(
-    table: pa.Table, texts: list, ids: list, sources: list, flags: Optional[LineFlags]
-) -> tuple[list[ErrorRecord], list[int]]:
-    """(dead letters, rows to embed): later occurrences of an id (when `flags` has the duplicates)
-    and empty or whitespace-only texts are dead letters, in row order."""
-    firsts = flags.first_occurrences(table) if flags is not None else {}
-    lines = table.column("line").to_pylist() if firsts else None
+def _screen_texts(texts: list, ids: list, sources: list) -> tuple[list[ErrorRecord], list[int]]:
+    """(dead letters, rows to embed): empty or whitespace-only texts are dead letters, in row order."""
     rejected, candidates = [], []
     for i, text in enumerate(texts):
-        first = firsts.get(i)
-        if first is not None and tuple(first) != (sources[i], lines[i]):
-            reason = later_occurrence_reason(ids[i], *first)
-            rejected.append(ErrorRecord(ids[i], TEXT, f"{sources[i]}:{lines[i]}", "read", "DuplicateId", reason))
-        elif not text or not text.strip():
+        if not text or not text.strip():
             rejected.append(
                 ErrorRecord.from_exception(ids[i], TEXT, sources[i], "preprocess", EmptyText("text is empty or only whitespace"))
             )

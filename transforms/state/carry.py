@@ -39,9 +39,19 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import TEXT
 
-__all__ = ["PROVENANCE_COLUMN", "CarryRows", "CarrySlice", "carried_table", "prior_run_ids", "with_run_id", "without_provenance"]
+__all__ = [
+    "CARRIED",
+    "PROVENANCE_COLUMN",
+    "CarryRows",
+    "CarrySlice",
+    "carried_table",
+    "prior_run_ids",
+    "with_run_id",
+    "without_provenance",
+]
 
 PROVENANCE_COLUMN = "embedded_run_id"
+CARRIED = "carried"  # tagged output of the image embedding step: ((earlier file, row group), CarrySlice)
 
 
 class CarrySlice(NamedTuple):

@@ -29,6 +29,7 @@ from transforms.state.keys import PriorKeys, content_keys, id_hashes, image_cont
 
 __all__ = [
     "KEY_COLUMNS",
+    "SKIPPED",
     "AttachedRef",
     "RefKeys",
     "prior_key_batches",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 KEY_COLUMNS = ["id", "content_sha256", "model_sha256"]
+SKIPPED = "skipped"  # tagged output of the steps that skip unchanged records: how many, per batch
 
 
 def _open_parquet(path: str) -> pq.ParquetFile:
