@@ -28,9 +28,10 @@ from transforms.io import fileio
 from transforms.io.image_read import ListImageFiles, ReadImageManifests, is_manifest
 from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
+from transforms.results import read_manifest, run_files
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.sinks.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
-from transforms.state.carry import CARRIED, CarryRows, prior_run_ids, with_run_id, without_provenance
+from transforms.state.carry import CARRIED, CarryRows, with_run_id, without_provenance
 from transforms.state.dedup import CheckTextRecords, FindDuplicateIds
 from transforms.state.incremental import SKIPPED, AttachPriorKeys, ReadPriorKeys
 from transforms.state.keys import bucket_bits_for, id_key_slices, table_key_slices
@@ -114,6 +115,16 @@ def _estimated_records(patterns, listing: fileio.InputListing, bytes_per_record:
     return total // bytes_per_record
 
 
+def _prior_run_ids(folders: Sequence[str], modality: str = TEXT) -> list[tuple[str, str]]:
+    """[(Parquet file, run id)] of the earlier runs' files of one modality, in the order
+    `pipeline.run.prior_embedding_files` lists them (folders in flag order, files as in the manifest)."""
+    files = []
+    for folder in folders:
+        manifest = read_manifest(folder)
+        files += [(path, str(manifest.get("run_id"))) for path in run_files(folder, manifest, modality)]
+    return files
+
+
 # The labels of the write steps, per modality (docs/scaling.md and the Dataflow tests name them).
 _WRITE_LABELS = {
     TEXT: {"write": "WriteTextEmbeddings", "carry": "CarryTextRows", "write_carried": "WriteCarriedText"},
@@ -133,7 +144,7 @@ def _write_embeddings(
     if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
         tables = tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)
     if carry_rows is not None:
-        run_ids = dict(prior_run_ids(config.incremental_from, modality))
+        run_ids = dict(_prior_run_ids(config.incremental_from, modality))
         carried = carry_rows | labels["carry"] >> CarryRows(
             [(path, run_ids.get(path, "unknown")) for path in prior_files], schema, modality
         )

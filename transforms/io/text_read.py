@@ -680,13 +680,12 @@ def read_text_file(
     """Everything `ReadTextFileFn(**kwargs)` yields for one file, without Beam (tests, tools):
     read whole, or, with `split_bytes`, range by range as a runner would after splitting it. The
     ranges' `LineTally`s go into the list `accounting` when one is given (dropped otherwise)."""
-    from transforms.io import splits
+    from transforms.io.splits import counted_plan
 
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
     plan = plan_file(pattern or path, path, size, split_bytes or DEFAULT_SPLIT_BYTES)
-    if split_bytes and splits._needs_counts(plan):
-        chunks = -(-size // split_bytes)
-        plan = splits._assemble((path, [splits._count_chunk((plan, k))[1] for k in range(chunks)]))
+    if split_bytes:
+        plan = counted_plan(plan)
     fn = ReadTextFileFn(**kwargs)
     provider = FileRestrictions()
     ranges = provider.split(plan, provider.initial_restriction(plan)) if split_bytes else [provider.initial_restriction(plan)]

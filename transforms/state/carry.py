@@ -45,7 +45,6 @@ __all__ = [
     "CarryRows",
     "CarrySlice",
     "carried_table",
-    "prior_run_ids",
     "with_run_id",
     "without_provenance",
 ]
@@ -63,18 +62,6 @@ class CarrySlice(NamedTuple):
     paths: list  # the current sources of the records they stand for ...
     path_of_row: np.ndarray  # ... the index in `paths` of each row (smallest unsigned type)
     lines: np.ndarray  # the current line of each row (images: zeros, not written)
-
-
-def prior_run_ids(folders: Sequence[str], modality: str = TEXT) -> list[tuple[str, str]]:
-    """[(Parquet file, run id)] of the earlier runs' files of one modality, in the order
-    `pipeline.run.prior_embedding_files` lists them (folders in flag order, files as in the manifest)."""
-    from transforms.results import read_manifest, run_files
-
-    files = []
-    for folder in folders:
-        manifest = read_manifest(folder)
-        files += [(path, str(manifest.get("run_id"))) for path in run_files(folder, manifest, modality)]
-    return files
 
 
 def without_provenance(schema: pa.Schema) -> pa.Schema:
