@@ -25,6 +25,7 @@ import threading
 from typing import Callable, Optional, Sequence
 
 from pipeline import __version__
+from pipeline.flags_map import user_message
 from pipeline.tools import TOOL_COMMANDS
 from transforms import quiet
 from transforms.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
@@ -208,7 +209,8 @@ def exit_status(command: Optional[str], body: Callable[[], Optional[int]], verbo
     """The one exit path of every command: run `body` and turn how it ended into the exit code.
 
     Returns what `body` returned (None: 0). A `UserError` (a bad flag, file, model or output folder,
-    an unfinished or failed run, ...) becomes one line on stderr and its `exit_code` (2 for bad usage,
+    an unfinished or failed run, ...) becomes one line on stderr (a model error names the flag of the
+    spec field at fault, `pipeline.flags_map`) and its `exit_code` (2 for bad usage,
     1 for data or a run that failed its checks); Ctrl-C becomes one line and 130 (with `verbose`: the
     traceback). Anything else is a bug and propagates with its traceback. `run` and the demo
     (`command` "run" or None) print `error: ...`; the other commands name themselves,
@@ -218,7 +220,7 @@ def exit_status(command: Optional[str], body: Callable[[], Optional[int]], verbo
         code = body()
     except UserError as exc:
         prefix = "" if command in (None, "run") else f"{command}: "
-        print(f"{prefix}error: {exc}", file=sys.stderr)
+        print(f"{prefix}error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # e.g. during the start-up imports, before `run` has its own handler
         if verbose:

@@ -62,7 +62,10 @@ class ModalityOutput(NamedTuple):
 
 
 def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schema:
-    """The Parquet schema of a modality's embeddings, with the model's identity in its metadata."""
+    """The Parquet schema of a modality's embeddings, with the model's identity in its metadata.
+
+    Always with `embedded_run_id` (this run's id, or an earlier run's on rows --carry-over copies):
+    one schema whether or not --carry-over is on, so folders of both kinds read together as one."""
     metadata = {"dimension": str(info.dimension), "model": info.name, "normalized": str(config.normalize).lower()}
     if modality == IMAGE:
         metadata.update(
@@ -70,7 +73,7 @@ def output_schema(modality: str, info: ModelInfo, config: JobConfig) -> pa.Schem
             precision=str(info.details.get("precision", "f32")),
             decoder=str(info.details.get("decoder", "pillow")),
         )
-    return embedding_schema(modality, info.dimension, config.passthrough, metadata=metadata, provenance=config.carry_over)
+    return embedding_schema(modality, info.dimension, config.passthrough, metadata=metadata, provenance=True)
 
 
 def _count(label: str, name: str, pcoll, per_element=lambda _: 1):
@@ -135,14 +138,13 @@ _WRITE_LABELS = {
 def _write_embeddings(
     modality: str, tables, carry_rows, config: JobConfig, schema: pa.Schema, prior_files: Sequence[str]
 ) -> tuple[list, list, Optional[beam.PCollection]]:
-    """Write a modality's embeddings to OUTPUT/<modality>/ (with this run's id under --carry-over)
+    """Write a modality's embeddings to OUTPUT/<modality>/ (each row with this run's id: `embedded_run_id`)
     and, when `carry_rows` (earlier rows chosen to carry over) is given, copy those rows to their
     own files (OUTPUT/<modality>/carried-*). Returns (file name PCollections, counts, carried)."""
     labels = _WRITE_LABELS[modality]
     folder = fileio.join(config.output, modality)
     files, counts, carried = [], [], None
-    if config.carry_over:  # a snapshot: new rows with this run's id, plus the unchanged earlier rows
-        tables = tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)
+    tables = tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)  # every run: one schema
     if carry_rows is not None:
         run_ids = dict(_prior_run_ids(config.incremental_from, modality))
         carried = carry_rows | labels["carry"] >> CarryRows(
@@ -234,7 +236,7 @@ class EmbedTextFiles(beam.PTransform):
             tables = screened[0].tables
         embedded = tables | "EmbedText" >> EmbedTextTables(
             config.text_model, without_provenance(self._schema), config.normalize
-        )  # embedded_run_id (--carry-over) is added after embedding
+        )  # embedded_run_id is added after embedding
         files, counts, carried = _write_embeddings(
             TEXT, embedded.tables, checked["carry"] if carry else None, config, self._schema, self._prior_files
         )
@@ -249,6 +251,8 @@ class EmbedTextFiles(beam.PTransform):
             per_file | "CountLines" >> beam.FlatMap(_line_counts),
         ]
         counts += [_count("CountSkipped", "text_skipped", s.skipped, lambda n: n) for s in screened]
+        if self._prior_files:  # earlier ids no record has now: the records that left the input
+            counts.append(_count("CountRemoved", "text_removed", checked["removed"], lambda n: n))
         errors = (read[ERRORS], *(s.errors for s in screened), embedded.errors)
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried, unaccounted)
 
@@ -317,12 +321,14 @@ class EmbedImageFiles(beam.PTransform):
         # Hash buckets sized from the manifests (a glob's files are not counted before the run).
         bits = bucket_bits_for(2 * _estimated_records(manifests, self._listing))
         duplicates = None if config.allow_duplicate_ids else beam.pvalue.AsDict(_duplicate_image_ids(refs, bits))
-        to_embed = refs
+        to_embed, removed = refs, None
         if self._prior_files:  # each ref travels on with the keys earlier runs stored for its id (a keyed join)
-            to_embed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(self._prior_files, bits, positions=carry)
+            to_embed, removed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(
+                self._prior_files, bits, positions=carry, with_removed=True
+            )
         embed = EmbedImageRefs(
             config.image_model,
-            without_provenance(self._schema),  # embedded_run_id (--carry-over) is added after embedding
+            without_provenance(self._schema),  # embedded_run_id is added after embedding
             config.normalize,
             config.max_image_pixels,
             config.decode_threads,
@@ -338,6 +344,8 @@ class EmbedImageFiles(beam.PTransform):
             _count("CountEmbedded", "image_embedded", embedded.tables, _rows),
             _count("CountSkipped", "image_skipped", embedded[SKIPPED], lambda n: n),
         ]
+        if removed is not None:  # earlier ids no image has now: the images that left the input
+            counts.append(_count("CountRemoved", "image_removed", removed, lambda n: n))
         errors = (*read_errors, embedded[ERRORS])
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried)
 

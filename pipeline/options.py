@@ -95,7 +95,8 @@ _METAVARS = {
     "output": "DIR",
     "text_input": "GLOB",
     "image_input": "GLOB_OR_MANIFEST",
-    "text_model": "MODEL.keras",
+    "text_model": "MODEL",
+    "text_layer": "LAYER",
     "image_model": "NETWORK_OR_MODEL.keras",
     "image_weights": "WEIGHTS",
     "incremental_from": "DIR",
@@ -158,7 +159,16 @@ class EmbeddingJobOptions(PipelineOptions):
             action="append",
             help="Glob of text record files (JSONL, CSV, TSV, Parquet, plain lines). Repeatable.",
         )
-        _flag(parser, "--text-model", help="The .keras model made by `train-text` (local or gs://).")
+        _flag(
+            parser,
+            "--text-model",
+            help="The .keras model made by `train-text`, or any text encoder taking a batch of strings: a .keras model or a SavedModel directory (local or gs://).",
+        )
+        _flag(
+            parser,
+            "--text-layer",
+            help="For another encoder: the layer (.keras) or serving-signature output (SavedModel) that is the embedding (default: text_embedding; a SavedModel's only float (batch, dim) output).",
+        )
         _flag(parser, "--text-field", default="text", help="Field/column holding the text (default: text).")
         _flag(
             parser,
@@ -321,7 +331,7 @@ class EmbeddingJobOptions(PipelineOptions):
             parser,
             "--incremental-from",
             action="append",
-            help="An earlier run's output folder (repeatable): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.",
+            help="An earlier run's output folder (repeatable, or several separated by commas): records whose id, content_sha256 and model_sha256 match an embedding there are skipped.",
         )
         _flag(
             parser,
@@ -522,7 +532,7 @@ def check_remote_paths(options: PipelineOptions) -> None:
         ("--image-input", o.image_input or []),
         ("--image-model", [image_model]),
         ("--image-weights", [o.image_weights if _is_file_path(o.image_weights, ("imagenet", "none")) else None]),
-        ("--incremental-from", o.incremental_from or []),
+        ("--incremental-from", split_folders(o.incremental_from)),
         ("--temp_location", [gcp.temp_location]),
         ("--staging_location", [gcp.staging_location]),
     ]
@@ -681,7 +691,9 @@ def config_from_options(
         output=output.rstrip("/") if output not in ("/",) else output,
         run_id=o.run_id or uuid.uuid4().hex[:12],
         text_inputs=tuple(_absolute(p) for p in text_inputs),
-        text_model=TextModelSpec(_absolute(o.text_model), o.text_batch_size, o.unsafe_model_loading) if o.text_model else None,
+        text_model=TextModelSpec(_absolute(o.text_model), o.text_batch_size, o.unsafe_model_loading, o.text_layer)
+        if o.text_model
+        else None,
         text_field=o.text_field,
         text_id_field=o.text_id_field,
         text_encoding=o.text_encoding,
@@ -697,7 +709,7 @@ def config_from_options(
         passthrough=passthrough,
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
-        incremental_from=tuple(_absolute(d).rstrip("/") for d in (o.incremental_from or ())),
+        incremental_from=tuple(_absolute(d).rstrip("/") for d in split_folders(o.incremental_from)),
         carry_over=o.carry_over,
         detach=o.detach,
         bigquery_table=o.bigquery_table or None,
@@ -743,6 +755,12 @@ def config_from_options(
         _check_inputs("--image-input", config.image_inputs, listing)
         check_inputs_outside_output(config, listing)
     return config
+
+
+def split_folders(values: Optional[Sequence[str]]) -> list[str]:
+    """`--incremental-from`'s folders: the flag repeated, or several in one value separated by commas
+    (a flex template passes each parameter once: `incremental_from=gs://b/run1,gs://b/run2`)."""
+    return [part.strip() for value in values or () for part in str(value).split(",") if part.strip()]
 
 
 def reserved_output_columns() -> frozenset[str]:

@@ -90,7 +90,7 @@ def inspect_models(config: JobConfig) -> dict[str, ModelInfo]:
             embedder.model_name,
             embedder.model_sha256,
             embedder.dimension,
-            {"path": config.text_model.path, "sequence_length": embedder.sequence_length},
+            {"path": config.text_model.path, "layer": config.text_model.layer, "sequence_length": embedder.sequence_length},
         )
     if config.image_model is not None:
         embedder = load_image_embedder(config.image_model, hand_off=True)
@@ -209,6 +209,9 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
             lines.append(
                 f"  {modality}: {c['carried']} earlier embedding(s) carried over: {c['embedded'] + c['carried']} rows in {modality}/"
             )
+    for modality, c in manifest["counts"].items():  # --incremental-from: what left the input since the earlier run(s)
+        if "removed" in c:
+            lines.append(f"  {modality}: {c['removed']} record(s) of the earlier run(s) no longer in the input (removed)")
     for modality, a in manifest.get("accounting", {}).items():  # every input line accounted for (issue 19)
         parts = []
         if a["lines"] or not a["rows"]:

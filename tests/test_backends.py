@@ -1,6 +1,7 @@
 """Issue 10: the OpenVINO backend gives TensorFlow's embeddings, falls back where it cannot, and says so."""
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 from test_models import REQUIRED
 
+from pipeline.flags_map import user_message
 from pipeline.run import main, run
 from transforms.embed.models import ImageModelSpec, ModelConfigError, load_image_embedder
 from transforms.results import read_embeddings
@@ -99,8 +101,11 @@ def test_a_network_that_does_not_convert_runs_on_tensorflow_with_a_note(tmp_path
     note = embedder.backend_details["backend_note"]
     assert "does not convert to OpenVINO" in note and "PyFunc" in note and "pyfunc.keras#features" in note
     assert embedder.embed(np.full((3, 32, 32, 3), 7, np.uint8)).shape == (3, 4)
-    with pytest.raises(ModelConfigError, match="--image-backend 'openvino'.*PyFunc.*use --image-backend tensorflow or auto"):
+    with pytest.raises(ModelConfigError) as info:
         load_image_embedder(ImageModelSpec(model, weights="none", batch_size=2, backend="openvino"))
+    assert re.search(
+        "--image-backend 'openvino'.*PyFunc.*use --image-backend tensorflow or auto", user_message(info.value)
+    )  # as the command line says it
 
 
 def test_without_the_openvino_package_auto_runs_tensorflow_and_openvino_is_an_error(monkeypatch, tiny_image_model):
@@ -108,8 +113,9 @@ def test_without_the_openvino_package_auto_runs_tensorflow_and_openvino_is_an_er
     monkeypatch.setitem(sys.modules, "openvino", None)
     embedder = load_image_embedder(ImageModelSpec(str(tiny_image_model), weights="none", batch_size=2))
     assert embedder.backend == "tensorflow" and "OpenVINO is not installed" in embedder.backend_details["backend_note"]
-    with pytest.raises(ModelConfigError, match="--image-backend 'openvino'.*not installed"):
+    with pytest.raises(ModelConfigError) as info:
         load_image_embedder(ImageModelSpec(str(tiny_image_model), weights="none", batch_size=2, backend="openvino"))
+    assert re.search("--image-backend 'openvino'.*not installed", user_message(info.value))  # as the command line says it
 
 
 def test_bf16_is_opt_in_a_different_model_identity_and_close(tiny_image_model):
@@ -122,8 +128,9 @@ def test_bf16_is_opt_in_a_different_model_identity_and_close(tiny_image_model):
     pixels = np.random.RandomState(2).randint(0, 256, (4, 32, 32, 3)).astype(np.uint8)
     a, b = base.embed(pixels), bf16.embed(pixels)
     assert ((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min() > 0.9
-    with pytest.raises(ModelConfigError, match="--image-precision 'bf16'"):
+    with pytest.raises(ModelConfigError) as info:
         load_image_embedder(ImageModelSpec(str(tiny_image_model), weights="none", precision="bf16", backend="tensorflow"))
+    assert re.search("--image-precision 'bf16'", user_message(info.value))  # as the command line says it
 
 
 def _images(folder, n=5):

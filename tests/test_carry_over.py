@@ -68,6 +68,7 @@ def _check_snapshot(run1: str, run2: str, texts: dict, current: dict, changed: l
         "failed": 0,
         "skipped": 185,
         "carried": 185,
+        "removed": 5,
         "balanced": True,
     }
     assert summary["status"] == "complete" and summary["carry_over"] is True
@@ -94,7 +95,15 @@ def test_carry_over_run_is_a_complete_snapshot_and_chains(tmp_path, capsys, tiny
     repeated = list(current.items()) + [("r001", current["r001"]), ("r002", "bad bad bad")]
     data.write_text(_lines(repeated))
     third = run(["--output", run3, "--incremental-from", run1, "--incremental-from", run2, "--carry-over"] + common)
-    assert third["counts"]["text"] == {"read": 202, "embedded": 0, "failed": 1, "skipped": 201, "carried": 200, "balanced": True}
+    assert third["counts"]["text"] == {
+        "read": 202,
+        "embedded": 0,
+        "failed": 1,
+        "skipped": 201,
+        "carried": 200,
+        "removed": len(removed),
+        "balanced": True,
+    }
     table = read_embeddings(run3, "text")
     ids = table.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 200 and set(ids) == set(current)
@@ -181,8 +190,24 @@ def test_carry_over_of_images_beside_text(tmp_path, tiny_text_model, tiny_image_
     texts["r003"] = "awful plot twist"
     data.write_text(_lines(texts.items()))
     second = run(["--output", run2, "--incremental-from", run1, "--carry-over"] + common)
-    assert second["counts"]["image"] == {"read": 8, "embedded": 2, "failed": 0, "skipped": 6, "carried": 6, "balanced": True}
-    assert second["counts"]["text"] == {"read": 30, "embedded": 1, "failed": 0, "skipped": 29, "carried": 29, "balanced": True}
+    assert second["counts"]["image"] == {
+        "read": 8,
+        "embedded": 2,
+        "failed": 0,
+        "skipped": 6,
+        "carried": 6,
+        "removed": 1,
+        "balanced": True,
+    }
+    assert second["counts"]["text"] == {
+        "read": 30,
+        "embedded": 1,
+        "failed": 0,
+        "skipped": 29,
+        "carried": 29,
+        "removed": 0,
+        "balanced": True,
+    }
     first, snap = _by_id(read_embeddings(run1, "image")), read_embeddings(run2, "image")
     ids = snap.column("id").to_pylist()
     current = {p.name for p in images.glob("*.png")}  # ids: paths relative to the glob's folder

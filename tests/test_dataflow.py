@@ -240,7 +240,7 @@ def test_staged_package_installs_like_on_a_worker(template, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "site" / "transforms" / "embed.py").exists()
+    assert (tmp_path / "site" / "transforms" / "embed" / "dofns.py").exists()
 
 
 def test_building_a_template_leaves_an_earlier_output_alone(template):
@@ -321,7 +321,7 @@ def _regexes(action: argparse.Action) -> list[str]:
         "output": r"^gs://[^/]+(/.*)?$",
         "text_input": r"^gs://[^/]+/.+$",
         "image_input": r"^gs://[^/]+/.+$",
-        "incremental_from": r"^gs://[^/]+(/.*)?$",
+        "incremental_from": r"^gs://[^/,]+(/[^,]*)?(,gs://[^/,]+(/[^,]*)?)*$",  # one folder or several, comma-separated
         "text_model": r"^gs://[^/]+/.+\.(keras|h5)$",
         "image_model": rf"^({networks}|gs://[^/]+/.+\.(keras|h5))$",
         "image_weights": r"^(imagenet|none|gs://[^/]+/.+)$",
@@ -360,7 +360,7 @@ def flex_template_metadata() -> dict:
         "name": "beam-embeddings",
         "description": "Batch text and image embeddings with Keras models, written to Parquet with a "
         "_MANIFEST.json (one Parquet folder per modality plus dead letters). Paths are gs://. "
-        "Repeatable flags (text_input, image_input, incremental_from) take one value here.",
+        "Repeatable flags (text_input, image_input) take one value here; incremental_from takes several, comma-separated.",
         "parameters": parameters,
     }
 

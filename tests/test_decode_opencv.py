@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import sys
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 from test_real_data import precision_at_k
 
+from pipeline.flags_map import user_message
 from pipeline.run import main, run
 from transforms.embed import decode
 from transforms.embed.decode import decode_image
@@ -142,13 +144,19 @@ def test_too_many_pixels_is_refused_before_opencv_decodes():
 
 
 def test_an_unknown_or_missing_decoder_is_a_model_config_error_naming_the_flag(monkeypatch, tiny_image_model):
-    with pytest.raises(ModelConfigError, match="--image-decoder 'simd': expected one of pillow, opencv"):
+    with pytest.raises(ModelConfigError) as info:
         load_image_embedder(ImageModelSpec(str(tiny_image_model), weights="none", batch_size=2, decoder="simd"))
+    assert re.search(
+        "--image-decoder 'simd': expected one of pillow, opencv", user_message(info.value)
+    )  # as the command line says it
     # A forced failure, stated plainly: `import cv2` is made to fail as on a machine without OpenCV.
     monkeypatch.setitem(sys.modules, "cv2", None)
     monkeypatch.setattr(decode, "_cv2", None)
-    with pytest.raises(ModelConfigError, match=r"--image-decoder 'opencv'.*beam-embeddings\[fast-decode\]"):
+    with pytest.raises(ModelConfigError) as info:
         load_image_embedder(ImageModelSpec(str(tiny_image_model), weights="none", batch_size=2, decoder="opencv"))
+    assert re.search(
+        r"--image-decoder 'opencv'.*beam-embeddings\[fast-decode\]", user_message(info.value)
+    )  # as the command line says it
     assert decode_image(_jpeg(_scene()), SIZE).shape == (224, 224, 3)  # pillow needs no OpenCV
 
 

@@ -43,8 +43,8 @@ def test_rerun_embeds_only_new_or_changed_records(tmp_path, tiny_text_model, tin
 
     second = run(["--output", str(tmp_path / "run2"), "--incremental-from", str(tmp_path / "run1")] + common)
     text, image = second["counts"]["text"], second["counts"]["image"]
-    assert text == {"read": 20, "embedded": 2, "failed": 0, "skipped": 18, "balanced": True}
-    assert image == {"read": 7, "embedded": 2, "failed": 0, "skipped": 5, "balanced": True}
+    assert text == {"read": 20, "embedded": 2, "failed": 0, "skipped": 18, "removed": 1, "balanced": True}  # r7 left
+    assert image == {"read": 7, "embedded": 2, "failed": 0, "skipped": 5, "removed": 0, "balanced": True}
     assert sorted(read_embeddings(str(tmp_path / "run2"), "text").column("id").to_pylist()) == ["new1", "r3"]
     assert sorted(read_embeddings(str(tmp_path / "run2"), "image").column("id").to_pylist()) == ["1.png", "new.png"]
 
@@ -77,7 +77,7 @@ def test_rerun_embeds_only_new_or_changed_records(tmp_path, tiny_text_model, tin
         "--text-model",
         str(other),
     ]
-    assert run(argv)["counts"]["text"] == {"read": 20, "embedded": 20, "failed": 0, "skipped": 0, "balanced": True}
+    assert run(argv)["counts"]["text"] == {"read": 20, "embedded": 20, "failed": 0, "skipped": 0, "removed": 0, "balanced": True}
 
 
 def test_incremental_from_an_unfinished_run_is_a_configuration_error(tmp_path, capsys, tiny_text_model):

@@ -1,10 +1,13 @@
 """Model loading: every required network headless with its own preprocessing, and the weights paths."""
 
+import re
 import shutil
 
 import numpy as np
 import pytest
 
+from pipeline.flags_map import MODEL_FLAGS, user_message
+from transforms.embed.interface import Embedder, ModelSpec
 from transforms.embed.models import (
     NETWORKS,
     ImageModelSpec,
@@ -12,6 +15,7 @@ from transforms.embed.models import (
     TextModelSpec,
     load_image_embedder,
     load_text_embedder,
+    model_fields,
 )
 
 # The networks the issue names, each at a small input size so the test stays quick.
@@ -85,15 +89,81 @@ def test_imagenet_weights_come_from_the_keras_cache_like_after_a_download(shared
     assert "weights=imagenet" in from_cache.model_name
 
 
-def test_wrong_kinds_of_model_are_named(tmp_path, tiny_text_model, tiny_image_model):
-    with pytest.raises(ModelConfigError, match="--text-model .*text_embedding"):
-        load_text_embedder(TextModelSpec(str(tiny_image_model)))
-    with pytest.raises(ModelConfigError, match="--image-model .*is it a text model"):
-        load_image_embedder(ImageModelSpec(str(tiny_text_model), weights="none"))
-    with pytest.raises(ModelConfigError, match="--image-alpha"):
-        load_image_embedder(ImageModelSpec("ResNet50", weights="none", alpha=0.5))
-    with pytest.raises(ModelConfigError, match="--image-weights .*no such file"):
-        load_image_embedder(ImageModelSpec("MobileNet", weights=str(tmp_path / "missing.h5")))
+def _model_error(load, spec) -> ModelConfigError:
+    with pytest.raises(ModelConfigError) as info:
+        load(spec)
+    return info.value
+
+
+def test_wrong_kinds_of_model_are_named_by_field_and_the_cli_names_the_flag(tmp_path, tiny_text_model, tiny_image_model):
+    """The model layer names its spec's fields; the command line (`pipeline.flags_map`) turns them into the flags."""
+    cases = [
+        (load_text_embedder, TextModelSpec(str(tiny_image_model)), "text.path", "--text-model .*is it an image model"),
+        (
+            load_image_embedder,
+            ImageModelSpec(str(tiny_text_model), weights="none"),
+            "image.model",
+            "--image-model .*is it a text model",
+        ),
+        (
+            load_image_embedder,
+            ImageModelSpec("ResNet50", weights="none", alpha=0.5),
+            "image.alpha",
+            "--image-alpha 0.5: ResNet50 has no alpha",
+        ),
+        (
+            load_image_embedder,
+            ImageModelSpec("MobileNet", weights=str(tmp_path / "missing.h5")),
+            "image.weights",
+            "--image-weights .*no such file",
+        ),
+        (
+            load_image_embedder,
+            ImageModelSpec(str(tiny_image_model), layer="nope"),
+            "image.layer",
+            "--image-layer 'nope': no such layer",
+        ),
+        (
+            load_text_embedder,
+            TextModelSpec(str(tiny_text_model), layer="nope"),
+            "text.layer",
+            "--text-layer 'nope': no such layer",
+        ),
+        (load_text_embedder, TextModelSpec(str(tmp_path / "model.txt")), "text.path", "--text-model .*SavedModel directory"),
+    ]
+    for load, spec, key, cli_message in cases:
+        error = _model_error(load, spec)
+        assert error.key == key
+        assert "--" not in str(error).split(":")[0]  # the library's own message names the spec field ...
+        assert str(error).startswith(f"{type(spec).__name__}.{error.field} ")
+        assert re.match(cli_message, user_message(error)), user_message(error)  # ... the CLI the flag
+    unsafe = ModelConfigError("path", "m.keras", "custom code; pass {unsafe_loading} only if you trust this file", "text")
+    assert user_message(unsafe) == "--text-model 'm.keras': custom code; pass --unsafe-model-loading only if you trust this file"
+    assert str(unsafe).endswith("pass TextModelSpec.unsafe_loading only if you trust this file")
+    with pytest.raises(ValueError, match="not a field"):
+        ModelConfigError("--text-model", "x", "flags are the CLI's business", "text")
+
+
+def test_every_model_field_that_has_a_flag_maps_to_a_real_run_flag():
+    from pipeline.cli import run_help
+
+    help_text = run_help()
+    for key, flag in MODEL_FLAGS.items():
+        modality, field = key.split(".")
+        assert field in model_fields(modality), key
+        assert f"{flag} " in help_text or f"{flag}\n" in help_text, flag
+    for modality in ("text", "image"):  # every field but the seed (not a flag) has one
+        assert {f for f in model_fields(modality) if f"{modality}.{f}" not in MODEL_FLAGS} <= {"seed"}
+
+
+def test_specs_and_embedders_implement_the_model_interface(tiny_text_model):
+    spec = TextModelSpec(str(tiny_text_model), batch_size=4)
+    assert isinstance(spec, ModelSpec) and isinstance(ImageModelSpec("MobileNetV2"), ModelSpec)
+    embedder = spec.load_model()
+    assert isinstance(embedder, Embedder) and embedder.spec == spec
+    vectors = embedder.embed(["good movie", "bad film"])
+    assert vectors.shape == (2, embedder.dimension) and vectors.dtype == np.float32
+    assert embedder.model_name == "text.keras" and len(embedder.model_sha256) == 64
 
 
 def test_user_classifier_defaults_to_the_layer_feeding_its_last_layer(tiny_image_model):

@@ -147,3 +147,72 @@ def test_whole_folder_reads_never_trip_on_the_index_or_projector_files(run, tmp_
     import pyarrow.dataset as ds
 
     assert ds.dataset(str(run["out"] / "text"), format="parquet").count_rows() == len(run["records"])
+
+
+# ---- the latest snapshot of scheduled runs (issue 22, item 7) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scheduled(run, tmp_path_factory) -> dict:
+    """RUNS/ as a schedule leaves it: a full run, a --carry-over snapshot after records left, changed
+    and arrived, a later run that failed its budget, and a folder of a run that never finished."""
+    runs = tmp_path_factory.mktemp("scheduled") / "RUNS"
+    v1 = run["records"][:40]
+    v2 = v1[3:] + [{"id": "new-1", "text": "a brand new review", "label": "1"}]
+    v2[0] = {**v2[0], "text": v2[0]["text"] + " (edited)"}  # changed: embedded again
+    common = ("--text-model", run["model"], "--passthrough", "label")
+
+    def launch(name: str, records: list, *flags) -> None:
+        data = runs.parent / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+        done = run_pipeline("run", "--output", runs / name, "--text-input", data, *common, *flags)
+        assert done.returncode == (1 if "--max-failed" in flags else 0), done.stderr[-3000:]
+
+    launch("2026-01-01", v1, "--run-id", "d1")
+    launch("2026-01-02", v2, "--run-id", "d2", "--incremental-from", runs / "2026-01-01", "--carry-over")
+    launch("2026-01-03", v2 + [{"id": "bad", "text": None}], "--run-id", "d3", "--max-failed", "0")
+    unfinished = runs / "2026-01-04" / "text"  # killed before its manifest: never read
+    unfinished.mkdir(parents=True)
+    (unfinished / "part-00000-of-00001.parquet").write_bytes(
+        (runs / "2026-01-01" / "text").glob("*.parquet").__next__().read_bytes()
+    )
+    return {"runs": runs, "v1": v1, "v2": v2}
+
+
+def _run_recipes(names: list[str], runs: pathlib.Path) -> dict:
+    namespace: dict = {}
+    for name in names:
+        code = recipe(name).replace('RUNS = "RUNS"', f"RUNS = {str(runs)!r}")
+        exec(compile(code, f"docs/querying.md:{name}", "exec"), namespace)
+    return namespace
+
+
+def _vectors(table) -> dict:
+    return {row["id"]: (row["embedding"], row["embedded_run_id"]) for row in table.to_pylist()}
+
+
+def test_latest_snapshot_recipe_reads_the_newest_complete_run_only(scheduled):
+    from transforms.results import read_embeddings, read_manifest
+
+    namespace = _run_recipes(["latest-snapshot"], scheduled["runs"])
+    assert namespace["manifest"]["run_id"] == "d2"  # not the later failed run, not the unfinished folder
+    snapshot = _vectors(namespace["snapshot"])
+    assert set(snapshot) == {r["id"] for r in scheduled["v2"]} and len(namespace["snapshot"]) == len(scheduled["v2"])
+    expected = _vectors(read_embeddings(str(scheduled["runs"] / "2026-01-02"), "text"))
+    assert snapshot == expected
+    assert read_manifest(str(scheduled["runs"] / "2026-01-02"))["counts"]["text"]["removed"] == 3
+
+
+def test_latest_row_per_id_recipe_unions_complete_runs_newest_first(scheduled):
+    from transforms.results import read_embeddings
+
+    namespace = _run_recipes(["latest-snapshot", "latest-row-per-id"], scheduled["runs"])
+    current = _vectors(namespace["current"])
+    assert len(namespace["current"]) == len(current)  # one row per id
+    assert set(current) == {r["id"] for r in scheduled["v1"] + scheduled["v2"]}  # records that left stay in a union
+    first = _vectors(read_embeddings(str(scheduled["runs"] / "2026-01-01"), "text"))
+    second = _vectors(read_embeddings(str(scheduled["runs"] / "2026-01-02"), "text"))
+    edited = scheduled["v2"][0]["id"]
+    assert current[edited] == second[edited] and current[edited][1] == "d2" and first[edited][0] != second[edited][0]
+    gone = scheduled["v1"][0]["id"]
+    assert current[gone] == first[gone]

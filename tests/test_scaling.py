@@ -179,11 +179,14 @@ def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, ti
     """The job with text, images (glob and manifest), the duplicate check and --incremental-from,
     built for Dataflow with --template_location (nothing leaves the machine); and the same job with
     --carry-over, whose copy of earlier rows must add no side input either."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.portability.api import beam_runner_api_pb2
     from test_dataflow import _dataflow_flags, _read, _run_in_project_root, _upload_inputs
 
     from transforms.io import fileio
+    from transforms.records import embedding_schema
 
     job = "embed-scaling" if request.param == "images" else "embed-carry"
     _upload_inputs(gcs_emulator, job, tmp_path_factory.mktemp("scaling") / "in")
@@ -191,6 +194,11 @@ def incremental_job(request, tmp_path_factory, gcs_emulator, tiny_text_model, ti
     image_model = gcs_emulator.upload(tiny_image_model, "models", "scale-image.keras")
     earlier = gcs_emulator.url(job, "earlier")
     manifest = {"status": "complete", "files": {"text": ["text/part-0.parquet"], "image": ["image/part-0.parquet"]}}
+    for modality, files in manifest["files"].items():  # the launch checks that an earlier run's files exist
+        sink = pa.BufferOutputStream()
+        pq.write_table(embedding_schema(modality, 8, provenance=True).empty_table(), sink)
+        with FileSystems.create(fileio.join(earlier, files[0])) as handle:
+            handle.write(sink.getvalue().to_pybytes())
     with FileSystems.create(fileio.join(earlier, "_MANIFEST.json")) as handle:
         handle.write(json.dumps(manifest).encode())
     location = gcs_emulator.url(job, "template", "embed.json")

@@ -5,7 +5,8 @@
 `EmbedText` / `EmbedImages` (see `transforms.embed.api`) embed a PCollection of dicts inside your own
 pipeline; `EmbedTextTables` / `EmbedImageRefs` are their columnar core, which the job is built
 from. `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.results`) read a
-finished run of the job. The names are imported on first use, so `import transforms.io.fileio`
+finished run of the job; `WriteEmbeddingRun` (see `transforms.sinks.run`) writes `EmbedText` /
+`EmbedImages` results as such a run, for the tools and later incremental runs. The names are imported on first use, so `import transforms.io.fileio`
 stays light and reading a run never imports TensorFlow.
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "read_embeddings",
     "read_errors",
     "read_manifest",
+    "WriteEmbeddingRun",
 ]
 
 _HOMES = {
@@ -40,6 +42,7 @@ _HOMES = {
     "read_embeddings": "transforms.results",
     "read_errors": "transforms.results",
     "read_manifest": "transforms.results",
+    "WriteEmbeddingRun": "transforms.sinks.run",
 }
 
 

@@ -7,6 +7,7 @@ always be traced back to its input.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from typing import Mapping, Optional, Sequence
 
 import pyarrow as pa
@@ -21,6 +22,8 @@ __all__ = [
     "ErrorRecord",
     "embedding_schema",
     "ERROR_SCHEMA",
+    "MAX_INPUT_CHARS",
+    "input_repr",
     "error_table",
 ]
 
@@ -51,6 +54,7 @@ class ErrorRecord:
     stage: str
     error_type: str
     message: str
+    input: Optional[str] = None  # the failing element itself (its repr, capped: `input_repr`) when no id can name it
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -75,8 +79,45 @@ ERROR_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("error_type", pa.string()),
         ("message", pa.string()),
+        ("input", pa.string()),  # nullable: the failing element (capped repr) where the record has no usable id
     ]
 )
+
+MAX_INPUT_CHARS = 1024  # `ErrorRecord.input` keeps at most this much of a failing element
+
+
+class _CappedRepr(reprlib.Repr):
+    """A repr that never builds a long one first: strings and bytes are cut before they are shown
+    (a record holding 200 MB of image bytes costs a few hundred characters, not 200 MB)."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist, self.maxtuple = 4, 32, 32, 32
+        self.maxstring, self.maxother = MAX_INPUT_CHARS, 200
+
+    def repr_bytes(self, value, level):
+        return repr(value) if len(value) <= 48 else f"{bytes(value[:32])!r}... ({len(value):,} bytes)"
+
+    repr_bytearray = repr_bytes
+
+    def repr_memoryview(self, value, level):
+        return f"<memoryview of {value.nbytes:,} bytes>"
+
+
+_REPR = _CappedRepr()
+
+
+def input_repr(element) -> str:
+    """The failing element as a dead letter keeps it: a string as it is, anything else its repr
+    (strings and bytes inside shortened first); at most MAX_INPUT_CHARS characters (cut with "...")."""
+    if isinstance(element, str):
+        text = element
+    else:
+        try:
+            text = _REPR.repr(element)
+        except Exception:  # noqa: BLE001 - an object whose repr fails is still named
+            text = f"<{type(element).__name__} object (its repr failed)>"
+    return text if len(text) <= MAX_INPUT_CHARS else text[: MAX_INPUT_CHARS - 3] + "..."
 
 
 def error_table(errors: Sequence[ErrorRecord]) -> pa.Table:

@@ -126,7 +126,9 @@ def query_from_text(
         raise ToolError("--text-model is needed: the manifest does not say which text model the run used")
     if not model_path:
         _check_recorded_path(path, "--text-model")
-    embedder = load_text_embedder(TextModelSpec(path, batch_size=1, unsafe_loading=unsafe))
+    # the run's --text-layer too (an encoder cut at a layer, a SavedModel output)
+    spec = TextModelSpec(path, batch_size=1, unsafe_loading=unsafe, layer=recorded.get("layer"))
+    embedder = load_text_embedder(spec)
     _check_same_model(embeddings, embedder.model_name, embedder.model_sha256, "--text-model", allow_mismatch, True)
     vector = embedder.embed([text])[0]
     if not np.isfinite(vector).all():

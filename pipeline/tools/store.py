@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 # The job's own columns (transforms.records.embedding_schema); every other column is a passthrough.
-OUTPUT_COLUMNS = ("id", "source", "line", "content_sha256", "embedding", "model", "model_sha256")
+OUTPUT_COLUMNS = ("id", "source", "line", "content_sha256", "embedding", "model", "model_sha256", "embedded_run_id")
 DEFAULT_BATCH_ROWS = 65536
 
 

@@ -40,6 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.flags_map import TRAIN_IMAGE_FLAGS, user_message
 from pipeline.tools.common import ToolError
 from pipeline.train.common import (
     add_training_arguments,
@@ -258,11 +259,9 @@ def base_network(config: ImageTrainingConfig):
     """The headless, average-pooled base network, built as the job builds `--image-model NAME`
     (`transforms.embed.models.build_base_network`, seeded with `--seed`); errors name this command's flags."""
     try:
-        return build_base_network(
-            config.base, config.base_weights, config.alpha, config.image_size, config.seed, model_flag="--base"
-        )
+        return build_base_network(config.base, config.base_weights, config.alpha, config.image_size, config.seed)
     except ModelConfigError as exc:
-        raise ToolError(str(exc)) from exc
+        raise ToolError(user_message(exc, TRAIN_IMAGE_FLAGS)) from exc
 
 
 def _head_layers(config: ImageTrainingConfig, classes: int) -> list:

@@ -6,7 +6,13 @@ Apply them to a PCollection of dicts; each returns an `EmbedResult` of two PColl
   `content_sha256`, `model`, `model_sha256`, and the `passthrough` fields (as strings, JSON for
   non-strings, exactly as the job writes them to Parquet);
 - `errors`: one dead letter per record that could not be embedded, as a dict with `id`,
-  `modality`, `source`, `stage`, `error_type` and `message` (the columns of the job's `errors/`).
+  `modality`, `source`, `stage`, `error_type`, `message` and `input` (the columns of the job's
+  `errors/`; `input`: the failing element itself, its repr capped at 1 KB, for the dead letters
+  of the dict-reading step, which may have no id to name it by; None for the later stages).
+
+`transforms.sinks.run.WriteEmbeddingRun` writes a result as a run folder of the job (Parquet,
+`errors/`, `_MANIFEST.json`), which every tool and a later `run --incremental-from` read: the
+transforms leave what it needs (the columnar tables, the model's identity) on their result.
 
 Every input record ends up in exactly one of the two: a malformed record is a dead letter, never an
 exception. Under the hood they run the job's own DoFns (`transforms.embed.dofns`): the same fixed-shape
@@ -31,12 +37,12 @@ throughput, measured); its duplicate-id check and incremental skipping stay in t
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.transforms.window import GlobalWindows
 
 from transforms.embed import decode
 from transforms.embed.dofns import (
@@ -56,9 +62,11 @@ from transforms.embed.models import (
     check_batch_size,
     load_image_embedder,
     load_text_embedder,
+    model_fields,
 )
+from transforms.io import fileio
 from transforms.io.text_read import TextBatchBuilder, passthrough_value, text_field_problem
-from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema
+from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema, input_repr
 
 __all__ = [
     "EmbedText",
@@ -68,18 +76,13 @@ __all__ = [
     "EmbedImageRefs",
     "EmbeddedTables",
     "InlineImageRef",
+    "RunBranch",
+    "run_branch",
 ]
 
-# The job's flags, as the arguments of these transforms (for error messages raised by the loaders).
-_ARGUMENTS = {
-    "--text-model": "model",
-    "--image-model": "model",
-    "--image-weights": "weights",
-    "--image-size": "image_size",
-    "--image-alpha": "alpha",
-    "--image-layer": "layer",
-    "--image-preprocess": "preprocess",
-}
+# The model specs' fields, as the arguments of these transforms (the loaders' errors name fields):
+# the same name, but for the text model's path.
+_ARGUMENTS = {"text.path": "model"}
 
 
 class EmbedResult(NamedTuple):
@@ -120,8 +123,8 @@ class EmbedImageRefs(beam.PTransform):
 
     With `reshuffle` the refs are first spread over the workers; then `spec.batch_size * 8` refs at
     a time are read, decoded and embedded by `dofns.EmbedImageBatchesFn` (a few model batches in
-    flight per worker). For batch pipelines: the input must be globally windowed (it is refused
-    otherwise).
+    flight per worker). Windowed input is embedded window by window (`BatchElements` batches per
+    window; outputs keep their element's window).
     """
 
     def __init__(
@@ -148,10 +151,8 @@ class EmbedImageRefs(beam.PTransform):
         """The steps of `expand` with every output of the embedding DoFn: `tables`, ERRORS, and the
         job's SKIPPED and CARRIED (`pipeline.graph` adds its duplicate check as the `duplicates`
         side input and hands on `incremental.AttachedRef`s)."""
-        if not isinstance(refs.windowing.windowfn, GlobalWindows):
-            # the image DoFn keeps batches in flight across elements and emits the last ones when its
-            # bundle ends, in the global window: windowed input would come out in the wrong windows
-            raise ValueError("EmbedImageRefs needs a globally windowed (batch) PCollection; apply it before WindowInto")
+        # The image DoFn keeps batches in flight across elements and emits them later, each in the
+        # window of the element it came from (`EmbedImageBatchesFn`): windowed input works as text's.
         if self._reshuffle:
             refs = refs | "SpreadImages" >> beam.Reshuffle()
         out = (
@@ -173,6 +174,52 @@ def _error_dict(error: ErrorRecord) -> dict:
     return dataclasses.asdict(error)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunBranch:
+    """What `EmbedText` / `EmbedImages` leave on their result for `WriteEmbeddingRun`: one modality
+    of a run, as the job's own branch would write it."""
+
+    modality: str
+    model: dict  # the manifest's `models` entry: name, sha256, dimension, details
+    options: dict  # the manifest's `options` entries: `text_model` / `image_model`, passthrough, normalize
+    schema: pa.Schema  # the job's output schema of the modality, its metadata included (no provenance column)
+    tables: beam.PCollection  # the embedded tables, in `schema`
+    errors: beam.PCollection  # the dead letters, as records.ErrorRecord
+
+
+_BRANCH_ATTRIBUTE = "_embedding_run_branch"
+
+
+def run_branch(result: Any) -> RunBranch:
+    """The `RunBranch` of an `EmbedText` / `EmbedImages` result (or of its `embeddings`); TypeError
+    for anything else (e.g. embeddings filtered or mapped after the transform)."""
+    embeddings = getattr(result, "embeddings", result)
+    branch = getattr(embeddings, _BRANCH_ATTRIBUTE, None)
+    if not isinstance(branch, RunBranch):
+        raise TypeError(
+            f"expected the result of EmbedText or EmbedImages (or its .embeddings), got {type(result).__name__}; "
+            "apply WriteEmbeddingRun to the result as the transform returned it"
+        )
+    return branch
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (as the job records paths, so tools find them from any folder)."""
+    return path if fileio.is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def _run_schema(modality: str, dimension: int, passthrough: Sequence[str], normalize: bool, details: Mapping) -> pa.Schema:
+    """The job's output schema (`pipeline.graph.output_schema`) without its provenance column."""
+    metadata = {"dimension": str(dimension), "model": str(details.get("name", "")), "normalized": str(normalize).lower()}
+    if modality == IMAGE:
+        metadata.update(
+            backend=str(details.get("backend", "tensorflow")),
+            precision=str(details.get("precision", "f32")),
+            decoder=str(details.get("decoder", "pillow")),
+        )
+    return embedding_schema(modality, dimension, passthrough, metadata=metadata)
+
+
 def _rows(table: pa.Table, passthrough: Sequence[str]) -> Iterator[dict]:
     """One dict per row of an embedded table (the job's output schema), with a float32 vector each."""
     n = table.num_rows
@@ -187,14 +234,16 @@ def _rows(table: pa.Table, passthrough: Sequence[str]) -> Iterator[dict]:
 
 
 def _load(transform: str, loader, spec):
-    """Load a model in the launcher; a bad argument raises ModelConfigError naming it."""
+    """Load a model in the launcher; a bad argument raises ModelConfigError naming it
+    (`EmbedImages(layer=...) 'x': no such layer ...`)."""
     try:
         return loader(spec)
     except ModelConfigError as exc:
-        prefix = f"{exc.flag} {exc.value!r}: "
-        reason = str(exc)[len(prefix) :] if str(exc).startswith(prefix) else str(exc)
-        argument = _ARGUMENTS.get(exc.flag, exc.flag)
-        raise ModelConfigError(f"{transform}({argument}=...)", exc.value, reason) from exc
+        names = {}
+        for field in model_fields(exc.modality):
+            key = f"{exc.modality}.{field}"
+            names[key] = f"{transform}({_ARGUMENTS.get(key, field)}=...)"
+        raise ModelConfigError(exc.field, exc.value, exc.reason, exc.modality, names=names) from exc
 
 
 def _check_common(name: str, passthrough: Sequence[str], batch_size: int, maximum: int, *fields: str) -> tuple[str, ...]:
@@ -221,20 +270,24 @@ class _TextRecordsToTableFn(beam.DoFn):
     """A batch of dicts in; one table in the job's text batch schema out, a dead letter per bad record.
 
     The checks and messages are the job's reader's (`ReadTextFileFn`); a record without an id is a
-    `MissingId` dead letter (the job would name it after its file and line, which a dict has not)."""
+    `MissingId` dead letter (the job would name it after its file and line, which a dict has not).
+    Each dead letter keeps the record (`input`, capped). A `text` passthrough is the embedded text
+    itself (the batch's `text` column), as the job's `--passthrough text`."""
 
     def __init__(self, text_field: str, id_field: str, passthrough: Sequence[str]):
         self._text_field = text_field
         self._id_field = id_field
-        self._passthrough = tuple(passthrough)
+        self._passthrough = tuple(name for name in passthrough if name != "text")  # `text`: the batch's text column
 
     def _problem(self, record: Any, record_id: Optional[str]) -> Optional[ErrorRecord]:
         if not isinstance(record, Mapping):
-            return ErrorRecord(None, TEXT, None, "read", "InvalidRecord", f"expected a dict, got {type(record).__name__}")
+            message = f"expected a dict, got {type(record).__name__}"
+            return ErrorRecord(None, TEXT, None, "read", "InvalidRecord", message, input_repr(record))
         if record_id is None:
-            return ErrorRecord(None, TEXT, None, "read", "MissingId", f"record has no {self._id_field!r} value (set id_field)")
+            message = f"record has no {self._id_field!r} value (set id_field)"
+            return ErrorRecord(None, TEXT, None, "read", "MissingId", message, input_repr(record))
         problem = text_field_problem(record, self._text_field, "text_field")
-        return ErrorRecord(record_id, TEXT, None, "read", "InvalidTextField", problem) if problem else None
+        return ErrorRecord(record_id, TEXT, None, "read", "InvalidTextField", problem, input_repr(record)) if problem else None
 
     def process(self, records: Sequence[Any]) -> Iterator:
         batch = TextBatchBuilder(self._passthrough)
@@ -258,6 +311,8 @@ class EmbedText(beam.PTransform):
     L2-normalises the vectors. Dead letters: not a dict, no id (`MissingId`), a missing, null,
     non-string or NUL-bearing text (`InvalidTextField`), empty text or text with no word the
     model knows how to standardise (`EmptyText`), a model failure (`embed` stage).
+    `passthrough=["text"]` keeps the embedded text (the `text_field` value) in a `text` column, as
+    the job's `--passthrough text`. Windowed input is embedded window by window.
     """
 
     def __init__(
@@ -275,9 +330,9 @@ class EmbedText(beam.PTransform):
         self._passthrough = _check_common("EmbedText", passthrough, batch_size, MAX_TEXT_BATCH_SIZE, text_field, id_field)
         if not isinstance(model, str) or not model:
             raise ValueError(f"EmbedText: model must be the path of a .keras text model, got {model!r}")
+        if len(set(self._passthrough)) != len(self._passthrough):
+            raise ValueError(f"EmbedText: passthrough {list(self._passthrough)!r} names a column twice")
         embedding_schema(TEXT, 1, self._passthrough)  # a passthrough name that clashes with an output field fails here
-        if "text" in self._passthrough:  # the batch tables carry the text in a column of that name (as the job's flag check)
-            raise ValueError("EmbedText: passthrough column 'text' clashes with the text column of the same name")
         self._spec = TextModelSpec(model, batch_size, unsafe_loading)
         self._text_field = text_field
         self._id_field = id_field
@@ -285,7 +340,14 @@ class EmbedText(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> EmbedResult:
         embedder = _load("EmbedText", load_text_embedder, self._spec)
-        schema = embedding_schema(TEXT, embedder.dimension, self._passthrough)
+        path = _absolute(self._spec.path)
+        model = {
+            "name": embedder.model_name,
+            "sha256": embedder.model_sha256,
+            "dimension": embedder.dimension,
+            "details": {"path": path, "sequence_length": embedder.sequence_length},
+        }
+        schema = _run_schema(TEXT, embedder.dimension, self._passthrough, self._normalize, model)
         del embedder
         size = self._spec.batch_size
         tables = (
@@ -298,7 +360,16 @@ class EmbedText(beam.PTransform):
         )
         embedded = tables.tables | "EmbedTextTables" >> EmbedTextTables(self._spec, schema, self._normalize)
         embeddings = embedded.tables | "TextEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
-        errors = (tables[ERRORS], embedded.errors) | "AllTextErrors" >> beam.Flatten() | "TextErrorDicts" >> beam.Map(_error_dict)
+        records = (tables[ERRORS], embedded.errors) | "AllTextErrors" >> beam.Flatten()
+        errors = records | "TextErrorDicts" >> beam.Map(_error_dict)
+        options = {
+            "text_model": dataclasses.asdict(dataclasses.replace(self._spec, path=path)),
+            "text_field": self._text_field,
+            "text_id_field": self._id_field,
+            "passthrough": list(self._passthrough),
+            "normalize": self._normalize,
+        }
+        setattr(embeddings, _BRANCH_ATTRIBUTE, RunBranch(TEXT, model, options, schema, embedded.tables, records))
         return EmbedResult(embeddings, errors)
 
 
@@ -314,8 +385,10 @@ class _ImageRecordToRefFn(beam.DoFn):
 
     def process(self, record: Any) -> Iterator:
         if not isinstance(record, Mapping):
-            error = ErrorRecord(None, IMAGE, None, "read", "InvalidRecord", f"expected a dict, got {type(record).__name__}")
-            yield beam.pvalue.TaggedOutput(ERRORS, error)
+            message = f"expected a dict, got {type(record).__name__}"
+            yield beam.pvalue.TaggedOutput(
+                ERRORS, ErrorRecord(None, IMAGE, None, "read", "InvalidRecord", message, input_repr(record))
+            )
             return
         uri = record.get(self._uri_field)
         uri = uri.strip() if isinstance(uri, str) and uri.strip() else None
@@ -323,8 +396,9 @@ class _ImageRecordToRefFn(beam.DoFn):
         record_id = _record_id(record, self._id_field) or uri  # as in the job's manifests: the uri by default
         source = uri or f"<{self._bytes_field}>"
 
-        def dead(error_type: str, message: str):
-            return beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, IMAGE, source, "read", error_type, message))
+        def dead(error_type: str, message: str):  # the record kept (capped; long bytes shortened first)
+            error = ErrorRecord(record_id, IMAGE, source, "read", error_type, message, input_repr(record))
+            return beam.pvalue.TaggedOutput(ERRORS, error)
 
         if record_id is None:
             yield dead(
@@ -358,8 +432,8 @@ class EmbedImages(beam.PTransform):
     `preprocess_input` to apply). The id defaults to the uri; a record with only bytes needs an id.
     Dead letters: not a dict, no id, neither uri nor bytes, an unreadable, too large (`max_bytes`),
     corrupt or too many pixels (`max_pixels`) image, a model failure. With `reshuffle` (default, as
-    in the job) the images are spread over the workers before batching. For batch pipelines: the
-    input must be globally windowed (it is refused otherwise). `decoder`: "pillow" (default) or
+    in the job) the images are spread over the workers before batching. Windowed input is embedded
+    window by window, as `EmbedText` does. `decoder`: "pillow" (default) or
     "opencv" (the `fast-decode` extra: about twice as fast on JPEGs, pixels ~1/255 apart, a
     different `model_sha256`; see `transforms.embed.decode`).
     """
@@ -400,6 +474,8 @@ class EmbedImages(beam.PTransform):
             )
         if not isinstance(model, str) or not model:
             raise ValueError(f"EmbedImages: model must be a network name or a .keras file, got {model!r}")
+        if len(set(self._passthrough)) != len(self._passthrough):
+            raise ValueError(f"EmbedImages: passthrough {list(self._passthrough)!r} names a column twice")
         embedding_schema(IMAGE, 1, self._passthrough)  # a clashing passthrough name fails here
         self._spec = ImageModelSpec(
             model=model,
@@ -420,10 +496,33 @@ class EmbedImages(beam.PTransform):
         self._reshuffle = reshuffle
 
     def expand(self, records: beam.PCollection) -> EmbedResult:
-        if not isinstance(records.windowing.windowfn, GlobalWindows):  # checked again by EmbedImageRefs; here before loading
-            raise ValueError("EmbedImages needs a globally windowed (batch) PCollection; apply it before WindowInto")
         embedder = _load("EmbedImages", load_image_embedder, self._spec)
-        schema = embedding_schema(IMAGE, embedder.dimension, self._passthrough)
+        spec = self._spec
+        if not spec.is_network:
+            spec = dataclasses.replace(spec, model=_absolute(spec.model))
+        if spec.weights not in (None, "", "imagenet", "none"):
+            spec = dataclasses.replace(spec, weights=_absolute(spec.weights))
+        details = {
+            "model": spec.model,
+            "weights": spec.weights,
+            "input_size": list(embedder.input_size),
+            "layer": spec.layer,
+            "alpha": spec.alpha,
+            **embedder.backend_details,
+        }
+        model = {
+            "name": embedder.model_name,
+            "sha256": embedder.model_sha256,
+            "dimension": embedder.dimension,
+            "details": details,
+        }
+        schema = _run_schema(
+            IMAGE, embedder.dimension, self._passthrough, self._normalize, {"name": embedder.model_name, **details}
+        )
+        # as the job's manifest: the backend and precision the launcher resolved ("auto" is not a choice a tool can repeat)
+        spec = dataclasses.replace(
+            spec, backend=details.get("backend", spec.backend), precision=details.get("precision", spec.precision)
+        )
         del embedder
         refs = records | "ImageRecordsToRefs" >> beam.ParDo(
             _ImageRecordToRefFn(*self._fields, self._passthrough, self._max_bytes)
@@ -438,5 +537,14 @@ class EmbedImages(beam.PTransform):
             reshuffle=self._reshuffle,
         )
         embeddings = embedded.tables | "ImageEmbeddingDicts" >> beam.FlatMap(_rows, self._passthrough)
-        errors = (refs[ERRORS], embedded.errors) | "AllImageErrors" >> beam.Flatten() | "ImageErrorDicts" >> beam.Map(_error_dict)
+        records = (refs[ERRORS], embedded.errors) | "AllImageErrors" >> beam.Flatten()
+        errors = records | "ImageErrorDicts" >> beam.Map(_error_dict)
+        options = {
+            "image_model": dataclasses.asdict(spec),
+            "image_uri_field": self._fields[0],
+            "image_id_field": self._fields[2],
+            "passthrough": list(self._passthrough),
+            "normalize": self._normalize,
+        }
+        setattr(embeddings, _BRANCH_ATTRIBUTE, RunBranch(IMAGE, model, options, schema, embedded.tables, records))
         return EmbedResult(embeddings, errors)

@@ -360,9 +360,18 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
     def start_bundle(self):
         self._pending = collections.deque()
 
-    def process(self, refs: Sequence, duplicates: Optional[dict] = None) -> Iterator:
+    def process(
+        self,
+        refs: Sequence,
+        window=beam.DoFn.WindowParam,  # before `duplicates`: Beam fills a plain default after them wrongly
+        timestamp=beam.DoFn.TimestampParam,
+        duplicates: Optional[dict] = None,
+    ) -> Iterator:
         """`refs`: ImageRefs, or the `incremental.AttachedRef`s of `incremental.AttachPriorKeys` (the job's
-        incremental runs); `duplicates`: the job's {id: first occurrence} of repeated ids, or None."""
+        incremental runs); `duplicates`: the job's {id: first occurrence} of repeated ids, or None.
+
+        A batch in flight remembers its element's window and timestamp, and its outputs are emitted
+        in them whenever they are ready (in a later element's call, or at the end of the bundle)."""
         self._report_loads()
         pairs = [attached(r) for r in refs]
         if duplicates:
@@ -379,19 +388,24 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
             pairs = unique
         batch = self._embedder.spec.batch_size
         for start in range(0, len(pairs), batch):
-            self._pending.append(self._pool.submit(self._embed_batch, pairs[start : start + batch]))
+            self._pending.append((self._pool.submit(self._embed_batch, pairs[start : start + batch]), timestamp, window))
             while len(self._pending) > self._threads + 1:
-                yield from self._emit(self._pending.popleft().result())
+                yield from self._emit_oldest()
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
-
         while self._pending:
-            for item in self._emit(self._pending.popleft().result()):
-                if isinstance(item, beam.pvalue.TaggedOutput):
-                    yield beam.pvalue.TaggedOutput(item.tag, GlobalWindows.windowed_value(item.value))
-                else:
-                    yield GlobalWindows.windowed_value(item)
+            yield from self._emit_oldest()
+
+    def _emit_oldest(self) -> Iterator:
+        """The outputs of the oldest batch in flight, in the window of the element it came from."""
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        future, timestamp, window = self._pending.popleft()
+        for item in self._emit(future.result()):
+            if isinstance(item, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(item.tag, WindowedValue(item.value, timestamp, (window,)))
+            else:
+                yield WindowedValue(item, timestamp, (window,))
 
     def _emit(self, result: _ImageBatchResult) -> Iterator:
         """Count a finished batch and hand its outputs to Beam (in the DoFn's thread)."""

@@ -12,9 +12,10 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import threading
 import zipfile
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Mapping, Optional
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from transforms.io import fileio
 
 __all__ = [
     "ModelConfigError",
+    "model_fields",
     "NETWORKS",
     "Network",
     "TextModelSpec",
@@ -68,11 +70,43 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class ModelConfigError(UserError, ValueError):
-    """A model flag whose value cannot work; the message names the flag and the value."""
+    """A model setting whose value cannot work, named by the spec's own field, never by a CLI flag.
 
-    def __init__(self, flag: str, value: object, reason: str):
-        self.flag, self.value = flag, value
-        super().__init__(f"{flag} {value!r}: {reason}")
+    `modality` says whose field ("text": `TextModelSpec`, "image": `ImageModelSpec`), `field` which
+    one (e.g. "layer"), `value` the value at fault and `reason` why. A reason mentions another field
+    of the same spec as `{field}` (e.g. "pass {unsafe_loading} only if you trust this file").
+    `describe(names)` writes the message with the caller's names for the fields: the command line
+    maps them to its flags (`pipeline.flags_map`), the public API to its arguments
+    (`transforms.embed.api`). `str()` uses `names` when given (the API raises its errors so),
+    else the spec's own names (`ImageModelSpec.layer 'x': ...`).
+    """
+
+    def __init__(
+        self, field: str, value: object, reason: str, modality: str = "image", names: Optional[Mapping[str, str]] = None
+    ):
+        if modality not in _SPEC_FIELDS or field not in _SPEC_FIELDS[modality]:
+            raise ValueError(f"{modality}.{field} is not a field of a model spec")
+        self.field, self.value, self.reason, self.modality, self.names = field, value, reason, modality, names
+        super().__init__(self.describe())
+
+    @property
+    def key(self) -> str:
+        """The field as "<modality>.<field>" (e.g. "text.layer"), as `describe`'s names are keyed."""
+        return f"{self.modality}.{self.field}"
+
+    def describe(self, names: Optional[Mapping[str, str]] = None) -> str:
+        """The one-line message, each field called by `names[key]` (default: the error's own `names`,
+        else `TextModelSpec.path`, ...)."""
+
+        names = self.names if names is None else names
+
+        def name(field: str) -> str:
+            key = f"{self.modality}.{field}"
+            return (names or {}).get(key) or f"{_SPEC_CLASS[self.modality]}.{field}"
+
+        fields = _SPEC_FIELDS[self.modality]
+        reason = re.sub(r"\{(\w+)\}", lambda m: name(m.group(1)) if m.group(1) in fields else m.group(0), self.reason)
+        return f"{name(self.field)} {self.value!r}: {reason}"
 
 
 # What a Keras Applications module's preprocess_input does to 0..255 RGB pixels:
@@ -196,14 +230,23 @@ def check_batch_size(name: str, value, maximum: int) -> Optional[str]:
 
 @dataclasses.dataclass(frozen=True)
 class TextModelSpec:
-    """A text model trained by `train-text`: a `.keras` file (local or gs://)."""
+    """A text encoder whose input is a batch of strings (local or gs://): a model made by
+    `train-text` (its pooled `text_embedding` layer), another `.keras` model cut at `layer`, or a
+    SavedModel directory (its serving signature; `layer` names the output, default the only float
+    output of rank 2). Implements `interface.ModelSpec`."""
 
     path: str
     batch_size: int = 1024
     unsafe_loading: bool = False
+    layer: Optional[str] = None  # .keras: the layer whose output is the embedding; SavedModel: the output key
+
+    modality: ClassVar[str] = "text"
 
     def cache_key(self) -> str:
-        return f"text:{self.path}:{self.batch_size}:{self.unsafe_loading}"
+        return f"text:{self.path}:{self.batch_size}:{self.unsafe_loading}:{self.layer}"
+
+    def load_model(self) -> TextEmbedder:
+        return load_text_embedder(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,12 +266,34 @@ class ImageModelSpec:
     precision: str = "f32"  # f32 | bf16 (bf16: OpenVINO only)
     decoder: str = "pillow"  # pillow | opencv (transforms.embed.decode: how JPEGs are decoded and resized)
 
+    modality: ClassVar[str] = "image"
+
     @property
     def is_network(self) -> bool:
         return self.model in NETWORKS
 
     def cache_key(self) -> str:
         return "image:" + repr(dataclasses.astuple(self))
+
+    def load_model(self) -> ImageEmbedder:
+        return load_image_embedder(self)
+
+
+# The fields a ModelConfigError may name, per modality (its `describe` names them).
+_SPEC_CLASS = {"text": "TextModelSpec", "image": "ImageModelSpec"}
+_SPEC_FIELDS = {
+    "text": frozenset(f.name for f in dataclasses.fields(TextModelSpec)),
+    "image": frozenset(f.name for f in dataclasses.fields(ImageModelSpec)),
+}
+
+
+def model_fields(modality: str) -> frozenset:
+    """The fields of the spec of `modality` ("text", "image"): what a ModelConfigError may name."""
+    return _SPEC_FIELDS[modality]
+
+
+# The field that names the model file of each modality.
+_MODEL_FIELD = {"text": "path", "image": "model"}
 
 
 def _weights_fingerprint(model) -> str:
@@ -241,39 +306,45 @@ def _weights_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def _load_keras_file(path: str, flag: str, unsafe: bool):
+def _load_keras_file(path: str, modality: str, unsafe: bool):
+    """The Keras model at `path` (local or gs://); errors name the modality's model field."""
     import keras
 
+    field = _MODEL_FIELD[modality]
+
     if not path.endswith(".keras") and not path.endswith(".h5"):
-        raise ModelConfigError(flag, path, "expected a Keras model file ending in .keras (or .h5)")
+        raise ModelConfigError(field, path, "expected a Keras model file ending in .keras (or .h5)", modality)
     try:
         local = fileio.local_copy(path)
     except Exception as exc:  # missing file, unreadable bucket
-        raise ModelConfigError(flag, path, f"cannot read the model file ({type(exc).__name__}: {exc})") from exc
+        raise ModelConfigError(field, path, f"cannot read the model file ({type(exc).__name__}: {exc})", modality) from exc
     if not os.path.exists(local):
-        raise ModelConfigError(flag, path, "no such file")
+        raise ModelConfigError(field, path, "no such file", modality)
     if path.endswith(".keras") and not zipfile.is_zipfile(local):  # Keras would say "File not found" (issue 12)
         raise ModelConfigError(
-            flag, path, "not a complete .keras file: it is not a valid zip archive (truncated or corrupt copy?)"
+            field, path, "not a complete .keras file: it is not a valid zip archive (truncated or corrupt copy?)", modality
         )
     try:
         return keras.saving.load_model(local, compile=False, safe_mode=not unsafe)
     except ValueError as exc:
         if "safe_mode" in str(exc) or "unsafe" in str(exc).lower() or "lambda" in str(exc).lower():
             raise ModelConfigError(
-                flag,
+                field,
                 path,
                 "the model contains custom Python code, which safe mode does not load; "
-                "pass --unsafe-model-loading only if you trust this file",
+                "pass {unsafe_loading} only if you trust this file",
+                modality,
             ) from exc
-        raise ModelConfigError(flag, path, f"not a loadable Keras model ({exc})") from exc
+        raise ModelConfigError(field, path, f"not a loadable Keras model ({exc})", modality) from exc
     except Exception as exc:
-        raise ModelConfigError(flag, path, f"not a loadable Keras model ({type(exc).__name__}: {exc})") from exc
+        raise ModelConfigError(field, path, f"not a loadable Keras model ({type(exc).__name__}: {exc})", modality) from exc
 
 
 def text_model_layer(model, name: str):
     """The layer of a text model that the contract calls `name` (see TEXT_MODEL_LAYER_TYPES): the
     layer of that name, else the (first) layer of its Keras class; None when there is none."""
+    if model is None:  # a SavedModel encoder: no Keras layers to look up
+        return None
     try:
         return model.get_layer(name)
     except ValueError:
@@ -284,29 +355,32 @@ def text_model_layer(model, name: str):
 
 
 class TextEmbedder:
-    """Raw strings in, pooled Embedding-layer vectors out, in fixed-size batches."""
+    """Raw strings in, float32 vectors out, in batches of at most `spec.batch_size` (never padded).
 
-    def __init__(self, spec: TextModelSpec, model, model_sha256: str):
-        import keras
-        import tensorflow as tf
+    `forward` takes a `tf.string` tensor of shape (n,) or (n, 1) (`input_rank` 1 or 2) and returns
+    (n, dimension) floats: the pooled Embedding layer of a `train-text` model, another Keras model
+    cut at a layer, or a SavedModel's serving signature. Implements `interface.Embedder`.
+    """
 
+    def __init__(
+        self,
+        spec: TextModelSpec,
+        forward: Callable,
+        input_rank: int,
+        dimension: int,
+        model_name: str,
+        model_sha256: str,
+        full_model=None,
+        sequence_length: Optional[int] = None,
+    ):
         self.spec = spec
         self.model_sha256 = model_sha256
-        self.model_name = os.path.basename(spec.path)
-        self.full_model = model
-        layer = model.get_layer(TEXT_EMBEDDING_LAYER)
-        self._embedding_model = keras.Model(model.inputs, layer.output, name="text_embedder")
-        self.dimension = int(layer.output.shape[-1])
-        vectorize = text_model_layer(model, TEXT_VECTORIZE_LAYER)
-        self.sequence_length = getattr(vectorize, "_output_sequence_length", None) if vectorize else None
-        input_shape = model.inputs[0].shape
-        self._input_rank = len(input_shape)
-        # The batch dimension is left open: one trace serves every batch size, so a short batch is
-        # never padded (a batch of 100 under --text-batch-size 65536 holds 100 strings, not 65,536).
-        # Each row's vector depends on its own text only (a lookup and a masked mean per row).
-        shape = [None] + ([1] if self._input_rank == 2 else [])
-        signature = [tf.TensorSpec(shape, tf.string)]
-        self._forward = tf.function(lambda x: self._embedding_model(x, training=False), input_signature=signature)
+        self.model_name = model_name
+        self.full_model = full_model  # the whole Keras model (the word-vector tools read its layers); None for a SavedModel
+        self.dimension = dimension
+        self.sequence_length = sequence_length
+        self._input_rank = input_rank
+        self._forward = forward
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embeddings (len(texts), dimension) float32; batches longer than batch_size are split,
@@ -321,7 +395,10 @@ class TextEmbedder:
             array = np.array(chunk, dtype=object)
             if self._input_rank == 2:
                 array = array.reshape(-1, 1)
-            out[start : start + n] = self._forward(tf.constant(array)).numpy()
+            result = np.asarray(self._forward(tf.constant(array, dtype=tf.string)))
+            if result.shape != (n, self.dimension):  # e.g. an encoder that drops or adds rows
+                raise ValueError(f"the model returned shape {result.shape} for {n} texts, not ({n}, {self.dimension})")
+            out[start : start + n] = result
         return out
 
 
@@ -361,19 +438,17 @@ class ImageEmbedder:
         import tensorflow as tf
 
         if spec.backend not in backends.BACKENDS:
-            raise ModelConfigError("--image-backend", spec.backend, f"expected one of {', '.join(backends.BACKENDS)}")
+            raise ModelConfigError("backend", spec.backend, f"expected one of {', '.join(backends.BACKENDS)}")
         if spec.precision not in backends.PRECISIONS:
-            raise ModelConfigError("--image-precision", spec.precision, f"expected one of {', '.join(backends.PRECISIONS)}")
+            raise ModelConfigError("precision", spec.precision, f"expected one of {', '.join(backends.PRECISIONS)}")
         if spec.backend == "tensorflow" and spec.precision != "f32":
-            raise ModelConfigError(
-                "--image-precision", spec.precision, "only the openvino backend runs bf16; TensorFlow runs f32"
-            )
+            raise ModelConfigError("precision", spec.precision, "only the openvino backend runs bf16; TensorFlow runs f32")
         try:
             decode.require_decoder(spec.decoder)
         except ValueError:
-            raise ModelConfigError("--image-decoder", spec.decoder, f"expected one of {', '.join(decode.DECODERS)}") from None
+            raise ModelConfigError("decoder", spec.decoder, f"expected one of {', '.join(decode.DECODERS)}") from None
         except decode.DecoderUnavailable as exc:
-            raise ModelConfigError("--image-decoder", spec.decoder, str(exc)) from exc
+            raise ModelConfigError("decoder", spec.decoder, str(exc)) from exc
         self.spec = spec
         self.model_name = model_name
         self.weights_sha256 = model_sha256
@@ -385,7 +460,7 @@ class ImageEmbedder:
             model = keras.Model(model.inputs, output)
         elif len(output.shape) != 2:
             raise ModelConfigError(
-                "--image-layer", spec.layer, f"output has shape {tuple(output.shape)}; expected (batch, dim) or a feature map"
+                "layer", spec.layer, f"output has shape {tuple(output.shape)}; expected (batch, dim) or a feature map"
             )
         self.dimension = int(output.shape[-1])
         self._model = model
@@ -430,16 +505,16 @@ class ImageEmbedder:
         except (backends.BackendUnavailable, backends.ConversionFailed) as exc:
             if spec.backend == "openvino":
                 raise ModelConfigError(
-                    "--image-backend",
+                    "backend",
                     "openvino",
-                    f"{self.model_name} cannot run on OpenVINO ({exc}); use --image-backend tensorflow or auto",
+                    f"{self.model_name} cannot run on OpenVINO ({exc}); use {{backend}} tensorflow or auto",
                 ) from exc
             why = (
                 "OpenVINO is not installed" if isinstance(exc, backends.BackendUnavailable) else "it does not convert to OpenVINO"
             )
             note = f"{self.model_name} runs on TensorFlow: {why} ({exc})"
             if spec.precision != "f32":
-                note += f" at f32 (--image-precision {spec.precision} needs OpenVINO)"
+                note += f" at f32 ({spec.precision} needs OpenVINO)"
             _LOGGER.warning("%s", note)
             self.backend_details["backend_note"] = note
             return
@@ -524,19 +599,233 @@ class ImageEmbedder:
 
 
 def load_text_embedder(spec: TextModelSpec) -> TextEmbedder:
-    """Load a `train-text` model and check that it is one (has the pooled `text_embedding` layer)."""
-    model = _load_keras_file(spec.path, "--text-model", spec.unsafe_loading)
-    names = {layer.name for layer in model.layers}
-    if TEXT_EMBEDDING_LAYER not in names:
+    """Load the text encoder a spec names and check, before anything runs, that it takes a batch of
+    strings and gives one float vector per string.
+
+    - a `train-text` model (`.keras` with the pooled `text_embedding` layer) and no `layer`: that layer;
+    - another `.keras`/`.h5` model: the output of the layer `spec.layer` names;
+    - a SavedModel directory (holding saved_model.pb, local or gs://): its serving signature, the output
+      `spec.layer` names, default the only (else the first by name) float output of rank 2.
+
+    The identity (`model_sha256`) is the sha256 of the model's file(s), with the layer folded in when
+    one is named (another layer of the same file is another model to an incremental run).
+    """
+    path = spec.path
+    if path.endswith((".keras", ".h5")):
+        return _load_keras_text_model(spec)
+    if _is_saved_model_dir(path):
+        return _load_saved_model_text_encoder(spec)
+    raise ModelConfigError(
+        "path",
+        path,
+        "expected a Keras model file ending in .keras (or .h5), or a SavedModel directory (holding saved_model.pb)",
+        "text",
+    )
+
+
+def _text_identity(files_sha256: str, spec: TextModelSpec) -> str:
+    return files_sha256 if not spec.layer else hashlib.sha256(f"{files_sha256}+layer={spec.layer}".encode()).hexdigest()
+
+
+def _is_float(dtype) -> bool:
+    return "float" in str(getattr(dtype, "name", dtype))
+
+
+def _load_keras_text_model(spec: TextModelSpec) -> TextEmbedder:
+    import keras
+    import tensorflow as tf
+
+    model = _load_keras_file(spec.path, "text", spec.unsafe_loading)
+    names = [layer.name for layer in model.layers]
+    if not model.inputs or len(model.inputs) != 1 or "string" not in str(model.inputs[0].dtype):
         raise ModelConfigError(
-            "--text-model",
+            "path",
+            spec.path,
+            f"takes {_describe_inputs(model.inputs)}, not a batch of strings; is it an image model?",
+            "text",
+        )
+    input_shape = tuple(model.inputs[0].shape)
+    if len(input_shape) not in (1, 2) or (len(input_shape) == 2 and input_shape[1] not in (1, None)):
+        raise ModelConfigError("path", spec.path, f"takes strings of shape {input_shape}, not (batch,) or (batch, 1)", "text")
+    if spec.layer:
+        if spec.layer not in names:
+            raise ModelConfigError(
+                "layer", spec.layer, f"no such layer in {spec.path}; layers are: {', '.join(names)[:400]}", "text"
+            )
+        layer = model.get_layer(spec.layer)
+        field, value = "layer", spec.layer
+    elif TEXT_EMBEDDING_LAYER in names:
+        layer = model.get_layer(TEXT_EMBEDDING_LAYER)
+        field, value = "path", spec.path
+    else:
+        raise ModelConfigError(
+            "path",
             spec.path,
             f"has no layer named {TEXT_EMBEDDING_LAYER!r}; is it a text model made by `train-text`? "
-            f"(layers: {', '.join(sorted(names))[:200]})",
+            f"Otherwise name the layer whose output is the embedding with {{layer}} (layers: {', '.join(sorted(names))[:200]})",
+            "text",
         )
-    if not model.inputs or "string" not in str(model.inputs[0].dtype):
-        raise ModelConfigError("--text-model", spec.path, "does not take strings as input; is it an image model?")
-    return TextEmbedder(spec, model, fileio.sha256_of_file(spec.path))
+    output = layer.output
+    if isinstance(output, (list, tuple)) or len(output.shape) != 2 or not _is_float(output.dtype):
+        shape = [tuple(o.shape) for o in output] if isinstance(output, (list, tuple)) else tuple(output.shape)
+        dtype = "several outputs" if isinstance(output, (list, tuple)) else str(output.dtype)
+        raise ModelConfigError(
+            field,
+            value,
+            f"layer {layer.name!r} outputs {dtype} of shape {shape}; expected one float vector per text (batch, dim)",
+            "text",
+        )
+    embedding_model = keras.Model(model.inputs, output, name="text_embedder")
+    # The batch dimension is left open: one trace serves every batch size, so a short batch is
+    # never padded (a batch of 100 under --text-batch-size 65536 holds 100 strings, not 65,536).
+    signature = [tf.TensorSpec([None] + ([1] if len(input_shape) == 2 else []), tf.string)]
+    forward = tf.function(lambda x: embedding_model(x, training=False), input_signature=signature)
+    vectorize = text_model_layer(model, TEXT_VECTORIZE_LAYER)
+    name = os.path.basename(spec.path) + (f"#{spec.layer}" if spec.layer else "")
+    return TextEmbedder(
+        spec,
+        forward,
+        len(input_shape),
+        int(output.shape[-1]),
+        name,
+        _text_identity(fileio.sha256_of_file(spec.path), spec),
+        full_model=model,
+        sequence_length=getattr(vectorize, "_output_sequence_length", None) if vectorize else None,
+    )
+
+
+def _describe_inputs(inputs) -> str:
+    if not inputs:
+        return "no input"
+    return " and ".join(f"{getattr(t.dtype, 'name', t.dtype)} of shape {tuple(t.shape)}" for t in inputs)
+
+
+def _is_saved_model_dir(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.exists(fileio.join(path.rstrip("/"), "saved_model.pb"))
+    except Exception:  # noqa: BLE001 - an unreadable path is reported by the caller as not a model
+        return False
+
+
+def _local_model_dir(path: str) -> str:
+    """A local directory holding the SavedModel at `path`: itself if local, else a copy made through
+    Beam's FileSystems (TensorFlow's gs:// reader ignores the storage emulator and needs credentials of its own)."""
+    import tempfile
+
+    from apache_beam.io.filesystems import FileSystems
+
+    if not fileio.is_remote(path):
+        return path
+    root = path.rstrip("/") + "/"
+    target = tempfile.mkdtemp(prefix="embeddings-savedmodel-")
+    for metadata in FileSystems.match([root + "**"])[0].metadata_list:
+        relative = metadata.path[len(root) :]
+        if not relative or relative.endswith("/"):
+            continue
+        local = os.path.join(target, *relative.split("/"))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        fileio.local_copy(metadata.path, os.path.dirname(local))
+    return target
+
+
+def _sha256_of_dir(local: str) -> str:
+    """sha256 over every file of a directory: its path relative to the directory and its bytes' sha256, in path order."""
+    digest = hashlib.sha256()
+    files = sorted(
+        os.path.relpath(os.path.join(folder, name), local).replace(os.sep, "/")
+        for folder, _, names in os.walk(local)
+        for name in names
+    )
+    for relative in files:
+        digest.update(f"{relative}\0{fileio.sha256_of_file(os.path.join(local, relative))}\n".encode())
+    return digest.hexdigest()
+
+
+def _load_saved_model_text_encoder(spec: TextModelSpec) -> TextEmbedder:
+    import tensorflow as tf
+
+    path = spec.path
+    try:
+        local = _local_model_dir(path)
+        loaded = tf.saved_model.load(local)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or partial copy, an op TensorFlow lacks
+        raise ModelConfigError(
+            "path", path, f"not a loadable SavedModel ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", "text"
+        ) from exc
+    signatures = dict(getattr(loaded, "signatures", {}) or {})
+    if not signatures:
+        raise ModelConfigError(
+            "path",
+            path,
+            "has no serving signature; save it with tf.saved_model.save(obj, DIR, signatures=a tf.function taking tf.string [None])",
+            "text",
+        )
+    if "serving_default" in signatures:
+        function = signatures["serving_default"]
+    elif len(signatures) == 1:
+        function = next(iter(signatures.values()))
+    else:
+        raise ModelConfigError(
+            "path", path, f"has several signatures ({', '.join(sorted(signatures))}) and none is serving_default", "text"
+        )
+    inputs = function.structured_input_signature[1]
+    if len(inputs) != 1:
+        raise ModelConfigError(
+            "path",
+            path,
+            f"its serving signature takes {len(inputs)} inputs ({', '.join(sorted(inputs))}), not one batch of strings",
+            "text",
+        )
+    input_name, input_spec = next(iter(inputs.items()))
+    shape = tuple(input_spec.shape.as_list()) if input_spec.shape.rank is not None else None
+    if input_spec.dtype != tf.string:
+        raise ModelConfigError(
+            "path",
+            path,
+            f"takes {input_spec.dtype.name} input {input_name!r}, not a batch of strings; is it an image model?",
+            "text",
+        )
+    if shape is None or len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] not in (1, None)):
+        raise ModelConfigError("path", path, f"takes strings of shape {shape}, not (batch,) or (batch, 1)", "text")
+    outputs = function.structured_outputs
+    if not isinstance(outputs, dict):
+        outputs = {"output_0": outputs}
+    usable = sorted(key for key, tensor in outputs.items() if tensor.shape.rank == 2 and _is_float(tensor.dtype))
+    described = ", ".join(
+        f"{key} ({tensor.dtype.name} {tuple(tensor.shape.as_list()) if tensor.shape.rank is not None else '?'})"
+        for key, tensor in sorted(outputs.items())
+    )
+    if spec.layer:
+        if spec.layer not in outputs:
+            raise ModelConfigError(
+                "layer", spec.layer, f"no such output of {path}'s serving signature; outputs are: {described}", "text"
+            )
+        if spec.layer not in usable:
+            raise ModelConfigError(
+                "layer", spec.layer, f"output is {described}; expected one float vector per text (batch, dim)", "text"
+            )
+        key = spec.layer
+    elif usable:
+        key = usable[0]
+        if len(usable) > 1:
+            _LOGGER.warning("%s: embedding with output %r of %s (the layer setting names another)", path, key, described)
+    else:
+        raise ModelConfigError(
+            "path", path, f"has no output of one float vector per text (batch, dim): {described}; name one with {{layer}}", "text"
+        )
+    rank = len(shape)
+
+    def forward(texts):
+        return function(**{input_name: texts})[key]
+
+    dimension = outputs[key].shape[-1]
+    if dimension is None:  # not known from the signature: ask the model once
+        probe = np.array([""], dtype=object).reshape((1,) if rank == 1 else (1, 1))
+        dimension = int(forward(tf.constant(probe, dtype=tf.string)).shape[-1])
+    name = os.path.basename(path.rstrip("/")) + (f"#{spec.layer}" if spec.layer else "")
+    return TextEmbedder(spec, forward, rank, int(dimension), name, _text_identity(_sha256_of_dir(local), spec))
 
 
 _BUILD_LOCK = threading.Lock()
@@ -548,7 +837,6 @@ def build_base_network(
     alpha: Optional[float] = None,
     image_size: Optional[int] = None,
     seed: int = 0,
-    model_flag: str = "--image-model",
 ):
     """The headless, average-pooled Keras Applications network `name`: what the job embeds with
     and what `train-image` trains on.
@@ -556,21 +844,21 @@ def build_base_network(
     `weights`: "imagenet" (Keras' own download, cached), a no-top weights file (local or gs://), or
     None for random weights. The global Keras seed is set to `seed` just before building (under a
     lock: seeding is process-global), so random weights are the same in every process. Raises
-    ModelConfigError naming the flag at fault: --image-weights, --image-alpha, --image-size, or
-    `model_flag` (the flag that named the network: the job's --image-model, the trainer's --base).
+    ModelConfigError naming the `ImageModelSpec` field at fault: weights, alpha, image_size or model
+    (the callers map fields to their own flags: the job's --image-model, the trainer's --base).
     """
     import keras
 
     if name not in NETWORKS:
-        raise ModelConfigError(model_flag, name, f"unknown network; one of {', '.join(NETWORKS)}")
+        raise ModelConfigError("model", name, f"unknown network; one of {', '.join(NETWORKS)}")
     network = NETWORKS[name]
     size = image_size or network.default_size
     if network.fixed_size and size != network.default_size:
-        raise ModelConfigError("--image-size", size, f"{network.name} only takes {network.default_size}")
+        raise ModelConfigError("image_size", size, f"{network.name} only takes {network.default_size}")
     kwargs = dict(input_shape=(size, size, 3), include_top=False, pooling="avg")
     if alpha is not None:
         if not network.has_alpha:
-            raise ModelConfigError("--image-alpha", alpha, f"{network.name} has no alpha (width multiplier)")
+            raise ModelConfigError("alpha", alpha, f"{network.name} has no alpha (width multiplier)")
         kwargs["alpha"] = alpha
     if weights in ("imagenet", None):
         kwargs["weights"] = weights  # imagenet: Keras downloads and caches the file on a machine with internet
@@ -578,9 +866,9 @@ def build_base_network(
         try:
             local = fileio.local_copy(weights)
         except Exception as exc:
-            raise ModelConfigError("--image-weights", weights, f"cannot read the weights file ({exc})") from exc
+            raise ModelConfigError("weights", weights, f"cannot read the weights file ({exc})") from exc
         if not os.path.exists(local):
-            raise ModelConfigError("--image-weights", weights, "no such file")
+            raise ModelConfigError("weights", weights, "no such file")
         kwargs["weights"] = local
     with _BUILD_LOCK:  # seeding is process-global: build one network at a time
         keras.utils.set_random_seed(seed)
@@ -589,21 +877,21 @@ def build_base_network(
         except ValueError as exc:
             if weights not in ("imagenet", None) and "shape" in str(exc).lower():  # issue 12: blame the weights/alpha/size
                 raise ModelConfigError(
-                    "--image-weights",
+                    "weights",
                     weights,
                     (
-                        f"does not fit {network.name} at --image-alpha {alpha} and --image-size {size} "
+                        f"does not fit {network.name} at {{alpha}} {alpha} and {{image_size}} {size} "
                         f"({str(exc).splitlines()[0][:160]}); use the weights made for that alpha and size, or change "
-                        "--image-alpha/--image-size to match the file"
+                        "{alpha}/{image_size} to match the file"
                     ),
                 ) from exc
-            flag = "--image-weights" if "weights" in str(exc).lower() else model_flag
-            value = ("none" if weights is None else weights) if flag == "--image-weights" else name
-            raise ModelConfigError(flag, value, str(exc).splitlines()[0]) from exc
+            field = "weights" if "weights" in str(exc).lower() else "model"
+            value = ("none" if weights is None else weights) if field == "weights" else name
+            raise ModelConfigError(field, value, str(exc).splitlines()[0]) from exc
         except Exception as exc:
             if weights == "imagenet":
                 raise ModelConfigError(
-                    "--image-weights",
+                    "weights",
                     "imagenet",
                     f"could not download ImageNet weights ({type(exc).__name__}); without internet access, "
                     "pass a local or gs:// weights file instead",
@@ -630,7 +918,7 @@ def _default_embedding_layer(model):
     last = model.layers[-1]
     inbound = last.input
     if isinstance(inbound, (list, tuple)):
-        raise ModelConfigError("--image-layer", None, "the final layer has several inputs; name the layer to use")
+        raise ModelConfigError("layer", None, "the final layer has several inputs; name the layer to use")
     for layer in model.layers[::-1][1:]:
         if layer.output is inbound:
             return layer
@@ -640,10 +928,10 @@ def _default_embedding_layer(model):
 def _build_user_model(spec: ImageModelSpec):
     import keras
 
-    model = _load_keras_file(spec.model, "--image-model", spec.unsafe_loading)
+    model = _load_keras_file(spec.model, "image", spec.unsafe_loading)
     if not model.inputs or "string" in str(model.inputs[0].dtype) or len(model.inputs[0].shape) != 4:
         raise ModelConfigError(
-            "--image-model",
+            "model",
             spec.model,
             f"takes input of shape {tuple(model.inputs[0].shape) if model.inputs else '?'}, not images "
             "(batch, height, width, 3); is it a text model?",
@@ -654,7 +942,7 @@ def _build_user_model(spec: ImageModelSpec):
         except ValueError:
             names = [layer.name for layer in model.layers]
             raise ModelConfigError(
-                "--image-layer", spec.layer, f"no such layer in {spec.model}; layers are: {', '.join(names)[:400]}"
+                "layer", spec.layer, f"no such layer in {spec.model}; layers are: {', '.join(names)[:400]}"
             ) from None
     else:
         layer = _default_embedding_layer(model)
@@ -662,7 +950,7 @@ def _build_user_model(spec: ImageModelSpec):
     preprocess = None
     if spec.preprocess:
         if spec.preprocess not in NETWORKS:
-            raise ModelConfigError("--image-preprocess", spec.preprocess, f"unknown network; one of {', '.join(NETWORKS)}")
+            raise ModelConfigError("preprocess", spec.preprocess, f"unknown network; one of {', '.join(NETWORKS)}")
         preprocess = NETWORKS[spec.preprocess].preprocess()
     name = f"{os.path.basename(spec.model)}#{layer.name}"
     return headless, preprocess, name, fileio.sha256_of_file(spec.model)
@@ -702,10 +990,8 @@ def _load_image_embedder(spec: ImageModelSpec) -> ImageEmbedder:
         model, preprocess, name, sha = _build_network(spec)
     elif spec.model.endswith((".keras", ".h5")) or "/" in spec.model:
         if spec.weights not in ("imagenet", "none") and spec.weights:
-            raise ModelConfigError("--image-weights", spec.weights, "only applies to a named network, not a .keras file")
+            raise ModelConfigError("weights", spec.weights, "only applies to a named network, not a .keras file")
         model, preprocess, name, sha = _build_user_model(spec)
     else:
-        raise ModelConfigError(
-            "--image-model", spec.model, f"unknown network; expected a .keras file or one of: {', '.join(NETWORKS)}"
-        )
+        raise ModelConfigError("model", spec.model, f"unknown network; expected a .keras file or one of: {', '.join(NETWORKS)}")
     return ImageEmbedder(spec, model, preprocess, name, sha)

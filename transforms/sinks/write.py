@@ -579,6 +579,8 @@ class WriteManifestFn(beam.DoFn):
                 "skipped": skipped,
                 "balanced": read == embedded + failed + skipped,
             }
+            if self._static.get("incremental_from"):  # earlier ids no record has now: records that left the input
+                by_modality[modality]["removed"] = counts.get(f"{modality}_removed", 0)
             if self._static.get("carry_over"):  # a snapshot: earlier rows copied for skipped records
                 carried = counts.get(f"{modality}_carried", 0)
                 by_modality[modality]["carried"] = carried

@@ -112,6 +112,7 @@ def _sorted_member(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 SKIP_LINES = "skip_lines"  # tagged output of the bucket check: ((path, chunk), line offsets)
 CARRY_ROWS = "carry_rows"  # tagged output (carry-over): ((earlier file, row group), rows to copy)
+REMOVED_IDS = "removed_ids"  # tagged output (incremental runs): how many earlier ids no current record has (an int a bucket)
 
 
 def _carried(skip: np.ndarray, ikeys, ckeys, file_ids, lines, prior: list, first_only: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -178,15 +179,23 @@ def check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, firs
     that chunk. SKIP_LINES: ((path, chunk), uint16 offsets in the chunk) of records an earlier run
     embedded with the same id, content and model. With `carry` (earlier slices hold positions),
     CARRY_ROWS: which earlier rows to copy into this run's output (`_carried`), by earlier row group.
+    REMOVED_IDS (incremental runs): the number of distinct earlier ids of the bucket that no current
+    record has (records that left the input), when not 0.
     """
     _, parts = item
     current, prior = [], []
     for part in parts:
         (current if isinstance(part, CurrentKeys) else prior).append(part)
     if not current:
+        if prior:  # every earlier id of this bucket left the input
+            yield beam.pvalue.TaggedOutput(REMOVED_IDS, int(np.unique(np.concatenate([p.ikeys for p in prior])).size))
         return
     path_of_part, index_of_part, part_of_row, lines, ikeys, ckeys = key_batch_rows(merge_key_batches(current))
     del current
+    if prior:
+        gone = int((~_sorted_member(np.unique(ikeys), np.unique(np.concatenate([p.ikeys for p in prior])))).sum())
+        if gone:
+            yield beam.pvalue.TaggedOutput(REMOVED_IDS, gone)
     file_ids = np.asarray(index_of_part, dtype=np.int64)[part_of_row]
 
     if prior and ckeys is not None:
@@ -265,7 +274,9 @@ class CheckTextRecords(beam.PTransform):
     * `skips`: (path, chunk) -> bitmap (bytes, CHUNK_LINES bits) of lines an earlier run embedded;
     * with `carry` (earlier keys read with positions): `carry`, a keyed PCollection (not a side
       input) of ((earlier file, row group), (rows, current paths, path of each row, current lines))
-      saying which earlier rows to copy; `first_only` when the duplicate check is on.
+      saying which earlier rows to copy; `first_only` when the duplicate check is on;
+    * `removed`: ints summing to the number of earlier ids no current record has (0 elements when
+      no earlier run is joined).
     """
 
     def __init__(self, bits: int, carry: bool = False, first_only: bool = True):
@@ -280,10 +291,12 @@ class CheckTextRecords(beam.PTransform):
             | "MergeSlices" >> beam.ParDo(MergeBucketSlices(self._bits))
             | "GroupKeyBuckets" >> beam.GroupByKey()
             | "CheckBuckets"
-            >> beam.FlatMap(check_bucket, self._carry, self._first_only).with_outputs(SKIP_LINES, CARRY_ROWS, main="duplicates")
+            >> beam.FlatMap(check_bucket, self._carry, self._first_only).with_outputs(
+                SKIP_LINES, CARRY_ROWS, REMOVED_IDS, main="duplicates"
+            )
         )
         skips = checked[SKIP_LINES] | "GroupSkipChunks" >> beam.GroupByKey() | "SkipBitmaps" >> beam.Map(_bitmap)
-        return {"duplicates": checked.duplicates, "skips": skips, "carry": checked[CARRY_ROWS]}
+        return {"duplicates": checked.duplicates, "skips": skips, "carry": checked[CARRY_ROWS], "removed": checked[REMOVED_IDS]}
 
 
 class LineFlags:

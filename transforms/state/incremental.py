@@ -133,9 +133,14 @@ def _ref_slices(refs: Sequence, bits: int) -> Iterator[tuple[int, RefKeys]]:
         yield bucket, RefKeys([refs[i] for i in rows], ikeys[rows])
 
 
+REMOVED_IDS = "removed_ids"  # tagged output of `_attach`: distinct earlier ids no current ref has (an int a bucket)
+
+
 def _attach(item: tuple[int, Iterable[RefKeys | PriorKeys]], positions: bool = False) -> Iterator[AttachedRef]:
     """An AttachedRef for every ref of one bucket; with `positions` (carry-over), each distinct
-    ckey once, with the position of its first earlier row (earlier-file order, then row)."""
+    ckey once, with the position of its first earlier row (earlier-file order, then row).
+    REMOVED_IDS: how many distinct earlier ids of the bucket no ref has (images that left the
+    input), when not 0."""
     _, parts = item
     refs, ref_keys, prior_i, prior_c, prior_p = [], [], [], [], []
     for part in parts:
@@ -147,6 +152,12 @@ def _attach(item: tuple[int, Iterable[RefKeys | PriorKeys]], positions: bool = F
             prior_c.append(part.ckeys)
             if positions:
                 prior_p.append(part.positions)
+    if prior_i:
+        earlier_ids = np.unique(np.concatenate(prior_i))
+        current_ids = np.unique(np.concatenate(ref_keys)) if ref_keys else np.empty(0, np.uint64)
+        gone = int(earlier_ids.size - np.isin(earlier_ids, current_ids, assume_unique=True).sum())
+        if gone:
+            yield beam.pvalue.TaggedOutput(REMOVED_IDS, gone)
     if not refs:
         return
     if not prior_i:
@@ -178,13 +189,16 @@ def _attach(item: tuple[int, Iterable[RefKeys | PriorKeys]], positions: bool = F
 class AttachPriorKeys(beam.PTransform):
     """Image refs in (one per element); an `AttachedRef` out for each, joined by id in hash buckets.
 
-    `positions=True` (carry-over): each AttachedRef also holds the position of each ckey's earliest row."""
+    `positions=True` (carry-over): each AttachedRef also holds the position of each ckey's earliest row.
+    `with_removed=True`: returns `(refs, removed)`, `removed` ints summing to the number of earlier
+    ids that no ref has (images that left the input)."""
 
-    def __init__(self, files: Sequence[str], bits: int, positions: bool = False):
+    def __init__(self, files: Sequence[str], bits: int, positions: bool = False, with_removed: bool = False):
         super().__init__()
         self._files = list(files)
         self._bits = bits
         self._positions = positions
+        self._with_removed = with_removed
 
     def expand(self, refs):
         slices = (
@@ -193,12 +207,13 @@ class AttachPriorKeys(beam.PTransform):
             | "RefsByBucket" >> beam.FlatMap(_ref_slices, self._bits)
         )
         prior = refs.pipeline | "PriorImageKeys" >> ReadPriorKeys(self._files, self._bits, self._positions)
-        return (
+        joined = (
             (slices, prior)
             | "RefsAndPriorKeys" >> beam.Flatten()
             | "GroupRefBuckets" >> beam.GroupByKey()
-            | "AttachKeys" >> beam.FlatMap(_attach, self._positions)
+            | "AttachKeys" >> beam.FlatMap(_attach, self._positions).with_outputs(REMOVED_IDS, main="refs")
         )
+        return (joined.refs, joined[REMOVED_IDS]) if self._with_removed else joined.refs
 
 
 def attached(element: ImageRef | AttachedRef) -> AttachedRef:
