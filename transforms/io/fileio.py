@@ -173,9 +173,6 @@ def storage_outage(path: str, exc: BaseException) -> StorageUnavailable:
     )
 
 
-_storage_outage = storage_outage  # the old name, still used by pipeline/options.py (being rewritten)
-
-
 def _exception_chain(exc: BaseException) -> list[BaseException]:
     chain: list[BaseException] = []
     while exc is not None and len(chain) < 20 and exc not in chain:
