@@ -589,6 +589,9 @@ def main_from_args(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m examples.demo data|neighbors ...` (quiet unless --verbose, as `python -m pipeline`; the same exit path)."""
     from pipeline.cli import GENERAL_HELP, HelpFormatter, configure_logging, exit_status, version_line
+    from transforms import quiet
+
+    quiet.install()  # as `python -m pipeline`: TensorFlow's start-up lines hidden, telemetry off
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--version" in argv:

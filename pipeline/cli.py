@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline COMMAND ...` (also installed as `beam-embeddings`).
 
 Every command takes `--help`, `--version` and `--verbose`. Quiet by default: TensorFlow's C++
-start-up lines are hidden (`transforms.quiet`), Python logging shows warnings and the job's own
+start-up lines are hidden (`main` calls `transforms.quiet.install()` before any command imports
+TensorFlow or OpenVINO; importing `transforms` does not), Python logging shows warnings and the job's own
 progress only, and the chatter of Beam's local worker processes is dropped; `--verbose` shows it
 all (INFO logs of every library, TensorFlow's start-up lines, in worker processes too).
 
@@ -263,6 +264,7 @@ def _run_command(command: str, rest: list[str]) -> Optional[int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m pipeline COMMAND ...`: the exit code (0 done, 1 failed its checks, 2 bad usage, 130 Ctrl-C)."""
+    quiet.install()  # first: TensorFlow's C++ start-up lines hidden, OpenVINO's telemetry off (`transforms.quiet`)
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]

@@ -30,7 +30,9 @@ from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
 from transforms.results import read_manifest, run_files
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
-from transforms.sinks.write import TopErrorReasons, WriteErrors, WriteManifestFn, WriteTables
+from transforms.sinks.folder import release_output
+from transforms.sinks.manifest import TopErrorReasons, WriteManifestFn
+from transforms.sinks.parquet import WriteErrors, WriteTables
 from transforms.state.carry import CARRIED, CarryRows, with_run_id, without_provenance
 from transforms.state.dedup import CheckTextRecords, FindDuplicateIds
 from transforms.state.incremental import SKIPPED, AttachPriorKeys, ReadPriorKeys
@@ -123,7 +125,7 @@ def _prior_run_ids(folders: Sequence[str], modality: str = TEXT) -> list[tuple[s
     `pipeline.run.prior_embedding_files` lists them (folders in flag order, files as in the manifest)."""
     files = []
     for folder in folders:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, allow_failed=True)  # checked at launch (`prior_embedding_files`)
         files += [(path, str(manifest.get("run_id"))) for path in run_files(folder, manifest, modality)]
     return files
 
@@ -437,7 +439,7 @@ def _write_manifest(
         | "ManifestTrigger" >> beam.Create([None])
         | "WriteManifest"
         >> beam.ParDo(
-            WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed),
+            WriteManifestFn(config.output, static, config.max_failed_fraction, config.max_failed, release=release_output),
             counts=beam.pvalue.AsDict(totals),
             files=beam.pvalue.AsList(files | "AllOutputFiles" >> beam.Flatten()),
             reasons=beam.pvalue.AsList(errors | "TopErrorReasons" >> TopErrorReasons()),

@@ -31,7 +31,7 @@ from transforms.errors import DataError, UserError
 from transforms.io import fileio
 from transforms.io.splits import DEFAULT_MAX_TEXT_BYTES, DEFAULT_SPLIT_BYTES
 from transforms.records import IMAGE, TEXT, embedding_schema
-from transforms.sinks.write import DEFAULT_MAX_FAILED_FRACTION
+from transforms.sinks.manifest import DEFAULT_MAX_FAILED_FRACTION
 
 __all__ = [
     "EmbeddingJobOptions",
@@ -335,6 +335,16 @@ class EmbeddingJobOptions(PipelineOptions):
         )
         _flag(
             parser,
+            "--allow-failed",
+            nargs="?",
+            const=True,
+            default=False,
+            type=parse_bool,
+            metavar="true|false",
+            help="With --incremental-from: use an earlier run that failed its checks on a modality this run embeds (its records missing there are embedded again); a modality that is complete in a failed run is used without it.",
+        )
+        _flag(
+            parser,
             "--carry-over",
             nargs="?",
             const=True,
@@ -390,6 +400,7 @@ class JobConfig:
     normalize: bool = False
     allow_duplicate_ids: bool = False
     incremental_from: tuple[str, ...] = ()
+    allow_failed: bool = False
     carry_over: bool = False
     detach: bool = False
     bigquery_table: Optional[str] = None
@@ -710,6 +721,7 @@ def config_from_options(
         normalize=o.normalize,
         allow_duplicate_ids=o.allow_duplicate_ids,
         incremental_from=tuple(_absolute(d).rstrip("/") for d in split_folders(o.incremental_from)),
+        allow_failed=o.allow_failed,
         carry_over=o.carry_over,
         detach=o.detach,
         bigquery_table=o.bigquery_table or None,

@@ -10,10 +10,9 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -34,13 +33,15 @@ from pipeline.options import (
     check_unknown_flags,
     config_from_options,
 )
+from pipeline.shutdown import CLAIMED as _CLAIMED
+from pipeline.shutdown import UNFINISHED, signals_end_the_run, stop_workers
 from transforms import progress
 from transforms.embed.models import load_image_embedder, load_text_embedder
-from transforms.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, DataError, UserError
+from transforms.errors import DataError, UserError
 from transforms.io import fileio
 from transforms.records import IMAGE, TEXT
-from transforms.results import MANIFEST_NAME, read_manifest, run_files
-from transforms.sinks.write import (
+from transforms.results import MANIFEST_NAME, failure_summary, modality_status, read_manifest, run_files
+from transforms.sinks.folder import (
     ForeignFilesError,
     OutputInUseError,
     UnreadableManifestError,
@@ -170,11 +171,9 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
                 raise ConfigError(
                     f"{flag}: its {MANIFEST_NAME} cannot be read ({type(exc).__name__}: {exc}); give the folder of a finished run"
                 ) from None
-            if manifest.get("status") == "failed":
-                raise ConfigError(
-                    f"{flag}: run {manifest.get('run_id')} failed its checks, so its embeddings are incomplete; "
-                    "give the folder of a run that completed"
-                )
+            note = _failed_prior_note(flag, manifest, config)
+            if note:
+                print(note, file=sys.stderr)
             wanted = [path for paths in listed.values() for path in paths]
             present = set(fileio.match_paths(sorted({p.rsplit("/", 1)[0] + "/*" for p in wanted})))  # a listing per folder
             missing = [path for path in wanted if path not in present]
@@ -190,6 +189,31 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
         for modality, paths in listed.items():
             files.setdefault(modality, []).extend(paths)
     return files
+
+
+def _failed_prior_note(flag: str, manifest: dict, config: JobConfig) -> Optional[str]:
+    """For an earlier run that failed its checks: ConfigError when it failed on a modality this run embeds
+    and --allow-failed is off; otherwise the note line to print (None for a complete run). A modality
+    that is complete in the failed run (images fine, text over its budget) is used without the flag."""
+    if manifest.get("status") != "failed":
+        return None
+    embeds = [
+        m for m in (TEXT, IMAGE) if m in manifest.get("models", {}) and (config.has_text if m == TEXT else config.has_images)
+    ]
+    failed = [m for m in embeds if modality_status(manifest, m)["status"] == "failed"]
+    run_name = f"run {manifest.get('run_id')}"
+    if not failed:
+        used = " and ".join(embeds) or "none of its"
+        return (
+            f"note: {flag}: {run_name} failed ({failure_summary(manifest)}), but its {used} embeddings are complete: using them"
+        )
+    if not config.allow_failed:
+        raise ConfigError(
+            f"{flag}: {run_name} failed its checks ({failure_summary(manifest)}), so its {' and '.join(failed)} embeddings "
+            "are incomplete; pass --allow-failed to use them anyway (records missing there are embedded again), "
+            "or give the folder of a run that completed"
+        )
+    return f"note: {flag}: {run_name} failed ({failure_summary(manifest)}): using its incomplete {' and '.join(failed)} embeddings (--allow-failed)"
 
 
 def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
@@ -223,6 +247,12 @@ def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] =
             parts.append(f"{a['rows']} Parquet rows = {a['record_rows']} read")
         verdict = "ok" if a["balanced"] else f"LINES UNACCOUNTED in {a['unaccounted_files']} file(s)"
         lines.append(f"  {modality} inputs: {'; '.join(parts)}: {verdict}")
+    if manifest.get("status") == "failed":  # each modality's own status beside the run's (manifest "modalities")
+        statuses = {m: modality_status(manifest, m)["status"] for m in manifest["counts"]}
+        complete = [m for m, status in statuses.items() if status == "complete"]
+        parts = [f"{m} {status}" for m, status in statuses.items()]
+        usable = f"; tools read its {' and '.join(complete)} embeddings as they are" if complete else ""
+        lines.append(f"  status: run failed ({', '.join(parts)}){usable}; --allow-failed reads the rest")
     for folder, paths in manifest["files"].items():
         lines.append(f"  {folder + '/':<8} {len(paths)} Parquet file(s)")
     for modality, reasons in manifest.get("top_errors", {}).items():
@@ -359,9 +389,6 @@ def _run_claimed(
     return manifest
 
 
-_UNFINISHED = "the run did not finish (no manifest written); rerun the same command to complete it"
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
     found = []
     while exc is not None and len(found) < 20 and exc not in found:
@@ -381,78 +408,19 @@ def failure_message(exc: BaseException) -> str:
     outage = re.search(r"storage unreachable: .*?(?= \[while running|\n|$)", text)
     if any(isinstance(e, fileio.StorageUnavailable) for e in chain) or outage:
         detail = outage.group(0) if outage else "storage unreachable"
-        return f"{detail}{where}; {_UNFINISHED}"
+        return f"{detail}{where}; {UNFINISHED}"
     # Beam's gcsio batch copy/delete (the sinks' finalisation) reads `response.status_code` of a batch
     # answer that never came when the storage endpoint is gone: an AttributeError on None, not a bug here.
     no_answer = "'NoneType' object has no attribute 'status_code'" in text
     if "RetryError" in text or "Timeout of" in text or no_answer or any(fileio.is_transient_storage_error(e) for e in chain[:1]):
         return (
             f"storage unreachable{where}: gs:// calls kept failing for more than "
-            f"{fileio.storage_timeout():g} s (--storage-timeout); {_UNFINISHED}"
+            f"{fileio.storage_timeout():g} s (--storage-timeout); {UNFINISHED}"
         )
     if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "No space left on device" in text:
-        return f"no space left on device{where} (writing --output or a temp folder); {_UNFINISHED}, once there is space again"
+        return f"no space left on device{where} (writing --output or a temp folder); {UNFINISHED}, once there is space again"
     first = next((line for line in str(chain[-1]).splitlines() if line.strip()), "")[:300]
-    return f"the run failed{where}: {type(chain[-1]).__name__}: {first} (--verbose shows the traceback); {_UNFINISHED}"
-
-
-def _worker_pids() -> list[int]:
-    """This process's Beam worker processes (local multi_processing mode: `sh -c python -m
-    apache_beam...sdk_worker_main` and the Python below it), from /proc; nothing else is touched."""
-    parents: dict[int, int] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # not Linux: nothing to look at
-        return []
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = [], [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid != parent:
-                continue
-            if parent == os.getpid():
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        if b"apache_beam" not in handle.read():  # a child that is not a Beam worker
-                            continue
-                except OSError:
-                    continue
-            found.append(pid)
-            frontier.append(pid)
-    return found
-
-
-def stop_workers(grace: float = 5.0) -> int:
-    """Terminate the Beam worker processes this run started, and the processes below them (SIGTERM,
-    then SIGKILL after `grace` s); returns how many there were."""
-    workers = _worker_pids()
-    for pid in reversed(workers):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = list(workers)
-    while alive and time.monotonic() < deadline:
-        for pid in list(alive):
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)  # reaps our direct children
-            try:
-                with open(f"/proc/{pid}/stat") as handle:
-                    if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        alive.remove(pid)
-            except OSError:
-                alive.remove(pid)
-        time.sleep(0.05)
-    for pid in alive:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return len(workers)
+    return f"the run failed{where}: {type(chain[-1]).__name__}: {first} (--verbose shows the traceback); {UNFINISHED}"
 
 
 _BEAM_ERROR_LOGGERS = (
@@ -462,115 +430,6 @@ _BEAM_ERROR_LOGGERS = (
 )
 
 
-_CLAIMED: dict = {}  # the output folder this process's run holds, to free it when a signal ends the run
-
-
-def _interrupted(signum: int) -> None:
-    """End the run for a Ctrl-C or SIGTERM: one line, the Beam workers stopped, the folder freed, and
-    the process gone at once (Beam's runner threads are not daemons and would keep it alive)."""
-    import threading
-
-    threading.excepthook = lambda args: None  # Beam's threads complain as their workers go away
-    terminated = signum == signal.SIGTERM
-    name = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
-    with contextlib.suppress(Exception):
-        print(f"\nerror: {name}; {_UNFINISHED}", file=sys.stderr, flush=True)
-    # Nothing after that line: as the workers go away, Beam's data plane and gRPC threads in this
-    # process log tracebacks ("Failed to read inputs in the data plane"). --verbose keeps them.
-    from transforms import quiet
-
-    if not quiet.is_verbose():
-        logging.disable(logging.CRITICAL)
-        with contextlib.suppress(Exception):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-    with contextlib.suppress(Exception):
-        stop_workers(grace=3.0)
-    if _CLAIMED:
-        with contextlib.suppress(Exception):
-            release_output(_CLAIMED["output"], _CLAIMED["run_id"])
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-    os._exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
-
-
-class _WorkersIgnoreCtrlC:
-    """The `subprocess` module as Beam's local job service sees it: worker command lines (run by
-    `sh -c`) start with `trap '' INT`, so the worker processes ignore SIGINT.
-
-    A Ctrl-C in a terminal goes to the whole foreground process group: Beam's worker processes
-    (multi_processing mode) got it too and each printed a KeyboardInterrupt traceback (inside an
-    import or a gRPC call) after the launcher's one line. The launcher alone handles Ctrl-C
-    (`_interrupted`) and stops its workers with SIGTERM; SIGTERM, SIGKILL and SIGHUP still reach them."""
-
-    def __init__(self, module):
-        self._module = module
-
-    def Popen(self, args, *rest, **kwargs):  # noqa: N802 - subprocess.Popen's name
-        if kwargs.get("shell") and isinstance(args, str):
-            args = "trap '' INT; " + args
-        return self._module.Popen(args, *rest, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._module, name)
-
-
-@contextlib.contextmanager
-def _workers_ignore_ctrl_c() -> Iterator[None]:
-    """While active, local worker processes that Beam starts ignore SIGINT (`_WorkersIgnoreCtrlC`)."""
-    from apache_beam.runners.portability import local_job_service
-
-    original = local_job_service.subprocess
-    local_job_service.subprocess = _WorkersIgnoreCtrlC(original)
-    try:
-        yield
-    finally:
-        local_job_service.subprocess = original
-
-
-@contextlib.contextmanager
-def _signals_end_the_run() -> Iterator[None]:
-    """While the run runs, SIGINT and SIGTERM end it through `_interrupted`, in a watcher thread.
-
-    Python runs signal handlers only between bytecodes of the main thread, which may sit in a C call
-    of Beam's runner for minutes; the wakeup fd is written by the C-level handler at once, so the
-    watcher acts even then. Local worker processes ignore SIGINT meanwhile (`_workers_ignore_ctrl_c`):
-    the launcher's one line is all a Ctrl-C prints."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def watch():
-        while True:
-            try:
-                data = os.read(read_fd, 1)
-            except OSError:
-                return
-            if not data:
-                return
-            if data[0] in (signal.SIGINT, signal.SIGTERM):
-                _interrupted(data[0])
-
-    watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
-    watcher.start()
-    try:
-        with _workers_ignore_ctrl_c():
-            yield
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        os.close(write_fd)  # the watcher reads end-of-file and stops
-        watcher.join(timeout=5)
-        os.close(read_fd)
-
-
 def run_command(argv: Optional[Sequence[str]] = None) -> None:
     """`python -m pipeline run`'s body: run the job; a failure is raised as a `UserError` for the CLI's exit path.
 
@@ -578,14 +437,14 @@ def run_command(argv: Optional[Sequence[str]] = None) -> None:
     budget `RunFailed` (exit 1), and any other exception of the run (storage unreachable, disk full,
     a pipeline error) `RunStopped` (exit 1) with one line naming the cause; its traceback is logged
     for --verbose only. Ctrl-C and SIGTERM end the process at once (130, 143; see
-    `_signals_end_the_run`).
+    `pipeline.shutdown.signals_end_the_run`).
     """
     quiet = [] if logging.getLogger().isEnabledFor(logging.INFO) else [logging.getLogger(name) for name in _BEAM_ERROR_LOGGERS]
     levels = [logger.level for logger in quiet]
     for logger in quiet:  # Beam logs each failure with its whole traceback; the one line below says it
         logger.setLevel(logging.CRITICAL)
     try:
-        with _signals_end_the_run():
+        with signals_end_the_run():
             run(argv)
     except UserError:
         raise
@@ -605,5 +464,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     SIGTERM; every failure ends with one `error:` line on stderr. The same exit path as
     `python -m pipeline run` (`pipeline.cli.exit_status`)."""
     from pipeline.cli import exit_status
+    from transforms import quiet
 
+    quiet.install()  # the flex template's launcher starts here, not in `pipeline.cli.main`
     return exit_status("run", lambda: run_command(argv))

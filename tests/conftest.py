@@ -12,6 +12,12 @@ os.environ.setdefault("KERAS_HOME", _KERAS_HOME)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# As the CLI does first (importing `transforms` does not): TensorFlow's C++ start-up lines hidden, and
+# OpenVINO's telemetry off before a test imports OpenVINO itself (pytest.importorskip("openvino")).
+from transforms import quiet  # noqa: E402
+
+quiet.install()
+
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 

@@ -318,6 +318,46 @@ def test_a_relative_model_path_of_an_older_manifest_is_a_clear_error(tmp_path, m
     assert "'models/text.keras'" in err and "relative" in err and "--text-model" in err
 
 
+_IMPORT_ONLY = """
+import json, sys
+before = list(sys.meta_path)
+import transforms
+unchanged = sys.meta_path == before
+from transforms import EmbedText, read_embeddings  # the public names, loaded on first use (Beam adds finders of its own)
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "openvino", "openvino_telemetry"})
+ours = [repr(f) for f in sys.meta_path if type(f).__module__.startswith("transforms")]
+print(json.dumps({"unchanged": unchanged, "heavy": heavy, "ours": ours}))
+"""
+
+
+def test_importing_transforms_has_no_side_effects():
+    """`import transforms` (and its public names) defines names only: no finder of ours on sys.meta_path,
+    no TensorFlow or OpenVINO imported, OpenVINO's telemetry left alone (the CLI and the DoFns' setup do that)."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDDINGS_VERBOSE"}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ONLY], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == {"unchanged": True, "heavy": [], "ours": []}
+
+
+def test_the_cli_quiets_tensorflow_before_a_command_runs(monkeypatch):
+    """`main` installs the quiet start-up itself, whatever the command (importing `transforms` no longer does)."""
+    import sys
+
+    from transforms import quiet
+
+    def ours():
+        return [f for f in sys.meta_path if type(f).__module__ == quiet.__name__]
+
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if f not in ours()])
+    assert cli.main(["--version"]) == 0
+    assert len(ours()) == 1
+
+
 def test_quiet_stderr_drops_only_the_startup_lines(capfd, monkeypatch):
     """What C++ writes to fd 2 during the import: the absl lines go, anything else written meanwhile stays."""
     from transforms import quiet

@@ -64,9 +64,9 @@ USER_ERRORS = {
     "pipeline.train.text.TrainingConfigError": (ValueError, EXIT_USAGE),
     "pipeline.train.text.TrainingDataError": (ValueError, EXIT_FAILED),
     "transforms.sinks.bigquery.BigQueryTableError": (ValueError, EXIT_USAGE),
-    "transforms.sinks.write.OutputInUseError": (RuntimeError, EXIT_USAGE),
-    "transforms.sinks.write.ForeignFilesError": (RuntimeError, EXIT_USAGE),
-    "transforms.sinks.write.UnreadableManifestError": (RuntimeError, EXIT_USAGE),
+    "transforms.sinks.folder.OutputInUseError": (RuntimeError, EXIT_USAGE),
+    "transforms.sinks.folder.ForeignFilesError": (RuntimeError, EXIT_USAGE),
+    "transforms.sinks.folder.UnreadableManifestError": (RuntimeError, EXIT_USAGE),
     "transforms.results.IncompleteOutputError": (RuntimeError, EXIT_FAILED),
     "transforms.results.FailedRunError": (RuntimeError, EXIT_FAILED),
     "pipeline.run.RunFailed": (RuntimeError, EXIT_FAILED),
@@ -148,7 +148,7 @@ def _bad_run_argv(case: str, tmp, text_model) -> tuple[list[str], int, str, str]
     if case == "BigQueryTableError":
         return run + ["--bigquery-table", "not-a-table"], EXIT_USAGE, "error: --bigquery-table", "not-a-table"
     if case == "OutputInUseError":  # another live run (this test's process) holds the folder
-        from transforms.sinks.write import claim_output
+        from transforms.sinks.folder import claim_output
 
         claim_output(str(out), "the-other-run")
         return run, EXIT_USAGE, f"error: --output {str(out)!r}", "the-other-run"

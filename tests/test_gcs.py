@@ -18,7 +18,7 @@ from PIL import Image
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from pipeline.run import main, run
 from transforms.results import MANIFEST_NAME, read_embeddings, read_errors, read_manifest
-from transforms.sinks.write import RUNNING_NAME
+from transforms.sinks.folder import RUNNING_NAME
 
 pytestmark = pytest.mark.gcs
 

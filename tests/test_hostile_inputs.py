@@ -206,15 +206,20 @@ def test_storage_down_at_launch_fails_with_exit_1_naming_the_storage_timeout(tmp
 # ---- case 11: no telemetry ---------------------------------------------------------------------------
 
 _CONVERT = """
-import transforms  # what every process of the job imports first (the CLI, launchers, Beam workers)
-from transforms.embed.backends import compile_openvino, openvino_version
-import openvino
-import tensorflow as tf
+import sys
+from transforms.embed.dofns import EmbedImageBatchesFn  # what a Beam worker unpickles (no `import transforms` hook)
+from transforms.embed.models import ImageModelSpec
+from transforms.records import IMAGE, embedding_schema
 
-assert openvino_version()
-function = tf.function(lambda x: x * 2.0).get_concrete_function(tf.TensorSpec([1, 4], tf.float32))
-forward = compile_openvino(function)
-print("converted", forward.version)
+assert "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
+spec = ImageModelSpec("MobileNetV3Small", weights="none", image_size=64, batch_size=2, backend="openvino")
+fn = EmbedImageBatchesFn(spec, embedding_schema(IMAGE, 1))
+fn.setup()  # the worker's setup: the model loads and is converted to OpenVINO (backend "openvino": or it raises)
+from openvino.tools.ovc import convert_impl, telemetry_stub
+
+assert convert_impl.tm is telemetry_stub
+fn.teardown()
+print("converted", sys.modules["openvino"].__version__)
 """
 
 
@@ -222,7 +227,8 @@ print("converted", forward.version)
 def test_openvino_writes_nothing_under_home_when_imported_and_converting(tmp_path):
     """`import openvino` started OpenVINO's telemetry (a client id in ~/intel/openvino_ga_cid, every
     run counted in ~/intel/stats, an event sent) before the job could switch it off. With HOME an
-    empty folder, importing OpenVINO and converting a function the job's way leaves it empty."""
+    empty folder, a worker's DoFn setup that loads an image model on the OpenVINO backend (importing
+    OpenVINO and converting the network, the job's way) leaves it empty."""
     pytest.importorskip("openvino")
     home = tmp_path / "home"
     home.mkdir()

@@ -22,7 +22,8 @@ from pipeline.run import main
 from tests_support import PROJECT_ROOT, TWO_WORKER_PROCESSES, descendants, refused_storage, run_pipeline, start_pipeline
 from transforms.io import fileio
 from transforms.results import MANIFEST_NAME, FailedRunError, read_embeddings, read_errors, read_manifest
-from transforms.sinks.write import RUNNING_NAME, failure_verdict
+from transforms.sinks.folder import RUNNING_NAME
+from transforms.sinks.manifest import failure_verdict
 
 _ENV = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
 
@@ -423,7 +424,7 @@ def test_the_tools_refuse_a_failed_run_in_one_line(tmp_path, tiny_text_model, ca
 
     assert cli.main(["neighbors", "--embeddings", str(out), "--id", "r1", "-k", "2"]) != 0
     err = capsys.readouterr().err
-    assert "failed" in err and "allow_failed" in err and "Traceback" not in err
+    assert "failed" in err and "--allow-failed" in err and "allow_failed=True" not in err and "Traceback" not in err
 
 
 def test_workers_take_the_storage_timeout_from_the_job_options(monkeypatch):

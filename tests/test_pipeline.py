@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.run import main, run
 from transforms.results import MANIFEST_NAME, IncompleteOutputError, read_embeddings, read_errors, read_manifest
-from transforms.sinks.write import RUNNING_NAME
+from transforms.sinks.folder import RUNNING_NAME
 
 
 def _write_text_inputs(folder: pathlib.Path) -> dict:

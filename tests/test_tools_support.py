@@ -28,7 +28,7 @@ def write_run(
     run_id: str = "run-1",
     manifest: bool = True,
 ) -> pathlib.Path:
-    """A finished run as `transforms.sinks.write` lays it out: Parquet parts of one modality and `_MANIFEST.json`."""
+    """A finished run as the job lays it out (`transforms.sinks`): Parquet parts of one modality and `_MANIFEST.json`."""
     vectors = np.asarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     ids = list(ids) if ids is not None else [f"{modality}-{i:04d}" for i in range(n)]

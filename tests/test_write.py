@@ -14,17 +14,16 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from transforms import read_embeddings, read_errors, read_manifest
 from transforms.records import ERROR_SCHEMA, TEXT, ErrorRecord, embedding_schema
 from transforms.results import MANIFEST_NAME, IncompleteOutputError
-from transforms.sinks.write import (
+from transforms.sinks.folder import (
     RUNNING_NAME,
     ForeignFilesError,
     UnreadableManifestError,
-    WriteErrors,
-    WriteManifestFn,
-    WriteTables,
     clear_previous_output,
     discard_unfinished,
     output_leftovers,
 )
+from transforms.sinks.manifest import WriteManifestFn
+from transforms.sinks.parquet import WriteErrors, WriteTables
 
 pytestmark = pytest.mark.slow  # each test runs a Beam pipeline
 

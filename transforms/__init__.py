@@ -6,18 +6,16 @@
 pipeline; `EmbedTextTables` / `EmbedImageRefs` are their columnar core, which the job is built
 from. `read_embeddings`, `read_errors` and `read_manifest` (see `transforms.results`) read a
 finished run of the job; `WriteEmbeddingRun` (see `transforms.sinks.run`) writes `EmbedText` /
-`EmbedImages` results as such a run, for the tools and later incremental runs. The names are imported on first use, so `import transforms.io.fileio`
-stays light and reading a run never imports TensorFlow.
+`EmbedImages` results as such a run, for the tools and later incremental runs. The names are
+imported on first use, so `import transforms.io.fileio` stays light and reading a run never
+imports TensorFlow. Importing `transforms` has no side effects: the job quiets TensorFlow and
+switches OpenVINO's telemetry off itself when its DoFns load models (`transforms.quiet`).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-from transforms import quiet as _quiet  # hides TensorFlow's C++ start-up lines (see transforms.quiet)
-
-_quiet.install()
 
 __all__ = [
     "EmbedText",

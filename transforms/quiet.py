@@ -1,4 +1,5 @@
-"""Quiet start-up: hide the absl/TensorFlow lines that C++ writes to stderr while TensorFlow is imported.
+"""Quiet start-up: hide the absl/TensorFlow lines that C++ writes to stderr while TensorFlow is imported,
+and switch OpenVINO's usage telemetry off before OpenVINO is imported.
 
 `import tensorflow` makes TensorFlow's C++ libraries write lines such as
 
@@ -6,25 +7,30 @@
     I0000 00:00:1796153109.487435    7182 port.cc:153] oneDNN custom operations are on. ...
 
 straight to file descriptor 2, before any Python logging exists; `TF_CPP_MIN_LOG_LEVEL` does not
-hide them (they come from absl, not from TensorFlow's own logger). `install()` puts a finder on
-`sys.meta_path` that runs the first `import tensorflow` of a process (direct, or through Keras)
-with file descriptor 2 pointed at a temporary file. Afterwards everything written meanwhile is
+hide them (they come from absl, not from TensorFlow's own logger). `quiet_stderr()` runs a block
+with file descriptor 2 pointed at a temporary file; afterwards everything written meanwhile is
 written back to stderr except those start-up lines (absl-format lines and the "WARNING: All log
 messages before absl::InitializeLog()" notice), so another thread's output is not lost; if the
-import fails, everything is written back.
+block fails, everything is written back.
 
-`install()` also switches OpenVINO's telemetry off before anything imports OpenVINO
-(`block_telemetry`): `import openvino` imports its converter, whose package `__init__` starts
-`openvino_telemetry` with consent assumed when no consent file exists, writes a client id to
-`~/intel/openvino_ga_cid`, counts every run in `~/intel/stats` and sends an "import" event to
-Google Analytics. Where `openvino_telemetry` cannot be imported the converter uses its own no-op
-stub, so `install()` makes it unimportable (`sys.modules[name] = None`): nothing is written under
+`import openvino` imports its converter, whose package `__init__` starts `openvino_telemetry` with
+consent assumed when no consent file exists, writes a client id to `~/intel/openvino_ga_cid`,
+counts every run in `~/intel/stats` and sends an "import" event to Google Analytics. Where
+`openvino_telemetry` cannot be imported the converter uses its own no-op stub, so
+`block_telemetry()` makes it unimportable (`sys.modules[name] = None`): nothing is written under
 the user's home and nothing is sent, with no consent file to write either.
 
-`transforms/__init__.py` installs it, so it covers every process that runs this code: the command
-line, the flex-template launcher and Beam's worker processes (which import `transforms` when they
-unpickle a DoFn, long before a model loads TensorFlow or OpenVINO). Set `EMBEDDINGS_VERBOSE=1`
-(what `--verbose` does; Beam's local worker processes inherit it) to see the lines again.
+Importing `transforms` does none of this (no side effects on import). Who does:
+
+* the command line and the flex template's entry (`pipeline.cli.main`, `pipeline.run.main`) call
+  `install()` first: a finder on `sys.meta_path` runs the process's first `import tensorflow`
+  (direct, or through Keras) inside `quiet_stderr`, and telemetry is blocked;
+* the job's DoFns call `quiet_start()` in `setup()` before their model loads (Beam's worker
+  processes, and a library user's own pipeline): telemetry blocked, TensorFlow imported quietly;
+* `transforms.embed.backends` blocks telemetry before each `import openvino` it does.
+
+Set `EMBEDDINGS_VERBOSE=1` (what `--verbose` does; Beam's local worker processes inherit it) to
+see the lines again.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ __all__ = [
     "QUIET_MODULES",
     "TELEMETRY_MODULES",
     "install",
+    "quiet_start",
     "block_telemetry",
     "is_verbose",
     "quiet_stderr",
@@ -158,8 +165,23 @@ def block_telemetry() -> bool:
 
 
 def install() -> None:
-    """Put the quiet finder first on `sys.meta_path` (once per process; a no-op if TensorFlow is
-    already imported), and switch telemetry off before OpenVINO is imported (`block_telemetry`)."""
+    """For a process's entry point (the CLI, the flex template's launcher): put the quiet finder first
+    on `sys.meta_path` (once per process; a no-op if TensorFlow is already imported), and switch
+    telemetry off before OpenVINO is imported (`block_telemetry`)."""
     block_telemetry()
     if not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder())
+
+
+def quiet_start() -> None:
+    """Before a model loads (the job's DoFns' `setup()`): switch telemetry off (`block_telemetry`) and,
+    unless TensorFlow is already imported or `is_verbose()`, import it with its start-up lines hidden
+    (`quiet_stderr`). Touches no import machinery (`sys.meta_path` stays as it was)."""
+    block_telemetry()
+    if "tensorflow" in sys.modules or is_verbose():
+        return
+    with quiet_stderr():
+        try:
+            import tensorflow  # noqa: F401 - imported here so that its C++ start-up lines are hidden
+        except ImportError:  # not installed: the model's own import says so
+            pass

@@ -1,8 +1,9 @@
 """Reading a finished run: its manifest, embeddings and dead letters (no TensorFlow imported).
 
-A run's folder is complete only when `_MANIFEST.json` exists (`transforms.sinks.write` writes it last):
+A run's folder is complete only when `_MANIFEST.json` exists (`transforms.sinks.manifest` writes it last):
 `read_manifest` and `read_embeddings` refuse a folder without it, and a run that failed its checks
-unless given `allow_failed=True`.
+unless given `allow_failed=True`. A run fails by modality (`modality_status`: text over its failure
+budget, images fine): the embeddings of a modality that is complete are read without `allow_failed`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = [
     "OUTPUT_FOLDERS",
     "IncompleteOutputError",
     "FailedRunError",
+    "modality_status",
+    "failure_summary",
     "read_manifest",
     "run_files",
     "read_embeddings",
@@ -43,9 +46,26 @@ class FailedRunError(IncompleteOutputError):
     unfinished run also refuses a failed one, with its one-line message."""
 
 
-def read_manifest(output: str, allow_failed: bool = False) -> dict:
+def failure_summary(manifest: dict) -> str:
+    """Why a failed run failed, on one line: `text: 6 of 23 records failed ...; image: ...`."""
+    return "; ".join(f"{m}: {r}" for m, r in sorted(manifest.get("failures", {}).items())) or "see its manifest"
+
+
+def modality_status(manifest: dict, modality: str) -> dict:
+    """One modality's own status beside the run's: `{"status": "complete"}` or `{"status": "failed",
+    "reason": ...}` (the manifest's `modalities`; for a manifest written before it, from `failures`,
+    which name every modality over its budget)."""
+    given = manifest.get("modalities", {}).get(modality)
+    if given:
+        return dict(given)
+    reason = manifest.get("failures", {}).get(modality)
+    return {"status": "failed", "reason": reason} if reason else {"status": "complete"}
+
+
+def read_manifest(output: str, allow_failed: bool = False, modality: Optional[str] = None) -> dict:
     """The manifest of a finished run; IncompleteOutputError when the run did not finish, and
-    FailedRunError when it failed its checks (unless `allow_failed`)."""
+    FailedRunError when it failed its checks (unless `allow_failed`, or `modality` is given and that
+    modality is complete: the run failed on another one)."""
     path = fileio.join(output, MANIFEST_NAME)
     if not FileSystems.exists(path):
         raise IncompleteOutputError(
@@ -53,10 +73,10 @@ def read_manifest(output: str, allow_failed: bool = False) -> dict:
             "output folder); rerun the same command to complete it"
         )
     manifest = json.loads(fileio.read_bytes(path))
-    if manifest.get("status") == "failed" and not allow_failed:
-        why = "; ".join(f"{m}: {r}" for m, r in sorted(manifest.get("failures", {}).items())) or "see its manifest"
+    complete = modality is not None and modality_status(manifest, modality)["status"] == "complete"
+    if manifest.get("status") == "failed" and not allow_failed and not complete:
         raise FailedRunError(
-            f"{output}: run {manifest.get('run_id')} failed ({why}); its embeddings are incomplete. "
+            f"{output}: run {manifest.get('run_id')} failed ({failure_summary(manifest)}); its embeddings are incomplete. "
             "Read its dead letters with read_errors, or pass allow_failed=True to use it anyway"
         )
     return manifest
@@ -81,8 +101,8 @@ def run_files(output: str, manifest: dict, folder: str) -> list[str]:
 
 def read_embeddings(output: str, modality: str, allow_failed: bool = False) -> pa.Table:
     """All embeddings of one modality of a finished run, as one table (refuses an unfinished run, and
-    a failed one unless `allow_failed`)."""
-    manifest = read_manifest(output, allow_failed=allow_failed)
+    a failed one unless `allow_failed` or this modality is complete: `modality_status`)."""
+    manifest = read_manifest(output, allow_failed=allow_failed, modality=modality)
     if modality not in manifest.get("models", {}):
         raise ValueError(f"{output}: the run embedded no {modality} (it has: {', '.join(manifest.get('models', {}))})")
     return _read_tables(run_files(output, manifest, modality))

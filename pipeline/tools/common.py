@@ -1,13 +1,14 @@
-"""What the tool commands share: their error class (a `UserError`), output writing and plain-text tables."""
+"""What the tool commands share: their error class (a `UserError`), `--allow-failed`, output writing and plain-text tables."""
 
 from __future__ import annotations
 
 import json
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from transforms.errors import UserError
 from transforms.io.fileio import upload as copy_local_file  # re-exported for the tools
 from transforms.io.fileio import write_bytes
+from transforms.results import FailedRunError, failure_summary, modality_status
 
 __all__ = [
     "ToolError",
@@ -18,7 +19,15 @@ __all__ = [
     "print_json_lines",
     "print_json",
     "add_json_flag",
+    "ALLOW_FAILED_HELP",
+    "add_allow_failed_flag",
+    "check_run_status",
 ]
+
+ALLOW_FAILED_HELP = (
+    "Read a run whose manifest says it failed its checks (a failed modality's embeddings are incomplete);"
+    " a modality that is complete in a failed run is read without it."
+)
 
 
 class ToolError(UserError, ValueError):
@@ -66,3 +75,31 @@ def print_json_lines(rows: Sequence[Mapping]) -> None:
     """One JSON object per line on stdout."""
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
+
+
+def add_allow_failed_flag(parser, help: str = ALLOW_FAILED_HELP) -> None:
+    """`--allow-failed`: every command that reads a run takes it (Python: `allow_failed=True`)."""
+    parser.add_argument("--allow-failed", action="store_true", help=help)
+
+
+def check_run_status(
+    output: str, manifest: dict, modality: str, allow_failed: bool, flag: str = "--allow-failed"
+) -> Optional[str]:
+    """Whether a command may read `modality` of the run in `output`: FailedRunError (exit 1, suggesting
+    `flag`) when the run failed its checks on that modality and `allow_failed` is off; otherwise the
+    note line to print (None for a complete run). A modality that is complete in a failed run
+    (images fine, text over its budget) is read without the flag."""
+    if manifest.get("status") != "failed":
+        return None
+    run = f"run {manifest.get('run_id')}"
+    status = modality_status(manifest, modality)
+    if status["status"] == "complete":
+        return f"note: {run} failed ({failure_summary(manifest)}), but its {modality} embeddings are complete: reading them"
+    if not allow_failed:
+        raise FailedRunError(
+            f"{output}: {run} failed ({failure_summary(manifest)}); its {modality} embeddings are incomplete. "
+            f"Pass {flag} to use them anyway (its dead letters are in {output}/errors/)"
+        )
+    return (
+        f"note: {run} failed ({status.get('reason', 'see its manifest')}): reading its incomplete {modality} embeddings ({flag})"
+    )

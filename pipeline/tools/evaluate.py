@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, format_table, print_json
+from pipeline.tools.common import ToolError, add_allow_failed_flag, add_json_flag, format_fields, format_table, print_json
 from pipeline.tools.knn import leave_one_out_neighbours, precision_at_k
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 
@@ -265,6 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
     parser.add_argument("--label-field", required=True, help="Passthrough column holding each row's label.")
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
+    add_allow_failed_flag(parser)
     parser.add_argument("-k", "--k", type=int, default=10, help="k of precision@k, besides precision@1 (default: %(default)s).")
     parser.add_argument(
         "--test-fraction", type=float, default=0.2, help="Rows held out from the linear probe's training (default: %(default)s)."
@@ -288,7 +289,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         raise ToolError(f"--max-rows must be at least 2, got {args.max_rows}")
     if args.block_rows < 1:
         raise ToolError(f"--block-rows must be at least 1, got {args.block_rows}")
-    embeddings = open_embeddings(args.embeddings, args.modality)
+    embeddings = open_embeddings(args.embeddings, args.modality, allow_failed=args.allow_failed)
     report = evaluate_embeddings(
         embeddings, args.label_field, args.k, args.test_fraction, args.seed, args.max_rows, args.block_rows, args.batch_rows
     )

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
+from pipeline.tools.common import ToolError, add_allow_failed_flag, add_json_flag, format_fields, print_json, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.io import fileio
 
@@ -203,6 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline build-index`."""
     parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
+    add_allow_failed_flag(parser)
     parser.add_argument(
         "--kind",
         choices=INDEX_KINDS,
@@ -216,7 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `build-index`: what it built, as a table (`--json`: the index's info)."""
     require_faiss()
-    embeddings = open_embeddings(args.embeddings, args.modality)
+    embeddings = open_embeddings(args.embeddings, args.modality, allow_failed=args.allow_failed)
     info = build_index(embeddings, kind=args.kind, batch_rows=args.batch_rows)
     if args.json:
         print_json(info)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, format_table, print_json_lines
+from pipeline.tools.common import ToolError, add_allow_failed_flag, format_table, print_json_lines
 from pipeline.tools.index import load_index
 from pipeline.tools.knn import RunningTopK
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
@@ -214,6 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modality", choices=(TEXT, IMAGE), help="Which embeddings, for --id (default: the run's only modality)."
     )
+    add_allow_failed_flag(parser)
     parser.add_argument("--text-model", help="The .keras text model (default: the one the run used, from its manifest).")
     parser.add_argument("--image-model", help="Network name or .keras file (default: the one the run used, from its manifest).")
     parser.add_argument("--image-weights", help="imagenet, none or a weights file (default: the run's).")
@@ -243,7 +244,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     modality = TEXT if args.text is not None else IMAGE if args.image is not None else args.modality
     if args.modality and modality != args.modality:
         raise ToolError(f"--modality {args.modality} contradicts the query (--{modality} searches {modality} embeddings)")
-    embeddings = open_embeddings(args.embeddings, modality)
+    embeddings = open_embeddings(args.embeddings, modality, allow_failed=args.allow_failed)
     if args.id is not None:
         query, exclude = query_from_id(embeddings, args.id), args.id
     elif args.text is not None:

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
+from pipeline.tools.common import ToolError, add_allow_failed_flag, add_json_flag, format_fields, print_json, write_bytes
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.io import fileio
 
@@ -361,6 +361,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Folder for the projector files and pca.png (local or gs://).",
     )
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
+    add_allow_failed_flag(parser)
     parser.add_argument("--label-field", help="Passthrough column to colour the plot by (also the first metadata column).")
     parser.add_argument(
         "--max-points",
@@ -377,7 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `export-projector`: a summary table on stdout (`--json` for scripts)."""
-    embeddings = open_embeddings(args.embeddings, args.modality)
+    embeddings = open_embeddings(args.embeddings, args.modality, allow_failed=args.allow_failed)
     summary = export_projector(embeddings, args.out, args.label_field, args.max_points, args.seed, args.batch_rows)
     if args.json:
         print_json(summary)

@@ -1,7 +1,7 @@
 """Reading a finished run's embeddings a chunk at a time, so that no tool needs the whole matrix in memory.
 
 A run folder is read only when its `_MANIFEST.json` exists (`transforms.results.read_manifest`
-refuses it otherwise). Rows come in a fixed global order: the manifest's files in the order it
+refuses it otherwise), and a modality that failed its checks only with `--allow-failed`. Rows come in a fixed global order: the manifest's files in the order it
 lists them, and each file's rows in order. A row's position in that order is how a FAISS index
 (`pipeline.tools.index`) refers to it.
 """
@@ -9,6 +9,7 @@ lists them, and each file's rows in order. A row's position in that order is how
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError
+from pipeline.tools.common import ToolError, check_run_status
 from transforms.io import fileio
 from transforms.records import MODALITIES
 from transforms.results import read_manifest, run_files
@@ -190,11 +191,18 @@ def resolve_modality(manifest: dict, output: str, modality: Optional[str]) -> st
     return embedded[0]
 
 
-def open_embeddings(output: str, modality: Optional[str] = None) -> EmbeddingSet:
-    """A finished run's embeddings of one modality (IncompleteOutputError when `_MANIFEST.json` is missing)."""
+def open_embeddings(output: str, modality: Optional[str] = None, allow_failed: bool = False) -> EmbeddingSet:
+    """A finished run's embeddings of one modality (IncompleteOutputError when `_MANIFEST.json` is missing).
+
+    A run that failed its checks is read when that modality is complete in it, or with `allow_failed`
+    (`--allow-failed`); either way one `note:` line on stderr says so. Otherwise FailedRunError
+    suggests --allow-failed (`pipeline.tools.common.check_run_status`)."""
     output = output.rstrip("/") if len(output) > 1 else output
-    manifest = read_manifest(output)
+    manifest = read_manifest(output, allow_failed=True)
     modality = resolve_modality(manifest, output, modality)
+    note = check_run_status(output, manifest, modality, allow_failed)
+    if note:
+        print(note, file=sys.stderr)
     files = tuple(run_files(output, manifest, modality))
     dimension = int(manifest["models"][modality]["dimension"])
     passthrough = tuple(manifest.get("options", {}).get("passthrough", ()))

@@ -44,6 +44,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence
 import apache_beam as beam
 import pyarrow as pa
 
+from transforms import quiet
 from transforms.embed import decode
 from transforms.embed.dofns import (
     CARRIED,
@@ -236,6 +237,7 @@ def _rows(table: pa.Table, passthrough: Sequence[str]) -> Iterator[dict]:
 def _load(transform: str, loader, spec):
     """Load a model in the launcher; a bad argument raises ModelConfigError naming it
     (`EmbedImages(layer=...) 'x': no such layer ...`)."""
+    quiet.quiet_start()  # as the DoFns' setup: TensorFlow's start-up lines hidden, OpenVINO telemetry off
     try:
         return loader(spec)
     except ModelConfigError as exc:

@@ -35,6 +35,8 @@ from typing import Optional
 
 import numpy as np
 
+from transforms import quiet
+
 __all__ = [
     "BACKENDS",
     "PRECISIONS",
@@ -59,10 +61,19 @@ class ConversionFailed(RuntimeError):
     """The network did not convert to (or compile for) OpenVINO; the message says why, on one line."""
 
 
+def _import_openvino():
+    """`import openvino`, with its usage telemetry switched off first (`transforms.quiet.block_telemetry`:
+    its import alone starts it). Every import of OpenVINO here goes through this."""
+    quiet.block_telemetry()
+    import openvino
+
+    return openvino
+
+
 def openvino_version() -> Optional[str]:
     """The installed OpenVINO version, or None when the package is not importable."""
     try:
-        import openvino
+        openvino = _import_openvino()
     except Exception:  # noqa: BLE001 - not installed, or a broken install: either way, unavailable
         return None
     return str(getattr(openvino, "__version__", "unknown")).split("-")[0]
@@ -75,9 +86,9 @@ def _switch_off_converter_telemetry() -> None:
     consent file says no (called from Python there is no dialog, and no file counts as consent),
     from a subprocess that waits up to 3 s per event without a network. A batch job on workers
     must make no such calls, and the waits doubled the conversion time here. The converter falls
-    back to its own no-op stub when `openvino-telemetry` is not importable; `transforms.quiet`
+    back to its own no-op stub when `openvino-telemetry` is not importable; `_import_openvino`
     makes it unimportable before OpenVINO is imported (its import alone starts telemetry), and this
-    installs the stub again for a process that imported OpenVINO before `transforms`.
+    installs the stub again for a process that imported OpenVINO before the job did.
     """
     try:
         from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils
@@ -133,7 +144,7 @@ class OpenVINOForward:
         reshaped, same config), or None when it does not reshape or compile (the caller pads)."""
         if self.converted is None:
             return None
-        import openvino as ov
+        ov = _import_openvino()
 
         start = time.perf_counter()
         try:
@@ -166,7 +177,7 @@ def compile_openvino(concrete_function, precision: str = "f32", streams: Optiona
     version = openvino_version()
     if version is None:
         raise BackendUnavailable("the openvino package is not installed (pip install openvino)")
-    import openvino as ov
+    ov = _import_openvino()
 
     _switch_off_converter_telemetry()
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.utils import shared
 
-from transforms import progress
+from transforms import progress, quiet
 from transforms.embed import decode
 from transforms.embed.devices import log_model_devices
 from transforms.embed.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
@@ -130,6 +130,8 @@ class _SharedModelDoFn(beam.DoFn):
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"{modality}_failed")
 
     def setup(self):
+        quiet.quiet_start()  # before the model loads: TensorFlow's start-up lines hidden, telemetry off
+
         def load():
             self._pending_load_count += 1  # only the DoFn instance that really loaded counts it
             self._pending_gpu_loads += log_model_devices(self._modality)

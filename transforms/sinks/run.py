@@ -5,7 +5,7 @@
     {"text": texts, "image": images} | WriteEmbeddingRun("out/2026-12-04")  # or texts | WriteEmbeddingRun(...)
 
 The folder is the one `python -m pipeline run` writes, with the job's own sinks and manifest writer
-(`transforms.sinks.write`): `text/` and `image/` Parquet in the job's output schema (the model's
+(`transforms.sinks.parquet`, `transforms.sinks.manifest`, `transforms.sinks.folder`): `text/` and `image/` Parquet in the job's output schema (the model's
 identity in the schema metadata, an `embedded_run_id` column naming this run), dead letters in
 `errors/`, and `_MANIFEST.json` last, with the keys the tools read: `models` (name, sha256,
 dimension, details), `options` (the model spec, `passthrough`, `normalize`), `files`, `counts`
@@ -41,16 +41,9 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms.embed.api import RunBranch, run_branch
 from transforms.io import fileio
 from transforms.records import MODALITIES, TEXT
-from transforms.sinks.write import (
-    DEFAULT_MAX_FAILED_FRACTION,
-    RUNNING_NAME,
-    OutputInUseError,
-    TopErrorReasons,
-    WriteErrors,
-    WriteManifestFn,
-    WriteTables,
-    clear_previous_output,
-)
+from transforms.sinks.folder import RUNNING_NAME, OutputInUseError, clear_previous_output
+from transforms.sinks.manifest import DEFAULT_MAX_FAILED_FRACTION, TopErrorReasons, WriteManifestFn
+from transforms.sinks.parquet import WriteErrors, WriteTables
 from transforms.state.carry import PROVENANCE_COLUMN, with_run_id
 
 __all__ = ["WriteEmbeddingRun"]
