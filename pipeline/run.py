@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import datetime
 import errno
-import json
 import logging
 import os
 import re
@@ -15,24 +14,15 @@ import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
-    GoogleCloudOptions,
     PipelineOptions,
     SetupOptions,
-    StandardOptions,
-    TestOptions,
 )
 
+from pipeline.checks import launch, prior_embedding_files  # noqa: F401 - prior_embedding_files: its old home
 from pipeline.graph import ModelInfo, build_pipeline
 from pipeline.loopback import loopback_only_servers
-from pipeline.options import (
-    ConfigError,
-    JobConfig,
-    check_output_writable,
-    check_unknown_flags,
-    config_from_options,
-)
+from pipeline.options import ConfigError, JobConfig, is_local_runner
 from pipeline.shutdown import CLAIMED as _CLAIMED
 from pipeline.shutdown import UNFINISHED, signals_end_the_run, stop_workers
 from transforms import progress
@@ -40,12 +30,11 @@ from transforms.embed.models import load_image_embedder, load_text_embedder
 from transforms.errors import DataError, UserError
 from transforms.io import fileio
 from transforms.records import IMAGE, TEXT
-from transforms.results import MANIFEST_NAME, failure_summary, modality_status, read_manifest, run_files
+from transforms.results import modality_status, read_manifest
 from transforms.sinks.folder import (
     ForeignFilesError,
     OutputInUseError,
     UnreadableManifestError,
-    check_output_folder,
     claim_output,
     clear_previous_output,
     discard_unfinished,
@@ -132,95 +121,27 @@ def local_in_process(options: PipelineOptions) -> bool:
     """Whether the DoFns run in this process (the local runner, in memory or threads), so progress can use totals."""
     from apache_beam.options.pipeline_options import DirectOptions
 
-    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
     mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
-    return runner in ("DirectRunner", "direct", "SwitchingDirectRunner") and mode != "multi_processing"
+    return is_local_runner(options) and mode != "multi_processing"
 
 
 def known_image_count(config: JobConfig, listing: Optional[fileio.InputListing] = None) -> Optional[int]:
-    """How many images the run will see, when every --image-input is a glob (a manifest's rows are not counted)."""
-    from transforms.io.image_read import is_manifest
+    """How many images the run will see, when every --image-input is a glob or a folder (a manifest's rows are not counted)."""
+    from transforms.io.image_read import image_input_paths, is_manifest
 
     if not config.has_images or any(is_manifest(i) for i in config.image_inputs):
         return None
-    return len((listing or fileio.InputListing()).paths(config.image_inputs))
+    return len(image_input_paths(config.image_inputs, listing))
 
 
-def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
-    """The Parquet files of the earlier runs named by --incremental-from, by modality.
-
-    Checked at launch, before the output folder is claimed: each folder must hold a finished run
-    whose manifest reads and whose listed files all exist; otherwise a ConfigError (exit 2) says
-    what is wrong with that folder (a rerun of this command would not help)."""
-    files: dict[str, list[str]] = {}
-    for folder in config.incremental_from:
-        flag = f"--incremental-from {folder!r}"
-        manifest_path = fileio.join(folder, MANIFEST_NAME)
-        try:
-            if not fileio.is_remote(folder) and not os.path.isdir(folder):
-                raise ConfigError(f"{flag}: no such folder; give the output folder of an earlier, finished run")
-            if not FileSystems.exists(manifest_path):
-                raise ConfigError(
-                    f"{flag}: has no {MANIFEST_NAME}, so it is not a finished run of this job (that run did not "
-                    "finish, or this is not a run's output folder); give the folder of a finished run"
-                )
-            try:
-                manifest = json.loads(fileio.read_bytes(manifest_path))
-                listed = {m: run_files(folder, manifest, m) for m in (TEXT, IMAGE)}
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise ConfigError(
-                    f"{flag}: its {MANIFEST_NAME} cannot be read ({type(exc).__name__}: {exc}); give the folder of a finished run"
-                ) from None
-            note = _failed_prior_note(flag, manifest, config)
-            if note:
-                print(note, file=sys.stderr)
-            wanted = [path for paths in listed.values() for path in paths]
-            present = set(fileio.match_paths(sorted({p.rsplit("/", 1)[0] + "/*" for p in wanted})))  # a listing per folder
-            missing = [path for path in wanted if path not in present]
-            if missing:
-                raise ConfigError(
-                    f"{flag}: {len(missing)} of the {len(wanted)} embedding file(s) its manifest lists are missing "
-                    f"(e.g. {missing[0]!r}); that run's output is incomplete: give a complete run's folder"
-                )
-        except ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - storage unreachable, no permission
-            raise ConfigError(f"{flag}: cannot be read ({type(exc).__name__}: {exc})") from exc
-        for modality, paths in listed.items():
-            files.setdefault(modality, []).extend(paths)
-    return files
-
-
-def _failed_prior_note(flag: str, manifest: dict, config: JobConfig) -> Optional[str]:
-    """For an earlier run that failed its checks: ConfigError when it failed on a modality this run embeds
-    and --allow-failed is off; otherwise the note line to print (None for a complete run). A modality
-    that is complete in the failed run (images fine, text over its budget) is used without the flag."""
-    if manifest.get("status") != "failed":
-        return None
-    embeds = [
-        m for m in (TEXT, IMAGE) if m in manifest.get("models", {}) and (config.has_text if m == TEXT else config.has_images)
-    ]
-    failed = [m for m in embeds if modality_status(manifest, m)["status"] == "failed"]
-    run_name = f"run {manifest.get('run_id')}"
-    if not failed:
-        used = " and ".join(embeds) or "none of its"
-        return (
-            f"note: {flag}: {run_name} failed ({failure_summary(manifest)}), but its {used} embeddings are complete: using them"
-        )
-    if not config.allow_failed:
-        raise ConfigError(
-            f"{flag}: {run_name} failed its checks ({failure_summary(manifest)}), so its {' and '.join(failed)} embeddings "
-            "are incomplete; pass --allow-failed to use them anyway (records missing there are embedded again), "
-            "or give the folder of a run that completed"
-        )
-    return f"note: {flag}: {run_name} failed ({failure_summary(manifest)}): using its incomplete {' and '.join(failed)} embeddings (--allow-failed)"
-
-
-def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None) -> str:
-    """The end-of-run table: counts, throughput, the input lines' reconciliation and where the output went."""
+def format_summary(manifest: dict, elapsed: float, model_loads: Optional[dict] = None, total: Optional[float] = None) -> str:
+    """The end-of-run table: counts, throughput, the input lines' reconciliation and where the output went.
+    `elapsed`: seconds the pipeline ran (rec/s is per these); `total`: seconds since the command
+    started (`command_started`), the wall time the user waited."""
     failures = manifest.get("failures", {})
     status = "FAILED" if manifest.get("status") == "failed" else "finished"
-    lines = [f"Run {manifest['run_id']} {status} in {elapsed:.1f} s -> {manifest['output']}"]
+    took = f"{elapsed:.1f} s" if total is None else f"{total:.1f} s (the pipeline itself {elapsed:.1f} s)"
+    lines = [f"Run {manifest['run_id']} {status} in {took} -> {manifest['output']}"]
     lines.append(f"{'modality':<10}{'read':>10}{'embedded':>10}{'failed':>10}{'skipped':>10}{'rec/s':>10}  check")
     for modality, c in manifest["counts"].items():
         rate = c["embedded"] / elapsed if elapsed > 0 else 0.0
@@ -288,17 +209,43 @@ def _model_loads(result) -> dict:
     return loads
 
 
+_IMPORTED = time.monotonic()
+_command_start: Optional[float] = None  # when the command that runs now started (`command_started`)
+
+
+def command_started() -> float:
+    """`time.monotonic()` when the user's command started, for the summary's "finished in". When
+    this is the process's first run and the process was started to run it (this module imported
+    within 30 s of the process's start: `python -m pipeline run`, `beam-embeddings`, the flex
+    template's launcher), the process's own start: Python, Beam and TensorFlow start-up, the launch
+    checks and model loading are part of the wait (Linux: /proc; elsewhere the module's import).
+    Otherwise (a later run in the process, a notebook) this run's call."""
+    now = time.monotonic()
+    if _command_start is not None:
+        return now
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
+            age = float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+        process_start = now - age
+    except (OSError, ValueError, IndexError):
+        process_start = _IMPORTED
+    return process_start if 0 <= _IMPORTED - process_start < 30 else now
+
+
 def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, test_pipeline=None) -> dict:
-    """Run the job; returns the manifest (for a runner that waits) or {} for a submitted job."""
+    """Run the job; returns the manifest (for a runner that waits) or {} for a submitted job.
+
+    Launch order: every check that needs no model (`pipeline.checks.launch`: flags, Dataflow's
+    credentials, inputs and their fields, earlier runs, --output writable and free of foreign files),
+    then the models load (a bad model is exit 2 too), and only then is --output claimed and cleared."""
+    global _command_start
+    _command_start = command_started()
     argv = list(sys.argv[1:] if argv is None else argv)
-    check_unknown_flags(argv)
-    options = PipelineOptions(argv)
+    options, config, prior, listing, builds_only = launch(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
-    listing = fileio.InputListing()  # each input pattern is listed once at launch
-    config = config_from_options(options, listing=listing)
     os.environ[fileio.STORAGE_TIMEOUT_ENV] = str(config.storage_timeout)  # local worker processes inherit it
     fileio.bound_storage_retries(config.storage_timeout)
-    prior = prior_embedding_files(config)
     models = inspect_models(config)
     if config.image_model is not None:  # workers run what the launcher chose (auto resolved), as the manifest says
         details = models[IMAGE].details
@@ -306,19 +253,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
             config,
             image_model=dataclasses.replace(config.image_model, backend=details["backend"], precision=details["precision"]),
         )
-    template = bool(options.view_as(GoogleCloudOptions).template_location)
-    dry_run = options.view_as(TestOptions).dry_run
-    if dry_run not in (False, None) and str(dry_run).strip().lower() not in ("true", "1", "yes"):
-        raise ConfigError(f"--dry_run {dry_run!r}: Beam takes any value as true; give --dry_run=true, or leave the flag out")
-    dry_run = bool(dry_run)
-    if not template:  # read only: the folder holds nothing but an earlier run's files (a template runs later)
-        if not dry_run or not fileio.is_remote(config.output):
-            check_output_writable(config.output)  # on gs:// it writes a probe: not in a dry run
-        try:
-            check_output_folder(config.output)
-        except (ForeignFilesError, UnreadableManifestError) as exc:
-            raise ConfigError(str(exc)) from None
-    if template or dry_run:  # built (and checked) only: nothing runs, --output is left alone
+    if builds_only:  # a template or a dry run: built (and checked) only, nothing runs, --output is left alone
         return _run_claimed(pipeline_factory(options, test_pipeline), options, config, models, prior, True, listing)
     try:
         claim_output(config.output, config.run_id, force=config.force_unlock, detached=config.detach)
@@ -348,8 +283,7 @@ def run(argv: Optional[Sequence[str]] = None, save_main_session: bool = False, t
 
 def pipeline_factory(options: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
     """The pipeline to build into: the test's, the local FnApiRunner, or the runner named by --runner."""
-    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
-    local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
+    local = is_local_runner(options)
     return test_pipeline or beam.Pipeline(runner=local_runner(options) if local else None, options=options)
 
 
@@ -360,8 +294,7 @@ def _run_claimed(
     progress.set_total(IMAGE, known_image_count(config, listing) if local_in_process(options) else None)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.monotonic()
-    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
-    local = runner in ("DirectRunner", "direct", "SwitchingDirectRunner")
+    local = is_local_runner(options)
     build_pipeline(pipeline, config, models, started_at, prior_files=prior, listing=listing)
     if listing is not None:
         listing.clear()  # built: the workers list the inputs again themselves
@@ -383,7 +316,8 @@ def _run_claimed(
     manifest = read_manifest(config.output, allow_failed=True)
     progress.finish()  # the final counts end the live progress line
     manifest["model_loads"] = _model_loads(result)
-    print(format_summary(manifest, elapsed, manifest["model_loads"]))
+    total = time.monotonic() - (_command_start if _command_start is not None else start)
+    print(format_summary(manifest, elapsed, manifest["model_loads"], total=max(total, elapsed)))
     if manifest.get("status") == "failed":
         raise RunFailed(manifest)
     return manifest

@@ -89,7 +89,8 @@ def test_table_spec_is_project_dataset_table():
 def test_bad_bigquery_flags_fail_before_the_job_naming_the_flag(extra, message, tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import ConfigError, config_from_options
+    from pipeline.checks import config_from_options
+    from pipeline.options import ConfigError
 
     argv = ["--output", str(tmp_path / "out"), "--text-input", "x.jsonl", "--text-model", "m.keras"] + extra
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
@@ -99,7 +100,7 @@ def test_bad_bigquery_flags_fail_before_the_job_naming_the_flag(extra, message, 
 def test_the_flag_reaches_the_config_and_the_manifest_options(tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import config_from_options
+    from pipeline.checks import config_from_options
 
     argv = [
         "--output",
@@ -280,8 +281,8 @@ def test_parquet_output_and_dead_letters_stay_beside_the_sink(bigquery_job):
 def test_without_the_flag_the_graph_has_no_bigquery_step(tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipeline.checks import config_from_options
     from pipeline.graph import ModelInfo, build_pipeline
-    from pipeline.options import config_from_options
 
     argv = ["--output", str(tmp_path), "--text-input", "x.jsonl", "--text-model", "m.keras"]
     names = []

@@ -70,7 +70,8 @@ def test_a_text_batch_size_above_the_maximum_exits_2_naming_the_flag(tmp_path, t
 def test_batch_like_flags_above_their_maximum_are_config_errors(tmp_path, flag, value, maximum):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import ConfigError, config_from_options
+    from pipeline.checks import config_from_options
+    from pipeline.options import ConfigError
 
     flags = ["--output", str(tmp_path / "out"), "--image-input", str(tmp_path / "*.jpg"), "--image-model", "MobileNetV2"]
     config_from_options(PipelineOptions(flags + [flag, str(maximum)]), check_paths=False)  # the maximum itself is fine

@@ -177,7 +177,8 @@ def test_run_help_has_groups_one_spelling_and_a_required_output(capsys):
 def test_run_still_accepts_underscore_spellings_for_templates():
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import EmbeddingJobOptions, check_unknown_flags
+    from pipeline.checks import check_unknown_flags
+    from pipeline.options import EmbeddingJobOptions
 
     argv = ["--text_input", "a.jsonl", "--text-model", "m.keras", "--output=o", "--image_alpha=0.5"]
     check_unknown_flags(argv)
@@ -250,7 +251,7 @@ def test_dataflow_with_a_local_path_fails_before_submission(flag, local, capsys)
 def test_dataflow_with_uris_passes_the_path_check():
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import config_from_options
+    from pipeline.checks import config_from_options
 
     argv = (
         DATAFLOW
@@ -264,7 +265,7 @@ def test_dataflow_with_uris_passes_the_path_check():
 def test_local_paths_become_absolute_in_the_config(tmp_path, monkeypatch):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import config_from_options
+    from pipeline.checks import config_from_options
 
     monkeypatch.chdir(tmp_path)
     argv = [
@@ -295,7 +296,8 @@ def test_local_paths_become_absolute_in_the_config(tmp_path, monkeypatch):
 def test_passthrough_text_is_allowed_and_real_columns_still_clash():
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import ConfigError, config_from_options
+    from pipeline.checks import config_from_options
+    from pipeline.options import ConfigError
 
     base = ["--text-input", "gs://b/*.jsonl", "--text-model", "gs://b/t.keras", "--output", "gs://b/o"]
     config = config_from_options(PipelineOptions(base + ["--passthrough", "label,text"]), check_paths=False)

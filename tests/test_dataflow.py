@@ -240,7 +240,9 @@ def test_staged_package_installs_like_on_a_worker(template, tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "site" / "transforms" / "embed" / "dofns.py").exists()
+    site = tmp_path / "site"
+    for module in ("transforms/embed/dofns.py", "transforms/io/text_read.py", "pipeline/checks.py", "pipeline/options.py"):
+        assert (site / module).exists(), module  # every subpackage is in the staged package
 
 
 def test_building_a_template_leaves_an_earlier_output_alone(template):
@@ -342,17 +344,25 @@ def _label(dest: str) -> str:
     return " ".join([words[0].capitalize()] + words[1:])
 
 
+def _template_help(action: argparse.Action, regexes: list[str]) -> str:
+    """A flag's help as the template shows it: where the template takes gs:// paths only (Dataflow's
+    workers cannot read the launcher's disk), the help does not offer local paths."""
+    if any("gs://" in regex for regex in regexes):
+        return action.help.replace("(local or gs://)", "(gs://)")
+    return action.help
+
+
 def flex_template_metadata() -> dict:
     """The flex template's parameters: exactly the `run` flags, with their own help texts."""
     parameters = []
     for action in _run_flags():
+        regexes = _regexes(action)
         parameter = {
             "name": action.dest,
             "label": _label(action.dest),
-            "helpText": action.help,
+            "helpText": _template_help(action, regexes),
             "isOptional": action.dest != "output",
         }
-        regexes = _regexes(action)
         if regexes:
             parameter["regexes"] = regexes
         parameters.append(parameter)
@@ -389,7 +399,8 @@ def test_flex_template_regexes_accept_the_defaults():
 def test_flex_template_boolean_parameters_parse_as_name_equals_value(name):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import EmbeddingJobOptions, check_unknown_flags
+    from pipeline.checks import check_unknown_flags
+    from pipeline.options import EmbeddingJobOptions
 
     for value, expected in (("true", True), ("false", False)):
         check_unknown_flags([f"--{name}={value}"])

@@ -152,8 +152,8 @@ def _bad_run_argv(case: str, tmp, text_model) -> tuple[list[str], int, str, str]
 
         claim_output(str(out), "the-other-run")
         return run, EXIT_USAGE, f"error: --output {str(out)!r}", "the-other-run"
-    if case == "RunFailed":  # every record lacks the field asked for: over the failure budget
-        return run + ["--text-field", "body"], EXIT_FAILED, "error: run ", "5 of 5 records failed"
+    if case == "RunFailed":  # every record is longer than --max-text-bytes: over the failure budget
+        return run + ["--max-text-bytes", "4"], EXIT_FAILED, "error: run ", "5 of 5 records failed"
     if case == "IncompleteOutputError":  # a folder whose run never finished
         write_run(tmp / "half", vectors, manifest=False)
         return (

@@ -8,12 +8,14 @@ COPY lines is replayed instead), a Dataflow job.
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -28,10 +30,32 @@ ACCELERATOR = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
 # ---- Dockerfile.gpu ---------------------------------------------------------------------------
 
 
+_PARSE = """
+import json, sys
+import dockerfile
+commands = [{f: getattr(c, f) for f in ("cmd", "sub_cmd", "json", "original", "flags", "value")} for c in dockerfile.parse_file(sys.argv[1])]
+print(json.dumps({"commands": commands, "known": sorted(dockerfile.all_cmds())}))
+"""
+
+
+def parse_dockerfile(path: pathlib.Path) -> tuple[list, set]:
+    """(commands, known instruction names) of a Dockerfile, parsed by Docker's own Go parser (the
+    `dockerfile` package, requirements-dev.txt) in a child process: the Go runtime loaded into a
+    process that also runs TensorFlow's threads and forks children crashed it (SIGSEGV) in a full
+    test run. Commands have the parser's fields (`cmd`, `value` and `flags` as tuples, ...)."""
+    pytest.importorskip("dockerfile")
+    done = subprocess.run([sys.executable, "-c", _PARSE, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    commands = [
+        types.SimpleNamespace(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()}) for c in data["commands"]
+    ]
+    return commands, set(data["known"])
+
+
 @pytest.fixture(scope="module")
 def instructions():
-    dockerfile = pytest.importorskip("dockerfile")  # Docker's Go parser (requirements-dev.txt)
-    return dockerfile.parse_file(str(DOCKERFILE)), dockerfile.all_cmds()
+    return parse_dockerfile(DOCKERFILE)
 
 
 def test_dockerfile_parses_with_known_instructions(instructions):
@@ -96,9 +120,8 @@ def _replay_copies(dockerfile_path: pathlib.Path, context: pathlib.Path) -> path
     stands for the image's root, as Docker would: relative destinations under the current WORKDIR,
     a folder's contents into the destination folder, several sources into a folder. `COPY --from`
     (another image) is skipped. Returns the last WORKDIR (where the image's `pip install .` runs)."""
-    dockerfile = pytest.importorskip("dockerfile")
     workdir = pathlib.PurePosixPath("/")
-    for command in dockerfile.parse_file(str(dockerfile_path)):
+    for command in parse_dockerfile(dockerfile_path)[0]:
         if command.cmd.upper() == "WORKDIR":
             workdir = workdir / command.value[0]
             (context / workdir.relative_to("/")).mkdir(parents=True, exist_ok=True)
@@ -124,7 +147,7 @@ def test_the_image_builds_the_package_from_its_own_copy_lines(tmp_path, name):
     its COPY lines put there (Dockerfile.gpu copied neither pyproject.toml nor README.md, and
     setuptools failed: "Multiple top-level packages discovered"). Built here as a wheel, offline."""
     workdir = _replay_copies(PROJECT_ROOT / name, tmp_path / "image")
-    run = [c.value[0] for c in pytest.importorskip("dockerfile").parse_file(str(PROJECT_ROOT / name)) if c.cmd == "RUN"]
+    run = [c.value[0] for c in parse_dockerfile(PROJECT_ROOT / name)[0] if c.cmd == "RUN"]
     assert any("pip install --no-deps --no-build-isolation ." in script for script in run)  # what is replayed
     wheels = tmp_path / "wheels"
     done = subprocess.run(

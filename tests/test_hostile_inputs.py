@@ -2,7 +2,8 @@
 
 * Case 5: a FIFO, socket or device among the inputs is one `NotARegularFile` dead letter, at once,
   never opened (a FIFO used to hang the run forever, silently).
-* Case 10: a folder as an input is a launch error; a path with glob characters that names an
+* Case 10: a folder as a text input is a launch error (an image folder is a folder of images since
+  issue 22: tests/test_image_folders.py); a path with glob characters that names an
   existing file is that file (refused as ambiguous when the glob also matches other files); storage
   already down at launch fails within --storage-timeout with exit 1; Beam flag values that Beam
   would crash on are exit 2 naming the flag.
@@ -121,17 +122,25 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path):
 # ---- case 10: a folder, glob characters in a file name -------------------------------------------
 
 
-@pytest.mark.parametrize("flag", ["--text-input", "--image-input"])
-def test_a_folder_as_an_input_is_a_launch_error_suggesting_a_glob(tmp_path, tiny_text_model, tiny_image_model, capsys, flag):
+def test_a_folder_as_a_text_input_is_a_launch_error_suggesting_a_glob(tmp_path, tiny_text_model, capsys):
     folder = tmp_path / "data"
     _jsonl(folder / "a.jsonl", 3, "a")
     _png(folder / "b.png")
-    model = ["--text-model", str(tiny_text_model)] if flag == "--text-input" else ["--image-model", str(tiny_image_model)]
     out = tmp_path / "out"
-    assert main(["--output", str(out), flag, str(folder), *model]) == 2
+    assert main(["--output", str(out), "--text-input", str(folder), "--text-model", str(tiny_text_model)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {flag} '{folder}': is a folder") and f"'{folder}/**'" in line
+    assert line.startswith(f"error: --text-input '{folder}': is a folder") and f"'{folder}/**'" in line
     assert not out.exists(), "a launch error must leave --output alone"
+
+
+def test_a_folder_as_an_image_input_reads_its_images_only(tmp_path, tiny_image_model):
+    folder = tmp_path / "data"
+    _jsonl(folder / "a.jsonl", 3, "a")  # not an image: not read, not a dead letter
+    _png(folder / "b.png")
+    out = tmp_path / "out"
+    assert main(["--output", str(out), "--image-input", str(folder), "--image-model", str(tiny_image_model)]) == 0
+    assert read_embeddings(str(out), "image").column("id").to_pylist() == ["b.png"]
+    assert read_errors(str(out)).num_rows == 0
 
 
 def test_a_path_with_glob_characters_names_the_file_that_exists(tmp_path, tiny_image_model):

@@ -50,7 +50,8 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def test_a_run_that_embeds_nothing_fails_loudly_with_the_reason(tmp_path, tiny_text_model, capsys):
-    data = _jsonl(tmp_path / "in.jsonl", 40)  # the records have `text`, the run asks for `body`
+    data = tmp_path / "in.jsonl"  # the run asks for `body`, which every record has, null (a field no record has stops the launch)
+    data.write_text("".join(json.dumps({"id": f"r{i}", "text": f"good film {i}", "body": None}) + "\n" for i in range(40)))
     out = tmp_path / "out"
     code = main(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--text-field", "body"])
     captured = capsys.readouterr()
@@ -417,7 +418,8 @@ def test_the_tools_refuse_a_failed_run_in_one_line(tmp_path, tiny_text_model, ca
     data = _jsonl(tmp_path / "in.jsonl", 10)
     out = tmp_path / "out"
     assert (
-        main(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--text-field", "nope"]) == 1
+        main(["--output", str(out), "--text-input", str(data), "--text-model", str(tiny_text_model), "--max-text-bytes", "4"])
+        == 1
     )
     capsys.readouterr()
     from pipeline import cli

@@ -217,8 +217,8 @@ def test_reader_refuses_a_folder_without_manifest(tmp_path, tiny_text_model):
     ],
 )
 def test_configuration_errors_name_the_flag_and_write_nothing(tmp_path, capsys, tiny_text_model, tiny_image_model, argv, message):
-    data = tmp_path / "in.jsonl"
-    data.write_text(json.dumps({"id": "a", "text": "good"}) + "\n")
+    data = tmp_path / "in.jsonl"  # text records, and an image manifest (its `uri`)
+    data.write_text(json.dumps({"id": "a", "text": "good", "uri": "a.jpg"}) + "\n")
     values = dict(data=str(data), tmp=str(tmp_path), text_model=str(tiny_text_model), image_model=str(tiny_image_model))
     out = tmp_path / "out"
     code = main(["--output", str(out)] + [a.format(**values) for a in argv])

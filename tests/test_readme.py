@@ -1,4 +1,6 @@
-"""The README's library example, run exactly as it is written there."""
+"""The README's library example, run exactly as it is written there, in a folder holding what
+`./run_local.sh` leaves (`demo_data/`: the demo images, the demo image model's architecture, a text
+model with `train-text`'s layers) and nothing else: the block needs no file that nothing makes."""
 
 import json
 import os
@@ -23,18 +25,13 @@ def readme_block(marker: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.shared_data
-def test_library_example_runs_as_written(tmp_path, shared_data, tiny_text_model):
-    (tmp_path / "models").mkdir()
-    shutil.copy(tiny_text_model, tmp_path / "models" / "text.keras")
-    (tmp_path / "weights").mkdir()
-    (tmp_path / "weights" / "mobilenet_2_5_224_tf_no_top.h5").symlink_to(
-        shared_data / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
-    )
-    (tmp_path / "photos").mkdir()
-    pictures = sorted((shared_data / "images" / "imagenette-sample").rglob("*.JPEG"))
-    shutil.copy(pictures[0], tmp_path / "photos" / "cat.jpg")
-    shutil.copy(pictures[-1], tmp_path / "photos" / "dog.jpg")
+def test_library_example_runs_as_written(tmp_path, tiny_text_model):
+    from examples.demo import IMAGE_CLASSES, build_demo_image_model, make_demo_images
+
+    demo = tmp_path / "demo_data"  # what run_local.sh writes (the models untrained here: the same layers)
+    make_demo_images(str(demo / "images"))
+    build_demo_image_model(len(IMAGE_CLASSES)).save(demo / "image_model.keras")
+    shutil.copy(tiny_text_model, demo / "text_model.keras")
 
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     done = subprocess.run(
@@ -44,10 +41,10 @@ def test_library_example_runs_as_written(tmp_path, shared_data, tiny_text_model)
 
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "embeddings.jsonl").read_text().splitlines())}
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
-    assert set(rows) == {"r1", "r2", "cat", "dog"}
+    assert set(rows) == {"r1", "r2", "circle", "square"}
     assert [(e["id"], e["stage"], e["error_type"]) for e in errors] == [("r3", "read", "InvalidTextField")]
     assert rows["r1"]["label"] == "1" and rows["r2"]["label"] == "0"
     assert len(rows["r1"]["embedding"]) == 8  # the tiny text model
-    assert len(rows["cat"]["embedding"]) == len(rows["dog"]["embedding"]) == 256  # MobileNet 0.25
-    assert rows["cat"]["embedding"] != rows["dog"]["embedding"]
-    assert rows["cat"]["model"] == "keras.applications.MobileNet(size=224, alpha=0.25, weights=mobilenet_2_5_224_tf_no_top.h5)"
+    assert len(rows["circle"]["embedding"]) == len(rows["square"]["embedding"]) == 64  # the demo model's `features`
+    assert rows["circle"]["embedding"] != rows["square"]["embedding"]
+    assert "image_model.keras" in rows["circle"]["model"] and "features" in rows["circle"]["model"]

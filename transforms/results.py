@@ -9,6 +9,7 @@ budget, images fine): the embeddings of a modality that is complete are read wit
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional, Sequence
 
 import pyarrow as pa
@@ -67,6 +68,8 @@ def read_manifest(output: str, allow_failed: bool = False, modality: Optional[st
     FailedRunError when it failed its checks (unless `allow_failed`, or `modality` is given and that
     modality is complete: the run failed on another one)."""
     path = fileio.join(output, MANIFEST_NAME)
+    if not fileio.is_remote(output) and not os.path.isdir(output):
+        raise IncompleteOutputError(f"{output}: no such folder; give the output folder of a finished run")
     if not FileSystems.exists(path):
         raise IncompleteOutputError(
             f"{output} has no {MANIFEST_NAME}: the run that wrote it did not finish (or it is not a job "

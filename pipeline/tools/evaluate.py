@@ -61,9 +61,17 @@ def load_labelled_vectors(
 ) -> LabelledVectors:
     """The labelled rows with usable vectors (a seeded sample of `max_rows` of them when given)."""
     if label_field not in embeddings.passthrough:
+        from transforms.records import embedding_schema
+
+        columns = ", ".join(embeddings.passthrough) or "none"
+        if label_field in embedding_schema(embeddings.modality, 1, provenance=True).names:  # `run` refuses it as a passthrough
+            raise ToolError(
+                f"--label-field {label_field!r} is a column the job writes itself, not a label (passthrough columns: {columns}; "
+                "run the job with --passthrough NAME, NAME being the input's label field)"
+            )
         raise ToolError(
             f"--label-field {label_field!r} is not a column of the {embeddings.modality} embeddings "
-            f"(passthrough columns: {', '.join(embeddings.passthrough) or 'none'}; run the job with --passthrough {label_field})"
+            f"(passthrough columns: {columns}; run the job with --passthrough {label_field})"
         )
     vectors, labels, ids = [], [], []
     rows = unlabelled = invalid = 0
@@ -208,6 +216,18 @@ def evaluate_embeddings(
     return report
 
 
+OVERFITTING_GAP = 0.1  # training accuracy this far above the held-out accuracy reads as overfitting
+
+
+def overfitting_note(probe: dict) -> str:
+    """What the probe's training accuracy says beside its held-out accuracy: overfitting only when
+    it is more than `OVERFITTING_GAP` above it."""
+    gap = probe["train_accuracy"] - probe["accuracy"]
+    if gap > OVERFITTING_GAP:
+        return f"{gap:.2f} above held-out accuracy: overfitting"
+    return "close to held-out accuracy: no overfitting"
+
+
 def format_evaluation(report: dict) -> str:
     """The report of `evaluate_embeddings` as a few lines and a table of measures against their baselines."""
     k = report["k"]
@@ -250,7 +270,7 @@ def format_evaluation(report: dict) -> str:
             "measure": "linear probe, training rows",
             "value": probe["train_accuracy"],
             "baseline": None,
-            "baseline is": f"{probe['train_rows']:,} rows; far above the held-out accuracy = overfitting",
+            "baseline is": f"{probe['train_rows']:,} rows; {overfitting_note(probe)}",
         },
     ]
     return header + "\n\n" + format_table(rows, ["measure", "value", "baseline", "baseline is"])

@@ -154,6 +154,22 @@ def _tick_label(value: float, ticks: Sequence[float]) -> str:
     return f"{value:.{decimals}f}"
 
 
+def _fitted(draw, text: str, room: float, fonts: Sequence) -> tuple[str, object]:
+    """`text` and the first of `fonts` (largest first) it fits `room` pixels in; else, in the last
+    font, with its middle replaced by "..." (a long model path keeps its start and its file name)."""
+    for font in fonts:
+        if draw.textlength(text, font=font) <= room:
+            return text, font
+    font = fonts[-1]
+    keep = len(text)
+    while keep > 2:
+        keep -= 1
+        head, tail = text[: (keep + 1) // 2], text[len(text) - keep // 2 :]
+        if draw.textlength(f"{head}...{tail}", font=font) <= room:
+            return f"{head}...{tail}", font
+    return "...", font
+
+
 def draw_scatter(
     points: np.ndarray,
     labels: Optional[Sequence[str]],
@@ -173,9 +189,11 @@ def draw_scatter(
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=16)
     small = ImageFont.load_default(size=12)
-    draw.text((left, 14), title, fill="black", font=font)
+    room = width - left - 12  # the title and subtitle end inside the image, however long the model's name
+    title, title_font = _fitted(draw, title, room, [font, ImageFont.load_default(size=13)])
+    draw.text((left, 14), title, fill="black", font=title_font)
     if subtitle:
-        draw.text((left, 38), subtitle, fill=(90, 90, 90), font=small)
+        draw.text((left, 38), _fitted(draw, subtitle, room, [small])[0], fill=(90, 90, 90), font=small)
 
     names = [str(v) if v is not None else "(none)" for v in labels] if labels is not None else ["all points"] * len(points)
     counts = Counter(names)

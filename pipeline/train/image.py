@@ -19,7 +19,9 @@ BatchNormalization layers excepted) are unfrozen and the whole model is trained 
 pixels, with random horizontal flips, at the low `--fine-tune-learning-rate`; if that ends with
 a higher validation loss than before it, the model from before it is kept (and the report says so).
 
-Input: a folder of class subfolders (the label is the subfolder's name; local or gs://), or a
+Input: a folder of class subfolders (the label is the subfolder's name; local or gs://; the images
+below each at any depth, as `run --image-input DIR` reads a folder: `image_read.IMAGE_EXTENSIONS`,
+any case; other files, such as a manifest beside them, are not read), or a
 manifest (.csv, .tsv, .jsonl, .parquet) with a uri and a label column (relative uris are resolved
 against the manifest's folder). Images are decoded exactly as the job decodes them
 (`transforms.embed.decode.decode_image`: upright, RGB, stretched to the input size) and held in memory
@@ -56,6 +58,7 @@ from pipeline.train.common import (
 )
 from transforms.embed.models import NETWORKS, ModelConfigError, Network, build_base_network, preprocessing_layers
 from transforms.io import fileio
+from transforms.io.image_read import IMAGE_EXTENSIONS, is_image_name
 from transforms.io.text_formats import detect_format, iter_records
 
 __all__ = [
@@ -74,7 +77,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 EMBEDDING_LAYER = "embedding"
 CLASSES_LAYER = "classes"
 _MAX_BAD_EXAMPLES = 10
@@ -159,7 +161,7 @@ class ImageTrainingConfig:
 
 
 def _is_manifest(path: str) -> bool:
-    return detect_format(path) in ("csv", "tsv", "jsonl", "parquet") and not path.lower().endswith(IMAGE_EXTENSIONS)
+    return detect_format(path) in ("csv", "tsv", "jsonl", "parquet") and not is_image_name(path) and not fileio.is_folder(path)
 
 
 def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "label") -> list[tuple[str, str]]:
@@ -190,14 +192,21 @@ def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "
                 f"--input {path!r}: no row has both a {uri_field!r} and a {label_field!r} value (set --uri-field / --label-field)"
             )
         return items
+    # A folder of images as `run --image-input DIR` reads it (`transforms.io.image_read`): every file
+    # below it with an image extension, at any depth; the label is the first subfolder's name.
     base = path.rstrip("/")
-    matched = fileio.match_paths([fileio.join(base, "*", "*")])
-    items = []
+    matched = fileio.match_paths([fileio.folder_glob(base)])
+    items, unlabelled = [], []
     for uri in matched:
-        if not uri.lower().endswith(IMAGE_EXTENSIONS):
+        if not is_image_name(uri):
+            continue  # a manifest or a note beside the images: not an image
+        parts = uri[len(base) + 1 :].replace("\\", "/").split("/")
+        if len(parts) < 2:
+            unlabelled.append(uri)
             continue
-        label = uri[len(base) + 1 :].replace("\\", "/").split("/")[0]
-        items.append((uri, label))
+        items.append((uri, parts[0]))
+    if unlabelled:
+        _LOG.warning("%s: %d image(s) outside a class subfolder were skipped (first: %s)", path, len(unlabelled), unlabelled[0])
     if not items:
         raise ToolError(
             f"--input {path!r}: no images in class subfolders (expected DIR/<label>/<image>.jpg, or a manifest .csv with "

@@ -24,6 +24,8 @@ __all__ = [
     "storage_outage",
     "has_glob",
     "is_remote",
+    "is_folder",
+    "folder_glob",
     "join",
     "match_paths",
     "match_files",
@@ -210,6 +212,23 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
+def is_folder(path: str) -> bool:
+    """Whether an input path names a folder rather than files: a local folder (no glob characters),
+    or a gs:// path without glob characters that ends with `/` (`gs://bucket/photos/`: object stores
+    have no folders, so the `/` says it; `gs://bucket/photos` is an object name)."""
+    if has_glob(path):
+        return False
+    if is_remote(path):
+        return path.endswith("/")
+    return os.path.isdir(path)
+
+
+def folder_glob(folder: str) -> str:
+    """The glob of every file below `folder`, at any depth (`photos/` -> `photos/**`): ids of the files
+    a folder input reads are their paths relative to the folder, as for this glob (`path_id`)."""
+    return folder.rstrip("/") + "/**"
+
+
 def join(base: str, *parts: str) -> str:
     """Join path components for local or remote paths."""
     return FileSystems.join(base, *parts)
@@ -291,7 +310,9 @@ def match_paths(patterns: Iterable[str]) -> list[str]:
 class InputListing:
     """The files that input globs/paths match, each pattern listed once and kept: the launcher checks
     the inputs, counts the images and sizes the job from one listing (`clear` it once the job is
-    built). The pipeline's own `MatchFiles` lists again where it runs, on the workers."""
+    built). The pipeline's own `MatchFiles` lists again where it runs, on the workers. A folder
+    (`is_folder`) lists every file below it (`folder_glob`); which of them a reader takes is the
+    reader's business (`image_read.image_folder_files`)."""
 
     def __init__(self) -> None:
         self._files: dict[str, list[tuple[str, int]]] = {}
@@ -300,7 +321,8 @@ class InputListing:
         """(path, size in bytes) of every file `pattern` matches (listed on first use; a listing
         error is raised, and the pattern is listed again next time)."""
         if pattern not in self._files:
-            self._files[pattern] = [(metadata.path, int(metadata.size_in_bytes or 0)) for metadata in match_files(pattern)]
+            listed = folder_glob(pattern) if is_folder(pattern) else pattern
+            self._files[pattern] = [(metadata.path, int(metadata.size_in_bytes or 0)) for metadata in match_files(listed)]
         return self._files[pattern]
 
     def paths(self, patterns: Iterable[str]) -> list[str]:

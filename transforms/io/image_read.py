@@ -1,5 +1,13 @@
-"""Listing image records: from a glob (id = the file's path relative to the glob's fixed folder) or
-from a manifest file (read in splittable ranges, like text files)."""
+"""Listing image records: from a glob (id = the file's path relative to the glob's fixed folder), from
+a folder, or from a manifest file (read in splittable ranges, like text files).
+
+A folder (`fileio.is_folder`: a local folder, or a gs:// path ending in `/`) is a folder of images:
+every file below it at any depth whose name ends in a known image extension (`IMAGE_EXTENSIONS`,
+any case: `.JPEG` too), with ids as for the glob `DIR/**` (the path relative to the folder). Other
+files in it (a `MANIFEST.csv` or `labels.jsonl` beside the images, a `.DS_Store`) are not images
+and are not read: the launcher says how many it left out, and refuses a folder with no images
+before any model loads. A glob reads every file it matches, images or not (a non-image is a dead
+letter): it says which files to read, a folder only where they are."""
 
 from __future__ import annotations
 
@@ -15,7 +23,11 @@ from transforms.records import ERRORS, IMAGE, ErrorRecord, ImageRef
 
 __all__ = [
     "MANIFEST_FORMATS",
+    "IMAGE_EXTENSIONS",
     "is_manifest",
+    "is_image_name",
+    "image_folder_files",
+    "image_input_paths",
     "ReadImageManifestFn",
     "image_ref_from_path",
     "ListImageFiles",
@@ -23,11 +35,37 @@ __all__ = [
 ]
 
 MANIFEST_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+# The extensions of the formats `transforms.embed.decode.SUPPORTED_FORMATS` decodes; compared lower-case.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp")
 
 
 def is_manifest(path: str) -> bool:
     """Whether `--image-input` names a manifest (.csv, .jsonl, .parquet) rather than image files."""
-    return not fileio.has_glob(path) and detect_format(path) in MANIFEST_FORMATS
+    return not fileio.has_glob(path) and detect_format(path) in MANIFEST_FORMATS and not fileio.is_folder(path)
+
+
+def is_image_name(path: str) -> bool:
+    """Whether a file's name ends in a known image extension (`IMAGE_EXTENSIONS`, any case)."""
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def image_folder_files(folder: str, listing: Optional[fileio.InputListing] = None) -> tuple[list[str], list[str]]:
+    """(the images a folder input reads, the other files below it, left out), each sorted."""
+    files = (listing or fileio.InputListing()).files(folder)
+    images = sorted(path for path, _ in files if is_image_name(path))
+    return images, sorted(path for path, _ in files if not is_image_name(path))
+
+
+def image_input_paths(patterns: Sequence[str], listing: Optional[fileio.InputListing] = None) -> list[str]:
+    """Every image file that globs and folders (not manifests) read, sorted, each once."""
+    listing = listing or fileio.InputListing()
+    paths = set()
+    for pattern in patterns:
+        if fileio.is_folder(pattern):
+            paths.update(image_folder_files(pattern, listing)[0])
+        else:
+            paths.update(path for path, _ in listing.files(pattern))
+    return sorted(paths)
 
 
 def image_ref_from_path(path: str, pattern: Optional[str] = None) -> ImageRef:
@@ -37,16 +75,23 @@ def image_ref_from_path(path: str, pattern: Optional[str] = None) -> ImageRef:
 
 
 class ListImageFiles(beam.PTransform):
-    """Image globs in (as the pipeline's root); an ImageRef per matched file, each file once."""
+    """Image globs and folders in (as the pipeline's root); an ImageRef per matched file, each file
+    once. A folder reads the images below it (`IMAGE_EXTENSIONS`) with ids as for `DIR/**`; a file
+    that a glob also matches is the glob's (globs are listed first), so a glob's non-images are read."""
 
     def __init__(self, patterns: Sequence[str]):
         super().__init__()
         self._patterns = list(patterns)
 
     def expand(self, pbegin):
+        globs = [p for p in self._patterns if not fileio.is_folder(p)]
+        folders = [fileio.folder_glob(p) for p in self._patterns if fileio.is_folder(p)]
+        folders = [g for i, g in enumerate(folders) if g not in globs and g not in folders[:i]]
+        folder_only = frozenset(folders)
         return (
             pbegin
-            | "Match" >> MatchFiles(self._patterns)
+            | "Match" >> MatchFiles(globs + folders)
+            | "ImagesOfFolders" >> beam.Filter(lambda matched: matched[0] not in folder_only or is_image_name(matched[1]))
             | "ImageRefs" >> beam.MapTuple(lambda pattern, path, _size: image_ref_from_path(path, pattern))
         )
 

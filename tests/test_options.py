@@ -1,0 +1,158 @@
+"""One place per flag (issue 21): each `run` flag is declared once, in one option view, with its
+default; the JobConfig's defaults are those same declared defaults; and every launch check runs
+before the output folder is claimed, so a refused run leaves an earlier run's folder byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import collections
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import checks, cli, options
+from transforms.results import MANIFEST_NAME
+
+OPTIONS_SOURCE = pathlib.Path(options.__file__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    options.EmbeddingJobOptions._add_argparse_args(parser)
+    return parser
+
+
+def test_each_flag_is_declared_once_in_one_view():
+    declared = collections.Counter(flag.dest for view in options.JOB_VIEWS for flag in view.FLAGS)
+    assert declared and max(declared.values()) == 1, [d for d, n in declared.items() if n > 1]
+    actions = [a for a in _parser()._actions if a.option_strings]
+    assert collections.Counter(a.dest for a in actions) == declared  # the parser is the views' flags, once each
+    spellings = collections.Counter(s for a in actions for s in a.option_strings)
+    assert max(spellings.values()) == 1
+    for action in actions:  # dashes and underscores, as Beam re-creates options from underscore names
+        assert f"--{action.dest}" in action.option_strings
+
+
+def test_each_view_reads_its_own_flags_and_beam_parses_every_view_once():
+    argv = ["--text-input", "a.jsonl", "--image_uri_field=path", "--normalize", "--max-failed", "3", "--text-batch-size", "8"]
+    parsed = PipelineOptions(argv)
+    assert parsed.view_as(options.InputOptions).text_input == ["a.jsonl"]
+    assert parsed.view_as(options.InputOptions).image_uri_field == "path"
+    assert parsed.view_as(options.OutputOptions).normalize is True
+    assert parsed.view_as(options.RunOptions).max_failed == 3
+    assert parsed.view_as(options.TextModelOptions).text_batch_size == 8
+    assert parsed.view_as(options.EmbeddingJobOptions).text_batch_size == 8  # every view at once
+    assert parsed.get_all_options()["image_uri_field"] == "path"  # Beam's own parser of all views: no conflict
+    checks.check_unknown_flags(argv)
+
+
+def test_the_job_configs_defaults_are_the_declared_defaults():
+    parser = _parser()
+    defaults = {action.dest: action.default for action in parser._actions if action.option_strings}
+    converted = {
+        "passthrough": options.parse_passthrough,
+        "max_failed_fraction": options.parse_failed_fraction,
+        "incremental_from": lambda values: tuple(values or ()),  # repeatable: a list of folders
+    }
+    compared = 0
+    for field in dataclasses.fields(options.JobConfig):
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if field.name not in defaults or required:
+            continue  # output and run_id (required), inputs and model specs (built from several flags)
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        assert default == converted.get(field.name, lambda v: v)(defaults[field.name]), field.name
+        compared += 1
+    assert compared >= 20
+    # a config built from flags that set nothing optional is the dataclass with its defaults
+    argv = ["--output", "/tmp/o", "--text-input", "/tmp/a.jsonl", "--text-model", "/tmp/m.keras", "--run-id", "r"]
+    built = options.build_config(PipelineOptions(argv))
+    assert built == options.JobConfig(output="/tmp/o", run_id="r", text_inputs=("/tmp/a.jsonl",), text_model=built.text_model)
+
+
+def test_no_default_is_written_twice_in_the_options_code():
+    """JobConfig takes its defaults from the flag table (no literal), and each literal default of the
+    table's numbers is written once in options.py (256 << 20, 0.1, 45, ... are not copied), and no
+    string default comes back as a fallback where the flag is read (`backend or "auto"`)."""
+    tree = ast.parse(OPTIONS_SOURCE.read_text())
+    [job_config] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "JobConfig"]
+    for statement in job_config.body:
+        if isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            literal = isinstance(statement.value, ast.Constant) and statement.value.value not in (None,)
+            assert not literal, f"JobConfig.{statement.target.id} has a literal default: use declared_default"
+    numbers = collections.Counter(
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) in (int, float)
+    )
+    fallbacks = {  # `value or "auto"`: a default written again where the flag is read
+        n.values[-1].value for n in ast.walk(tree) if isinstance(n, ast.BoolOp) and isinstance(n.values[-1], ast.Constant)
+    }
+    for view in options.JOB_VIEWS:
+        for flag in view.FLAGS:
+            if type(flag.default) in (int, float):
+                assert numbers[flag.default] <= 1, (flag.dest, flag.default)
+            if isinstance(flag.default, str) and flag.default:
+                assert flag.default not in fallbacks, (flag.dest, flag.default)
+    assert "256 << 20" not in OPTIONS_SOURCE.read_text()
+
+
+def test_help_texts_show_the_declared_defaults():
+    by_dest = {a.dest: a for a in _parser()._actions}
+    assert "(default: 268,435,456 = 256 MiB)" in by_dest["max_image_bytes"].help
+    assert "(default: 0.1)" in by_dest["max_failed_fraction"].help
+    assert "(default: 1024; at most 65,536)" in by_dest["text_batch_size"].help
+    assert all("{default" not in (a.help or "") for a in by_dest.values())
+
+
+# ---- every check before the output folder is claimed -----------------------------------------------
+
+
+def _tree(folder: pathlib.Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory, tiny_text_model) -> dict:
+    """A finished run (the folder each refused run is pointed at) and its input."""
+    root = tmp_path_factory.mktemp("earlier")
+    data = root / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"id": f"r{i}", "text": f"good movie {i}", "stars": i % 5}) + "\n" for i in range(12)))
+    run = root / "run"
+    base = ["--text-input", str(data), "--text-model", str(tiny_text_model)]
+    assert cli.main(["run", "--output", str(run), *base]) == 0
+    assert (run / MANIFEST_NAME).exists()
+    (root / "not-a-run").mkdir()
+    return {"root": root, "run": run, "base": base}
+
+
+BAD_COMBINATIONS = {
+    "passthrough clashes with an output column": (["--passthrough", "embedded_run_id"], "--passthrough 'embedded_run_id'"),
+    "carry-over without incremental-from": (["--carry-over"], "--carry-over"),
+    "a text field no record has": (["--text-field", "body"], "--text-field 'body'"),
+    "a passthrough field no record has": (["--passthrough", "lable"], "--passthrough 'lable'"),
+    "a batch above its maximum": (["--text-batch-size", "100000"], "--text-batch-size"),
+    "a failure budget above 1": (["--max-failed-fraction", "2"], "--max-failed-fraction"),
+    "an unknown runner": (["--runner", "Bogus"], "--runner 'Bogus'"),
+    "a dry_run value Beam reads as true": (["--dry_run", "no"], "--dry_run 'no'"),
+    "an unknown encoding": (["--text-encoding", "nope"], "--text-encoding 'nope'"),
+    "a local path for Dataflow": (["--runner", "DataflowRunner"], "a local path"),
+    "an earlier run that is not one": (["--incremental-from", "{root}/not-a-run"], "--incremental-from"),
+    "a model that does not load": (["--text-model", "{root}/missing.keras"], "--text-model"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COMBINATIONS)
+def test_every_check_runs_before_the_output_folder_is_claimed(case, earlier, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(earlier["run"], out)
+    before = _tree(out)
+    flags, named = BAD_COMBINATIONS[case]
+    flags = [f.format(root=earlier["root"]) for f in flags]
+    assert cli.main(["run", "--output", str(out), *earlier["base"], *flags]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert named in line
+    assert _tree(out) == before, "a refused run changed the folder of the earlier run"
