@@ -37,7 +37,10 @@ __all__ = ["main", "exit_status", "COMMANDS", "HelpFormatter", "version_line", "
 # so `--help` is quick and a command's heavy imports are paid only by that command.
 COMMANDS = {
     "run": ("pipeline.run", "Embed text and/or image records into Parquet (a Beam pipeline)."),
-    "train-text": ("pipeline.train.text", "Train the Embedding-layer text model on labelled records."),
+    "train-text": (
+        "pipeline.train.text",
+        "Train the Embedding-layer text model: a classifier on labels, skip-gram word vectors, or both.",
+    ),
     "train-image": ("pipeline.train.image", "Transfer-learn an image classifier whose `embedding` layer the job can use."),
 }
 COMMANDS.update(TOOL_COMMANDS)  # neighbors, build-index, evaluate, export-projector, ... (issue 6)

@@ -121,7 +121,8 @@ def test_saved_model_loads_in_safe_mode_with_the_contract_layers(trained):
         "dropout",
         "sentiment",
     ]
-    assert model.get_layer("embedding").input_dim == config.vocab_size
+    # One row per vocabulary entry (padding and [UNK] included), no unused rows up to --vocab-size.
+    assert model.get_layer("embedding").input_dim == model.get_layer("vectorize").vocabulary_size() <= config.vocab_size
     assert model.get_layer("embedding").output_dim == 16
     assert model.get_layer("embedding").mask_zero is True
     assert model.inputs[0].dtype == "string" and tuple(model.inputs[0].shape) == (None, 1)
@@ -395,7 +396,13 @@ def test_one_class_only_fails_clearly(tmp_path):
         (["--encoding", "klingon"], "--encoding 'klingon' is not an encoding"),
         (["--text-field", ""], "--text-field must not be empty"),
         (["--labelled-lines", "pos.txt"], "--labelled-lines must be FILE=LABEL, got 'pos.txt'"),
-        (["--labelled-lines", "pos.txt=2"], "--labelled-lines label must be 0 or 1, got '2'"),
+        (["--labelled-lines", "pos.txt="], "--labelled-lines label must not be empty, got 'pos.txt='"),
+        (["--objective", "skipgram", "--freeze-vectors"], "--freeze-vectors needs --init-vectors FILE"),
+        (["--window", "0"], "--window must be an integer >= 1, got 0"),
+        (["--negatives", "0"], "--negatives must be an integer >= 1, got 0"),
+        (["--subsample", "1"], "--subsample must be in [0, 1), got 1.0"),
+        (["--min-count", "0"], "--min-count must be an integer >= 1, got 0"),
+        (["--unlabelled", "x.txt"], "--unlabelled text is for --objective skipgram or skipgram+classify, not classify"),
     ],
 )
 def test_bad_flag_values_name_the_flag(flags, message, jsonl_corpus, tmp_path):

@@ -1,6 +1,14 @@
-"""The `evaluate` command: how well a run's embeddings separate the labels of a passthrough column.
+"""The `evaluate` command: how well a run's embeddings separate the labels of a passthrough column,
+or (`--word-similarity FILE --text-model MODEL`) how well a text model's word vectors agree with
+human word-similarity scores.
 
-Two measures, printed as a table (`--json`: the full report as JSON):
+Word similarity: a file of `word1<TAB>word2<TAB>score` lines (`#` lines are comments; spaces also
+separate; e.g. SimLex-999, WordSim-353), scored by the Spearman rank correlation between the
+cosine similarity of the two words' vectors in the model's `embedding` layer and the human
+score, over the pairs whose two words are in the model's vocabulary (the others are counted as
+not covered). Every Embedding-layer model qualifies (classify, skipgram, ...).
+
+Embeddings on labels: two measures, printed as a table (`--json`: the full report as JSON):
 
 - leave-one-out precision@1 and precision@k (cosine kNN): for each labelled row, the fraction of
   its k nearest other rows that share its label, averaged over rows. Chance is about
@@ -19,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -34,6 +42,9 @@ __all__ = [
     "linear_probe",
     "evaluate_embeddings",
     "format_evaluation",
+    "read_word_pairs",
+    "spearman",
+    "word_similarity",
     "add_arguments",
     "main_from_args",
 ]
@@ -277,13 +288,103 @@ def format_evaluation(report: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Word similarity
+
+
+def read_word_pairs(path: str) -> list[tuple[str, str, float]]:
+    """(word1, word2, score) of a word-similarity file; a ToolError naming the file and line for a bad line."""
+    from transforms.io.fileio import read_bytes
+
+    try:
+        text = read_bytes(path).decode("utf-8")
+    except OSError as exc:
+        raise ToolError(f"--word-similarity {path}: cannot read the file ({type(exc).__name__}: {exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ToolError(f"--word-similarity {path}: not UTF-8 text ({exc.reason})") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        try:
+            pairs.append((parts[0].strip(), parts[1].strip(), float(parts[2])))
+        except (IndexError, ValueError):
+            raise ToolError(
+                f"--word-similarity {path}:{number}: expected word1<TAB>word2<TAB>score, got {line.strip()[:80]!r}"
+            ) from None
+    if not pairs:
+        raise ToolError(f"--word-similarity {path}: no word pair in the file")
+    return pairs
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    if len(unique) < len(values):
+        sums = np.bincount(inverse, weights=ranks)
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks); NaN for fewer than 2 values or a constant side."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = _ranks(a) - (len(a) + 1) / 2, _ranks(b) - (len(b) + 1) / 2
+    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator else float("nan")
+
+
+def word_similarity(words, pairs: Sequence[tuple[str, str, float]]) -> dict:
+    """Spearman of cosine(word1, word2) against the human score, over the pairs the vocabulary covers."""
+    from pipeline.tools.store import unit_rows
+    from pipeline.tools.word_vectors import OOV_INDEX
+
+    index = {word: i for i, word in enumerate(words.vocabulary) if i > OOV_INDEX}
+    unit, valid = unit_rows(words.vectors)
+    model, human, missing = [], [], []
+    for first, second, score in pairs:
+        a, b = index.get(first.lower()), index.get(second.lower())
+        if a is None or b is None or not (valid[a] and valid[b]):
+            missing.append(f"{first}/{second}")
+            continue
+        model.append(float(unit[a] @ unit[b]))
+        human.append(score)
+    if len(model) < 2:
+        raise ToolError(
+            f"--word-similarity: only {len(model)} of the {len(pairs)} pairs have both words in the model's vocabulary"
+        )
+    return {
+        "spearman": spearman(model, human),
+        "pairs": len(pairs),
+        "covered_pairs": len(model),
+        "missing_examples": missing[:10],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline evaluate`."""
-    parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
-    parser.add_argument("--label-field", required=True, help="Passthrough column holding each row's label.")
+    parser.add_argument("--embeddings", metavar="DIR", help="A finished run's output folder (local or gs://).")
+    parser.add_argument("--label-field", help="Passthrough column holding each row's label (with --embeddings).")
+    parser.add_argument(
+        "--word-similarity",
+        metavar="FILE",
+        help="Instead: score the word vectors of --text-model on this word1<TAB>word2<TAB>score file (Spearman), e.g. SimLex-999.",
+    )
+    parser.add_argument("--text-model", metavar="PATH", help="The .keras text model whose word vectors --word-similarity scores.")
+    parser.add_argument(
+        "--unsafe-model-loading",
+        action="store_true",
+        help="Allow .keras models with custom Python code (only for files you trust).",
+    )
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
     add_allow_failed_flag(parser)
     parser.add_argument("-k", "--k", type=int, default=10, help="k of precision@k, besides precision@1 (default: %(default)s).")
@@ -305,6 +406,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `evaluate`: a table on stdout (`--json`: the full report)."""
+    if args.word_similarity or args.text_model:
+        if not (args.word_similarity and args.text_model):
+            raise ToolError("--word-similarity FILE and --text-model PATH go together")
+        if args.embeddings:
+            raise ToolError("give either --embeddings (with --label-field) or --word-similarity with --text-model, not both")
+        from pipeline.tools.word_vectors import load_word_vectors
+
+        words = load_word_vectors(args.text_model, args.unsafe_model_loading)
+        report = {"text_model": args.text_model, "word_similarity": args.word_similarity}
+        report.update(word_similarity(words, read_word_pairs(args.word_similarity)))
+        if args.json:
+            print_json(report)
+        else:
+            print(
+                format_fields(
+                    [
+                        ("text model", args.text_model),
+                        (
+                            "word pairs",
+                            f"{args.word_similarity}: {report['covered_pairs']:,} of {report['pairs']:,} in the vocabulary",
+                        ),
+                        ("Spearman", report["spearman"]),
+                    ]
+                )
+            )
+        return 0
+    if not args.embeddings or not args.label_field:
+        raise ToolError("give --embeddings DIR and --label-field NAME (or --word-similarity FILE with --text-model PATH)")
     if args.max_rows is not None and args.max_rows < 2:
         raise ToolError(f"--max-rows must be at least 2, got {args.max_rows}")
     if args.block_rows < 1:

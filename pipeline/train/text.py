@@ -1,14 +1,35 @@
-"""The `train-text` command: train the small sentiment model whose pooled layer is the text embedding.
+"""The `train-text` command: train the Embedding-layer text model whose pooled layer is the text embedding.
 
 The saved `.keras` file is the contract with the embedding job: a functional model taking one
-string per row (`text`, shape `(1,)`), with the layers `vectorize` -> `embedding` ->
-`text_embedding` (masked average of the token vectors, the record embedding) -> `sentiment`.
-These names are defined once, in `transforms.embed.models` (TEXT_INPUT, TEXT_VECTORIZE_LAYER,
-WORD_EMBEDDING_LAYER, TEXT_EMBEDDING_LAYER, TEXT_OUTPUT_LAYER). It loads with `keras.saving.load_model(path, safe_mode=True)`: built-in layers only.
+string per row (`text`, shape `(1,)`), with the layers `vectorize` -> `embedding` -> ... ->
+`text_embedding` (the record embedding). These names are defined once, in `transforms.embed.models`
+(TEXT_INPUT, TEXT_VECTORIZE_LAYER, WORD_EMBEDDING_LAYER, TEXT_EMBEDDING_LAYER, TEXT_OUTPUT_LAYER).
+It loads with `keras.saving.load_model(path, safe_mode=True)`: built-in layers only, so the job
+embeds every model below with no change.
+
+Objectives (`--objective`):
+
+- `classify` (the default): a classifier head on the pooled vector, trained on labels. Labels 0/1
+  (or true/false) train a binary `sentiment` head (sigmoid), as always; any other set of labels
+  (strings or integers, e.g. AG News's four topics) a softmax `classes` head; `--multi-label`
+  (a list, or a string split on `--label-separator`, per record) a sigmoid `classes` head of one
+  unit per label. The report gives precision, recall and F1 per class on the validation part.
+- `skipgram`: word2vec skip-gram with negative sampling on unlabelled text (`pipeline.train.skipgram`):
+  no labels, no head; the saved model is `vectorize` -> `embedding` -> pooling.
+- `skipgram+classify`: the skip-gram vectors, then `classify` fine-tunes them on the labels.
+
+Pooling (`--pooling`): `mean` is the masked mean of the word vectors (GlobalAveragePooling1D named
+`text_embedding`). `sif` is Arora et al. (2017)'s smooth inverse frequency: a second, frozen
+Embedding `sif_weights` holds a / (a + p(w)) per token (p from the training texts), a Multiply and
+a masked mean (`sif_mean`) give the weighted average, and a frozen bias-free Dense named
+`text_embedding` with the kernel I - u u^T removes the first principal component u of the training
+texts' weighted averages. All built-in layers: the weights live in the saved model.
+
+`--init-vectors FILE` starts the `embedding` layer from pretrained vectors (`pipeline.train.vectors`).
 
 A text with no token after standardisation (empty, or punctuation only) has nothing to average:
-`text_embedding` then gives NaN (0 / 0). Such texts are bad records here, and the job must not
-embed them either.
+`text_embedding` then gives NaN (0 / 0), with either pooling. Such texts are bad records here, and
+the job must not embed them either.
 
 Keras and TensorFlow are imported inside the functions that need them, so that building the
 command-line parser (`python -m pipeline --help`) stays fast.
@@ -39,6 +60,8 @@ from pipeline.train.common import (
     train_and_print,
     write_report,
 )
+from pipeline.train.skipgram import SkipgramSettings, tokenize_corpus, train_skipgram
+from pipeline.train.vectors import initial_embeddings, read_word_vectors, sif_weights
 from transforms.embed.models import (
     TEXT_EMBEDDING_LAYER,
     TEXT_INPUT,
@@ -50,6 +73,8 @@ from transforms.errors import DataError, UserError
 from transforms.io.text_formats import detect_format, iter_records
 
 __all__ = [
+    "OBJECTIVES",
+    "POOLINGS",
     "TextTrainingConfig",
     "TrainingConfigError",
     "TrainingDataError",
@@ -59,15 +84,22 @@ __all__ = [
     "config_from_args",
     "load_training_records",
     "main_from_args",
+    "per_class_figures",
     "report_path_for",
     "train_text_model",
 ]
 
 _LOG = logging.getLogger(__name__)
 
+OBJECTIVES = ("classify", "skipgram", "skipgram+classify")
+POOLINGS = ("mean", "sif")
+CLASSES_LAYER = "classes"  # the head of a multi-class or multi-label model (a binary one keeps TEXT_OUTPUT_LAYER)
+SIF_WEIGHTS_LAYER = "sif_weights"
+SIF_MEAN_LAYER = "sif_mean"
 _MAX_BAD_EXAMPLES = 10
 _TRUE = ("1", "true")
 _FALSE = ("0", "false")
+_SIF_TEXTS = 20000  # texts whose weighted averages give the first principal component
 
 
 class TrainingConfigError(UserError, ValueError):
@@ -84,11 +116,17 @@ class TextTrainingConfig:
 
     output: str
     inputs: tuple[str, ...] = ()
-    labelled_lines: tuple[tuple[str, int], ...] = ()
+    labelled_lines: tuple[tuple[str, str], ...] = ()
+    unlabelled: tuple[str, ...] = ()
+    objective: str = "classify"
+    pooling: str = "mean"
+    multi_label: bool = False
+    label_separator: str = ","
     text_field: str = "text"
     label_field: str = "label"
     encoding: str = "utf-8"
     vocab_size: int = 20000
+    min_count: Optional[int] = None  # None: 5 for skipgram, 1 for classify and skipgram+classify
     sequence_length: int = 64
     embedding_dim: int = 64
     dropout: float = 0.2
@@ -97,17 +135,39 @@ class TextTrainingConfig:
     batch_size: int = 64
     validation_split: float = 0.2
     learning_rate: float = 1e-3
+    window: int = 5
+    negatives: int = 5
+    subsample: float = 1e-3
+    skipgram_epochs: int = 5
+    skipgram_batch_size: int = 16384
+    skipgram_learning_rate: float = 1e-2
+    sif_a: float = 1e-3
+    init_vectors: Optional[str] = None
+    freeze_vectors: bool = False
     seed: int = 0
     max_bad_fraction: float = 0.1
     verbose: int = 2
 
     def __post_init__(self):
         check_output(self.output, TrainingConfigError)
-        if not self.inputs and not self.labelled_lines:
+        if self.objective not in OBJECTIVES:
+            raise TrainingConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.pooling not in POOLINGS:
+            raise TrainingConfigError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.objective == "skipgram":
+            if not self.inputs and not self.labelled_lines and not self.unlabelled:
+                raise TrainingConfigError("give training text with --unlabelled GLOB (plain lines or records) or --input GLOB")
+        elif not self.inputs and not self.labelled_lines:
             raise TrainingConfigError("give training data with --input GLOB or --labelled-lines FILE=LABEL")
+        if self.unlabelled and self.objective == "classify":
+            raise TrainingConfigError("--unlabelled text is for --objective skipgram or skipgram+classify, not classify")
+        if self.freeze_vectors and not self.init_vectors:
+            raise TrainingConfigError("--freeze-vectors needs --init-vectors FILE")
+        if self.multi_label and not self.label_separator:
+            raise TrainingConfigError("--label-separator must not be empty")
         for path, label in self.labelled_lines:
-            if label not in (0, 1):
-                raise TrainingConfigError(f"--labelled-lines label must be 0 or 1, got {label!r} for {path!r}")
+            if not str(label).strip():
+                raise TrainingConfigError(f"--labelled-lines label must not be empty, for {path!r}")
         for flag, value in (("--text-field", self.text_field), ("--label-field", self.label_field)):
             if not value:
                 raise TrainingConfigError(f"{flag} must not be empty")
@@ -116,17 +176,27 @@ class TextTrainingConfig:
         except LookupError:
             raise TrainingConfigError(f"--encoding {self.encoding!r} is not an encoding Python knows") from None
         _at_least("--vocab-size", self.vocab_size, 3)  # padding, [UNK] and one word
+        if self.min_count is not None:
+            _at_least("--min-count", self.min_count, 1)
         _at_least("--sequence-length", self.sequence_length, 1)
         _at_least("--embedding-dim", self.embedding_dim, 1)
         _at_least("--epochs", self.epochs, 1)
         _at_least("--patience", self.patience, 0)
         _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--window", self.window, 1)
+        _at_least("--negatives", self.negatives, 1)
+        _at_least("--skipgram-epochs", self.skipgram_epochs, 1)
+        _at_least("--skipgram-batch-size", self.skipgram_batch_size, 1)
         _at_least("--seed", self.seed, 0)
+        if not 0 <= self.subsample < 1:
+            raise TrainingConfigError(f"--subsample must be in [0, 1), got {self.subsample}")
+        if not self.sif_a > 0:
+            raise TrainingConfigError(f"--sif-a must be positive, got {self.sif_a}")
         check_training_settings(
             TrainingConfigError,
             self.validation_split,
             self.dropout,
-            (("--learning-rate", self.learning_rate),),
+            (("--learning-rate", self.learning_rate), ("--skipgram-learning-rate", self.skipgram_learning_rate)),
             self.max_bad_fraction,
         )
 
@@ -135,11 +205,37 @@ class TextTrainingConfig:
         """Where the training report goes: `MODEL.keras` -> `MODEL.training.json`."""
         return report_path_for(self.output)
 
+    @property
+    def pretrains(self) -> bool:
+        return self.objective in ("skipgram", "skipgram+classify")
+
+    @property
+    def classifies(self) -> bool:
+        return self.objective in ("classify", "skipgram+classify")
+
+    @property
+    def effective_min_count(self) -> int:
+        # skipgram+classify keeps the rare words: the classifier learns them (rt-polarity: 0.767 with 5, 0.779 with 1)
+        return self.min_count if self.min_count is not None else (5 if self.objective == "skipgram" else 1)
+
+    def skipgram_settings(self) -> SkipgramSettings:
+        return SkipgramSettings(
+            window=self.window,
+            negatives=self.negatives,
+            subsample=self.subsample,
+            epochs=self.skipgram_epochs,
+            batch_size=self.skipgram_batch_size,
+            learning_rate=self.skipgram_learning_rate,
+            seed=self.seed,
+        )
+
     def describe(self) -> dict:
         """The settings as plain JSON-able values, for the report."""
         settings = dataclasses.asdict(self)
         settings["inputs"] = list(self.inputs)
+        settings["unlabelled"] = list(self.unlabelled)
         settings["labelled_lines"] = {path: label for path, label in self.labelled_lines}
+        settings["min_count"] = self.effective_min_count
         return settings
 
 
@@ -153,22 +249,33 @@ def _at_least(flag: str, value: int, minimum: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingRecords:
-    """Texts and 0/1 labels read from the training files, in file order, and what was rejected."""
+    """Labelled texts and their labels (as read: strings, or tuples of strings for --multi-label),
+    unlabelled texts, in file order, and what was rejected."""
 
     texts: tuple[str, ...]
-    labels: tuple[int, ...]
+    labels: tuple
     bad_records: int
     bad_examples: tuple[str, ...]
     files: tuple[str, ...]
+    unlabelled: tuple[str, ...] = ()
 
     @property
     def bad_fraction(self) -> float:
-        total = len(self.texts) + self.bad_records
+        total = len(self.texts) + len(self.unlabelled) + self.bad_records
         return self.bad_records / total if total else 0.0
 
 
-def _parse_label(value: object) -> int:
-    """0 or 1 from an int, a bool, or the strings "0"/"1"/"true"/"false"; ValueError otherwise."""
+def _label_text(value: object) -> str:
+    """One class name: ints as digits, strings stripped; ValueError (naming the value) for anything else."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"label {value!r} is not a class name (a non-empty string or an integer)")
+
+
+def _binary_label(value: object) -> Optional[int]:
+    """0 or 1 from an int, a bool, or the strings "0"/"1"/"true"/"false"; None otherwise."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (int, np.integer)) and value in (0, 1):
@@ -179,7 +286,48 @@ def _parse_label(value: object) -> int:
             return 1
         if word in _FALSE:
             return 0
-    raise ValueError(f'label {value!r} is not 0/1, "0"/"1" or a boolean')
+    return None
+
+
+def _multi_labels(value: object, separator: str) -> tuple[str, ...]:
+    """The labels of one --multi-label record: a list, or a string split on `separator`."""
+    if isinstance(value, str):
+        parts = {p.strip() for p in value.split(separator)}
+        return tuple(sorted(p for p in parts if p))
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(sorted({_label_text(v) for v in value}))
+    return (_label_text(value),)
+
+
+def _settle_labels(raw: list, config: TextTrainingConfig, reject) -> list:
+    """The labels as trained (None: the record is rejected, with the reason, through `reject(index, reason)`).
+
+    Binary (ints 0/1) when all but at most --max-bad-fraction of the labels are 0/1/true/false, as
+    the sentiment model has always been trained: the other labels are then bad records (a stray
+    "yes" or 2 is a mistake, not a third class). Otherwise multi-class: every label is a class name
+    (strings, integers). --multi-label: tuples of class names."""
+    out: list = []
+    if config.multi_label:
+        for index, value in enumerate(raw):
+            try:
+                out.append(_multi_labels(value, config.label_separator))
+            except ValueError as exc:
+                reject(index, str(exc))
+                out.append(None)
+        return out
+    binary = [_binary_label(v) for v in raw]
+    if raw and sum(b is not None for b in binary) >= (1 - config.max_bad_fraction) * len(raw):
+        for index, (value, label) in enumerate(zip(raw, binary)):
+            if label is None:
+                reject(index, f'label {value!r} is not 0/1, "0"/"1" or a boolean')
+        return binary
+    for index, value in enumerate(raw):
+        try:
+            out.append(_label_text(value))
+        except ValueError as exc:
+            reject(index, str(exc))
+            out.append(None)
+    return out
 
 
 def _match_files(flag: str, pattern: str) -> list[str]:
@@ -194,21 +342,27 @@ def _match_files(flag: str, pattern: str) -> list[str]:
     return paths
 
 
-def _resolve_sources(config: TextTrainingConfig) -> list[tuple[str, str, Optional[int]]]:
-    """(path, format, fixed label or None) for every file to read, checking each glob matches."""
-    sources: list[tuple[str, str, Optional[int]]] = []
+_UNLABELLED = object()  # the "label" of a source read for its text only
+
+
+def _resolve_sources(config: TextTrainingConfig) -> list[tuple[str, str, object]]:
+    """(path, format, fixed label, None (read it) or _UNLABELLED) for every file, checking each glob matches."""
+    sources: list[tuple[str, str, object]] = []
     for pattern in config.inputs:
         for path in _match_files("--input", pattern):
             fmt = detect_format(path)
-            if fmt == "lines":
+            if fmt == "lines" and config.classifies:
                 raise TrainingConfigError(
                     f"--input {pattern!r}: {path} is not JSONL, CSV, TSV or Parquet (by its extension), so it has "
                     f"no label field; for a plain text file of one label use --labelled-lines FILE=LABEL"
                 )
-            sources.append((path, fmt, None))
+            sources.append((path, fmt, None if config.classifies else _UNLABELLED))
     for pattern, label in config.labelled_lines:
         for path in _match_files("--labelled-lines", pattern):
             sources.append((path, "lines", label))
+    for pattern in config.unlabelled:
+        for path in _match_files("--unlabelled", pattern):
+            sources.append((path, detect_format(path), _UNLABELLED))
     return sources
 
 
@@ -228,10 +382,11 @@ def _has_tokens(texts: Sequence[str]) -> np.ndarray:
 
 
 def load_training_records(config: TextTrainingConfig) -> TrainingRecords:
-    """Every (text, label) of the configured files; bad lines are counted with a few examples kept."""
+    """Every (text, label) and unlabelled text of the configured files; bad lines are counted with a few examples kept."""
     texts: list[str] = []
-    labels: list[int] = []
+    labels: list = []
     origins: list[str] = []
+    unlabelled: list[str] = []
     bad = 0
     examples: list[str] = []
 
@@ -251,7 +406,7 @@ def load_training_records(config: TextTrainingConfig) -> TrainingRecords:
                     continue
                 record = parsed.record
                 text = record.get(config.text_field)
-                if fixed_label is not None and isinstance(text, str) and not text.strip():
+                if fmt == "lines" and isinstance(text, str) and not text.strip():
                     continue  # a blank line in a plain text file is not a record
                 if not isinstance(text, str):
                     if config.text_field not in record:
@@ -260,144 +415,416 @@ def load_training_records(config: TextTrainingConfig) -> TrainingRecords:
                         reason = "null" if text is None else f"{type(text).__name__}, not a string"
                     reject(where, f"text field {config.text_field!r} is {reason}")
                     continue
+                if fixed_label is _UNLABELLED:
+                    unlabelled.append(text)  # texts without a word add nothing to skip-gram: kept, harmless
+                    continue
                 if fixed_label is not None:
                     label = fixed_label
                 elif config.label_field not in record:
                     reject(where, f"label field {config.label_field!r} is missing")
                     continue
                 else:
-                    try:
-                        label = _parse_label(record[config.label_field])
-                    except ValueError as exc:
-                        reject(where, str(exc))
-                        continue
+                    label = record[config.label_field]
                 texts.append(text)
                 labels.append(label)
                 origins.append(where)
 
-    keep = _has_tokens(texts)
-    for index in np.flatnonzero(~keep):
+    keep = np.ones(len(texts), dtype=bool)
+    if config.classifies:
+        labels = _settle_labels(labels, config, lambda index, reason: reject(origins[index], reason))
+        keep &= np.asarray([label is not None for label in labels], dtype=bool)
+    worded = _has_tokens(texts)
+    for index in np.flatnonzero(keep & ~worded):
         reject(origins[index], "text has no word once lower-cased and stripped of punctuation")
+    keep &= worded
     return TrainingRecords(
         texts=tuple(t for t, k in zip(texts, keep) if k),
         labels=tuple(label for label, k in zip(labels, keep) if k),
         bad_records=bad,
         bad_examples=tuple(examples),
         files=tuple(path for path, _, _ in sources),
+        unlabelled=tuple(unlabelled),
     )
 
 
-def _check_records(records: TrainingRecords, config: TextTrainingConfig) -> None:
-    """Refuse data that would give a meaningless model, with the reason and examples of bad lines."""
-    total = len(records.texts) + records.bad_records
+@dataclasses.dataclass(frozen=True)
+class LabelCoding:
+    """How labels become training targets: `kind` binary|multiclass|multilabel and the class names."""
+
+    kind: str
+    classes: tuple[str, ...]
+
+    @property
+    def head_units(self) -> int:
+        return 1 if self.kind == "binary" else len(self.classes)
+
+    def encode(self, labels: Sequence) -> np.ndarray:
+        if self.kind == "binary":
+            return np.asarray(labels, dtype=np.float32)
+        index = {c: i for i, c in enumerate(self.classes)}
+        if self.kind == "multiclass":
+            return np.asarray([index[v] for v in labels], dtype=np.int32)
+        out = np.zeros((len(labels), len(self.classes)), dtype=np.float32)
+        for row, values in enumerate(labels):
+            out[row, [index[v] for v in values]] = 1.0
+        return out
+
+
+def _sort_key(name: str):
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def _label_coding(records: TrainingRecords, config: TextTrainingConfig) -> LabelCoding:
+    if config.multi_label:
+        names = sorted({v for values in records.labels for v in values}, key=_sort_key)
+        return LabelCoding("multilabel", tuple(names))
+    if all(isinstance(v, int) for v in records.labels):
+        return LabelCoding("binary", ("0", "1"))
+    return LabelCoding("multiclass", tuple(sorted(set(records.labels), key=_sort_key)))
+
+
+def _check_records(records: TrainingRecords, config: TextTrainingConfig) -> Optional[LabelCoding]:
+    """Refuse data that would give a meaningless model, with the reason and examples of bad lines; the label coding."""
+    total = len(records.texts) + len(records.unlabelled) + records.bad_records
     if records.bad_fraction > config.max_bad_fraction:
         shown = "\n  ".join(records.bad_examples)
         raise TrainingDataError(
             f"{records.bad_records} of {total} records are bad ({records.bad_fraction:.1%} > "
             f"--max-bad-fraction {config.max_bad_fraction:.0%}); first ones:\n  {shown}"
         )
-    classes = set(records.labels)
-    if classes != {0, 1}:
+    if not config.classifies:
+        if not records.texts and not records.unlabelled:
+            raise TrainingDataError("the training files hold no text")
+        return None
+    coding = _label_coding(records, config)
+    if coding.kind == "binary":
+        classes = set(records.labels)
+        if classes != {0, 1}:
+            raise TrainingDataError(
+                f"training needs both labels 0 and 1; the {len(records.texts)} good records have only {sorted(classes)}"
+            )
+    elif len(coding.classes) < 2:
         raise TrainingDataError(
-            f"training needs both labels 0 and 1; the {len(records.texts)} good records have only {sorted(classes)}"
+            f"training needs at least two different labels; the {len(records.texts)} good records have only "
+            f"{list(coding.classes)}"
         )
     n_val = round(len(records.texts) * config.validation_split)
     if n_val < 1 or len(records.texts) - n_val < 1:
         raise TrainingDataError(
             f"{len(records.texts)} good records cannot be split with --validation-split {config.validation_split}"
         )
+    return coding
 
 
 # ---------------------------------------------------------------------------------------------
 # The model
 
 
-def build_text_model(config: TextTrainingConfig, train_texts: Sequence[str]):
-    """The functional model of the contract, its vocabulary adapted on `train_texts` only."""
+def _adapted_vocabulary(config: TextTrainingConfig, texts: Sequence[str]) -> list[str]:
+    """The vocabulary a `vectorize` layer adapted on `texts` has (padding and [UNK] first)."""
     import keras
     import tensorflow as tf
 
+    probe = keras.layers.TextVectorization(max_tokens=config.vocab_size, standardize="lower_and_strip_punctuation")
+    probe.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(list(texts))).batch(1024))
+    return [str(w) for w in probe.get_vocabulary()]
+
+
+def build_text_model(
+    config: TextTrainingConfig,
+    vocabulary: Sequence[str],
+    word_vectors: Optional[np.ndarray] = None,
+    token_weights: Optional[np.ndarray] = None,
+    coding: Optional[LabelCoding] = None,
+    trainable_vectors: bool = True,
+):
+    """The functional model of the contract for `vocabulary` (padding and [UNK] first): `vectorize` ->
+    `embedding` (from `word_vectors` when given) -> pooling -> `text_embedding`, then a classifier
+    head for `coding` (none: the model's output is `text_embedding`). `token_weights` are the SIF
+    weights (--pooling sif)."""
+    import keras
+
     vectorize = keras.layers.TextVectorization(
         name=TEXT_VECTORIZE_LAYER,
-        max_tokens=config.vocab_size,
+        vocabulary=list(vocabulary[2:]),
         output_sequence_length=config.sequence_length,
         standardize="lower_and_strip_punctuation",
     )
-    vectorize.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(list(train_texts))).batch(1024))
     text = keras.Input(shape=(1,), dtype="string", name=TEXT_INPUT)
     tokens = vectorize(text)
+    rows, dim = len(vocabulary), config.embedding_dim
+    initializer = "uniform" if word_vectors is None else keras.initializers.Constant(np.asarray(word_vectors, np.float32))
     vectors = keras.layers.Embedding(
-        name=WORD_EMBEDDING_LAYER, input_dim=config.vocab_size, output_dim=config.embedding_dim, mask_zero=True
+        name=WORD_EMBEDDING_LAYER,
+        input_dim=rows,
+        output_dim=dim,
+        mask_zero=True,
+        embeddings_initializer=initializer,
+        trainable=trainable_vectors,
     )(tokens)
-    pooled = keras.layers.GlobalAveragePooling1D(name=TEXT_EMBEDDING_LAYER)(vectors)  # masked mean: padding ignored
+    if config.pooling == "mean":
+        pooled = keras.layers.GlobalAveragePooling1D(name=TEXT_EMBEDDING_LAYER)(vectors)  # masked mean: padding ignored
+    else:
+        weights = keras.layers.Embedding(
+            name=SIF_WEIGHTS_LAYER,
+            input_dim=rows,
+            output_dim=1,
+            mask_zero=True,  # Multiply keeps a mask only when every input has one
+            embeddings_initializer=keras.initializers.Constant(np.asarray(token_weights, np.float32).reshape(rows, 1)),
+            trainable=False,
+        )(tokens)
+        weighted = keras.layers.Multiply(name="sif_weighted")([vectors, weights])
+        mean = keras.layers.GlobalAveragePooling1D(name=SIF_MEAN_LAYER)(weighted)  # (1/n) sum a/(a+p(w)) v_w
+        pooled = keras.layers.Dense(
+            dim, use_bias=False, trainable=False, kernel_initializer="identity", name=TEXT_EMBEDDING_LAYER
+        )(mean)  # I - u u^T once u is known (`_remove_first_component`)
+    if coding is None:
+        return keras.Model(text, pooled, name="text_vectors")
     features = keras.layers.Dropout(config.dropout, name="dropout")(pooled) if config.dropout else pooled
-    sentiment = keras.layers.Dense(1, activation="sigmoid", name=TEXT_OUTPUT_LAYER)(features)
-    return keras.Model(text, sentiment, name="text_sentiment")
+    if coding.kind == "binary":
+        head = keras.layers.Dense(1, activation="sigmoid", name=TEXT_OUTPUT_LAYER)(features)
+        return keras.Model(text, head, name="text_sentiment")
+    activation = "softmax" if coding.kind == "multiclass" else "sigmoid"
+    head = keras.layers.Dense(coding.head_units, activation=activation, name=CLASSES_LAYER)(features)
+    return keras.Model(text, head, name="text_classifier")
+
+
+def _remove_first_component(model, texts: Sequence[str], seed: int) -> dict:
+    """SIF's last step: u = the first singular vector of the weighted averages of (a sample of) `texts`;
+    `text_embedding`'s kernel becomes I - u u^T."""
+    import keras
+    import tensorflow as tf
+
+    if len(texts) > _SIF_TEXTS:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(texts), _SIF_TEXTS, replace=False))
+        texts = [texts[i] for i in chosen]
+    means = keras.Model(model.inputs, model.get_layer(SIF_MEAN_LAYER).output)
+    rows = [
+        np.asarray(means(tf.constant(list(texts[i : i + 1024]))[:, None], training=False)) for i in range(0, len(texts), 1024)
+    ]
+    matrix = np.concatenate(rows).astype(np.float64)
+    matrix = matrix[np.isfinite(matrix).all(axis=1)]
+    if not len(matrix):
+        raise TrainingDataError("no training text has a word in the vocabulary: SIF pooling has nothing to average")
+    _, singular, vt = np.linalg.svd(matrix, full_matrices=False)
+    u = vt[0]
+    layer = model.get_layer(TEXT_EMBEDDING_LAYER)
+    layer.kernel.assign((np.eye(len(u)) - np.outer(u, u)).astype(np.float32))
+    share = float(singular[0] ** 2 / (singular**2).sum())
+    return {"texts": int(len(matrix)), "first_component_variance_share": round(share, 4), "a": None}
 
 
 def _dataset(texts: Sequence[str], labels: np.ndarray, batch_size: int, shuffle_seed: Optional[int] = None):
-    """Batches of ((batch, 1) strings, (batch,) float labels); Keras cannot fit NumPy string arrays."""
+    """Batches of ((batch, 1) strings, labels); Keras cannot fit NumPy string arrays."""
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices((tf.constant(list(texts))[:, None], tf.constant(labels, tf.float32)))
+    data = tf.data.Dataset.from_tensor_slices((tf.constant(list(texts))[:, None], tf.constant(labels)))
     if shuffle_seed is not None:
         data = data.shuffle(len(texts), seed=shuffle_seed, reshuffle_each_iteration=True)
     return data.batch(batch_size)
 
 
+def _predict(model, texts: Sequence[str]) -> np.ndarray:
+    import tensorflow as tf
+
+    return np.concatenate(
+        [np.asarray(model(tf.constant(list(texts[i : i + 1024]))[:, None], training=False)) for i in range(0, len(texts), 1024)]
+    )
+
+
+def per_class_figures(truth: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """Precision, recall, F1 and support of each class; `truth`/`predicted` are class numbers, or
+    (rows, classes) 0/1 matrices for multi-label."""
+    out = []
+    for index, name in enumerate(classes):
+        if truth.ndim == 2:
+            real, said = truth[:, index] > 0.5, predicted[:, index] > 0.5
+        else:
+            real, said = truth == index, predicted == index
+        hits = int((real & said).sum())
+        precision = hits / said.sum() if said.sum() else 0.0
+        recall = hits / real.sum() if real.sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.append(
+            {
+                "class": name,
+                "precision": round(float(precision), 4),
+                "recall": round(float(recall), 4),
+                "f1": round(float(f1), 4),
+                "support": int(real.sum()),
+            }
+        )
+    return out
+
+
+def _decisions(coding: LabelCoding, probabilities: np.ndarray) -> np.ndarray:
+    if coding.kind == "binary":
+        return (probabilities.reshape(-1) > 0.5).astype(np.int64)
+    if coding.kind == "multiclass":
+        return probabilities.argmax(axis=1)
+    return (probabilities > 0.5).astype(np.float32)
+
+
+def _accuracy(coding: LabelCoding, truth: np.ndarray, decided: np.ndarray) -> float:
+    if coding.kind == "multilabel":
+        return float((decided == truth).all(axis=1).mean())  # every label of the record right
+    return float((decided == truth.astype(np.int64)).mean())
+
+
+def _initial_vectors(
+    config: TextTrainingConfig, vocabulary: Sequence[str], counts=None
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[dict]]:
+    if not config.init_vectors:
+        return None, None, None
+    pretrained = read_word_vectors(config.init_vectors)
+    weights, covered, report = initial_embeddings(vocabulary, pretrained, config.embedding_dim, config.seed, counts)
+    report["frozen"] = config.freeze_vectors
+    _LOG.info("--init-vectors: %d of %d words covered", report["covered_words"], report["vocabulary_words"])
+    return weights, covered, report
+
+
+def _pretrain(config: TextTrainingConfig, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """Skip-gram vectors for the vocabulary of `texts`: (vocabulary, counts, vectors, report part)."""
+    corpus = tokenize_corpus(texts, config.vocab_size, config.effective_min_count)
+    if len(corpus.vocabulary) <= 2:
+        raise TrainingDataError(
+            f"no word occurs --min-count {config.effective_min_count} times in the {len(texts)} training texts"
+        )
+    initial, covered, init_report = _initial_vectors(config, corpus.vocabulary, corpus.counts)
+    trainable = None if not config.freeze_vectors else ~covered
+    try:
+        result = train_skipgram(
+            corpus, config.embedding_dim, config.skipgram_settings(), initial=initial, trainable_rows=trainable
+        )
+    except ValueError as exc:
+        raise TrainingDataError(f"skip-gram training: {exc}") from exc
+    report = {
+        "texts": len(texts),
+        "tokens": corpus.tokens,
+        "in_vocabulary_tokens": int((corpus.ids > 1).sum()),
+        "pairs_per_epoch": result["pairs"],
+        "loss": result["history"],
+        "seconds": result["seconds"],
+    }
+    if init_report:
+        report["init_vectors"] = init_report
+    return corpus.vocabulary, corpus.counts, result["vectors"], report
+
+
+def _token_counts(vocabulary: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """How often each vocabulary id occurs in `texts` (as the vectorize layer splits them)."""
+    import keras
+    import tensorflow as tf
+
+    layer = keras.layers.TextVectorization(
+        vocabulary=list(vocabulary[2:]), ragged=True, standardize="lower_and_strip_punctuation"
+    )
+    counts = np.zeros(len(vocabulary), np.int64)
+    for i in range(0, len(texts), 4096):
+        ids = layer(tf.constant(list(texts[i : i + 4096]))).flat_values.numpy()
+        counts += np.bincount(ids, minlength=len(vocabulary))[: len(vocabulary)]
+    return counts
+
+
 def train_text_model(config: TextTrainingConfig) -> dict:
-    """Read, split, train with early stopping, save `config.output` and its report; the report's dict."""
+    """Read, pre-train and/or split and train with early stopping, save `config.output` and its report; the report's dict."""
     import keras
 
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     records = load_training_records(config)
-    _check_records(records, config)
+    coding = _check_records(records, config)
+    report: dict = {"model": config.output, "objective": config.objective, "pooling": config.pooling}
 
-    order = np.random.default_rng(config.seed).permutation(len(records.texts))
-    texts = [records.texts[i] for i in order]
-    labels = np.asarray([records.labels[i] for i in order], dtype="float32")
-    n_val = round(len(texts) * config.validation_split)
-    val_texts, val_labels = texts[:n_val], labels[:n_val]
-    train_texts, train_labels = texts[n_val:], labels[n_val:]
+    texts, labels, train_texts = list(records.texts), list(records.labels), list(records.texts)
+    val_texts: list[str] = []
+    if coding is not None:
+        order = np.random.default_rng(config.seed).permutation(len(texts))
+        texts = [texts[i] for i in order]
+        labels = [labels[i] for i in order]
+        n_val = round(len(texts) * config.validation_split)
+        val_texts, train_texts = texts[:n_val], texts[n_val:]
+        val_labels, train_labels = labels[:n_val], labels[n_val:]
 
-    model = build_text_model(config, train_texts)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="binary_crossentropy", metrics=["accuracy"])
-    train_data = _dataset(train_texts, train_labels, config.batch_size, shuffle_seed=config.seed)
-    val_data = _dataset(val_texts, val_labels, config.batch_size)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    history = model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=config.epochs,
-        shuffle=False,
-        callbacks=[stopper],
-        verbose=config.verbose,
-    )
-    # The restored (best) weights, measured without dropout on both splits.
-    train_loss, train_accuracy = model.evaluate(_dataset(train_texts, train_labels, 1024), verbose=0)
-    val_loss, val_accuracy = model.evaluate(_dataset(val_texts, val_labels, 1024), verbose=0)
+    vectors = covered = None
+    if config.pretrains:
+        corpus_texts = list(records.unlabelled) + train_texts  # never the validation texts
+        vocabulary, counts, vectors, report["skipgram"] = _pretrain(config, corpus_texts)
+        sif_texts = corpus_texts
+    else:
+        vocabulary = _adapted_vocabulary(config, train_texts)  # the vocabulary comes from the train part only
+        vectors, covered, init_report = _initial_vectors(config, vocabulary)
+        if init_report:
+            report["init_vectors"] = init_report
+        counts = _token_counts(vocabulary, train_texts) if config.pooling == "sif" else None
+        sif_texts = train_texts
+    token_weights = sif_weights(counts, config.sif_a) if config.pooling == "sif" else None
+    trainable = (
+        not config.freeze_vectors
+    )  # frozen: all rows (skipgram+classify: the rows the file lacks were learnt by skip-gram)
+    model = build_text_model(config, vocabulary, vectors, token_weights, coding, trainable_vectors=trainable)
 
+    history = stopper = None
+    if coding is not None:
+        y_train, y_val = coding.encode(train_labels), coding.encode(val_labels)
+        loss = "sparse_categorical_crossentropy" if coding.kind == "multiclass" else "binary_crossentropy"
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+        history = model.fit(
+            _dataset(train_texts, y_train, config.batch_size, shuffle_seed=config.seed),
+            validation_data=_dataset(val_texts, y_val, config.batch_size),
+            epochs=config.epochs,
+            shuffle=False,
+            callbacks=[stopper],
+            verbose=config.verbose,
+        )
+    if config.pooling == "sif":
+        report["sif"] = {**_remove_first_component(model, sif_texts, config.seed), "a": config.sif_a}
+    if coding is not None:
+        # The restored (best) weights, measured without dropout on both splits (after the SIF component removal).
+        train_loss = float(model.evaluate(_dataset(train_texts, y_train, 1024), verbose=0))
+        val_loss = float(model.evaluate(_dataset(val_texts, y_val, 1024), verbose=0))
+        train_decided, val_decided = (
+            _decisions(coding, _predict(model, train_texts)),
+            _decisions(coding, _predict(model, val_texts)),
+        )
+        report.update(
+            {
+                "label_kind": coding.kind,
+                "classes": list(coding.classes),
+                "train_accuracy": _accuracy(coding, y_train, train_decided),
+                "train_loss": train_loss,
+                "val_accuracy": _accuracy(coding, y_val, val_decided),
+                "val_loss": val_loss,
+                "val_per_class": per_class_figures(
+                    y_val if y_val.ndim == 2 else y_val.astype(np.int64), val_decided, coding.classes
+                ),
+                "train_records": len(train_texts),
+                "val_records": len(val_texts),
+            }
+        )
+        if coding.kind == "binary":
+            report["train_positive"] = int(y_train.sum())
+            report["val_positive"] = int(y_val.sum())
+    else:
+        report["train_records"] = len(records.texts) + len(records.unlabelled)
     save_model(model.inputs, model.outputs, model.name, config.output)
-    report = {
-        "model": config.output,
-        "train_accuracy": float(train_accuracy),
-        "train_loss": float(train_loss),
-        "val_accuracy": float(val_accuracy),
-        "val_loss": float(val_loss),
-        "train_records": len(train_texts),
-        "val_records": len(val_texts),
-        "train_positive": int(train_labels.sum()),
-        "val_positive": int(val_labels.sum()),
-        "bad_records": records.bad_records,
-        "bad_examples": list(records.bad_examples),
-        "vocabulary_size": int(model.get_layer(TEXT_VECTORIZE_LAYER).vocabulary_size()),
-        "epochs_run": len(history.history["loss"]),
-        "best_epoch": int(stopper.best_epoch) + 1,
-        "history": history_lists(history),
-        "files": list(records.files),
-        **report_footer(config.describe(), started),
-    }
+    report.update(
+        {
+            "bad_records": records.bad_records,
+            "bad_examples": list(records.bad_examples),
+            "vocabulary_size": int(model.get_layer(TEXT_VECTORIZE_LAYER).vocabulary_size()),
+        }
+    )
+    if history is not None:
+        report.update(
+            {
+                "epochs_run": len(history.history["loss"]),
+                "best_epoch": int(stopper.best_epoch) + 1,
+                "history": history_lists(history),
+            }
+        )
+    report.update({"files": list(records.files), **report_footer(config.describe(), started)})
     write_report(report, config.output)
     _LOG.info("saved %s and %s", config.output, config.report_path)
     return report
@@ -411,18 +838,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline train-text`."""
     d = TextTrainingConfig.__dataclass_fields__
     parser.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=d["objective"].default,
+        help="classify: a classifier on labels (binary, multi-class or --multi-label); skipgram: word2vec skip-gram on "
+        "unlabelled text, no labels; skipgram+classify: skip-gram, then classify fine-tunes (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default=d["pooling"].default,
+        help="Text embedding from the word vectors: mean, or sif (frequency-weighted mean, first principal component "
+        "removed; Arora et al. 2017) (default: %(default)s).",
+    )
+    parser.add_argument(
         "--input",
         action="append",
         default=[],
         metavar="GLOB",
-        help="Glob of JSONL, CSV, TSV or Parquet files with a text and a 0/1 label field (local or gs://). Repeatable.",
+        help="Glob of JSONL, CSV, TSV or Parquet files with a text and a label field (local or gs://); with "
+        "--objective skipgram the label is not needed (and plain text files are read as one text per line). Repeatable.",
     )
     parser.add_argument(
         "--labelled-lines",
         action="append",
         default=[],
         metavar="FILE=LABEL",
-        help="A plain text file (or glob) whose every line is a record with LABEL (0 or 1). Repeatable.",
+        help="A plain text file (or glob) whose every line is a record with LABEL (0/1, or any class name). Repeatable.",
+    )
+    parser.add_argument(
+        "--unlabelled",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="Unlabelled text for skipgram and skipgram+classify: plain text files (one text per line) or JSONL, "
+        "CSV, TSV, Parquet records (their --text-field). Repeatable.",
     )
     parser.add_argument(
         "--output",
@@ -434,7 +884,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--text-field", default=d["text_field"].default, help="Field/column holding the text (default: %(default)s)."
     )
     parser.add_argument(
-        "--label-field", default=d["label_field"].default, help="Field/column holding the 0/1 label (default: %(default)s)."
+        "--label-field", default=d["label_field"].default, help="Field/column holding the label (default: %(default)s)."
+    )
+    parser.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="Each record has any number of labels: a list, or a string split on --label-separator.",
+    )
+    parser.add_argument(
+        "--label-separator",
+        default=d["label_separator"].default,
+        help="Separator of --multi-label strings (default: %(default)r).",
     )
     parser.add_argument(
         "--encoding", default=d["encoding"].default, help="Encoding of the input files (default: %(default)s; e.g. cp1252)."
@@ -444,6 +904,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d["vocab_size"].default,
         help="Vocabulary size, padding and [UNK] included (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--min-count",
+        type=int,
+        default=None,
+        help="Leave out of the vocabulary the words seen fewer times (default: 5 for skipgram, 1 for classify and skipgram+classify).",
     )
     parser.add_argument(
         "--sequence-length", type=int, default=d["sequence_length"].default, help="Tokens kept per text (default: %(default)s)."
@@ -457,17 +923,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d["dropout"].default,
         help="Dropout on the embedding before the classifier; 0 for none (default: %(default)s).",
     )
-    add_training_arguments(parser, TextTrainingConfig)
+    parser.add_argument(
+        "--init-vectors",
+        metavar="FILE",
+        help="Start the word vectors from this file: word2vec text format (GloVe, fastText .vec; .gz too) or the "
+        "Parquet of export-word-vectors. The report says how much of the vocabulary it covers.",
+    )
+    parser.add_argument(
+        "--freeze-vectors",
+        action="store_true",
+        help="Keep the --init-vectors vectors as they are (classify: the whole Embedding layer is frozen; skipgram "
+        "learns only the words the file lacks).",
+    )
+    skipgram = parser.add_argument_group("skip-gram (--objective skipgram, skipgram+classify)")
+    skipgram.add_argument(
+        "--window", type=int, default=d["window"].default, help="Context words on each side, at most (default: %(default)s)."
+    )
+    skipgram.add_argument(
+        "--negatives",
+        type=int,
+        default=d["negatives"].default,
+        help="Negative samples per (word, context) pair (default: %(default)s).",
+    )
+    skipgram.add_argument(
+        "--subsample",
+        type=float,
+        default=d["subsample"].default,
+        help="Frequent-word subsampling threshold t (word2vec's `sample`); 0 keeps every word (default: %(default)s).",
+    )
+    skipgram.add_argument(
+        "--skipgram-epochs", type=int, default=d["skipgram_epochs"].default, help="Passes over the text (default: %(default)s)."
+    )
+    skipgram.add_argument(
+        "--skipgram-batch-size", type=int, default=d["skipgram_batch_size"].default, help="Pairs per step (default: %(default)s)."
+    )
+    skipgram.add_argument(
+        "--skipgram-learning-rate",
+        type=float,
+        default=d["skipgram_learning_rate"].default,
+        help="Adam learning rate at the start, decaying linearly to 1%% of it (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--sif-a", type=float, default=d["sif_a"].default, help="SIF's a in a / (a + p(w)) (default: %(default)s)."
+    )
+    add_training_arguments(parser, TextTrainingConfig, stage=" of the classifier")
 
 
-def _parse_labelled_lines(value: str) -> tuple[str, int]:
+def _parse_labelled_lines(value: str) -> tuple[str, str]:
     path, sep, label = value.rpartition("=")
     if not sep or not path:
         raise TrainingConfigError(f"--labelled-lines must be FILE=LABEL, got {value!r}")
-    try:
-        return path, _parse_label(label)
-    except ValueError:
-        raise TrainingConfigError(f"--labelled-lines label must be 0 or 1, got {label!r} in {value!r}") from None
+    if not label.strip():
+        raise TrainingConfigError(f"--labelled-lines label must not be empty, got {value!r}")
+    return path, label.strip()
 
 
 def config_from_args(args: argparse.Namespace) -> TextTrainingConfig:
@@ -476,10 +984,16 @@ def config_from_args(args: argparse.Namespace) -> TextTrainingConfig:
         output=args.output,
         inputs=tuple(args.input or ()),
         labelled_lines=tuple(_parse_labelled_lines(v) for v in (args.labelled_lines or ())),
+        unlabelled=tuple(args.unlabelled or ()),
+        objective=args.objective,
+        pooling=args.pooling,
+        multi_label=args.multi_label,
+        label_separator=args.label_separator,
         text_field=args.text_field,
         label_field=args.label_field,
         encoding=args.encoding,
         vocab_size=args.vocab_size,
+        min_count=args.min_count,
         sequence_length=args.sequence_length,
         embedding_dim=args.embedding_dim,
         dropout=args.dropout,
@@ -488,6 +1002,15 @@ def config_from_args(args: argparse.Namespace) -> TextTrainingConfig:
         batch_size=args.batch_size,
         validation_split=args.validation_split,
         learning_rate=args.learning_rate,
+        window=args.window,
+        negatives=args.negatives,
+        subsample=args.subsample,
+        skipgram_epochs=args.skipgram_epochs,
+        skipgram_batch_size=args.skipgram_batch_size,
+        skipgram_learning_rate=args.skipgram_learning_rate,
+        sif_a=args.sif_a,
+        init_vectors=args.init_vectors,
+        freeze_vectors=args.freeze_vectors,
         seed=args.seed,
         max_bad_fraction=args.max_bad_fraction,
     )
@@ -497,7 +1020,8 @@ def config_from_args(args: argparse.Namespace) -> TextTrainingConfig:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `train-text`: the report alone on stdout, progress on stderr. A bad flag raises
-    TrainingConfigError (exit 2), unusable data TrainingDataError (exit 1), both `UserError`s."""
+    TrainingConfigError (exit 2), unusable data TrainingDataError (exit 1), both `UserError`s;
+    a bad --init-vectors file VectorFileError (exit 2)."""
     config = config_from_args(args)
     train_and_print(train_text_model, config)  # Keras' epoch lines are progress: stdout holds the report only
     return 0
