@@ -747,7 +747,7 @@ def check_output_writable(output: str) -> None:
         FileSystems.delete([probe])
     except Exception as exc:  # noqa: BLE001
         if fileio.is_transient_storage_error(exc):
-            detail = exc if isinstance(exc, fileio.StorageUnavailable) else fileio._storage_outage(probe, exc)
+            detail = exc if isinstance(exc, fileio.StorageUnavailable) else fileio.storage_outage(probe, exc)
             raise StorageUnreachable(f"--output {output!r}: {detail}; nothing was started") from exc
         raise ConfigError(f"--output {output!r}: not writable ({type(exc).__name__}: {exc})") from exc
 

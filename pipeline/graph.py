@@ -6,8 +6,10 @@
     WriteErrors (every dead letter), SumCounts -> WriteManifest
 
 Each modality is one composite step (`Text`, `Images`), built from the public columnar transforms
-(`transforms.embed.api.EmbedTextTables` / `EmbedImageRefs`); the duplicate-id check and incremental
-skipping reach them as side inputs. `build_pipeline` only wires these together; it is called by
+(`transforms.embed.api.EmbedTextTables` / `EmbedImageRefs`) and the job's state steps: text tables
+pass `transforms.state.screen.ScreenTextTables` (the duplicate-id check and incremental skipping,
+as side inputs) first; images reach the embedding DoFn with their duplicate check as a side input
+and, in incremental runs, as `incremental.AttachedRef`s. `build_pipeline` only wires these together; it is called by
 `pipeline.run` and by the tests with a `TestPipeline`.
 """
 
@@ -26,13 +28,16 @@ from transforms.io import fileio
 from transforms.io.image_read import ListImageFiles, ReadImageManifests, is_manifest
 from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
 from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
+from transforms.results import read_manifest, run_files
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.sinks.folder import release_output
 from transforms.sinks.manifest import TopErrorReasons, WriteManifestFn
 from transforms.sinks.parquet import WriteErrors, WriteTables
-from transforms.state.carry import CarryRows, prior_run_ids, with_run_id, without_provenance
-from transforms.state.dedup import CheckTextRecords, FindDuplicateIds, bucket_bits_for, id_hashes, text_key_batch
-from transforms.state.incremental import AttachPriorKeys, ReadPriorKeys, content_keys
+from transforms.state.carry import CARRIED, CarryRows, with_run_id, without_provenance
+from transforms.state.dedup import CheckTextRecords, FindDuplicateIds
+from transforms.state.incremental import SKIPPED, AttachPriorKeys, ReadPriorKeys
+from transforms.state.keys import bucket_bits_for, id_key_slices, table_key_slices
+from transforms.state.screen import ScreenTextTables
 
 __all__ = ["ModelInfo", "ModalityOutput", "EmbedTextFiles", "EmbedImageFiles", "output_schema", "build_pipeline"]
 
@@ -115,38 +120,14 @@ def _estimated_records(patterns, listing: fileio.InputListing, bytes_per_record:
     return total // bytes_per_record
 
 
-def _split_by_source(sources) -> list:
-    """[(path, row positions)] of a batch: one file per batch in practice, checked all the same."""
-    import numpy as np
-
-    if len(set(sources)) == 1:
-        return [(sources[0], np.arange(len(sources)))]
-    order: dict = {}
-    for i, source in enumerate(sources):
-        order.setdefault(source, []).append(i)
-    return [(source, np.array(rows)) for source, rows in order.items()]
-
-
-def _id_batch_keys(batch, file_index: dict, bits: int):
-    """(bucket, KeyBatch) slices of an ids-only batch `(ids, sources, lines)` (duplicate check only)."""
-    import numpy as np
-
-    ids, sources, lines = batch
-    ikeys = id_hashes(ids)
-    lines = np.asarray(lines, dtype=np.int64)
-    for path, rows in _split_by_source(sources):
-        yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], None, bits)
-
-
-def _table_keys(table, file_index: dict, model_sha256: str, bits: int):
-    """(bucket, KeyBatch) slices of a table of records, with content keys (incremental runs)."""
-    import numpy as np
-
-    ikeys = id_hashes(table.column("id"))
-    ckeys = content_keys(table.column("content_sha256"), model_sha256)
-    lines = np.asarray(table.column("line").combine_chunks(), dtype=np.int64)
-    for path, rows in _split_by_source(table.column("source").to_pylist()):
-        yield from text_key_batch(path, file_index.get(path, len(file_index)), lines[rows], ikeys[rows], ckeys[rows], bits)
+def _prior_run_ids(folders: Sequence[str], modality: str = TEXT) -> list[tuple[str, str]]:
+    """[(Parquet file, run id)] of the earlier runs' files of one modality, in the order
+    `pipeline.run.prior_embedding_files` lists them (folders in flag order, files as in the manifest)."""
+    files = []
+    for folder in folders:
+        manifest = read_manifest(folder, allow_failed=True)  # checked at launch (`prior_embedding_files`)
+        files += [(path, str(manifest.get("run_id"))) for path in run_files(folder, manifest, modality)]
+    return files
 
 
 # The labels of the write steps, per modality (docs/scaling.md and the Dataflow tests name them).
@@ -167,7 +148,7 @@ def _write_embeddings(
     files, counts, carried = [], [], None
     tables = tables | "MarkEmbeddedRun" >> beam.Map(with_run_id, config.run_id, schema)  # every run: one schema
     if carry_rows is not None:
-        run_ids = dict(prior_run_ids(config.incremental_from, modality))
+        run_ids = dict(_prior_run_ids(config.incremental_from, modality))
         carried = carry_rows | labels["carry"] >> CarryRows(
             [(path, run_ids.get(path, "unknown")) for path in prior_files], schema, modality
         )
@@ -225,7 +206,7 @@ class EmbedTextFiles(beam.PTransform):
         if self._prior_files:  # content hashes too: the reader's own records, uncounted
             keys = (
                 p | "ReadTextKeys" >> ReadTextFiles(config.text_inputs, counted=False, **self._read_options)
-            ).records | "TextRecordKeys" >> beam.FlatMap(_table_keys, file_index, self._info.sha256, bits)
+            ).records | "TextRecordKeys" >> beam.FlatMap(table_key_slices, file_index, self._info.sha256, bits)
             keys = (
                 keys,
                 p | "PriorTextKeys" >> ReadPriorKeys(self._prior_files, bits, positions=carry),
@@ -234,7 +215,7 @@ class EmbedTextFiles(beam.PTransform):
             keys = (
                 p
                 | "ReadTextIds" >> ReadTextFiles(config.text_inputs, ids_only=True, **self._read_options)
-                | "TextIdKeys" >> beam.FlatMap(_id_batch_keys, file_index, bits)
+                | "TextIdKeys" >> beam.FlatMap(id_key_slices, file_index, bits)
             )
         return keys | "CheckTextRecords" >> CheckTextRecords(bits, carry=carry, first_only=not config.allow_duplicate_ids)
 
@@ -246,15 +227,17 @@ class EmbedTextFiles(beam.PTransform):
         read = p | "ReadTextRecords" >> ReadTextFiles(
             config.text_inputs, passthrough=config.text_read_passthrough, **self._read_options
         )
-        side, checked = {}, None
+        side, checked, tables, screened = {}, None, read.records, []
         if not config.allow_duplicate_ids or self._prior_files:
             checked = self._check_records(p, carry)
             if not config.allow_duplicate_ids:
                 side["duplicates"] = beam.pvalue.AsMultiMap(checked["duplicates"])
             if self._prior_files:
                 side["skips"] = beam.pvalue.AsMultiMap(checked["skips"])
-        embedded = read.records | "EmbedText" >> EmbedTextTables(
-            config.text_model, without_provenance(self._schema), config.normalize, **side
+            screened = [tables | "ScreenText" >> ScreenTextTables(**side)]
+            tables = screened[0].tables
+        embedded = tables | "EmbedText" >> EmbedTextTables(
+            config.text_model, without_provenance(self._schema), config.normalize
         )  # embedded_run_id is added after embedding
         files, counts, carried = _write_embeddings(
             TEXT, embedded.tables, checked["carry"] if carry else None, config, self._schema, self._prior_files
@@ -267,12 +250,12 @@ class EmbedTextFiles(beam.PTransform):
             _count("CountRead", "text_read", read.records, _rows),
             _count("CountReadErrors", "text_read", read[ERRORS]),
             _count("CountEmbedded", "text_embedded", embedded.tables, _rows),
-            _count("CountSkipped", "text_skipped", embedded.skipped, lambda n: n),
             per_file | "CountLines" >> beam.FlatMap(_line_counts),
         ]
+        counts += [_count("CountSkipped", "text_skipped", s.skipped, lambda n: n) for s in screened]
         if self._prior_files:  # earlier ids no record has now: the records that left the input
             counts.append(_count("CountRemoved", "text_removed", checked["removed"], lambda n: n))
-        errors = (read[ERRORS], embedded.errors)
+        errors = (read[ERRORS], *(s.errors for s in screened), embedded.errors)
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried, unaccounted)
 
 
@@ -284,6 +267,19 @@ def _duplicate_image_ids(refs, bits: int):
         | "ImageIdOccurrences" >> beam.Map(lambda rs: ([r.id for r in rs], [r.uri for r in rs], [r.line for r in rs]))
         | "FindDuplicateImageIds" >> FindDuplicateIds(1 << bits)
     )
+
+
+class _EmbedImageRefsWithChecks(beam.PTransform):
+    """The public `EmbedImageRefs` with the job's knobs: the duplicate check's {id: first occurrence}
+    as a side input (None: no check), every output of the embedding step (SKIPPED, CARRIED too)."""
+
+    def __init__(self, embed: EmbedImageRefs, duplicates: Optional[beam.pvalue.AsSideInput]):
+        super().__init__()
+        self._embed = embed
+        self._side = {} if duplicates is None else {"duplicates": duplicates}
+
+    def expand(self, refs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return self._embed.embed_batches(refs, **self._side)
 
 
 class EmbedImageFiles(beam.PTransform):
@@ -332,27 +328,27 @@ class EmbedImageFiles(beam.PTransform):
             to_embed, removed = refs | "AttachPriorImageKeys" >> AttachPriorKeys(
                 self._prior_files, bits, positions=carry, with_removed=True
             )
-        embedded = to_embed | "EmbedImages" >> EmbedImageRefs(
+        embed = EmbedImageRefs(
             config.image_model,
-            without_provenance(self._schema),
+            without_provenance(self._schema),  # embedded_run_id is added after embedding
             config.normalize,
             config.max_image_pixels,
             config.decode_threads,
             config.max_image_bytes,
-            duplicates=duplicates,
-        )  # embedded_run_id is added after embedding
+        )
+        embedded = to_embed | "EmbedImages" >> _EmbedImageRefsWithChecks(embed, duplicates)
         files, counts, carried = _write_embeddings(
-            IMAGE, embedded.tables, embedded.carried if carry else None, config, self._schema, self._prior_files
+            IMAGE, embedded.tables, embedded[CARRIED] if carry else None, config, self._schema, self._prior_files
         )
         counts.append(_count("CountListed", "image_read", refs))
         counts += [_count(f"CountReadErrors{i}", "image_read", e) for i, e in enumerate(read_errors)]
         counts += [
             _count("CountEmbedded", "image_embedded", embedded.tables, _rows),
-            _count("CountSkipped", "image_skipped", embedded.skipped, lambda n: n),
+            _count("CountSkipped", "image_skipped", embedded[SKIPPED], lambda n: n),
         ]
         if removed is not None:  # earlier ids no image has now: the images that left the input
             counts.append(_count("CountRemoved", "image_removed", removed, lambda n: n))
-        errors = (*read_errors, embedded.errors)
+        errors = (*read_errors, embedded[ERRORS])
         return ModalityOutput(embedded.tables, errors, tuple(counts), tuple(files), carried)
 
 

@@ -369,11 +369,7 @@ def test_columnar_core_keeps_the_schema_and_gives_the_dict_transforms_vectors(tm
         ),
         label="CoreDeadLetters",
     )
-    assert_that(
-        (text_core.skipped, image_core.skipped) | "Skipped" >> beam.Flatten(),
-        lambda got: _check(str(got), got == []),
-        label="NothingSkipped",
-    )
+    assert text_core._fields == image_core._fields == ("tables", "errors")  # no job internals (skipped, carried)
     p.run().wait_until_finish()
 
 

@@ -26,7 +26,8 @@ from transforms.embed.models import (
     load_text_embedder,
 )
 from transforms.results import read_embeddings, read_errors
-from transforms.state.dedup import CHUNK_LINES, LineFlags, _check_bucket, id_hashes, text_key_batch
+from transforms.state.dedup import CHUNK_LINES, LineFlags, check_bucket
+from transforms.state.keys import id_hashes, text_key_batch
 
 
 def _jsonl(path, rows) -> None:
@@ -153,7 +154,7 @@ def test_a_short_image_batch_is_padded_only_to_its_bucket(tiny_image_model, back
 def _one_id_bucket(n: int, path: str = "same.jsonl"):
     ikeys = id_hashes(["same"] * n)
     parts = [part for _, part in text_key_batch(path, 0, np.arange(1, n + 1), ikeys, None, bits=0)]
-    return list(_check_bucket((0, parts)))
+    return list(check_bucket((0, parts)))
 
 
 @pytest.mark.parametrize("n", [1_000, 200_000])
@@ -161,7 +162,7 @@ def test_the_duplicates_a_worker_holds_cost_a_few_bytes_each_and_one_first_occur
     entries = _one_id_bucket(n)
     assert len(entries) == -(-(n + 1) // CHUNK_LINES)  # one entry per chunk of lines
     later = 0
-    for (path, _chunk), (offsets, (first_paths, first_lines), which) in entries:
+    for (path, _chunk), (offsets, first_paths, first_lines, which) in entries:
         assert path == "same.jsonl"
         assert first_paths == ["same.jsonl"] and first_lines.tolist() == [1]  # one first occurrence, not one per duplicate
         assert offsets.dtype == np.uint16 and len(offsets) <= CHUNK_LINES

@@ -233,23 +233,17 @@ def first_run_id(folder: str) -> str:
 
 def _bucket_check(current, prior, first_only):
     """Run one bucket of dedup's check on hand-made key slices; returns {current line: earlier position}."""
-    from transforms.state.dedup import CARRY_ROWS, _check_bucket, text_key_batch
-    from transforms.state.incremental import row_positions
+    from transforms.state.dedup import CARRY_ROWS, check_bucket
+    from transforms.state.keys import PriorKeys, row_positions, text_key_batch
 
     parts = []
     for path, lines, ikeys, ckeys in current:
         parts += [b for _, b in text_key_batch(path, 0, lines, np.array(ikeys, np.uint64), np.array(ckeys, np.uint64), 0)]
     for file_index, group, ikeys, ckeys in prior:
-        parts.append(
-            (
-                "prior",
-                np.array(ikeys, np.uint64),
-                np.array(ckeys, np.uint64),
-                row_positions(file_index, group, np.arange(len(ikeys))),
-            )
-        )
+        positions = row_positions(file_index, group, np.arange(len(ikeys)))
+        parts.append(PriorKeys(np.array(ikeys, np.uint64), np.array(ckeys, np.uint64), positions))
     carried = {}
-    for out in _check_bucket((0, parts), carry=True, first_only=first_only):
+    for out in check_bucket((0, parts), carry=True, first_only=first_only):
         if getattr(out, "tag", None) == CARRY_ROWS:
             (file_index, group), (rows, paths, path_of_row, lines) = out.value
             for row, p, line in zip(rows.tolist(), path_of_row.tolist(), lines.tolist()):

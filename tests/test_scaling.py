@@ -18,8 +18,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from gcs_emulator import gcs_emulator  # noqa: F401 - the fixture
 from transforms.records import ImageRef
-from transforms.state.dedup import CHUNK_LINES, CheckTextRecords, LineFlags, hash64, id_hashes, text_key_batch
-from transforms.state.incremental import AttachPriorKeys, content_keys, prior_key_batches
+from transforms.state.dedup import CHUNK_LINES, CheckTextRecords, LineFlags
+from transforms.state.incremental import AttachPriorKeys, prior_key_batches
+from transforms.state.keys import PriorKeys, content_keys, hash64, id_hashes, text_key_batch
 
 MODEL = "m" * 64
 
@@ -55,7 +56,7 @@ def _run_checks(current, prior, expected: dict, bits=2):
         for bucket in range(1 << bits):
             rows = np.flatnonzero((ikeys >> np.uint64(64 - bits)) == bucket)
             if rows.size:
-                prior_batches.append((bucket, ("prior", ikeys[rows], ckeys[rows])))
+                prior_batches.append((bucket, PriorKeys(ikeys[rows], ckeys[rows])))
 
     def answer(_, skips, duplicates):
         flags = LineFlags(skips, duplicates)
@@ -136,7 +137,7 @@ def test_image_refs_travel_with_the_earlier_keys_of_their_id(tmp_path):
         assert_that(joined | beam.Map(lambda pair: (pair[0], tuple(sorted(pair[1])))), equal_to(expected))
     # the reader takes only the key columns, a batch at a time
     slices = list(prior_key_batches(str(earlier), bits=1, batch_rows=2))
-    assert sum(len(s[1][1]) for s in slices) == 3
+    assert sum(len(s[1].ikeys) for s in slices) == 3
 
 
 # ---- the Dataflow job, built offline -----------------------------------------------------------
@@ -252,9 +253,9 @@ def test_dataflow_job_side_inputs_carry_no_per_record_data(request, incremental_
                 assert side.access_pattern.urn == common_urns.side_inputs.MULTIMAP.urn, (transform.unique_name, producer)
             seen[(transform.unique_name, producer)] = side.access_pattern.urn
     consumers = {name for name, _ in seen}
-    assert any(name.startswith("Text/EmbedText/") for name in consumers)  # the checks are wired, as multimaps
+    assert any(name.startswith("Text/ScreenText/") for name in consumers)  # the checks are wired, as multimaps
     text_checks = {
-        p.split("/")[2] for name, p in seen if name.startswith("Text/EmbedText/") and p.startswith("Text/CheckTextRecords/")
+        p.split("/")[2] for name, p in seen if name.startswith("Text/ScreenText/") and p.startswith("Text/CheckTextRecords/")
     }
     assert text_checks == {"CheckBuckets", "SkipBitmaps"}  # duplicates and skips, both multimaps
     names = {t.unique_name for t in incremental_job.components.transforms.values()}
@@ -284,7 +285,8 @@ def test_dataflow_job_has_no_global_combine_on_record_data(incremental_job):
 
 
 def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_line():
-    from transforms.state.dedup import MergeBucketSlices, key_batch_rows
+    from transforms.state.dedup import MergeBucketSlices
+    from transforms.state.keys import CurrentKeys, key_batch_rows
 
     merge = MergeBucketSlices(bits=2, budget_bytes=4 * 24 * 256)  # flush at 256 rows a bucket
     merge.start_bundle()
@@ -305,7 +307,7 @@ def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_lin
     assert 0 < flushed_early < len(out) <= 4 * 6  # fewer, larger elements: not one per batch slice
     got = []
     for bucket, batch in out:
-        assert batch[0] == "cur"
+        assert isinstance(batch, CurrentKeys)
         paths, indexes, part_of_row, lines, ikeys, ckeys = key_batch_rows(batch)
         assert len(set(paths)) == len(paths) and indexes == [int(p[1]) for p in paths]
         got += [(bucket, paths[p], int(line), int(i), int(c)) for p, line, i, c in zip(part_of_row, lines, ikeys, ckeys)]
@@ -315,7 +317,7 @@ def test_slices_of_a_bundle_are_merged_per_bucket_keeping_each_rows_file_and_lin
 def test_content_keys_decode_hex_digests_and_hash_anything_else():
     import hashlib
 
-    from transforms.state.incremental import sha256_keys
+    from transforms.state.keys import sha256_keys
 
     digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(70_000)]  # more than one chunk
     keys = sha256_keys(digests)

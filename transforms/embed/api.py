@@ -29,14 +29,14 @@ incremental skipping. Ids are the caller's business: make them unique if you joi
 One level down, the columnar core that both these transforms and the job (`pipeline.graph`) are
 built from: `EmbedTextTables` (pyarrow tables of text records in, embedded tables out) and
 `EmbedImageRefs` (`ImageRef`s in, embedded tables out), each returning `EmbeddedTables`. The job
-feeds them its tables and refs directly, with its duplicate-id and incremental side inputs (the
-round trip through dicts halves the text job's throughput, measured).
+feeds them its tables and refs directly (the round trip through dicts halves the text job's
+throughput, measured); its duplicate-id check and incremental skipping stay in the job
+(`transforms.state`, `pipeline.graph`), not in these arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
@@ -66,7 +66,7 @@ from transforms.embed.models import (
     model_fields,
 )
 from transforms.io import fileio
-from transforms.io.text_read import passthrough_value, text_batch_schema, text_field_problem
+from transforms.io.text_read import TextBatchBuilder, passthrough_value, text_field_problem
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef, embedding_schema, input_repr
 
 __all__ = [
@@ -98,8 +98,6 @@ class EmbeddedTables(NamedTuple):
 
     tables: beam.PCollection  # pyarrow tables in the output schema given to the transform
     errors: beam.PCollection  # records.ErrorRecord dead letters
-    skipped: beam.PCollection  # ints: records an earlier run already embedded (incremental runs)
-    carried: Optional[beam.PCollection] = None  # images only: earlier rows to copy (carry-over)
 
 
 class EmbedTextTables(beam.PTransform):
@@ -107,40 +105,27 @@ class EmbedTextTables(beam.PTransform):
     content_sha256, passthrough...; one model batch or more each); `EmbeddedTables` out.
 
     `spec`: the text model (`models.TextModelSpec`); `schema`: the output schema
-    (`records.embedding_schema(TEXT, dimension, passthrough)`, its metadata kept). The job passes
-    the side inputs of `dedup.CheckTextRecords` as `beam.pvalue.AsMultiMap` views: `duplicates`
-    (later occurrences of an id become `DuplicateId` dead letters) and `skips` (records an earlier
-    run embedded are dropped and counted in `skipped`). Empty texts and model failures are dead
-    letters; the rest comes out as one table per input table.
+    (`records.embedding_schema(TEXT, dimension, passthrough)`, its metadata kept). Empty texts,
+    bytes that are not UTF-8 and model failures are dead letters; the rest comes out as one table
+    per input table.
     """
 
-    def __init__(
-        self,
-        spec: TextModelSpec,
-        schema: pa.Schema,
-        normalize: bool = False,
-        duplicates: Optional[beam.pvalue.AsSideInput] = None,
-        skips: Optional[beam.pvalue.AsSideInput] = None,
-        label: Optional[str] = None,
-    ):
+    def __init__(self, spec: TextModelSpec, schema: pa.Schema, normalize: bool = False, label: Optional[str] = None):
         super().__init__(label)
         self._fn = EmbedTextBatchesFn(spec, schema, normalize)
-        self._side = {name: view for name, view in (("skips", skips), ("duplicates", duplicates)) if view is not None}
 
     def expand(self, tables: beam.PCollection) -> EmbeddedTables:
-        out = tables | "EmbedTextBatches" >> beam.ParDo(self._fn, **self._side).with_outputs(ERRORS, SKIPPED, main="tables")
-        return EmbeddedTables(out.tables, out[ERRORS], out[SKIPPED])
+        out = tables | "EmbedTextBatches" >> beam.ParDo(self._fn).with_outputs(ERRORS, main="tables")
+        return EmbeddedTables(out.tables, out[ERRORS])
 
 
 class EmbedImageRefs(beam.PTransform):
-    """`records.ImageRef`s in (or the `(ref, earlier keys, positions)` of
-    `incremental.AttachPriorKeys`); `EmbeddedTables` out.
+    """`records.ImageRef`s in; `EmbeddedTables` out.
 
     With `reshuffle` the refs are first spread over the workers; then `spec.batch_size * 8` refs at
-    a time are read, decoded and embedded by `embed.EmbedImageBatchesFn` (a few model batches in
-    flight per worker). `duplicates`: the job's `beam.pvalue.AsDict` of `dedup.FindDuplicateIds`
-    (later occurrences become `DuplicateId` dead letters). Windowed input is embedded window by
-    window (`BatchElements` batches per window; outputs keep their element's window).
+    a time are read, decoded and embedded by `dofns.EmbedImageBatchesFn` (a few model batches in
+    flight per worker). Windowed input is embedded window by window (`BatchElements` batches per
+    window; outputs keep their element's window).
     """
 
     def __init__(
@@ -151,17 +136,22 @@ class EmbedImageRefs(beam.PTransform):
         max_pixels: int = decode.DEFAULT_MAX_IMAGE_PIXELS,
         decode_threads: Optional[int] = None,
         max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        duplicates: Optional[beam.pvalue.AsSideInput] = None,
         reshuffle: bool = True,
         label: Optional[str] = None,
     ):
         super().__init__(label)
         self._fn = EmbedImageBatchesFn(spec, schema, normalize, max_pixels, decode_threads, max_bytes)
         self._chunk = spec.batch_size * 8  # a few model batches per element
-        self._side = {"duplicates": duplicates} if duplicates is not None else {}
         self._reshuffle = reshuffle
 
     def expand(self, refs: beam.PCollection) -> EmbeddedTables:
+        out = self.embed_batches(refs)
+        return EmbeddedTables(out.tables, out[ERRORS])
+
+    def embed_batches(self, refs: beam.PCollection, **side) -> beam.pvalue.DoOutputsTuple:
+        """The steps of `expand` with every output of the embedding DoFn: `tables`, ERRORS, and the
+        job's SKIPPED and CARRIED (`pipeline.graph` adds its duplicate check as the `duplicates`
+        side input and hands on `incremental.AttachedRef`s)."""
         # The image DoFn keeps batches in flight across elements and emits them later, each in the
         # window of the element it came from (`EmbedImageBatchesFn`): windowed input works as text's.
         if self._reshuffle:
@@ -169,9 +159,9 @@ class EmbedImageRefs(beam.PTransform):
         out = (
             refs
             | "BatchImageRefs" >> beam.BatchElements(min_batch_size=self._chunk, max_batch_size=self._chunk)
-            | "EmbedImageBatches" >> beam.ParDo(self._fn, **self._side).with_outputs(ERRORS, SKIPPED, CARRIED, main="tables")
+            | "EmbedImageBatches" >> beam.ParDo(self._fn, **side).with_outputs(ERRORS, SKIPPED, CARRIED, main="tables")
         )
-        return EmbeddedTables(out.tables, out[ERRORS], out[SKIPPED], out[CARRIED])
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,8 +279,7 @@ class _TextRecordsToTableFn(beam.DoFn):
     def __init__(self, text_field: str, id_field: str, passthrough: Sequence[str]):
         self._text_field = text_field
         self._id_field = id_field
-        self._passthrough = tuple(name for name in passthrough if name != "text")
-        self._schema = text_batch_schema(self._passthrough)
+        self._passthrough = tuple(name for name in passthrough if name != "text")  # `text`: the batch's text column
 
     def _problem(self, record: Any, record_id: Optional[str]) -> Optional[ErrorRecord]:
         if not isinstance(record, Mapping):
@@ -303,23 +292,16 @@ class _TextRecordsToTableFn(beam.DoFn):
         return ErrorRecord(record_id, TEXT, None, "read", "InvalidTextField", problem, input_repr(record)) if problem else None
 
     def process(self, records: Sequence[Any]) -> Iterator:
-        columns: dict[str, list] = {name: [] for name in self._schema.names}
+        batch = TextBatchBuilder(self._passthrough)
         for record in records:
             record_id = _record_id(record, self._id_field) if isinstance(record, Mapping) else None
             error = self._problem(record, record_id)
             if error is not None:
                 yield beam.pvalue.TaggedOutput(ERRORS, error)
                 continue
-            text = record[self._text_field]
-            columns["id"].append(record_id)
-            columns["source"].append(None)
-            columns["line"].append(None)
-            columns["text"].append(text)
-            columns["content_sha256"].append(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
-            for name in self._passthrough:
-                columns[name].append(passthrough_value(record.get(name)))
-        if columns["id"]:
-            yield pa.Table.from_pydict(columns, schema=self._schema)
+            batch.add(record_id, None, None, record[self._text_field], record)
+        if len(batch):
+            yield batch.take()
 
 
 class EmbedText(beam.PTransform):

@@ -26,8 +26,10 @@ from transforms.embed.devices import log_model_devices
 from transforms.embed.models import ImageModelSpec, TextModelSpec, load_image_embedder, load_text_embedder
 from transforms.io import fileio
 from transforms.records import ERRORS, IMAGE, TEXT, ErrorRecord, ImageRef
-from transforms.state.dedup import LineFlags, duplicate_reason, later_occurrence_reason
-from transforms.state.incremental import attached, image_content_key, is_unchanged, split_positions
+from transforms.state.carry import CARRIED, CarrySlice
+from transforms.state.dedup import duplicate_reason
+from transforms.state.incremental import SKIPPED, AttachedRef, attached, is_unchanged
+from transforms.state.keys import image_content_key, split_positions
 
 __all__ = [
     "ERRORS",
@@ -41,8 +43,6 @@ __all__ = [
     "EmptyText",
 ]
 
-SKIPPED = "skipped"  # tagged output: how many records of a batch an earlier run already embedded
-CARRIED = "carried"  # tagged output (carry-over): ((earlier file, row group), (rows, uris, ...)) to copy
 METRICS_NAMESPACE = "embeddings"
 
 
@@ -164,28 +164,20 @@ class EmbedTextBatchesFn(_SharedModelDoFn):
         self._schema = schema
         self._normalize = normalize
 
-    def process(self, table: pa.Table, skips=None, duplicates=None) -> Iterator:
-        """`skips` and `duplicates`: the multimap side inputs of `dedup.CheckTextRecords` (or None).
-
-        Unchanged records (incremental runs) are dropped and counted, later occurrences of an id
-        and empty texts become dead letters, the rest is embedded; one output table per input table."""
+    def process(self, table: pa.Table) -> Iterator:
+        """Empty texts become dead letters, the rest is embedded; one output table per input table.
+        (The job drops its duplicates and unchanged records before: `transforms.state.screen`.)"""
         self._report_loads()
-        flags = LineFlags(skips, duplicates)
-        skipped = 0
         table, undecodable = _without_invalid_utf8(table)  # a dead letter each, not a crash (issue 19)
-        if skips is not None:
-            table, skipped = _without_unchanged(table, flags)
-            if skipped:
-                yield beam.pvalue.TaggedOutput(SKIPPED, skipped)
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
         sources = table.column("source").to_pylist()
-        rejected, candidates = _screen_texts(table, texts, ids, sources, flags if duplicates is not None else None)
+        rejected, candidates = _screen_texts(texts, ids, sources)
         rejected = undecodable + rejected
         keep, vectors, failed = self._embed(texts, candidates, ids, sources)
         for error in rejected + failed:
             yield beam.pvalue.TaggedOutput(ERRORS, error)
-        self._count(embedded=len(keep), failed=len(rejected) + len(failed), skipped=skipped)
+        self._count(embedded=len(keep), failed=len(rejected) + len(failed), skipped=0)
         if keep:
             yield _output_table(
                 table, np.array(keep), vectors, self._embedder.model_name, self._embedder.model_sha256, self._schema
@@ -246,28 +238,11 @@ def _decodes(value: bytes) -> bool:
     return True
 
 
-def _without_unchanged(table: pa.Table, flags: LineFlags) -> tuple[pa.Table, int]:
-    """The rows an earlier run did not embed (incremental runs), and how many were dropped."""
-    unchanged = flags.skipped(table)
-    if not unchanged.any():
-        return table, 0
-    return table.filter(pa.array(~unchanged)), int(unchanged.sum())
-
-
-def _screen_texts(
-    table: pa.Table, texts: list, ids: list, sources: list, flags: Optional[LineFlags]
-) -> tuple[list[ErrorRecord], list[int]]:
-    """(dead letters, rows to embed): later occurrences of an id (when `flags` has the duplicates)
-    and empty or whitespace-only texts are dead letters, in row order."""
-    firsts = flags.first_occurrences(table) if flags is not None else {}
-    lines = table.column("line").to_pylist() if firsts else None
+def _screen_texts(texts: list, ids: list, sources: list) -> tuple[list[ErrorRecord], list[int]]:
+    """(dead letters, rows to embed): empty or whitespace-only texts are dead letters, in row order."""
     rejected, candidates = [], []
     for i, text in enumerate(texts):
-        first = firsts.get(i)
-        if first is not None and tuple(first) != (sources[i], lines[i]):
-            reason = later_occurrence_reason(ids[i], *first)
-            rejected.append(ErrorRecord(ids[i], TEXT, f"{sources[i]}:{lines[i]}", "read", "DuplicateId", reason))
-        elif not text or not text.strip():
+        if not text or not text.strip():
             rejected.append(
                 ErrorRecord.from_exception(ids[i], TEXT, sources[i], "preprocess", EmptyText("text is empty or only whitespace"))
             )
@@ -394,7 +369,8 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         timestamp=beam.DoFn.TimestampParam,
         duplicates: Optional[dict] = None,
     ) -> Iterator:
-        """`refs`: ImageRefs, or (ImageRef, earlier ckeys of its id) pairs from `incremental.AttachPriorKeys`.
+        """`refs`: ImageRefs, or the `incremental.AttachedRef`s of `incremental.AttachPriorKeys` (the job's
+        incremental runs); `duplicates`: the job's {id: first occurrence} of repeated ids, or None.
 
         A batch in flight remembers its element's window and timestamp, and its outputs are emitted
         in them whenever they are ready (in a later element's call, or at the end of the bundle)."""
@@ -402,14 +378,15 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
         pairs = [attached(r) for r in refs]
         if duplicates:
             unique = []
-            for ref, prior, positions in pairs:
+            for pair in pairs:
+                ref = pair.ref
                 reason = duplicate_reason(ref.id, (ref.uri, ref.line), duplicates)
                 if reason:
                     yield from self._emit(
                         _ImageBatchResult(errors=[ErrorRecord(ref.id, IMAGE, ref.uri, "read", "DuplicateId", reason)])
                     )
                 else:
-                    unique.append((ref, prior, positions))
+                    unique.append(pair)
             pairs = unique
         batch = self._embedder.spec.batch_size
         for start in range(0, len(pairs), batch):
@@ -446,13 +423,13 @@ class EmbedImageBatchesFn(_SharedModelDoFn):
                 CARRIED,
                 (
                     (int(files[0]), int(groups[0])),
-                    (rows.astype(np.uint32), [uri], np.zeros(1, np.uint8), np.zeros(1, np.int64)),
+                    CarrySlice(rows.astype(np.uint32), [uri], np.zeros(1, np.uint8), np.zeros(1, np.int64)),
                 ),
             )
         if embedded:
             yield result.table
 
-    def _embed_batch(self, pairs: list[tuple[ImageRef, tuple, tuple]]) -> _ImageBatchResult:
+    def _embed_batch(self, pairs: list[AttachedRef]) -> _ImageBatchResult:
         """Read, decode and embed one batch of (ref, earlier ckeys, their positions) (runs in a pool
         thread). A skipped image whose earlier row's position is known (carry-over) is carried."""
         embedder = self._embedder

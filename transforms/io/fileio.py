@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
 __all__ = [
+    "storage_outage",
     "has_glob",
     "is_remote",
     "is_folder",
@@ -152,7 +153,8 @@ def is_transient_storage_error(exc: BaseException) -> bool:
     return False
 
 
-def _storage_outage(path: str, exc: BaseException) -> StorageUnavailable:
+def storage_outage(path: str, exc: BaseException) -> StorageUnavailable:
+    """The StorageUnavailable to raise for `exc` on `path`; storage counts as down for a while."""
     global _down_until
     with _down_lock:
         _down_until = time.monotonic() + _storage_timeout
@@ -347,7 +349,7 @@ def _raise_storage_error(path: str, exc: Exception) -> None:
     if _is_not_found(exc):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from exc
     if is_remote(path) and is_transient_storage_error(exc):
-        raise _storage_outage(path, exc) from exc
+        raise storage_outage(path, exc) from exc
 
 
 class NotARegularFile(OSError):
@@ -514,7 +516,7 @@ def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stre
             handle.write(data)
     except Exception as exc:
         if is_remote(path) and is_transient_storage_error(exc):
-            raise _storage_outage(path, exc) from exc
+            raise storage_outage(path, exc) from exc
         raise
 
 

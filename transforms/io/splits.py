@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "counted_plan",
     "DEFAULT_SPLIT_BYTES",
     "DEFAULT_MAX_TEXT_BYTES",
     "LINE_FORMATS",
@@ -183,6 +184,15 @@ def plan_file(pattern: str, path: str, size: int, split_bytes: int = DEFAULT_SPL
 
 def _needs_counts(plan: FilePlan) -> bool:
     return plan.fmt in LINE_FORMATS and not is_compressed(plan.path) and plan.size > plan.split_bytes
+
+
+def counted_plan(plan: FilePlan) -> FilePlan:
+    """`plan` with its line counts where it needs them, counted here chunk by chunk, without Beam
+    (what `PlanFiles` does in a pipeline): for `text_read.read_text_file`, tests and tools."""
+    if not _needs_counts(plan):
+        return plan
+    chunks = -(-plan.size // plan.split_bytes)
+    return _assemble((plan.path, [_count_chunk((plan, k))[1] for k in range(chunks)]))
 
 
 def _plan_or_count(matched: tuple[str, str, int], split_bytes: int) -> Iterator:

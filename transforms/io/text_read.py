@@ -47,6 +47,7 @@ __all__ = [
     "ReadTextFiles",
     "read_text_file",
     "text_batch_schema",
+    "TextBatchBuilder",
     "text_field_problem",
     "passthrough_value",
     "fast_jsonl_columns",
@@ -86,6 +87,36 @@ def text_batch_schema(passthrough: Sequence[str]) -> pa.Schema:
     ]
     fields += [pa.field(name, pa.string()) for name in passthrough]
     return pa.schema(fields)
+
+
+class TextBatchBuilder:
+    """A text batch (`text_batch_schema`) gathered one record at a time: the reader's and the dict API's
+    (`transforms.embed.api.EmbedText`), so that both hash and store a record the same way."""
+
+    def __init__(self, passthrough: Sequence[str]):
+        self._passthrough = tuple(passthrough)
+        self.schema = text_batch_schema(self._passthrough)
+        self._columns: dict[str, list] = {name: [] for name in self.schema.names}
+
+    def __len__(self) -> int:
+        return len(self._columns["id"])
+
+    def add(self, record_id: str, source: Optional[str], line: Optional[int], text: str, record: Mapping) -> None:
+        """One record: its text's sha256 (of its UTF-8 bytes) and its passthrough fields as strings."""
+        columns = self._columns
+        columns["id"].append(record_id)
+        columns["source"].append(source)
+        columns["line"].append(line)
+        columns["text"].append(text)
+        columns["content_sha256"].append(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+        for name in self._passthrough:
+            columns[name].append(passthrough_value(record.get(name)))
+
+    def take(self) -> pa.Table:
+        """The records added so far, as one table; the builder starts afresh."""
+        table = pa.Table.from_pydict(self._columns, schema=self.schema)
+        self._columns = {name: [] for name in self.schema.names}
+        return table
 
 
 _FAST_TYPES = (pa.string(), pa.large_string(), pa.int64(), pa.bool_())
@@ -348,9 +379,6 @@ class ReadTextFileFn(beam.DoFn):
         self._schema = text_batch_schema(self._passthrough)
         self._read = beam.metrics.Metrics.counter("embeddings", "text_read")
 
-    def _empty(self) -> dict:
-        return {name: [] for name in self._schema.names}
-
     def _too_large(self, plan: FilePlan, id_part: str, line: int, seen: int) -> beam.pvalue.TaggedOutput:
         return beam.pvalue.TaggedOutput(
             ERRORS,
@@ -368,16 +396,16 @@ class ReadTextFileFn(beam.DoFn):
         self, parsed_lines, plan: FilePlan, id_part: str, line_offset: int = 0, too_large: Optional[dict] = None
     ) -> Iterator:
         """Tables and TaggedOutput errors from parsed lines, then the count read (an int)."""
-        state = {"columns": self._empty(), "count": 0}
+        state = {"batch": TextBatchBuilder(self._passthrough), "count": 0}
         try:
             yield from self._parsed_records(parsed_lines, plan, id_part, line_offset, too_large, state)
         except Exception:  # noqa: BLE001 - e.g. a truncated stream: what was read before it comes out first
-            if state["columns"]["id"]:
-                yield pa.Table.from_pydict(state["columns"], schema=self._schema)
+            if len(state["batch"]):
+                yield state["batch"].take()
             yield state["count"]
             raise
-        if state["columns"]["id"]:
-            yield pa.Table.from_pydict(state["columns"], schema=self._schema)
+        if len(state["batch"]):
+            yield state["batch"].take()
         yield state["count"]
 
     def _problem(self, record: Mapping, raw_id) -> tuple[Optional[str], str]:
@@ -406,7 +434,7 @@ class ReadTextFileFn(beam.DoFn):
     ) -> Iterator:
         path = plan.path
         for parsed in parsed_lines:
-            columns = state["columns"]
+            batch = state["batch"]
             state["count"] += 1
             line = parsed.line + line_offset
             line_id = f"{id_part}:{line}"
@@ -426,17 +454,9 @@ class ReadTextFileFn(beam.DoFn):
             if problem:
                 yield beam.pvalue.TaggedOutput(ERRORS, ErrorRecord(record_id, TEXT, f"{path}:{line}", "read", kind, problem))
                 continue
-            text = record[self._text_field]
-            columns["id"].append(record_id)
-            columns["source"].append(path)
-            columns["line"].append(line)
-            columns["text"].append(text)
-            columns["content_sha256"].append(hashlib.sha256(text.encode("utf-8")).hexdigest())
-            for name in self._passthrough:
-                columns[name].append(passthrough_value(record.get(name)))
-            if len(columns["id"]) >= self._batch_rows:
-                state["columns"] = self._empty()
-                yield pa.Table.from_pydict(columns, schema=self._schema)
+            batch.add(record_id, path, line, record[self._text_field], record)
+            if len(batch) >= self._batch_rows:
+                yield batch.take()
 
     def _columns_out(self, columns: dict, path: str) -> Iterator:
         """A clean batch (from pyarrow) as a table or an ids batch, then its count."""
@@ -660,13 +680,12 @@ def read_text_file(
     """Everything `ReadTextFileFn(**kwargs)` yields for one file, without Beam (tests, tools):
     read whole, or, with `split_bytes`, range by range as a runner would after splitting it. The
     ranges' `LineTally`s go into the list `accounting` when one is given (dropped otherwise)."""
-    from transforms.io import splits
+    from transforms.io.splits import counted_plan
 
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
     plan = plan_file(pattern or path, path, size, split_bytes or DEFAULT_SPLIT_BYTES)
-    if split_bytes and splits._needs_counts(plan):
-        chunks = -(-size // split_bytes)
-        plan = splits._assemble((path, [splits._count_chunk((plan, k))[1] for k in range(chunks)]))
+    if split_bytes:
+        plan = counted_plan(plan)
     fn = ReadTextFileFn(**kwargs)
     provider = FileRestrictions()
     ranges = provider.split(plan, provider.initial_restriction(plan)) if split_bytes else [provider.initial_restriction(plan)]

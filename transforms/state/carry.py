@@ -10,8 +10,8 @@ How it scales (no earlier row is broadcast, no per-row side input):
 1. `transforms.state.incremental.ReadPriorKeys(positions=True)` reads the earlier files' key columns by
    row group and sends, per earlier row, its position (file, row group, row: 8 bytes) beside its
    keys into the hash-bucket join of `transforms.state.dedup.CheckTextRecords`.
-2. Each bucket picks, for every unchanged record it carries, ONE earlier row (`dedup._carried`) and
-   emits it keyed by (earlier file, row group), with the record's current source and line
+2. Each bucket picks, for every unchanged record it carries, ONE earlier row and emits it, a
+   `CarrySlice` keyed by (earlier file, row group), with the record's current source and line
    (about 4 + 2..8 bytes a carried record, shuffled).
 3. `CarryRows` groups those by earlier row group and reads each group once, with seeks, all columns
    (`read_row_group`), keeps the chosen rows and casts them to this run's schema: `source` and
@@ -29,7 +29,7 @@ A worker holds one earlier row group at a time (~65k rows, the size this job wri
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -39,21 +39,29 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import TEXT
 
-__all__ = ["PROVENANCE_COLUMN", "CarryRows", "carried_table", "prior_run_ids", "with_run_id", "without_provenance"]
+__all__ = [
+    "CARRIED",
+    "PROVENANCE_COLUMN",
+    "CarryRows",
+    "CarrySlice",
+    "carried_table",
+    "with_run_id",
+    "without_provenance",
+]
 
 PROVENANCE_COLUMN = "embedded_run_id"
+CARRIED = "carried"  # tagged output of the image embedding step: ((earlier file, row group), CarrySlice)
 
 
-def prior_run_ids(folders: Sequence[str], modality: str = TEXT) -> list[tuple[str, str]]:
-    """[(Parquet file, run id)] of the earlier runs' files of one modality, in the order
-    `pipeline.run.prior_embedding_files` lists them (folders in flag order, files as in the manifest)."""
-    from transforms.results import read_manifest, run_files
+class CarrySlice(NamedTuple):
+    """Earlier rows to copy from one earlier row group, the value of `CarryRows`' input keyed by
+    (earlier file index, row group): from the text check (`dedup.CheckTextRecords`' `carry`) and
+    from the image embedding step (its CARRIED output, one image each)."""
 
-    files = []
-    for folder in folders:
-        manifest = read_manifest(folder, allow_failed=True)  # checked at launch (`prior_embedding_files`)
-        files += [(path, str(manifest.get("run_id"))) for path in run_files(folder, manifest, modality)]
-    return files
+    rows: np.ndarray  # uint32: the rows in the earlier row group
+    paths: list  # the current sources of the records they stand for ...
+    path_of_row: np.ndarray  # ... the index in `paths` of each row (smallest unsigned type)
+    lines: np.ndarray  # the current line of each row (images: zeros, not written)
 
 
 def without_provenance(schema: pa.Schema) -> pa.Schema:
@@ -106,15 +114,15 @@ class _CarryRowGroupFn(beam.DoFn):
         self._schema = schema
         self._carried = beam.metrics.Metrics.counter("embeddings", f"{modality}_carried")
 
-    def process(self, item: tuple[tuple[int, int], Iterable[tuple]]) -> Iterator[pa.Table]:
+    def process(self, item: tuple[tuple[int, int], Iterable[CarrySlice]]) -> Iterator[pa.Table]:
         (file_index, group), parts = item
         path, run_id = self._files[file_index]
         rows, paths, path_of_row, lines = [], [], [], []
-        for part_rows, part_paths, part_path_of_row, part_lines in parts:
-            rows.append(part_rows.astype(np.int64))
-            path_of_row.append(part_path_of_row.astype(np.int64) + len(paths))
-            paths += list(part_paths)
-            lines.append(part_lines)
+        for part in parts:
+            rows.append(part.rows.astype(np.int64))
+            path_of_row.append(part.path_of_row.astype(np.int64) + len(paths))
+            paths += list(part.paths)
+            lines.append(part.lines)
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             parquet = pq.ParquetFile(handle)
             try:

@@ -6,7 +6,7 @@ dead letters as `DuplicateId`, naming the occurrence that was kept.
 
 Text (`CheckTextRecords`): a light pass over the input yields, per batch of one file, the lines
 read, a 64-bit hash of each id (`ikey`) and, for incremental runs, a 64-bit key of the content and
-model (`ckey`). Each batch is cut into `2**bits` columnar slices by the top bits of `ikey` and the
+model (`ckey`), as `transforms.state.keys.CurrentKeys` slices. Each batch is cut into `2**bits` columnar slices by the top bits of `ikey` and the
 slices are grouped by bucket (Beam's shuffle; one element per batch and bucket, never one per
 record); earlier runs' keys join the same buckets (`transforms.state.incremental.ReadPriorKeys`). Per
 bucket, with NumPy only:
@@ -26,14 +26,23 @@ grouped by bucket, and each bucket yields `(id, first occurrence)` for repeated 
 
 from __future__ import annotations
 
-import math
 import zlib
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from transforms.state.carry import CarrySlice
+from transforms.state.keys import (
+    CurrentKeys,
+    KeyBatch,
+    key_batch_rows,
+    merge_key_batches,
+    smallest_unsigned,
+    split_positions,
+)
 
 __all__ = [
     "CARRY_ROWS",
@@ -41,18 +50,11 @@ __all__ = [
     "CheckTextRecords",
     "DuplicatesEntry",
     "FindDuplicateIds",
-    "KeyBatch",
     "MergeBucketSlices",
-    "merge_key_batches",
-    "key_batch_rows",
     "LineFlags",
-    "bucket_bits_for",
+    "check_bucket",
     "duplicate_reason",
-    "hash64",
     "later_occurrence_reason",
-    "id_hashes",
-    "split_by_bucket",
-    "text_key_batch",
     "OccurrenceKey",
 ]
 
@@ -60,197 +62,6 @@ OccurrenceKey = tuple  # (source, line): where a record was read
 
 CHUNK_BITS = 16
 CHUNK_LINES = 1 << CHUNK_BITS  # lines per skip bitmap / duplicates entry of the side inputs
-_LINE_BITS = 40  # an occurrence inside a bucket is (file index << 40) | line
-_M1 = np.uint64(0xFF51AFD7ED558CCD)
-_M2 = np.uint64(0xC4CEB9FE1A85EC53)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-# --- a vectorised 64-bit string hash ----------------------------------------------------------
-
-
-def _fmix(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser (full avalanche), in place."""
-    h ^= h >> np.uint64(33)
-    h *= _M1
-    h ^= h >> np.uint64(33)
-    h *= _M2
-    h ^= h >> np.uint64(33)
-    return h
-
-
-def _as_arrow_strings(values) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    if isinstance(values, pa.Array):
-        return values
-    try:
-        return pa.array(values, pa.string())
-    except (pa.ArrowException, UnicodeEncodeError):  # lone surrogates: hash their surrogatepass bytes
-        return pa.array([v.encode("utf-8", "surrogatepass") for v in values], pa.binary())
-
-
-def hash64(values) -> np.ndarray:
-    """A stable 64-bit hash of each string (UTF-8 bytes), vectorised over an Arrow string array or a list.
-
-    8-byte little-endian words of each string are mixed in one at a time (MurmurHash3's finaliser
-    after each word, the length in the seed), in NumPy over Arrow's buffers: no per-row Python.
-    The same bytes give the same hash in every process. Nulls hash like empty strings.
-    """
-    array = _as_arrow_strings(values)
-    if pa.types.is_dictionary(array.type):
-        array = array.dictionary_decode()
-    if pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type):
-        offset_type = np.int64
-    elif pa.types.is_string(array.type) or pa.types.is_binary(array.type):
-        offset_type = np.int32
-    else:
-        raise TypeError(f"hash64 needs strings, got {array.type}")
-    n = len(array)
-    if n == 0:
-        return np.empty(0, dtype=np.uint64)
-    buffers = array.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=offset_type)[array.offset : array.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None and buffers[2].size else np.zeros(0, np.uint8)
-    data = np.concatenate([data, np.zeros(8, np.uint8)])  # reads past a string's end stay in bounds
-    starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
-    if array.null_count:
-        lengths = np.where(np.asarray(array.is_null()), 0, lengths)
-    h = _fmix((lengths.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
-    byte = np.arange(8, dtype=np.int64)
-    active = np.flatnonzero(lengths > 0)
-    word = 0
-    while active.size:
-        pos = starts[active, None] + word * 8 + byte
-        chunk = data[pos]
-        chunk[(word * 8 + byte)[None, :] >= lengths[active, None]] = 0  # bytes past the end count as 0
-        words = np.ascontiguousarray(chunk).view("<u8").ravel()
-        h[active] = _fmix((h[active] ^ words) * _GOLDEN)
-        word += 1
-        active = active[lengths[active] > word * 8]
-    return h
-
-
-def id_hashes(ids) -> np.ndarray:
-    """The 64-bit hash of each id (`ikey`): what duplicates are found by and buckets are cut by."""
-    return hash64(ids)
-
-
-# --- bucketing ----------------------------------------------------------------------------------
-
-
-def bucket_bits_for(estimated_records: float, per_bucket: int = 1 << 20, low: int = 4, high: int = 14) -> int:
-    """log2 of the bucket count: about `per_bucket` records a bucket, between 2**low and 2**high buckets."""
-    wanted = max(1.0, float(estimated_records) / per_bucket)
-    return int(min(high, max(low, math.ceil(math.log2(wanted)))))
-
-
-def _buckets_of(ikeys: np.ndarray, bits: int) -> np.ndarray:
-    return (ikeys >> np.uint64(64 - bits)).astype(np.int64)
-
-
-def split_by_bucket(ikeys: np.ndarray, bits: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(bucket, row positions) for each bucket that the rows with these `ikeys` fall in."""
-    if len(ikeys) == 0:
-        return
-    buckets = _buckets_of(ikeys, bits)
-    order = np.argsort(buckets, kind="stable")
-    sorted_buckets = buckets[order]
-    cuts = np.flatnonzero(np.diff(sorted_buckets)) + 1
-    for part in np.split(order, cuts):
-        yield int(buckets[part[0]]), part
-
-
-# A slice of records in one bucket: ("cur", paths, file indexes, rows per path, first line per
-# path, line deltas, ikeys, ckeys or None), rows sorted by path then line, so that a line costs
-# the smallest unsigned type that holds the largest gap (usually 2 bytes) and a path nothing per
-# row; earlier runs' keys: ("prior", ikeys, ckeys). Tuples of NumPy arrays: compact when pickled.
-KeyBatch = tuple
-
-
-def _smallest_unsigned(values: np.ndarray) -> np.ndarray:
-    top = int(values.max()) if len(values) else 0
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dtype).max:
-            return values.astype(dtype)
-    return values.astype(np.uint64)
-
-
-def _encode_rows(
-    paths: list, indexes: list, part_of_row: np.ndarray, lines: np.ndarray, ikeys: np.ndarray, ckeys: Optional[np.ndarray]
-) -> KeyBatch:
-    """The compact KeyBatch of rows given with their path (index into `paths`) and line."""
-    part_of_row = np.asarray(part_of_row, dtype=np.int64)
-    lines = np.asarray(lines, dtype=np.int64)
-    order = np.lexsort((lines, part_of_row))
-    part_of_row, lines, ikeys = part_of_row[order], lines[order], ikeys[order]
-    ckeys = None if ckeys is None else ckeys[order]
-    counts = np.bincount(part_of_row, minlength=len(paths))
-    used = np.flatnonzero(counts)
-    starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]]).astype(np.int64)
-    deltas = np.diff(lines, prepend=lines[:1] if len(lines) else lines)
-    deltas[starts] = 0
-    return (
-        "cur",
-        [paths[i] for i in used],
-        [indexes[i] for i in used],
-        counts[used],
-        lines[starts],
-        _smallest_unsigned(deltas),
-        ikeys,
-        ckeys,
-    )
-
-
-def key_batch_rows(batch: KeyBatch) -> tuple[list, list, np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """(paths, file indexes, path index of each row, line of each row, ikeys, ckeys) of a "cur" KeyBatch."""
-    _, paths, indexes, counts, bases, deltas, ikeys, ckeys = batch
-    part_of_row = np.repeat(np.arange(len(counts)), counts)
-    steps = deltas.astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    steps[starts] = bases
-    total = np.cumsum(steps)
-    lines = total - np.repeat(total[starts] - steps[starts], counts)
-    return paths, indexes, part_of_row, lines, ikeys, ckeys
-
-
-def text_key_batch(path: str, file_index: int, lines, ikeys: np.ndarray, ckeys: Optional[np.ndarray], bits: int) -> Iterator:
-    """(bucket, KeyBatch) slices of one batch of records of one file."""
-    lines = np.asarray(lines, dtype=np.int64)
-    for bucket, rows in split_by_bucket(ikeys, bits):
-        yield (
-            bucket,
-            _encode_rows(
-                [path],
-                [file_index],
-                np.zeros(len(rows), np.int64),
-                lines[rows],
-                ikeys[rows],
-                None if ckeys is None else ckeys[rows],
-            ),
-        )
-
-
-def merge_key_batches(parts: Sequence[KeyBatch]) -> KeyBatch:
-    """One KeyBatch from several of the same kind (and bucket)."""
-    if parts[0][0] == "prior":  # ("prior", ikeys, ckeys[, positions]): positions in carry-over runs
-        return ("prior",) + tuple(np.concatenate([p[k] for p in parts]) for k in range(1, len(parts[0])))
-    paths, indexes, part_rows, lines, ikeys, ckeys, position = [], [], [], [], [], [], {}
-    for part in parts:
-        part_paths, part_indexes, part_of_row, part_lines, part_ikeys, part_ckeys = key_batch_rows(part)
-        local = []
-        for path, index in zip(part_paths, part_indexes):
-            if path not in position:
-                position[path] = len(paths)
-                paths.append(path)
-                indexes.append(index)
-            local.append(position[path])
-        part_rows.append(np.asarray(local, dtype=np.int64)[part_of_row])
-        lines.append(part_lines)
-        ikeys.append(part_ikeys)
-        ckeys.append(part_ckeys)
-    merged_ckeys = None if any(c is None for c in ckeys) else np.concatenate(ckeys)
-    return _encode_rows(paths, indexes, np.concatenate(part_rows), np.concatenate(lines), np.concatenate(ikeys), merged_ckeys)
 
 
 class MergeBucketSlices(beam.DoFn):
@@ -271,9 +82,9 @@ class MergeBucketSlices(beam.DoFn):
 
     def process(self, item: tuple[int, KeyBatch]) -> Iterator:
         bucket, part = item
-        key = (bucket, part[0])
+        key = (bucket, type(part).__name__)
         self._parts.setdefault(key, []).append(part)
-        self._rows[key] = self._rows.get(key, 0) + len(part[-2] if part[0] == "cur" else part[1])
+        self._rows[key] = self._rows.get(key, 0) + len(part.ikeys)
         if self._rows[key] >= self._flush_rows:
             yield bucket, merge_key_batches(self._parts.pop(key))
             del self._rows[key]
@@ -328,8 +139,8 @@ def _carried(skip: np.ndarray, ikeys, ckeys, file_ids, lines, prior: list, first
     pairs = _pairs(ikeys[rows], ckeys[rows])
     _, keep = np.unique(pairs, return_index=True)  # first in (file, line) order per (id, content)
     rows, pairs = rows[np.sort(keep)], pairs[np.sort(keep)]
-    prior_pairs = np.concatenate([_pairs(p[1], p[2]) for p in prior])
-    positions = np.concatenate([p[3] for p in prior])
+    prior_pairs = np.concatenate([_pairs(p.ikeys, p.ckeys) for p in prior])
+    positions = np.concatenate([p.positions for p in prior])
     by_position = np.argsort(positions, kind="stable")
     order = by_position[np.argsort(prior_pairs[by_position], kind="stable")]  # by pair, then position
     found = np.searchsorted(prior_pairs[order], pairs, "left")  # skipped: always present
@@ -338,8 +149,6 @@ def _carried(skip: np.ndarray, ikeys, ckeys, file_ids, lines, prior: list, first
 
 def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_of_part, lines) -> Iterator:
     """((earlier file, row group), (rows in the group, current paths, path of each, current lines))."""
-    from transforms.state.incremental import split_positions
-
     if len(rows) == 0:
         return
     files, groups, in_group = split_positions(positions)
@@ -353,17 +162,17 @@ def _carry_by_group(rows: np.ndarray, positions: np.ndarray, part_of_row, path_o
             CARRY_ROWS,
             (
                 (int(files[picked[0]]), int(groups[picked[0]])),
-                (
+                CarrySlice(
                     in_group[picked].astype(np.uint32),
                     [path_of_part[k] for k in used],
-                    _smallest_unsigned(local),
-                    _smallest_unsigned(lines[rows[picked]]),
+                    smallest_unsigned(local),
+                    smallest_unsigned(lines[rows[picked]]),
                 ),
             ),
         )
 
 
-def _check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, first_only: bool = True) -> Iterator:
+def check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, first_only: bool = True) -> Iterator:
     """Duplicates (main output) and lines to skip (SKIP_LINES) of one bucket.
 
     Main output: ((path, chunk), DuplicatesEntry) for the later occurrences of repeated ids in
@@ -376,21 +185,21 @@ def _check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, fir
     _, parts = item
     current, prior = [], []
     for part in parts:
-        (current if part[0] == "cur" else prior).append(part)
+        (current if isinstance(part, CurrentKeys) else prior).append(part)
     if not current:
         if prior:  # every earlier id of this bucket left the input
-            yield beam.pvalue.TaggedOutput(REMOVED_IDS, int(np.unique(np.concatenate([p[1] for p in prior])).size))
+            yield beam.pvalue.TaggedOutput(REMOVED_IDS, int(np.unique(np.concatenate([p.ikeys for p in prior])).size))
         return
     path_of_part, index_of_part, part_of_row, lines, ikeys, ckeys = key_batch_rows(merge_key_batches(current))
     del current
     if prior:
-        gone = int((~_sorted_member(np.unique(ikeys), np.unique(np.concatenate([p[1] for p in prior])))).sum())
+        gone = int((~_sorted_member(np.unique(ikeys), np.unique(np.concatenate([p.ikeys for p in prior])))).sum())
         if gone:
             yield beam.pvalue.TaggedOutput(REMOVED_IDS, gone)
     file_ids = np.asarray(index_of_part, dtype=np.int64)[part_of_row]
 
     if prior and ckeys is not None:
-        prior_pairs = np.unique(np.concatenate([_pairs(p[1], p[2]) for p in prior]))
+        prior_pairs = np.unique(np.concatenate([_pairs(p.ikeys, p.ckeys) for p in prior]))
         skip = _sorted_member(prior_pairs, _pairs(ikeys, ckeys))
         del prior_pairs
         if skip.any():
@@ -415,19 +224,23 @@ def _check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, fir
         yield key, _duplicates_entry(later_rows[picked], first_rows[picked], part_of_row, path_of_part, lines)
 
 
-# A DuplicatesEntry, the value of the `duplicates` side input for one (path, chunk) from one bucket:
-# (offsets of the later occurrences in the chunk (uint16), the distinct first occurrences they
-# point at as (paths, lines), and for each later occurrence the index of its first one (smallest
-# unsigned type)). 2-3 bytes a duplicate plus one (path, line) per distinct id, so a worker holds
-# the same few bytes per duplicate however many records share one id, never a path per duplicate.
-DuplicatesEntry = tuple
+class DuplicatesEntry(NamedTuple):
+    """The value of the `duplicates` side input for one (path, chunk) from one bucket.
+
+    2-3 bytes a duplicate plus one (path, line) per distinct id, so a worker holds the same few
+    bytes per duplicate however many records share one id, never a path per duplicate."""
+
+    offsets: np.ndarray  # uint16: the later occurrences' lines, as offsets in the chunk
+    first_paths: list  # the distinct first occurrences they point at: paths ...
+    first_lines: np.ndarray  # ... and lines
+    which: np.ndarray  # for each later occurrence, the index of its first one (smallest unsigned type)
 
 
 def _duplicates_entry(later_rows: np.ndarray, first_rows: np.ndarray, part_of_row, path_of_part, lines) -> DuplicatesEntry:
     distinct, which = np.unique(first_rows, return_inverse=True)
     offsets = (lines[later_rows] & (CHUNK_LINES - 1)).astype(np.uint16)
     first_paths = [path_of_part[k] for k in part_of_row[distinct]]
-    return offsets, (first_paths, lines[distinct].astype(np.int64)), _smallest_unsigned(which.reshape(-1))
+    return DuplicatesEntry(offsets, first_paths, lines[distinct].astype(np.int64), smallest_unsigned(which.reshape(-1)))
 
 
 def _by_chunk(tag, rows: np.ndarray, part_of_row, path_of_part, lines, positions: bool = False) -> Iterator:
@@ -478,7 +291,7 @@ class CheckTextRecords(beam.PTransform):
             | "MergeSlices" >> beam.ParDo(MergeBucketSlices(self._bits))
             | "GroupKeyBuckets" >> beam.GroupByKey()
             | "CheckBuckets"
-            >> beam.FlatMap(_check_bucket, self._carry, self._first_only).with_outputs(
+            >> beam.FlatMap(check_bucket, self._carry, self._first_only).with_outputs(
                 SKIP_LINES, CARRY_ROWS, REMOVED_IDS, main="duplicates"
             )
         )
@@ -525,7 +338,7 @@ class LineFlags:
             return found
         for key, rows, lines in self._groups(table):
             offsets = lines & (CHUNK_LINES - 1)
-            for later, (first_paths, first_lines), which in self._duplicates[key]:  # one entry per bucket
+            for later, first_paths, first_lines, which in self._duplicates[key]:  # one DuplicatesEntry per bucket
                 order = np.argsort(later, kind="stable")
                 sorted_later = later[order].astype(np.int64)
                 at = np.minimum(np.searchsorted(sorted_later, offsets), max(len(sorted_later) - 1, 0))
