@@ -31,7 +31,16 @@ from pipeline.tools import TOOL_COMMANDS
 from transforms import quiet
 from transforms.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UserError
 
-__all__ = ["main", "exit_status", "COMMANDS", "HelpFormatter", "version_line", "configure_logging", "run_help"]
+__all__ = [
+    "main",
+    "exit_status",
+    "COMMANDS",
+    "HelpFormatter",
+    "version_line",
+    "configure_logging",
+    "run_help",
+    "program_name",
+]
 
 # command -> (module, one-line help). Modules are imported only when their command runs,
 # so `--help` is quick and a command's heavy imports are paid only by that command.
@@ -55,6 +64,16 @@ GENERAL_HELP = {
 }
 
 
+CONSOLE_SCRIPT = "beam-embeddings"  # pyproject.toml [project.scripts]
+
+
+def program_name() -> str:
+    """The command as the user typed it, for usage lines: `beam-embeddings` when started as the
+    console script, `python -m pipeline` otherwise (sys.argv[0] is then pipeline/__main__.py)."""
+    name = os.path.basename(sys.argv[0] if sys.argv else "")
+    return name if name.startswith(CONSOLE_SCRIPT) and not name.endswith(".py") else "python -m pipeline"
+
+
 def version_line() -> str:
     """What `--version` prints."""
     return f"beam-embeddings {__version__}"
@@ -76,7 +95,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _usage() -> str:
-    lines = ["usage: python -m pipeline COMMAND [options]", "", "commands:"]
+    prog = program_name()
+    lines = [f"usage: {prog} COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<22}{help_}" for name, (_, help_) in COMMANDS.items()]
     lines += [
         "",
@@ -85,7 +105,7 @@ def _usage() -> str:
         f"  {'--verbose':<22}{GENERAL_HELP['verbose']}",
         f"  {'--version':<22}{GENERAL_HELP['version']}",
         "",
-        "Run `python -m pipeline COMMAND --help` for a command's options.",
+        f"Run `{prog} COMMAND --help` for a command's options.",
     ]
     return "\n".join(lines)
 
@@ -115,15 +135,16 @@ def run_help() -> str:
     """`python -m pipeline run --help`: the job's flags in groups, then the common Beam/Dataflow flags."""
     from pipeline.options import FLAG_GROUPS, EmbeddingJobOptions
 
+    prog = program_name()
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline run",
-        usage="python -m pipeline run --output DIR [--text-input GLOB --text-model MODEL.keras] "
+        prog=f"{prog} run",
+        usage=f"{prog} run --output DIR [--text-input GLOB --text-model MODEL.keras] "
         "[--image-input GLOB_OR_MANIFEST --image-model NETWORK_OR_MODEL.keras] [options] [Beam/Dataflow flags]",
         description=COMMANDS["run"][1] + "\nGive text flags, image flags or both; --output is required.",
         epilog="Every flag is also accepted with underscores (--text_input), as Beam and Dataflow templates write it.\n"
         "Examples:\n"
-        "  python -m pipeline run --text-input 'data/*.jsonl' --text-model models/text.keras --output out/\n"
-        "  python -m pipeline run --image-input 'photos/*.jpg' --image-model MobileNetV2 --output out/ \\\n"
+        f"  {prog} run --text-input 'data/*.jsonl' --text-model models/text.keras --output out/\n"
+        f"  {prog} run --image-input 'photos/*.jpg' --image-model MobileNetV2 --output out/ \\\n"
         "      --direct_num_workers 2 --direct_running_mode multi_processing",
         formatter_class=HelpFormatter,
         add_help=False,
@@ -153,7 +174,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
     """The argparse parser of a command other than `run`, with --version and --verbose documented."""
     module = importlib.import_module(COMMANDS[command][0])
     parser = argparse.ArgumentParser(
-        prog=f"python -m pipeline {command}", description=COMMANDS[command][1], formatter_class=HelpFormatter
+        prog=f"{program_name()} {command}", description=COMMANDS[command][1], formatter_class=HelpFormatter
     )
     module.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help=GENERAL_HELP["verbose"])

@@ -40,8 +40,9 @@ def test_exported_word_vectors_are_the_embedding_layer_weights(text_model, tmp_p
     import keras
 
     out = tmp_path / "words.parquet"
-    assert run_cli(word_vectors, ["--text-model", str(text_model), "--out", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["tokens"] == 19  # 18 words and [UNK]; padding is left out
+    assert run_cli(word_vectors, ["--text-model", str(text_model), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["words"] == 18 and summary["rows"] == 19  # 18 words and [UNK]; padding is left out
 
     table = pq.read_table(out)
     assert table.schema.field("token").type == pa.string()

@@ -33,7 +33,7 @@ REPORT_KEYS = {
     "train_records",
     "val_records",
     "bad_records",
-    "vocabulary_size",
+    "words",
     "settings",
     "elapsed_seconds",
     "keras_version",
@@ -196,7 +196,7 @@ def test_report_is_saved_beside_the_model(trained, jsonl_corpus):
     assert saved["train_positive"] + saved["val_positive"] == 100
     assert saved["files"] == [str(jsonl_corpus)]
     # Vocabulary adapted on the train part: the words, plus padding and [UNK].
-    assert saved["vocabulary_size"] == len(set(_FILLER) | set(_POSITIVE) | set(_NEGATIVE)) + 2
+    assert saved["words"] == len(set(_FILLER) | set(_POSITIVE) | set(_NEGATIVE))
     assert saved["settings"]["embedding_dim"] == 16 and saved["settings"]["seed"] == 0
     assert 1 <= saved["best_epoch"] <= saved["epochs_run"] <= 8
     assert saved["keras_version"].startswith("3.")
@@ -393,7 +393,7 @@ def test_one_class_only_fails_clearly(tmp_path):
         (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
         (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
         (["--max-bad-fraction", "2"], "--max-bad-fraction must be in [0, 1], got 2.0"),
-        (["--encoding", "klingon"], "--encoding 'klingon' is not an encoding"),
+        (["--encoding", "klingon"], "--text-encoding 'klingon' is not an encoding"),
         (["--text-field", ""], "--text-field must not be empty"),
         (["--labelled-lines", "pos.txt"], "--labelled-lines must be FILE=LABEL, got 'pos.txt'"),
         (["--labelled-lines", "pos.txt="], "--labelled-lines label must not be empty, got 'pos.txt='"),
@@ -420,7 +420,7 @@ def test_output_must_be_a_keras_file(jsonl_corpus, tmp_path, capsys):
 
 def test_globs_must_match_files(tmp_path, jsonl_corpus):
     pattern = str(tmp_path / "nothing-*.jsonl")
-    with pytest.raises(TrainingConfigError, match=re.escape(f"--input '{pattern}' matches no file")):
+    with pytest.raises(TrainingConfigError, match=re.escape(f"--text-input '{pattern}' matches no file")):
         train_text.config_from_args(
             _args("--input", str(jsonl_corpus), "--input", pattern, "--output", str(tmp_path / "m.keras"))
         )
@@ -435,7 +435,7 @@ def test_plain_text_input_points_to_labelled_lines(tmp_path):
 
 
 def test_some_training_data_is_required(tmp_path):
-    with pytest.raises(TrainingConfigError, match="--input GLOB or --labelled-lines FILE=LABEL"):
+    with pytest.raises(TrainingConfigError, match="--text-input GLOB or --labelled-lines FILE=LABEL"):
         train_text.config_from_args(_args("--output", str(tmp_path / "m.keras")))
 
 

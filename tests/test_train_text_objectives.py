@@ -114,10 +114,10 @@ def test_skipgram_model_keeps_the_job_contract(skipgram_model):
 def test_export_and_word_similarity_on_a_skipgram_model(skipgram_model, tmp_path, capsys):
     path, _ = skipgram_model
     out = tmp_path / "words.parquet"
-    assert run_cli(word_vectors, ["--text-model", str(path), "--out", str(out)]) == 0
+    assert run_cli(word_vectors, ["--text-model", str(path), "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     table = pq.read_table(out)
-    assert summary["dimension"] == 16 and table.num_rows == summary["tokens"]
+    assert summary["dimension"] == 16 and table.num_rows == summary["rows"] == summary["words"] + 1
     assert {"cat", "kitten", "river"} <= set(table.column("token").to_pylist())
 
     # Pairs ranked by a human: synonyms high, unrelated words low; one pair outside the vocabulary.
@@ -276,4 +276,4 @@ def test_skipgram_then_classify_fine_tunes_the_pretrained_vectors(corpus, tmp_pa
     assert report["history"]["loss"][-1] < report["history"]["loss"][0]
     assert report["val_accuracy"] > 0.9 and report["label_kind"] == "multiclass"
     # The vocabulary holds the unlabelled corpus's words too (pre-trained), not only the labelled texts'.
-    assert report["vocabulary_size"] > len(set(" ".join(_TOPICS.values()).split()) | set(_SHARED)) + 2
+    assert report["words"] > len(set(" ".join(_TOPICS.values()).split()) | set(_SHARED))

@@ -19,6 +19,8 @@ __all__ = [
     "print_json_lines",
     "print_json",
     "add_json_flag",
+    "add_run_argument",
+    "run_folder",
     "ALLOW_FAILED_HELP",
     "add_allow_failed_flag",
     "check_run_status",
@@ -64,6 +66,28 @@ def format_fields(pairs: Sequence[tuple[str, object]]) -> str:
 def add_json_flag(parser, what: str = "the result") -> None:
     """`--json`: machine-readable output instead of the human-readable table."""
     parser.add_argument("--json", action="store_true", help=f"Print {what} as JSON (for scripts) instead of a table.")
+
+
+def add_run_argument(parser, required: bool = True) -> None:
+    """The run folder, the same way in every tool: `RUN` (positional) or `--run RUN`; `--embeddings` is
+    the older spelling of `--run`. `run_folder(args)` reads it back."""
+    help_ = "A finished run's output folder (local or gs://)"
+    parser.add_argument("run", nargs="?", metavar="RUN", help=help_ + ("." if required else "; or --run."))
+    parser.add_argument(
+        "--run", "--embeddings", dest="run_flag", metavar="RUN", help="The run folder as a flag (--embeddings: the old name)."
+    )
+    parser.set_defaults(run_required=required)
+
+
+def run_folder(args, usage: str = "RUN") -> Optional[str]:
+    """The run folder given as RUN or --run/--embeddings (None when optional and not given)."""
+    run, flag = getattr(args, "run", None), getattr(args, "run_flag", None)
+    if run and flag and run != flag:
+        raise ToolError("give the run folder once (RUN or --run/--embeddings)")
+    found = run or flag
+    if not found and getattr(args, "run_required", True):
+        raise ToolError(f"give the run folder: {usage} (or --run RUN)")
+    return found
 
 
 def print_json(value) -> None:

@@ -31,7 +31,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_allow_failed_flag, add_json_flag, format_fields, format_table, print_json
+from pipeline.tools.common import (
+    ToolError,
+    add_allow_failed_flag,
+    add_json_flag,
+    add_run_argument,
+    format_fields,
+    format_table,
+    print_json,
+    run_folder,
+)
 from pipeline.tools.knn import leave_one_out_neighbours, precision_at_k
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 
@@ -372,8 +381,8 @@ def word_similarity(words, pairs: Sequence[tuple[str, str, float]]) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline evaluate`."""
-    parser.add_argument("--embeddings", metavar="DIR", help="A finished run's output folder (local or gs://).")
-    parser.add_argument("--label-field", help="Passthrough column holding each row's label (with --embeddings).")
+    add_run_argument(parser, required=False)
+    parser.add_argument("--label-field", help="Passthrough column holding each row's label (with RUN).")
     parser.add_argument(
         "--word-similarity",
         metavar="FILE",
@@ -409,8 +418,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     if args.word_similarity or args.text_model:
         if not (args.word_similarity and args.text_model):
             raise ToolError("--word-similarity FILE and --text-model PATH go together")
-        if args.embeddings:
-            raise ToolError("give either --embeddings (with --label-field) or --word-similarity with --text-model, not both")
+        if run_folder(args):
+            raise ToolError("give either a run folder RUN (with --label-field) or --word-similarity with --text-model, not both")
         from pipeline.tools.word_vectors import load_word_vectors
 
         words = load_word_vectors(args.text_model, args.unsafe_model_loading)
@@ -432,13 +441,16 @@ def main_from_args(args: argparse.Namespace) -> int:
                 )
             )
         return 0
-    if not args.embeddings or not args.label_field:
-        raise ToolError("give --embeddings DIR and --label-field NAME (or --word-similarity FILE with --text-model PATH)")
+    run = run_folder(args)
+    if not run or not args.label_field:
+        raise ToolError(
+            "give the run folder RUN (or --run RUN) and --label-field NAME (or --word-similarity FILE with --text-model PATH)"
+        )
     if args.max_rows is not None and args.max_rows < 2:
         raise ToolError(f"--max-rows must be at least 2, got {args.max_rows}")
     if args.block_rows < 1:
         raise ToolError(f"--block-rows must be at least 1, got {args.block_rows}")
-    embeddings = open_embeddings(args.embeddings, args.modality, allow_failed=args.allow_failed)
+    embeddings = open_embeddings(run, args.modality, allow_failed=args.allow_failed)
     report = evaluate_embeddings(
         embeddings, args.label_field, args.k, args.test_fraction, args.seed, args.max_rows, args.block_rows, args.batch_rows
     )

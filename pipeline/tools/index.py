@@ -25,7 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, add_allow_failed_flag, add_json_flag, format_fields, print_json, write_bytes
+from pipeline.tools.common import (
+    ToolError,
+    add_allow_failed_flag,
+    add_json_flag,
+    add_run_argument,
+    format_fields,
+    print_json,
+    run_folder,
+    write_bytes,
+)
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.io import fileio
 
@@ -201,7 +210,7 @@ def format_index_info(info: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline build-index`."""
-    parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
+    add_run_argument(parser)
     parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
     add_allow_failed_flag(parser)
     parser.add_argument(
@@ -217,7 +226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `build-index`: what it built, as a table (`--json`: the index's info)."""
     require_faiss()
-    embeddings = open_embeddings(args.embeddings, args.modality, allow_failed=args.allow_failed)
+    embeddings = open_embeddings(run_folder(args, "build-index RUN"), args.modality, allow_failed=args.allow_failed)
     info = build_index(embeddings, kind=args.kind, batch_rows=args.batch_rows)
     if args.json:
         print_json(info)

@@ -17,17 +17,20 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_allow_failed_flag, format_table, print_json_lines
+from pipeline.tools.common import ToolError, add_allow_failed_flag, add_run_argument, format_table, print_json_lines, run_folder
 from pipeline.tools.index import load_index
 from pipeline.tools.knn import RunningTopK
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
+from transforms.errors import UserError
 from transforms.io import fileio
 from transforms.records import IMAGE, TEXT
+from transforms.results import read_manifest
 
 __all__ = [
     "NeighbourSearch",
     "find_neighbours",
     "query_from_id",
+    "modality_of_id",
     "query_from_text",
     "query_from_image",
     "add_arguments",
@@ -98,6 +101,36 @@ def find_neighbours(
 def query_from_id(embeddings: EmbeddingSet, record_id: str) -> np.ndarray:
     """The stored embedding of a record of the run."""
     return embeddings.find_id(record_id)[1]
+
+
+def modality_of_id(output: str, record_id: str, allow_failed: bool = False) -> Optional[str]:
+    """The modality whose embeddings hold `record_id`, for `--id` without `--modality`.
+
+    None when the run has one modality (`open_embeddings` takes it); with text and image, the one
+    that has the id; an error naming --modality only when both have it."""
+    manifest = read_manifest(output.rstrip("/") if len(output) > 1 else output, allow_failed=True)
+    embedded = [m for m in (TEXT, IMAGE) if m in manifest.get("models", {})]
+    if len(embedded) < 2:
+        return None
+    found, errors = [], []
+    for modality in embedded:
+        try:
+            open_embeddings(output, modality, allow_failed=allow_failed).find_id(record_id)
+        except UserError as exc:  # not there (or that modality cannot be read: say so if no other has it)
+            errors.append(exc)
+            continue
+        found.append(modality)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ToolError(
+            f"--id {record_id!r} is in both the text and the image embeddings of {output}: choose one with --modality"
+        )
+    raise (
+        errors[0]
+        if len(errors) == 1
+        else ToolError(f"--id {record_id!r}: no such id in the text or image embeddings of {output}")
+    )
 
 
 def _check_same_model(embeddings: EmbeddingSet, name: str, sha256: str, flag: str, allow: bool, by_file: bool) -> None:
@@ -203,7 +236,7 @@ def query_from_image(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline neighbors`."""
-    parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
+    add_run_argument(parser)
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--id", help="Neighbours of this record of the run (it is left out of the answer).")
     query.add_argument("--text", help="Neighbours of this text, embedded with the run's text model.")
@@ -212,7 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-k", "--k", type=int, default=10, help="How many neighbours (default: %(default)s).")
     parser.add_argument(
-        "--modality", choices=(TEXT, IMAGE), help="Which embeddings, for --id (default: the run's only modality)."
+        "--modality", choices=(TEXT, IMAGE), help="Which embeddings, for --id (default: the one that holds the id)."
     )
     add_allow_failed_flag(parser)
     parser.add_argument("--text-model", help="The .keras text model (default: the one the run used, from its manifest).")
@@ -244,7 +277,10 @@ def main_from_args(args: argparse.Namespace) -> int:
     modality = TEXT if args.text is not None else IMAGE if args.image is not None else args.modality
     if args.modality and modality != args.modality:
         raise ToolError(f"--modality {args.modality} contradicts the query (--{modality} searches {modality} embeddings)")
-    embeddings = open_embeddings(args.embeddings, modality, allow_failed=args.allow_failed)
+    run = run_folder(args, "neighbors RUN")
+    if args.id is not None and modality is None:
+        modality = modality_of_id(run, args.id, args.allow_failed)
+    embeddings = open_embeddings(run, modality, allow_failed=args.allow_failed)
     if args.id is not None:
         query, exclude = query_from_id(embeddings, args.id), args.id
     elif args.text is not None:

@@ -27,7 +27,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_allow_failed_flag, add_json_flag, format_fields, print_json, write_bytes
+from pipeline.tools.common import (
+    ToolError,
+    add_allow_failed_flag,
+    add_json_flag,
+    add_run_argument,
+    format_fields,
+    print_json,
+    run_folder,
+    write_bytes,
+)
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.io import fileio
 
@@ -369,7 +378,7 @@ def format_export_summary(summary: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline export-projector`."""
-    parser.add_argument("--embeddings", required=True, metavar="DIR", help="A finished run's output folder (local or gs://).")
+    add_run_argument(parser)
     parser.add_argument(
         "--output",
         "--out",
@@ -396,7 +405,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `export-projector`: a summary table on stdout (`--json` for scripts)."""
-    embeddings = open_embeddings(args.embeddings, args.modality, allow_failed=args.allow_failed)
+    embeddings = open_embeddings(run_folder(args, "export-projector RUN"), args.modality, allow_failed=args.allow_failed)
     summary = export_projector(embeddings, args.out, args.label_field, args.max_points, args.seed, args.batch_rows)
     if args.json:
         print_json(summary)

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
+from pipeline.tools.common import ToolError, add_json_flag, add_run_argument, format_fields, print_json, run_folder, write_bytes
 from pipeline.tools.projector import pca_2d
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, OUTPUT_COLUMNS, EmbeddingSet, unit_rows
 from transforms.io import fileio
@@ -786,8 +786,7 @@ def build_report(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline report`."""
-    parser.add_argument("run", nargs="?", metavar="RUN", help="A finished run's output folder (local or gs://).")
-    parser.add_argument("--embeddings", dest="run_flag", metavar="RUN", help="The run folder, as the other tools spell it.")
+    add_run_argument(parser)
     parser.add_argument(
         "--out",
         "--output",
@@ -836,11 +835,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run `report`: the page's path and a few lines on stdout (`--json` for scripts)."""
-    run = args.run or args.run_flag
-    if not run:
-        raise ToolError("give the run folder: report RUN")
-    if args.run and args.run_flag and args.run != args.run_flag:
-        raise ToolError("give the run folder once (RUN or --embeddings)")
+    run = run_folder(args, "report RUN")
     summary = build_report(
         run,
         args.out,

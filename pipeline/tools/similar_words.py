@@ -34,7 +34,7 @@ def word_index(words: WordVectors, word: str) -> int:
     if ids[0] == OOV_INDEX:
         close = difflib.get_close_matches(word.lower(), words.vocabulary[OOV_INDEX + 1 :], n=5)
         hint = f"; close words in the vocabulary: {', '.join(close)}" if close else ""
-        raise UnknownWordError(f"--word {word!r} is not in the model's vocabulary ({len(words.vocabulary) - 2} words){hint}")
+        raise UnknownWordError(f"--word {word!r} is not in the model's vocabulary ({words.words:,} words){hint}")
     return ids[0]
 
 

@@ -6,6 +6,9 @@ token (masked, never learnt) and is left out; row 1 is `[UNK]`, the vector share
 outside the vocabulary. Rows past the end of the vocabulary (when `--vocab-size` was larger than
 the words seen) are never used and are left out too.
 
+The vocabulary size is reported the same way everywhere (`train-text`'s report, `export-word-vectors`,
+`similar-words`): `words`, the vocabulary entries without padding and `[UNK]` (`word_count`).
+
 `export-word-vectors` writes them as Parquet: `token` (string), `index` (int32, the token's id
 in the model, i.e. its row of the Embedding weights) and `vector` (fixed_size_list<float32>[d]).
 """
@@ -15,18 +18,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.tools.common import ToolError, write_bytes
+from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
 
 __all__ = [
     "PADDING_INDEX",
     "OOV_INDEX",
     "WordVectors",
+    "word_count",
     "load_word_vectors",
     "word_vector_schema",
     "word_vector_table",
@@ -38,6 +41,11 @@ PADDING_INDEX = 0
 OOV_INDEX = 1
 
 
+def word_count(vocabulary_size: int) -> int:
+    """The vocabulary's words: its entries (a TextVectorization `vocabulary_size()`) less padding and [UNK]."""
+    return max(int(vocabulary_size) - 2, 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class WordVectors:
     """A text model's vocabulary and the matching rows of its Embedding weights."""
@@ -47,6 +55,11 @@ class WordVectors:
     vocabulary: list[str]  # index -> token, padding ("") and "[UNK]" included
     vectors: np.ndarray  # (len(vocabulary), d) float32: row i is token i
     vectorize: object  # the model's TextVectorization layer, to tokenise a query word the same way
+
+    @property
+    def words(self) -> int:
+        """How many words the vocabulary holds, padding and [UNK] left out (`word_count`)."""
+        return word_count(len(self.vocabulary))
 
     @property
     def dimension(self) -> int:
@@ -136,10 +149,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Allow .keras models with custom Python code (only for files you trust).",
     )
+    add_json_flag(parser, "the summary")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run `export-word-vectors`: a JSON summary on stdout."""
+    """Run `export-word-vectors`: a summary on stdout (`--json` for scripts)."""
     if not args.out.endswith(".parquet"):
         raise ToolError(f"--output must end in .parquet, got {args.out!r}")
     words = load_word_vectors(args.text_model, args.unsafe_model_loading)
@@ -147,16 +161,25 @@ def main_from_args(args: argparse.Namespace) -> int:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="snappy")
     write_bytes(args.out, buffer.getvalue())
-    print(
-        json.dumps(
-            {
-                "out": args.out,
-                "tokens": table.num_rows,
-                "dimension": words.dimension,
-                "model": args.text_model,
-                "model_sha256": words.model_sha256,
-            },
-            indent=2,
+    summary = {
+        "out": args.out,
+        "words": words.words,
+        "rows": table.num_rows,  # the words and [UNK]
+        "dimension": words.dimension,
+        "model": args.text_model,
+        "model_sha256": words.model_sha256,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            format_fields(
+                [
+                    ("wrote", args.out),
+                    ("words", f"{summary['words']:,} (and a row for [UNK])"),
+                    ("dimension", summary["dimension"]),
+                    ("model", f"{args.text_model} (sha256 {words.model_sha256[:12]})"),
+                ]
+            )
         )
-    )
     return 0

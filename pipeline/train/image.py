@@ -168,7 +168,7 @@ def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "
     """(uri, label) of every image of a class-folder tree or a manifest, in a stable order."""
     if _is_manifest(path):
         if not FileSystems.exists(path):
-            raise ToolError(f"--input {path!r}: no such manifest")
+            raise ToolError(f"--image-input {path!r}: no such manifest")
         items, bad = [], []
         with FileSystems.open(path) as handle:
             for parsed in iter_records(handle, detect_format(path), "utf-8", uri_field):
@@ -189,7 +189,7 @@ def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "
             )
         if not items:
             raise ToolError(
-                f"--input {path!r}: no row has both a {uri_field!r} and a {label_field!r} value (set --uri-field / --label-field)"
+                f"--image-input {path!r}: no row has both a {uri_field!r} and a {label_field!r} value (set --image-uri-field / --label-field)"
             )
         return items
     # A folder of images as `run --image-input DIR` reads it (`transforms.io.image_read`): every file
@@ -209,7 +209,7 @@ def list_labelled_images(path: str, uri_field: str = "uri", label_field: str = "
         _LOG.warning("%s: %d image(s) outside a class subfolder were skipped (first: %s)", path, len(unlabelled), unlabelled[0])
     if not items:
         raise ToolError(
-            f"--input {path!r}: no images in class subfolders (expected DIR/<label>/<image>.jpg, or a manifest .csv with "
+            f"--image-input {path!r}: no images in class subfolders (expected DIR/<label>/<image>.jpg, or a manifest .csv with "
             f"{uri_field},{label_field})"
         )
     return items
@@ -332,13 +332,13 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
     bad_fraction = len(images.bad) / len(items)
     if bad_fraction > config.max_bad_fraction:
         raise ToolError(
-            f"--input {config.input!r}: {len(images.bad)} of {len(items)} images could not be read or decoded "
+            f"--image-input {config.input!r}: {len(images.bad)} of {len(items)} images could not be read or decoded "
             f"(more than --max-bad-fraction {config.max_bad_fraction}); first: {images.bad[0]}"
         )
     counts = np.bincount(images.labels, minlength=len(images.classes))
     if len(images.classes) < 2 or (counts >= 2).sum() < 2:
         raise ToolError(
-            f"--input {config.input!r}: needs at least two labels with two images each, found {dict(zip(images.classes, counts.tolist()))}"
+            f"--image-input {config.input!r}: needs at least two labels with two images each, found {dict(zip(images.classes, counts.tolist()))}"
         )
     train, val = _stratified_split(images.labels, config.validation_split, config.seed)
 
@@ -449,7 +449,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `python -m pipeline train-image`."""
     d = ImageTrainingConfig.__dataclass_fields__
     parser.add_argument(
+        "--image-input",
         "--input",
+        dest="input",
         required=True,
         metavar="DIR_OR_MANIFEST",
         help="A folder of class subfolders (label = subfolder name), or a manifest .csv/.jsonl/.parquet with uri and label columns.",
@@ -512,7 +514,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-flip", action="store_true", help="No random horizontal flips while fine-tuning.")
     parser.add_argument(
-        "--uri-field", default=d["uri_field"].default, help="Manifest column of the image uri (default: %(default)s)."
+        "--image-uri-field",
+        "--uri-field",
+        dest="uri_field",
+        default=d["uri_field"].default,
+        help="Manifest column of the image uri (default: %(default)s).",
     )
     parser.add_argument(
         "--label-field", default=d["label_field"].default, help="Manifest column of the label (default: %(default)s)."

@@ -48,6 +48,7 @@ from typing import Optional, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.tools.word_vectors import word_count
 from pipeline.train.common import (
     add_training_arguments,
     check_at_least,
@@ -156,9 +157,11 @@ class TextTrainingConfig:
             raise TrainingConfigError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.objective == "skipgram":
             if not self.inputs and not self.labelled_lines and not self.unlabelled:
-                raise TrainingConfigError("give training text with --unlabelled GLOB (plain lines or records) or --input GLOB")
+                raise TrainingConfigError(
+                    "give training text with --unlabelled GLOB (plain lines or records) or --text-input GLOB"
+                )
         elif not self.inputs and not self.labelled_lines:
-            raise TrainingConfigError("give training data with --input GLOB or --labelled-lines FILE=LABEL")
+            raise TrainingConfigError("give training data with --text-input GLOB or --labelled-lines FILE=LABEL")
         if self.unlabelled and self.objective == "classify":
             raise TrainingConfigError("--unlabelled text is for --objective skipgram or skipgram+classify, not classify")
         if self.freeze_vectors and not self.init_vectors:
@@ -174,7 +177,7 @@ class TextTrainingConfig:
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            raise TrainingConfigError(f"--encoding {self.encoding!r} is not an encoding Python knows") from None
+            raise TrainingConfigError(f"--text-encoding {self.encoding!r} is not an encoding Python knows") from None
         _at_least("--vocab-size", self.vocab_size, 3)  # padding, [UNK] and one word
         if self.min_count is not None:
             _at_least("--min-count", self.min_count, 1)
@@ -349,11 +352,11 @@ def _resolve_sources(config: TextTrainingConfig) -> list[tuple[str, str, object]
     """(path, format, fixed label, None (read it) or _UNLABELLED) for every file, checking each glob matches."""
     sources: list[tuple[str, str, object]] = []
     for pattern in config.inputs:
-        for path in _match_files("--input", pattern):
+        for path in _match_files("--text-input", pattern):
             fmt = detect_format(path)
             if fmt == "lines" and config.classifies:
                 raise TrainingConfigError(
-                    f"--input {pattern!r}: {path} is not JSONL, CSV, TSV or Parquet (by its extension), so it has "
+                    f"--text-input {pattern!r}: {path} is not JSONL, CSV, TSV or Parquet (by its extension), so it has "
                     f"no label field; for a plain text file of one label use --labelled-lines FILE=LABEL"
                 )
             sources.append((path, fmt, None if config.classifies else _UNLABELLED))
@@ -813,7 +816,8 @@ def train_text_model(config: TextTrainingConfig) -> dict:
         {
             "bad_records": records.bad_records,
             "bad_examples": list(records.bad_examples),
-            "vocabulary_size": int(model.get_layer(TEXT_VECTORIZE_LAYER).vocabulary_size()),
+            # the number export-word-vectors and similar-words report too: padding and [UNK] left out
+            "words": word_count(model.get_layer(TEXT_VECTORIZE_LAYER).vocabulary_size()),
         }
     )
     if history is not None:
@@ -852,7 +856,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "removed; Arora et al. 2017) (default: %(default)s).",
     )
     parser.add_argument(
+        "--text-input",
         "--input",
+        dest="input",
         action="append",
         default=[],
         metavar="GLOB",
@@ -897,13 +903,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Separator of --multi-label strings (default: %(default)r).",
     )
     parser.add_argument(
-        "--encoding", default=d["encoding"].default, help="Encoding of the input files (default: %(default)s; e.g. cp1252)."
+        "--text-encoding",
+        "--encoding",
+        dest="encoding",
+        default=d["encoding"].default,
+        help="Encoding of the input files (default: %(default)s; e.g. cp1252).",
     )
     parser.add_argument(
         "--vocab-size",
         type=int,
         default=d["vocab_size"].default,
-        help="Vocabulary size, padding and [UNK] included (default: %(default)s).",
+        help="Most vocabulary entries, padding and [UNK] included: at most this less 2 words (default: %(default)s).",
     )
     parser.add_argument(
         "--min-count",
