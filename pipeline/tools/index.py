@@ -199,7 +199,7 @@ def format_index_info(info: dict) -> str:
             ("files", info["files"]["index"]),
             ("", info["files"]["ids"]),
             ("", info["files"]["info"]),
-            ("use", "`neighbors --embeddings DIR ...` uses it until the run folder is rewritten"),
+            ("use", "`neighbors DIR ...` uses it until the run folder is rewritten"),
         ]
     )
 
