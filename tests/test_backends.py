@@ -157,7 +157,7 @@ def test_manifest_and_parquet_record_the_backend_and_a_backend_change_is_the_sam
         ["--output", str(tmp_path / "tf"), "--image-backend", "tensorflow", "--incremental-from", str(tmp_path / "ov")] + common
     )
     assert second["models"]["image"]["details"]["backend"] == "tensorflow"
-    assert second["counts"]["image"] == {"read": 5, "embedded": 0, "failed": 0, "skipped": 5, "balanced": True}
+    assert second["counts"]["image"] == {"read": 5, "embedded": 0, "failed": 0, "skipped": 5, "removed": 0, "balanced": True}
     third = run(["--output", str(tmp_path / "tf2"), "--image-backend", "tensorflow"] + common)
     ov = read_embeddings(str(tmp_path / "ov"), "image").sort_by("id")
     tf_ = read_embeddings(str(tmp_path / "tf2"), "image").sort_by("id")

@@ -63,6 +63,7 @@ USER_ERRORS = {
     "pipeline.tools.similar_words.UnknownWordError": (ValueError, EXIT_USAGE),
     "pipeline.train.text.TrainingConfigError": (ValueError, EXIT_USAGE),
     "pipeline.train.text.TrainingDataError": (ValueError, EXIT_FAILED),
+    "pipeline.train.vectors.VectorFileError": (ValueError, EXIT_USAGE),
     "transforms.sinks.bigquery.BigQueryTableError": (ValueError, EXIT_USAGE),
     "transforms.sinks.folder.OutputInUseError": (RuntimeError, EXIT_USAGE),
     "transforms.sinks.folder.ForeignFilesError": (RuntimeError, EXIT_USAGE),
@@ -189,8 +190,8 @@ def _bad_run_argv(case: str, tmp, text_model) -> tuple[list[str], int, str, str]
             "train-text: error: --output",
             "must end in .keras",
         )
-    if case == "TrainingDataError":  # every label unusable
-        bad = _jsonl(tmp / "bad.jsonl", [{"text": "meh", "label": "maybe"}] * 10)
+    if case == "TrainingDataError":  # every label unusable (any string or number is a class label)
+        bad = _jsonl(tmp / "bad.jsonl", [{"text": "meh", "label": None}] * 10)
         return (
             ["train-text", "--input", str(bad), "--output", str(tmp / "m.keras")],
             EXIT_FAILED,

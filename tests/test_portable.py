@@ -198,7 +198,8 @@ def _write_inputs(root: pathlib.Path) -> None:
 
 
 def _rows(output: pathlib.Path, modality: str) -> dict:
-    return {row.pop("id"): row for row in read_embeddings(str(output), modality).to_pylist()}
+    rows = read_embeddings(str(output), modality).drop_columns(["embedded_run_id"]).to_pylist()  # each run has its own id
+    return {row.pop("id"): row for row in rows}
 
 
 def test_external_worker_pool_output_equals_the_direct_runner(

@@ -20,7 +20,8 @@ from transforms.results import read_embeddings, read_errors, read_manifest
 
 
 def _by_id(table: pa.Table) -> dict:
-    return {row["id"]: row for row in table.to_pylist()}
+    """Rows by id, without `embedded_run_id` (the run that embedded the row: each run has its own id)."""
+    return {row["id"]: {k: v for k, v in row.items() if k != "embedded_run_id"} for row in table.to_pylist()}
 
 
 @pytest.mark.slow
