@@ -39,7 +39,7 @@ step "Generating the demo data into $DATA/ (reviews, shape images, and the image
 py -m examples.demo data --output "$DATA"
 
 step "Training the demo text model -> $DATA/text_model.keras"
-py -m pipeline train-text --input "$DATA/text/reviews.jsonl" --output "$DATA/text_model.keras" \
+py -m pipeline train-text --text-input "$DATA/text/reviews.jsonl" --output "$DATA/text_model.keras" \
     --epochs 20 > "$DATA/text_model.train-text.log" 2>&1 || { cat "$DATA/text_model.train-text.log"; exit 1; }
 py - "$DATA/text_model.training.json" <<'PY'
 import json, sys
