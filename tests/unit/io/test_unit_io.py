@@ -26,7 +26,11 @@ def _parse(data: bytes, fmt: str, **kwargs):
 
 def test_jsonl_every_line_is_a_record_an_error_or_a_counted_blank():
     parsed, tally = _parse(b'{"id": "a", "text": "x"}\n\n{not json\n  \n{"id": "b", "text": "y"}\n', "jsonl")
-    assert [(p.line, p.record is not None, p.error is not None) for p in parsed] == [(1, True, False), (3, False, True), (5, True, False)]
+    assert [(p.line, p.record is not None, p.error is not None) for p in parsed] == [
+        (1, True, False),
+        (3, False, True),
+        (5, True, False),
+    ]
     assert tally["blank"] == 2
     assert len(parsed) + tally["blank"] + tally["header"] + tally["continuation"] == 5
 
@@ -105,7 +109,9 @@ def test_read_text_files_gives_records_and_dead_letters_under_test_pipeline(tmp_
     (tmp_path / "a.jsonl").write_text('{"id": "r1", "text": "hello"}\n{"id": "r2"}\nnot json\n{"text": "no id"}\n')
     with BeamTestPipeline() as p:
         out = p | ReadTextFiles([str(tmp_path / "*.jsonl")])
-        rows = out.records | beam.FlatMap(lambda t: zip(t.column("id").to_pylist(), t.column("text").to_pylist(), t.column("line").to_pylist()))
+        rows = out.records | beam.FlatMap(
+            lambda t: zip(t.column("id").to_pylist(), t.column("text").to_pylist(), t.column("line").to_pylist())
+        )
         errors = out[ERRORS] | beam.Map(lambda e: (e.id, e.stage))
         assert_that(rows, equal_to([("r1", "hello", 1), ("a.jsonl:4", "no id", 4)]), label="records")
         assert_that(errors, equal_to([("r2", "read"), ("a.jsonl:3", "read")]), label="errors")

@@ -86,7 +86,9 @@ def _prior(ids, contents, model):
 
 def test_check_text_records_finds_a_planted_duplicate_and_the_lines_an_earlier_run_embedded():
     model = _sha("model")
-    a = pa.table({"id": ["x", "y", "z"], "source": ["a.jsonl"] * 3, "line": [1, 2, 3], "content_sha256": [_sha("1"), _sha("2"), _sha("3")]})
+    a = pa.table(
+        {"id": ["x", "y", "z"], "source": ["a.jsonl"] * 3, "line": [1, 2, 3], "content_sha256": [_sha("1"), _sha("2"), _sha("3")]}
+    )
     b = pa.table({"id": ["q", "y"], "source": ["b.jsonl"] * 2, "line": [1, 2], "content_sha256": [_sha("4"), _sha("5")]})
     # the earlier run embedded x with the same content, z with other content, and an id now gone
     prior = _prior(["x", "z", "gone"], [_sha("1"), _sha("changed"), _sha("9")], model)
