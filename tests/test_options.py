@@ -156,3 +156,23 @@ def test_every_check_runs_before_the_output_folder_is_claimed(case, earlier, tmp
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert named in line
     assert _tree(out) == before, "a refused run changed the folder of the earlier run"
+
+
+# ---- the trainers' flags (train-text, train-image) -----------------------------------------------
+
+
+def test_train_texts_skipgram_defaults_are_skipgram_settings():
+    """--window, --negatives, --subsample and --skipgram-* default to SkipgramSettings' fields, which
+    text.py does not write again: a config from flags that set none of them trains those settings."""
+    from pipeline.train import text as train_text
+    from pipeline.train.skipgram import SkipgramSettings
+
+    args = cli.command_parser("train-text").parse_args(["--output", "m.keras", "--text-input", "x.jsonl"])
+    config = train_text.TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), objective="skipgram")
+    assert config.skipgram_settings() == SkipgramSettings()
+    defaults = SkipgramSettings()
+    for flag_dest, field in (("skipgram_epochs", "epochs"), ("skipgram_batch_size", "batch_size"), ("window", "window")):
+        assert getattr(args, flag_dest) == getattr(defaults, field)
+    source = ast.parse(pathlib.Path(train_text.__file__).read_text())
+    written = {n.value for n in ast.walk(source) if isinstance(n, ast.Constant) and type(n.value) in (int, float)}
+    assert defaults.batch_size not in written and defaults.learning_rate not in written  # (1e-3 is also --sif-a's)

@@ -101,6 +101,7 @@ _MAX_BAD_EXAMPLES = 10
 _TRUE = ("1", "true")
 _FALSE = ("0", "false")
 _SIF_TEXTS = 20000  # texts whose weighted averages give the first principal component
+_SKIPGRAM = SkipgramSettings()  # the defaults of the skip-gram flags (--window, --negatives, ..., --skipgram-*)
 
 
 class TrainingConfigError(UserError, ValueError):
@@ -136,12 +137,12 @@ class TextTrainingConfig:
     batch_size: int = 64
     validation_split: float = 0.2
     learning_rate: float = 1e-3
-    window: int = 5
-    negatives: int = 5
-    subsample: float = 1e-3
-    skipgram_epochs: int = 5
-    skipgram_batch_size: int = 16384
-    skipgram_learning_rate: float = 1e-2
+    window: int = _SKIPGRAM.window  # the skip-gram defaults are SkipgramSettings'
+    negatives: int = _SKIPGRAM.negatives
+    subsample: float = _SKIPGRAM.subsample
+    skipgram_epochs: int = _SKIPGRAM.epochs
+    skipgram_batch_size: int = _SKIPGRAM.batch_size
+    skipgram_learning_rate: float = _SKIPGRAM.learning_rate
     sif_a: float = 1e-3
     init_vectors: Optional[str] = None
     freeze_vectors: bool = False
