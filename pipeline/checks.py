@@ -449,14 +449,21 @@ def check_inputs(flag: str, patterns: Sequence[str], listing: Optional[fileio.In
         try:
             matched = listing.files(pattern)
         except Exception as exc:  # noqa: BLE001 - bucket missing, no permission
-            if fileio.is_transient_storage_error(exc):
-                raise StorageUnreachable(
-                    f"storage unreachable: {flag} {pattern!r} could not be listed: gs:// calls kept failing "
-                    f"for {fileio.storage_timeout():g} s (--storage-timeout); nothing was started"
-                ) from exc
-            raise ConfigError(f"{flag} {pattern!r}: cannot list ({type(exc).__name__}: {exc})") from exc
+            raise _listing_failed(flag, pattern, exc) from exc
         if not matched:
             raise ConfigError(f"{flag} {pattern!r}: matches no file")
+
+
+def _listing_failed(flag: str, what: str, exc: Exception) -> Exception:
+    """The error to raise when listing `what` (a pattern or folder given to `flag`) failed: storage
+    that kept failing transiently is StorageUnreachable (exit 1, nothing started), anything else
+    (bucket missing, no permission, a bad path) a ConfigError naming the flag (exit 2)."""
+    if fileio.is_transient_storage_error(exc):
+        return StorageUnreachable(
+            f"storage unreachable: {flag} {what!r} could not be listed: gs:// calls kept failing "
+            f"for {fileio.storage_timeout():g} s (--storage-timeout); nothing was started"
+        )
+    return ConfigError(f"{flag} {what!r}: cannot list ({type(exc).__name__}: {exc})")
 
 
 def check_image_folder(folder: str, listing: fileio.InputListing) -> None:
@@ -467,12 +474,7 @@ def check_image_folder(folder: str, listing: fileio.InputListing) -> None:
     try:
         images, others = image_folder_files(folder, listing)
     except Exception as exc:  # noqa: BLE001 - bucket missing, no permission
-        if fileio.is_transient_storage_error(exc):
-            raise StorageUnreachable(
-                f"storage unreachable: --image-input {folder!r} could not be listed: gs:// calls kept failing "
-                f"for {fileio.storage_timeout():g} s (--storage-timeout); nothing was started"
-            ) from exc
-        raise ConfigError(f"--image-input {folder!r}: cannot list ({type(exc).__name__}: {exc})") from exc
+        raise _listing_failed("--image-input", folder, exc) from exc
     if not images:
         found = f"its {len(others)} file(s) (e.g. {os.path.basename(others[0])!r}) are not images" if others else "it is empty"
         raise ConfigError(

@@ -22,9 +22,10 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import cli
-from pipeline.checks import check_dataflow_ready, config_from_options
-from pipeline.options import ConfigError
+from pipeline.checks import check_dataflow_ready, check_inputs, config_from_options
+from pipeline.options import ConfigError, StorageUnreachable
 from tests_support import refused_storage, run_pipeline
+from transforms.io import fileio
 from transforms.results import MANIFEST_NAME
 
 REVIEWS = [{"id": f"r{i}", "text": f"good movie {i}", "stars": i % 5} for i in range(30)]
@@ -226,3 +227,28 @@ def test_the_sample_is_bounded_a_first_record_past_it_is_left_to_the_run(tmp_pat
     data = tmp_path / "one-long-line.jsonl"
     data.write_text(json.dumps({"id": "a", "text": "x" * (3 << 20)}))  # 3 MiB, no newline: past the 1 MiB sample
     assert _text(tmp_path, data, "--text-field", "body").text_field == "body"  # nothing learned: no refusal
+
+
+class _FailingListing(fileio.InputListing):
+    """A listing whose every call fails with `error` (what a missing bucket or an outage raises)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def files(self, pattern):
+        raise self.error
+
+
+@pytest.mark.parametrize("flag", ["--text-input", "--image-input"])
+def test_a_listing_failure_is_a_config_error_naming_the_flag_or_an_outage_when_storage_is_down(tmp_path, flag):
+    """Globs and image folders alike: a listing that fails for good (no permission) is exit 2 naming
+    the flag and the path; one that kept failing transiently is StorageUnreachable (exit 1)."""
+    pattern = str(tmp_path) if flag == "--image-input" else str(tmp_path / "*.jsonl")  # a folder / a glob
+    with pytest.raises(ConfigError) as denied:
+        check_inputs(flag, [pattern], _FailingListing(PermissionError("403 no access")))
+    assert str(denied.value) == f"{flag} {pattern!r}: cannot list (PermissionError: 403 no access)"
+    with pytest.raises(StorageUnreachable) as down:
+        check_inputs(flag, [pattern], _FailingListing(ConnectionError("connection refused")))
+    assert str(down.value).startswith(f"storage unreachable: {flag} {pattern!r} could not be listed")
+    assert "--storage-timeout" in str(down.value)

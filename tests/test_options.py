@@ -9,6 +9,7 @@ import argparse
 import ast
 import collections
 import dataclasses
+import importlib
 import json
 import pathlib
 import shutil
@@ -156,3 +157,72 @@ def test_every_check_runs_before_the_output_folder_is_claimed(case, earlier, tmp
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert named in line
     assert _tree(out) == before, "a refused run changed the folder of the earlier run"
+
+
+# ---- the trainers' flags (train-text, train-image) -----------------------------------------------
+
+
+def test_train_texts_skipgram_defaults_are_skipgram_settings():
+    """--window, --negatives, --subsample and --skipgram-* default to SkipgramSettings' fields, which
+    text.py does not write again: a config from flags that set none of them trains those settings."""
+    from pipeline.train import text as train_text
+    from pipeline.train.skipgram import SkipgramSettings
+
+    args = cli.command_parser("train-text").parse_args(["--output", "m.keras", "--text-input", "x.jsonl"])
+    config = train_text.TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), objective="skipgram")
+    assert config.skipgram_settings() == SkipgramSettings()
+    defaults = SkipgramSettings()
+    for flag_dest, field in (("skipgram_epochs", "epochs"), ("skipgram_batch_size", "batch_size"), ("window", "window")):
+        assert getattr(args, flag_dest) == getattr(defaults, field)
+    source = ast.parse(pathlib.Path(train_text.__file__).read_text())
+    written = {n.value for n in ast.walk(source) if isinstance(n, ast.Constant) and type(n.value) in (int, float)}
+    assert defaults.batch_size not in written and defaults.learning_rate not in written  # (1e-3 is also --sif-a's)
+
+
+TRAINERS = {  # command -> (its config dataclass's name, the flags that are required)
+    "train-text": ("TextTrainingConfig", ["--output", "m.keras", "--text-input", "x.jsonl"]),
+    "train-image": ("ImageTrainingConfig", ["--output", "m.keras", "--image-input", "photos", "--base", "MobileNetV2"]),
+}
+
+
+def _trainer(command: str):
+    return importlib.import_module(cli.COMMANDS[command][0]), cli.command_parser(command)
+
+
+@pytest.mark.parametrize("command", TRAINERS)
+def test_each_trainer_flag_is_declared_once_in_its_table_and_the_parser_is_that_table(command):
+    module, parser = _trainer(command)
+    declared = collections.Counter(flag.key for flag in module.FLAGS)
+    assert declared and max(declared.values()) == 1, [d for d, n in declared.items() if n > 1]
+    own = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "verbose", "version")]
+    assert collections.Counter(a.dest for a in own) == declared  # every flag of the parser comes from the table, once
+    actions = {a.dest: a for a in own}
+    spellings = collections.Counter(s for a in parser._actions for s in a.option_strings)
+    assert max(spellings.values()) == 1
+    for flag in module.FLAGS:
+        action = actions[flag.key]
+        assert action.option_strings == [flag.name, *flag.aliases]
+        assert action.default == flag.default and action.required == flag.required
+    assert "%(default" not in parser.format_help() and "(default: None)" not in parser.format_help()
+
+
+@pytest.mark.parametrize("command", TRAINERS)
+def test_each_trainer_configs_defaults_are_its_declared_defaults(command):
+    """The config dataclass writes no default of its own (but `verbose`, which no flag sets): a
+    config from flags that set nothing optional is the dataclass with its defaults."""
+    module, parser = _trainer(command)
+    config_name, required = TRAINERS[command]
+    config_type = getattr(module, config_name)
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    [config_class] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == config_name]
+    for statement in config_class.body:
+        if isinstance(statement, ast.AnnAssign) and statement.value is not None and statement.target.id != "verbose":
+            assert not isinstance(statement.value, ast.Constant), f"{config_name}.{statement.target.id}: a literal default"
+    set_by_flags = {flag.config_field for flag in module.FLAGS}
+    assert {f.name for f in dataclasses.fields(config_type)} - set_by_flags == {"verbose"}
+    from pipeline.train.common import config_values
+
+    values = config_values(module.FLAGS, parser.parse_args(required))
+    given = {flag.config_field for flag in module.FLAGS if flag.name in required}
+    assert config_type(**values) == config_type(**{name: values[name] for name in given})
+    assert len(values) >= 20

@@ -1,8 +1,15 @@
-"""What the two trainers share: their common flags and the checks of them, and saving the model with its report.
+"""What the two trainers share: how a flag is declared (`TrainFlag`), their common flags and the checks of them,
+and saving the model with its report.
 
 Both save an uncompiled `.keras` file (no optimizer state) to a local or gs:// `--output`, with the
 training report beside it as `MODEL.training.json`, and print that report alone on stdout while
 Keras' progress goes to stderr.
+
+Each trainer declares its flags once, in a `FLAGS` table of `TrainFlag`s (as the job's option views
+do with `pipeline.options.Flag`, which does not fit here: the trainers' flags have no underscore
+spellings, keep older aliases and take plain `store_true` switches); its parser is built from the
+table (`add_flags`), its config dataclass reads its defaults from it (`flag_default`) and is built
+from the parsed flags through it (`config_values`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from transforms.io import fileio
 
@@ -23,7 +30,12 @@ __all__ = [
     "MODEL_SUFFIX",
     "REPORT_SUFFIX",
     "report_path_for",
-    "add_training_arguments",
+    "TrainFlag",
+    "OUTPUT_FLAG",
+    "add_flags",
+    "flag_default",
+    "config_values",
+    "training_flags",
     "check_output",
     "check_at_least",
     "check_training_settings",
@@ -45,48 +57,128 @@ def report_path_for(model_path: str) -> str:
     return model_path[: -len(MODEL_SUFFIX)] + REPORT_SUFFIX
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, config_type: type, *, stage: str = "") -> None:
-    """Add the training flags both trainers have, with the same names, types and meaning: --epochs,
-    --patience, --batch-size, --learning-rate, --validation-split, --seed and --max-bad-fraction.
+@dataclasses.dataclass(frozen=True)
+class TrainFlag:
+    """One trainer flag, declared once, in its trainer's `FLAGS` table: its name (and the older
+    spellings it still takes, `aliases`), help (argparse fills in `%(default)s`), default and argparse
+    details, and the config field it sets. The field is its `dest` unless `field` says otherwise
+    (`""`: none); `convert` turns the parsed value into the field's (`--no-flip` -> `flip`). The
+    config dataclass reads its defaults from the table (`flag_default`), so a default is written once.
+    `group`: the title of its `--help` group (none: the general one)."""
 
-    Their defaults are the field defaults of the trainer's settings dataclass `config_type` (each
-    trainer keeps its own); `stage` says what --epochs and --learning-rate train where the trainer
-    has more than one stage (e.g. " of the head (frozen base)")."""
-    d = {field.name: field.default for field in dataclasses.fields(config_type)}
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=d["epochs"],
-        help=f"Most epochs{stage}; stops early on validation loss (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=d["patience"],
-        help="Epochs without a better validation loss before stopping (default: %(default)s).",
-    )
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="Training batch size (default: %(default)s).")
-    parser.add_argument(
-        "--learning-rate", type=float, default=d["learning_rate"], help=f"Adam learning rate{stage} (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--validation-split",
-        type=float,
-        default=d["validation_split"],
-        help="Fraction held out for validation (of each class, in train-image), drawn with --seed (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=d["seed"],
-        help="Seed of the validation split, the shuffling, the initial weights and any augmentation (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--max-bad-fraction",
-        type=float,
-        default=d["max_bad_fraction"],
-        help="Fail when more than this fraction of the training records is unusable (a malformed or unlabelled "
-        "record, an image that cannot be decoded) (default: %(default)s).",
+    name: str
+    help: str
+    default: Any = None
+    aliases: tuple[str, ...] = ()
+    dest: Optional[str] = None
+    type: Optional[Callable] = None
+    choices: Optional[Sequence[str]] = None
+    metavar: Optional[str] = None
+    required: bool = False
+    action: Optional[str] = None  # "append" (repeatable: a list) or "store_true"
+    group: Optional[str] = None
+    field: Optional[str] = None
+    convert: Optional[Callable[[Any], Any]] = None
+
+    @property
+    def key(self) -> str:
+        """Its argparse dest: `dest`, or the name with underscores (`--batch-size` -> batch_size)."""
+        return self.dest or self.name.lstrip("-").replace("-", "_")
+
+    @property
+    def config_field(self) -> str:
+        return self.key if self.field is None else self.field
+
+    def value(self, parsed: Any) -> Any:
+        """The config field's value for the flag's parsed value."""
+        return self.convert(parsed) if self.convert else parsed
+
+    def add_to(self, parser) -> None:
+        kwargs: dict = {"dest": self.key, "default": self.default, "help": self.help}
+        details = (("type", self.type), ("choices", self.choices), ("metavar", self.metavar), ("action", self.action))
+        kwargs.update({k: v for k, v in details if v is not None})
+        if self.required:
+            kwargs["required"] = True
+        parser.add_argument(self.name, *self.aliases, **kwargs)
+
+
+OUTPUT_FLAG = TrainFlag(
+    "--output",
+    f"Where to save the model (local or gs://); the report goes to MODEL{REPORT_SUFFIX}.",
+    required=True,
+    metavar=f"MODEL{MODEL_SUFFIX}",
+)
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: Sequence[TrainFlag]) -> None:
+    """Add a trainer's flags to its parser, in table order, each in its `--help` group."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag in flags:
+        if flag.group and flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        flag.add_to(groups[flag.group] if flag.group else parser)
+
+
+def flag_default(flags: Sequence[TrainFlag], field: str) -> Any:
+    """The default of the config field `field`: that of the flag setting it, converted."""
+    [flag] = [flag for flag in flags if flag.config_field == field]
+    return flag.value(flag.default)
+
+
+def config_values(flags: Sequence[TrainFlag], args: argparse.Namespace) -> dict:
+    """The config fields the parsed flags set, by field name."""
+    return {flag.config_field: flag.value(getattr(args, flag.key)) for flag in flags if flag.config_field}
+
+
+def training_flags(
+    *,
+    stage: str,
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    learning_rate: float,
+    validation_split: float = 0.2,
+    seed: int = 0,
+    max_bad_fraction: float = 0.1,
+) -> tuple[TrainFlag, ...]:
+    """The training flags both trainers have, with the same names, types and meaning: --epochs,
+    --patience, --batch-size, --learning-rate, --validation-split, --seed and --max-bad-fraction,
+    with the trainer's defaults; `stage` says what --epochs and --learning-rate train where the
+    trainer has more than one stage (e.g. " of the head (frozen base)")."""
+    return (
+        TrainFlag(
+            "--epochs",
+            f"Most epochs{stage}; stops early on validation loss (default: %(default)s).",
+            default=epochs,
+            type=int,
+        ),
+        TrainFlag(
+            "--patience",
+            "Epochs without a better validation loss before stopping (default: %(default)s).",
+            default=patience,
+            type=int,
+        ),
+        TrainFlag("--batch-size", "Training batch size (default: %(default)s).", default=batch_size, type=int),
+        TrainFlag("--learning-rate", f"Adam learning rate{stage} (default: %(default)s).", default=learning_rate, type=float),
+        TrainFlag(
+            "--validation-split",
+            "Fraction held out for validation (of each class, in train-image), drawn with --seed (default: %(default)s).",
+            default=validation_split,
+            type=float,
+        ),
+        TrainFlag(
+            "--seed",
+            "Seed of the validation split, the shuffling, the initial weights and any augmentation (default: %(default)s).",
+            default=seed,
+            type=int,
+        ),
+        TrainFlag(
+            "--max-bad-fraction",
+            "Fail when more than this fraction of the training records is unusable (a malformed or unlabelled "
+            "record, an image that cannot be decoded) (default: %(default)s).",
+            default=max_bad_fraction,
+            type=float,
+        ),
     )
 
 

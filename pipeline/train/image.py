@@ -35,6 +35,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import logging
+import operator
 import os
 import time
 from typing import Optional, Sequence
@@ -45,15 +46,20 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.flags_map import TRAIN_IMAGE_FLAGS, user_message
 from pipeline.tools.common import ToolError
 from pipeline.train.common import (
-    add_training_arguments,
+    OUTPUT_FLAG,
+    TrainFlag,
+    add_flags,
     check_at_least,
     check_output,
     check_training_settings,
+    config_values,
+    flag_default,
     history_lists,
     report_footer,
     report_path_for,
     save_model,
     train_and_print,
+    training_flags,
     write_report,
 )
 from transforms.embed.models import NETWORKS, ModelConfigError, Network, build_base_network, preprocessing_layers
@@ -62,6 +68,7 @@ from transforms.io.image_read import IMAGE_EXTENSIONS, is_image_name
 from transforms.io.text_formats import detect_format, iter_records
 
 __all__ = [
+    "FLAGS",
     "IMAGE_EXTENSIONS",
     "ImageTrainingConfig",
     "LabelledImages",
@@ -82,6 +89,76 @@ CLASSES_LAYER = "classes"
 _MAX_BAD_EXAMPLES = 10
 
 
+# The flags of `python -m pipeline train-image`, each declared once with its default (see
+# `pipeline.train.common.TrainFlag`); ImageTrainingConfig's defaults are read from here.
+FLAGS = (
+    TrainFlag(
+        "--image-input",
+        "A folder of class subfolders (label = subfolder name), or a manifest .csv/.jsonl/.parquet with uri and label columns.",
+        aliases=("--input",),
+        dest="input",
+        required=True,
+        metavar="DIR_OR_MANIFEST",
+    ),
+    TrainFlag("--base", f"Keras Applications network: {', '.join(NETWORKS)}.", required=True, metavar="NAME"),
+    OUTPUT_FLAG,
+    TrainFlag(
+        "--image-weights",
+        "imagenet (Keras download) or a no-top weights file, local or gs:// (default: %(default)s).",
+        default="imagenet",
+        aliases=("--base-weights",),
+        dest="base_weights",
+        metavar="WEIGHTS",
+    ),
+    TrainFlag("--image-size", "Input size in pixels (default: the network's own, e.g. 224).", type=int),
+    TrainFlag(
+        "--image-alpha",
+        "Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.",
+        aliases=("--alpha",),
+        dest="alpha",
+        metavar="ALPHA",
+        type=float,
+    ),
+    TrainFlag("--embedding-dim", "Size of the `embedding` layer (default: %(default)s).", default=128, type=int),
+    TrainFlag("--dropout", "Dropout on the base's features; 0 for none (default: %(default)s).", default=0.2, type=float),
+    *training_flags(stage=" of the head (frozen base)", epochs=10, patience=3, batch_size=32, learning_rate=1e-3),
+    TrainFlag(
+        "--fine-tune-layers",
+        "After the head, unfreeze this many top layers of the base and train end to end; 0: no fine-tuning "
+        "(default: %(default)s).",
+        default=0,
+        type=int,
+    ),
+    TrainFlag("--fine-tune-epochs", "Most fine-tuning epochs (default: %(default)s).", default=5, type=int),
+    TrainFlag(
+        "--fine-tune-learning-rate",
+        "Adam learning rate while fine-tuning: keep it low (default: %(default)s).",
+        default=1e-4,
+        type=float,
+    ),
+    TrainFlag(
+        "--no-flip",
+        "No random horizontal flips while fine-tuning.",
+        default=False,
+        action="store_true",
+        field="flip",
+        convert=operator.not_,
+    ),
+    TrainFlag(
+        "--image-uri-field",
+        "Manifest column of the image uri (default: %(default)s).",
+        default="uri",
+        aliases=("--uri-field",),
+        dest="uri_field",
+    ),
+    TrainFlag("--label-field", "Manifest column of the label (default: %(default)s).", default="label"),
+)
+
+
+def _default(field: str):
+    return flag_default(FLAGS, field)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageTrainingConfig:
     """Validated settings of one `train-image` run."""
@@ -89,24 +166,24 @@ class ImageTrainingConfig:
     input: str
     base: str
     output: str
-    base_weights: str = "imagenet"
-    image_size: Optional[int] = None
-    alpha: Optional[float] = None
-    embedding_dim: int = 128
-    dropout: float = 0.2
-    epochs: int = 10
-    learning_rate: float = 1e-3
-    patience: int = 3
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 5
-    fine_tune_learning_rate: float = 1e-4
-    batch_size: int = 32
-    validation_split: float = 0.2
-    seed: int = 0
-    flip: bool = True
-    uri_field: str = "uri"
-    label_field: str = "label"
-    max_bad_fraction: float = 0.1
+    base_weights: str = _default("base_weights")
+    image_size: Optional[int] = _default("image_size")
+    alpha: Optional[float] = _default("alpha")
+    embedding_dim: int = _default("embedding_dim")
+    dropout: float = _default("dropout")
+    epochs: int = _default("epochs")
+    learning_rate: float = _default("learning_rate")
+    patience: int = _default("patience")
+    fine_tune_layers: int = _default("fine_tune_layers")
+    fine_tune_epochs: int = _default("fine_tune_epochs")
+    fine_tune_learning_rate: float = _default("fine_tune_learning_rate")
+    batch_size: int = _default("batch_size")
+    validation_split: float = _default("validation_split")
+    seed: int = _default("seed")
+    flip: bool = _default("flip")
+    uri_field: str = _default("uri_field")
+    label_field: str = _default("label_field")
+    max_bad_fraction: float = _default("max_bad_fraction")
     verbose: int = 2
 
     def __post_init__(self):
@@ -446,110 +523,13 @@ def train_image_model(config: ImageTrainingConfig) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline train-image`."""
-    d = ImageTrainingConfig.__dataclass_fields__
-    parser.add_argument(
-        "--image-input",
-        "--input",
-        dest="input",
-        required=True,
-        metavar="DIR_OR_MANIFEST",
-        help="A folder of class subfolders (label = subfolder name), or a manifest .csv/.jsonl/.parquet with uri and label columns.",
-    )
-    parser.add_argument("--base", required=True, metavar="NAME", help=f"Keras Applications network: {', '.join(NETWORKS)}.")
-    parser.add_argument(
-        "--output",
-        required=True,
-        metavar="MODEL.keras",
-        help="Where to save the model (local or gs://); the report goes to MODEL.training.json.",
-    )
-    parser.add_argument(
-        "--image-weights",
-        "--base-weights",
-        dest="base_weights",
-        metavar="WEIGHTS",
-        default=d["base_weights"].default,
-        help="imagenet (Keras download) or a no-top weights file, local or gs:// (default: %(default)s).",
-    )
-    parser.add_argument("--image-size", type=int, help="Input size in pixels (default: the network's own, e.g. 224).")
-    parser.add_argument(
-        "--image-alpha",
-        "--alpha",
-        dest="alpha",
-        metavar="ALPHA",
-        type=float,
-        help="Width multiplier of a MobileNet base (e.g. 0.25); must match the weights.",
-    )
-    parser.add_argument(
-        "--embedding-dim",
-        type=int,
-        default=d["embedding_dim"].default,
-        help="Size of the `embedding` layer (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--dropout",
-        type=float,
-        default=d["dropout"].default,
-        help="Dropout on the base's features; 0 for none (default: %(default)s).",
-    )
-    add_training_arguments(parser, ImageTrainingConfig, stage=" of the head (frozen base)")
-    parser.add_argument(
-        "--fine-tune-layers",
-        type=int,
-        default=d["fine_tune_layers"].default,
-        help="After the head, unfreeze this many top layers of the base and train end to end; 0: no fine-tuning "
-        "(default: %(default)s).",
-    )
-    parser.add_argument(
-        "--fine-tune-epochs",
-        type=int,
-        default=d["fine_tune_epochs"].default,
-        help="Most fine-tuning epochs (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--fine-tune-learning-rate",
-        type=float,
-        default=d["fine_tune_learning_rate"].default,
-        help="Adam learning rate while fine-tuning: keep it low (default: %(default)s).",
-    )
-    parser.add_argument("--no-flip", action="store_true", help="No random horizontal flips while fine-tuning.")
-    parser.add_argument(
-        "--image-uri-field",
-        "--uri-field",
-        dest="uri_field",
-        default=d["uri_field"].default,
-        help="Manifest column of the image uri (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--label-field", default=d["label_field"].default, help="Manifest column of the label (default: %(default)s)."
-    )
+    """The flags of `python -m pipeline train-image` (`FLAGS`)."""
+    add_flags(parser, FLAGS)
 
 
 def config_from_args(args: argparse.Namespace) -> ImageTrainingConfig:
     """Validated settings from parsed flags (raises ToolError naming the flag)."""
-    return ImageTrainingConfig(
-        input=args.input,
-        base=args.base,
-        output=args.output,
-        base_weights=args.base_weights,
-        image_size=args.image_size,
-        alpha=args.alpha,
-        embedding_dim=args.embedding_dim,
-        dropout=args.dropout,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        patience=args.patience,
-        fine_tune_layers=args.fine_tune_layers,
-        fine_tune_epochs=args.fine_tune_epochs,
-        fine_tune_learning_rate=args.fine_tune_learning_rate,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        seed=args.seed,
-        flip=not args.no_flip,
-        uri_field=args.uri_field,
-        label_field=args.label_field,
-        max_bad_fraction=args.max_bad_fraction,
-    )
+    return ImageTrainingConfig(**config_values(FLAGS, args))
 
 
 def main_from_args(args: argparse.Namespace) -> int:

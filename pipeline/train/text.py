@@ -50,15 +50,20 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.tools.word_vectors import word_count
 from pipeline.train.common import (
-    add_training_arguments,
+    OUTPUT_FLAG,
+    TrainFlag,
+    add_flags,
     check_at_least,
     check_output,
     check_training_settings,
+    config_values,
+    flag_default,
     history_lists,
     report_footer,
     report_path_for,
     save_model,
     train_and_print,
+    training_flags,
     write_report,
 )
 from pipeline.train.skipgram import SkipgramSettings, tokenize_corpus, train_skipgram
@@ -74,6 +79,7 @@ from transforms.errors import DataError, UserError
 from transforms.io.text_formats import detect_format, iter_records
 
 __all__ = [
+    "FLAGS",
     "OBJECTIVES",
     "POOLINGS",
     "TextTrainingConfig",
@@ -101,6 +107,7 @@ _MAX_BAD_EXAMPLES = 10
 _TRUE = ("1", "true")
 _FALSE = ("0", "false")
 _SIF_TEXTS = 20000  # texts whose weighted averages give the first principal component
+_SKIPGRAM = SkipgramSettings()  # the defaults of the skip-gram flags (--window, --negatives, ..., --skipgram-*)
 
 
 class TrainingConfigError(UserError, ValueError):
@@ -111,42 +118,203 @@ class TrainingDataError(DataError, ValueError):
     """The training files cannot give a usable model (too many bad records, one class only, ...)."""
 
 
+def _parse_labelled_lines(value: str) -> tuple[str, str]:
+    path, sep, label = value.rpartition("=")
+    if not sep or not path:
+        raise TrainingConfigError(f"--labelled-lines must be FILE=LABEL, got {value!r}")
+    if not label.strip():
+        raise TrainingConfigError(f"--labelled-lines label must not be empty, got {value!r}")
+    return path, label.strip()
+
+
+def _as_tuple(values) -> tuple:
+    return tuple(values or ())
+
+
+_SKIPGRAM_GROUP = "skip-gram (--objective skipgram, skipgram+classify)"
+
+# The flags of `python -m pipeline train-text`, each declared once with its default (see
+# `pipeline.train.common.TrainFlag`); TextTrainingConfig's defaults are read from here.
+FLAGS = (
+    TrainFlag(
+        "--objective",
+        "classify: a classifier on labels (binary, multi-class or --multi-label); skipgram: word2vec skip-gram on "
+        "unlabelled text, no labels; skipgram+classify: skip-gram, then classify fine-tunes (default: %(default)s).",
+        default="classify",
+        choices=OBJECTIVES,
+    ),
+    TrainFlag(
+        "--pooling",
+        "Text embedding from the word vectors: mean, or sif (frequency-weighted mean, first principal component "
+        "removed; Arora et al. 2017) (default: %(default)s).",
+        default="mean",
+        choices=POOLINGS,
+    ),
+    TrainFlag(
+        "--text-input",
+        "Glob of JSONL, CSV, TSV or Parquet files with a text and a label field (local or gs://); with "
+        "--objective skipgram the label is not needed (and plain text files are read as one text per line). Repeatable.",
+        default=[],
+        aliases=("--input",),
+        dest="input",
+        field="inputs",
+        action="append",
+        metavar="GLOB",
+        convert=_as_tuple,
+    ),
+    TrainFlag(
+        "--labelled-lines",
+        "A plain text file (or glob) whose every line is a record with LABEL (0/1, or any class name). Repeatable.",
+        default=[],
+        action="append",
+        metavar="FILE=LABEL",
+        convert=lambda values: tuple(_parse_labelled_lines(v) for v in values or ()),
+    ),
+    TrainFlag(
+        "--unlabelled",
+        "Unlabelled text for skipgram and skipgram+classify: plain text files (one text per line) or JSONL, "
+        "CSV, TSV, Parquet records (their --text-field). Repeatable.",
+        default=[],
+        action="append",
+        metavar="GLOB",
+        convert=_as_tuple,
+    ),
+    OUTPUT_FLAG,
+    TrainFlag("--text-field", "Field/column holding the text (default: %(default)s).", default="text"),
+    TrainFlag("--label-field", "Field/column holding the label (default: %(default)s).", default="label"),
+    TrainFlag(
+        "--multi-label",
+        "Each record has any number of labels: a list, or a string split on --label-separator.",
+        default=False,
+        action="store_true",
+    ),
+    TrainFlag("--label-separator", "Separator of --multi-label strings (default: %(default)r).", default=","),
+    TrainFlag(
+        "--text-encoding",
+        "Encoding of the input files (default: %(default)s; e.g. cp1252).",
+        default="utf-8",
+        aliases=("--encoding",),
+        dest="encoding",
+    ),
+    TrainFlag(
+        "--vocab-size",
+        "Most vocabulary entries, padding and [UNK] included: at most this less 2 words (default: %(default)s).",
+        default=20000,
+        type=int,
+    ),
+    TrainFlag(
+        "--min-count",
+        "Leave out of the vocabulary the words seen fewer times (default: 5 for skipgram, 1 for classify and skipgram+classify).",
+        type=int,
+    ),
+    TrainFlag("--sequence-length", "Tokens kept per text (default: %(default)s).", default=64, type=int),
+    TrainFlag("--embedding-dim", "Size of the text embedding (default: %(default)s).", default=64, type=int),
+    TrainFlag(
+        "--dropout",
+        "Dropout on the embedding before the classifier; 0 for none (default: %(default)s).",
+        default=0.2,
+        type=float,
+    ),
+    TrainFlag(
+        "--init-vectors",
+        "Start the word vectors from this file: word2vec text format (GloVe, fastText .vec; .gz too) or the "
+        "Parquet of export-word-vectors. The report says how much of the vocabulary it covers.",
+        metavar="FILE",
+    ),
+    TrainFlag(
+        "--freeze-vectors",
+        "Keep the --init-vectors vectors as they are (classify: the whole Embedding layer is frozen; skipgram "
+        "learns only the words the file lacks).",
+        default=False,
+        action="store_true",
+    ),
+    TrainFlag(
+        "--window",
+        "Context words on each side, at most (default: %(default)s).",
+        default=_SKIPGRAM.window,
+        type=int,
+        group=_SKIPGRAM_GROUP,
+    ),
+    TrainFlag(
+        "--negatives",
+        "Negative samples per (word, context) pair (default: %(default)s).",
+        default=_SKIPGRAM.negatives,
+        type=int,
+        group=_SKIPGRAM_GROUP,
+    ),
+    TrainFlag(
+        "--subsample",
+        "Frequent-word subsampling threshold t (word2vec's `sample`); 0 keeps every word (default: %(default)s).",
+        default=_SKIPGRAM.subsample,
+        type=float,
+        group=_SKIPGRAM_GROUP,
+    ),
+    TrainFlag(
+        "--skipgram-epochs",
+        "Passes over the text (default: %(default)s).",
+        default=_SKIPGRAM.epochs,
+        type=int,
+        group=_SKIPGRAM_GROUP,
+    ),
+    TrainFlag(
+        "--skipgram-batch-size",
+        "Pairs per step (default: %(default)s).",
+        default=_SKIPGRAM.batch_size,
+        type=int,
+        group=_SKIPGRAM_GROUP,
+    ),
+    TrainFlag(
+        "--skipgram-learning-rate",
+        "Adam learning rate at the start, decaying linearly to 1%% of it (default: %(default)s).",
+        default=_SKIPGRAM.learning_rate,
+        type=float,
+        group=_SKIPGRAM_GROUP,
+    ),
+    TrainFlag("--sif-a", "SIF's a in a / (a + p(w)) (default: %(default)s).", default=1e-3, type=float),
+    *training_flags(stage=" of the classifier", epochs=10, patience=2, batch_size=64, learning_rate=1e-3),
+)
+
+
+def _default(field: str):
+    return flag_default(FLAGS, field)
+
+
 @dataclasses.dataclass(frozen=True)
 class TextTrainingConfig:
     """Validated settings of one `train-text` run."""
 
     output: str
-    inputs: tuple[str, ...] = ()
-    labelled_lines: tuple[tuple[str, str], ...] = ()
-    unlabelled: tuple[str, ...] = ()
-    objective: str = "classify"
-    pooling: str = "mean"
-    multi_label: bool = False
-    label_separator: str = ","
-    text_field: str = "text"
-    label_field: str = "label"
-    encoding: str = "utf-8"
-    vocab_size: int = 20000
-    min_count: Optional[int] = None  # None: 5 for skipgram, 1 for classify and skipgram+classify
-    sequence_length: int = 64
-    embedding_dim: int = 64
-    dropout: float = 0.2
-    epochs: int = 10
-    patience: int = 2
-    batch_size: int = 64
-    validation_split: float = 0.2
-    learning_rate: float = 1e-3
-    window: int = 5
-    negatives: int = 5
-    subsample: float = 1e-3
-    skipgram_epochs: int = 5
-    skipgram_batch_size: int = 16384
-    skipgram_learning_rate: float = 1e-2
-    sif_a: float = 1e-3
-    init_vectors: Optional[str] = None
-    freeze_vectors: bool = False
-    seed: int = 0
-    max_bad_fraction: float = 0.1
+    inputs: tuple[str, ...] = _default("inputs")
+    labelled_lines: tuple[tuple[str, str], ...] = _default("labelled_lines")
+    unlabelled: tuple[str, ...] = _default("unlabelled")
+    objective: str = _default("objective")
+    pooling: str = _default("pooling")
+    multi_label: bool = _default("multi_label")
+    label_separator: str = _default("label_separator")
+    text_field: str = _default("text_field")
+    label_field: str = _default("label_field")
+    encoding: str = _default("encoding")
+    vocab_size: int = _default("vocab_size")
+    min_count: Optional[int] = _default("min_count")  # None: 5 for skipgram, 1 for classify and skipgram+classify
+    sequence_length: int = _default("sequence_length")
+    embedding_dim: int = _default("embedding_dim")
+    dropout: float = _default("dropout")
+    epochs: int = _default("epochs")
+    patience: int = _default("patience")
+    batch_size: int = _default("batch_size")
+    validation_split: float = _default("validation_split")
+    learning_rate: float = _default("learning_rate")
+    window: int = _default("window")  # the skip-gram defaults are SkipgramSettings'
+    negatives: int = _default("negatives")
+    subsample: float = _default("subsample")
+    skipgram_epochs: int = _default("skipgram_epochs")
+    skipgram_batch_size: int = _default("skipgram_batch_size")
+    skipgram_learning_rate: float = _default("skipgram_learning_rate")
+    sif_a: float = _default("sif_a")
+    init_vectors: Optional[str] = _default("init_vectors")
+    freeze_vectors: bool = _default("freeze_vectors")
+    seed: int = _default("seed")
+    max_bad_fraction: float = _default("max_bad_fraction")
     verbose: int = 2
 
     def __post_init__(self):
@@ -839,191 +1007,13 @@ def train_text_model(config: TextTrainingConfig) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline train-text`."""
-    d = TextTrainingConfig.__dataclass_fields__
-    parser.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        default=d["objective"].default,
-        help="classify: a classifier on labels (binary, multi-class or --multi-label); skipgram: word2vec skip-gram on "
-        "unlabelled text, no labels; skipgram+classify: skip-gram, then classify fine-tunes (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        default=d["pooling"].default,
-        help="Text embedding from the word vectors: mean, or sif (frequency-weighted mean, first principal component "
-        "removed; Arora et al. 2017) (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--text-input",
-        "--input",
-        dest="input",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="Glob of JSONL, CSV, TSV or Parquet files with a text and a label field (local or gs://); with "
-        "--objective skipgram the label is not needed (and plain text files are read as one text per line). Repeatable.",
-    )
-    parser.add_argument(
-        "--labelled-lines",
-        action="append",
-        default=[],
-        metavar="FILE=LABEL",
-        help="A plain text file (or glob) whose every line is a record with LABEL (0/1, or any class name). Repeatable.",
-    )
-    parser.add_argument(
-        "--unlabelled",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="Unlabelled text for skipgram and skipgram+classify: plain text files (one text per line) or JSONL, "
-        "CSV, TSV, Parquet records (their --text-field). Repeatable.",
-    )
-    parser.add_argument(
-        "--output",
-        required=True,
-        metavar="MODEL.keras",
-        help="Where to save the model (local or gs://); the report goes to MODEL.training.json.",
-    )
-    parser.add_argument(
-        "--text-field", default=d["text_field"].default, help="Field/column holding the text (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--label-field", default=d["label_field"].default, help="Field/column holding the label (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--multi-label",
-        action="store_true",
-        help="Each record has any number of labels: a list, or a string split on --label-separator.",
-    )
-    parser.add_argument(
-        "--label-separator",
-        default=d["label_separator"].default,
-        help="Separator of --multi-label strings (default: %(default)r).",
-    )
-    parser.add_argument(
-        "--text-encoding",
-        "--encoding",
-        dest="encoding",
-        default=d["encoding"].default,
-        help="Encoding of the input files (default: %(default)s; e.g. cp1252).",
-    )
-    parser.add_argument(
-        "--vocab-size",
-        type=int,
-        default=d["vocab_size"].default,
-        help="Most vocabulary entries, padding and [UNK] included: at most this less 2 words (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--min-count",
-        type=int,
-        default=None,
-        help="Leave out of the vocabulary the words seen fewer times (default: 5 for skipgram, 1 for classify and skipgram+classify).",
-    )
-    parser.add_argument(
-        "--sequence-length", type=int, default=d["sequence_length"].default, help="Tokens kept per text (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--embedding-dim", type=int, default=d["embedding_dim"].default, help="Size of the text embedding (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--dropout",
-        type=float,
-        default=d["dropout"].default,
-        help="Dropout on the embedding before the classifier; 0 for none (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--init-vectors",
-        metavar="FILE",
-        help="Start the word vectors from this file: word2vec text format (GloVe, fastText .vec; .gz too) or the "
-        "Parquet of export-word-vectors. The report says how much of the vocabulary it covers.",
-    )
-    parser.add_argument(
-        "--freeze-vectors",
-        action="store_true",
-        help="Keep the --init-vectors vectors as they are (classify: the whole Embedding layer is frozen; skipgram "
-        "learns only the words the file lacks).",
-    )
-    skipgram = parser.add_argument_group("skip-gram (--objective skipgram, skipgram+classify)")
-    skipgram.add_argument(
-        "--window", type=int, default=d["window"].default, help="Context words on each side, at most (default: %(default)s)."
-    )
-    skipgram.add_argument(
-        "--negatives",
-        type=int,
-        default=d["negatives"].default,
-        help="Negative samples per (word, context) pair (default: %(default)s).",
-    )
-    skipgram.add_argument(
-        "--subsample",
-        type=float,
-        default=d["subsample"].default,
-        help="Frequent-word subsampling threshold t (word2vec's `sample`); 0 keeps every word (default: %(default)s).",
-    )
-    skipgram.add_argument(
-        "--skipgram-epochs", type=int, default=d["skipgram_epochs"].default, help="Passes over the text (default: %(default)s)."
-    )
-    skipgram.add_argument(
-        "--skipgram-batch-size", type=int, default=d["skipgram_batch_size"].default, help="Pairs per step (default: %(default)s)."
-    )
-    skipgram.add_argument(
-        "--skipgram-learning-rate",
-        type=float,
-        default=d["skipgram_learning_rate"].default,
-        help="Adam learning rate at the start, decaying linearly to 1%% of it (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--sif-a", type=float, default=d["sif_a"].default, help="SIF's a in a / (a + p(w)) (default: %(default)s)."
-    )
-    add_training_arguments(parser, TextTrainingConfig, stage=" of the classifier")
-
-
-def _parse_labelled_lines(value: str) -> tuple[str, str]:
-    path, sep, label = value.rpartition("=")
-    if not sep or not path:
-        raise TrainingConfigError(f"--labelled-lines must be FILE=LABEL, got {value!r}")
-    if not label.strip():
-        raise TrainingConfigError(f"--labelled-lines label must not be empty, got {value!r}")
-    return path, label.strip()
+    """The flags of `python -m pipeline train-text` (`FLAGS`)."""
+    add_flags(parser, FLAGS)
 
 
 def config_from_args(args: argparse.Namespace) -> TextTrainingConfig:
     """Validated settings from parsed flags; every glob must match a file. Raises TrainingConfigError."""
-    config = TextTrainingConfig(
-        output=args.output,
-        inputs=tuple(args.input or ()),
-        labelled_lines=tuple(_parse_labelled_lines(v) for v in (args.labelled_lines or ())),
-        unlabelled=tuple(args.unlabelled or ()),
-        objective=args.objective,
-        pooling=args.pooling,
-        multi_label=args.multi_label,
-        label_separator=args.label_separator,
-        text_field=args.text_field,
-        label_field=args.label_field,
-        encoding=args.encoding,
-        vocab_size=args.vocab_size,
-        min_count=args.min_count,
-        sequence_length=args.sequence_length,
-        embedding_dim=args.embedding_dim,
-        dropout=args.dropout,
-        epochs=args.epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        learning_rate=args.learning_rate,
-        window=args.window,
-        negatives=args.negatives,
-        subsample=args.subsample,
-        skipgram_epochs=args.skipgram_epochs,
-        skipgram_batch_size=args.skipgram_batch_size,
-        skipgram_learning_rate=args.skipgram_learning_rate,
-        sif_a=args.sif_a,
-        init_vectors=args.init_vectors,
-        freeze_vectors=args.freeze_vectors,
-        seed=args.seed,
-        max_bad_fraction=args.max_bad_fraction,
-    )
+    config = TextTrainingConfig(**config_values(FLAGS, args))
     _resolve_sources(config)
     return config
 
