@@ -47,6 +47,7 @@ from pipeline.tools.flags import (
     batch_rows_flag,
     json_flag,
     k_flag,
+    label_field_flag,
     run_flags,
     seed_flag,
 )
@@ -394,7 +395,7 @@ def word_similarity(words, pairs: Sequence[tuple[str, str, float]]) -> dict:
 
 FLAGS = (
     *run_flags(required=False),
-    CommandFlag("--label-field", "Passthrough column holding each row's label (with RUN)."),
+    label_field_flag("Passthrough column holding each row's label (with RUN)."),
     CommandFlag(
         "--word-similarity",
         "Instead: score the word vectors of --text-model on this word1<TAB>word2<TAB>score file (Spearman), e.g. SimLex-999.",

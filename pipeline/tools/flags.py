@@ -1,6 +1,6 @@
 """The flags the tool commands share, declared once: the run folder (`RUN` or `--run`), `--modality`,
-`--allow-failed`, `--unsafe-model-loading`, `--text-model`, `--json`, `-k`, `--seed`, `--batch-rows`
-and `--output`.
+`--allow-failed`, `--unsafe-model-loading`, `--text-model`, `--json`, `-k`, `--seed`, `--batch-rows`,
+`--label-field` and `--output`: a flag name is spelled in one place of `pipeline/tools/`.
 
 Each tool declares its flags in a `FLAGS` table of `pipeline.command_flags.CommandFlag`s (the
 trainers' `TrainFlag`) and builds its parser from it (`add_flags`); a shared flag is taken from here
@@ -11,6 +11,8 @@ so a flag's default and the Python function's are the same value written once.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from pipeline.command_flags import CommandFlag
 from pipeline.tools.knn import DEFAULT_K
@@ -30,6 +32,7 @@ __all__ = [
     "k_flag",
     "seed_flag",
     "batch_rows_flag",
+    "label_field_flag",
     "output_flag",
 ]
 
@@ -78,7 +81,7 @@ def json_flag(what: str = "the result") -> CommandFlag:
 
 def json_lines_flag(row: str) -> CommandFlag:
     """`--json` of a command that prints rows: one JSON object per `row`."""
-    return switch("--json", f"One JSON object per {row} instead of a table.")
+    return dataclasses.replace(json_flag(), help=f"One JSON object per {row} instead of a table.")
 
 
 def k_flag(what: str, default: int = DEFAULT_K) -> CommandFlag:
@@ -94,6 +97,11 @@ def seed_flag(of: str) -> CommandFlag:
 def batch_rows_flag(what: str) -> CommandFlag:
     """`--batch-rows`: rows read from the run's Parquet at a time."""
     return CommandFlag("--batch-rows", f"{what} (default: %(default)s).", default=DEFAULT_BATCH_ROWS, type=int)
+
+
+def label_field_flag(help: str) -> CommandFlag:
+    """`--label-field`: the passthrough column of the labels (`report` spells it `--label-column`)."""
+    return CommandFlag("--label-field", help)
 
 
 def output_flag(metavar: str, help: str) -> CommandFlag:

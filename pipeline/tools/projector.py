@@ -35,7 +35,16 @@ from pipeline.tools.common import (
     run_folder,
     write_bytes,
 )
-from pipeline.tools.flags import ALLOW_FAILED_FLAG, MODALITY_FLAG, batch_rows_flag, json_flag, output_flag, run_flags, seed_flag
+from pipeline.tools.flags import (
+    ALLOW_FAILED_FLAG,
+    MODALITY_FLAG,
+    batch_rows_flag,
+    json_flag,
+    label_field_flag,
+    output_flag,
+    run_flags,
+    seed_flag,
+)
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.io import fileio
 
@@ -381,7 +390,7 @@ FLAGS = (
     output_flag("DIR2", "Folder for the projector files and pca.png (local or gs://)."),
     MODALITY_FLAG,
     ALLOW_FAILED_FLAG,
-    CommandFlag("--label-field", "Passthrough column to colour the plot by (also the first metadata column)."),
+    label_field_flag("Passthrough column to colour the plot by (also the first metadata column)."),
     CommandFlag(
         "--max-points",
         "Export a seeded random sample of at most this many rows (default: %(default)s).",
