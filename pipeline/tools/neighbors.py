@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.command_flags import CommandFlag, add_flags
+from pipeline.command_flags import CommandFlag, add_flags, config_values
 from pipeline.tools.common import ToolError, format_table, print_json_lines, run_folder
 from pipeline.tools.flags import (
     ALLOW_FAILED_FLAG,
@@ -45,6 +45,7 @@ __all__ = [
     "modality_of_id",
     "query_from_text",
     "query_from_image",
+    "IMAGE_MODEL_FLAGS",
     "FLAGS",
     "add_arguments",
     "main_from_args",
@@ -247,6 +248,19 @@ def query_from_image(
 # Command line
 
 
+# --image-*: the run's image model spec, but for the fields given (`field`: the ImageModelSpec field each sets)
+IMAGE_MODEL_FLAGS = (
+    CommandFlag(
+        "--image-model", "Network name or .keras file (default: the one the run used, from its manifest).", field="model"
+    ),
+    CommandFlag("--image-weights", "imagenet, none or a weights file (default: the run's).", field="weights"),
+    CommandFlag("--image-alpha", "MobileNet width multiplier (default: the run's).", type=float, field="alpha"),
+    CommandFlag("--image-size", "Input size of a named network (default: the run's).", type=int),
+    CommandFlag("--image-layer", "Layer of a .keras classifier to use (default: the run's).", field="layer"),
+    CommandFlag(
+        "--image-preprocess", "Network whose preprocess_input a .keras classifier needs (default: the run's).", field="preprocess"
+    ),
+)
 FLAGS = (
     *run_flags(),
     CommandFlag("--id", "Neighbours of this record of the run (it is left out of the answer).", exclusive="query"),
@@ -266,12 +280,7 @@ FLAGS = (
         required=False,
         metavar=None,
     ),
-    CommandFlag("--image-model", "Network name or .keras file (default: the one the run used, from its manifest)."),
-    CommandFlag("--image-weights", "imagenet, none or a weights file (default: the run's)."),
-    CommandFlag("--image-alpha", "MobileNet width multiplier (default: the run's).", type=float),
-    CommandFlag("--image-size", "Input size of a named network (default: the run's).", type=int),
-    CommandFlag("--image-layer", "Layer of a .keras classifier to use (default: the run's)."),
-    CommandFlag("--image-preprocess", "Network whose preprocess_input a .keras classifier needs (default: the run's)."),
+    *IMAGE_MODEL_FLAGS,
     UNSAFE_MODEL_LOADING_FLAG,
     switch("--allow-model-mismatch", "Search even when the query model is not the run's model."),
     switch("--brute-force", "Ignore any FAISS index and scan the Parquet files."),
@@ -302,14 +311,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             None,
         )
     else:
-        overrides = dict(
-            model=args.image_model,
-            weights=args.image_weights,
-            alpha=args.image_alpha,
-            image_size=args.image_size,
-            layer=args.image_layer,
-            preprocess=args.image_preprocess,
-        )
+        overrides = config_values(IMAGE_MODEL_FLAGS, args)
         query, exclude = (
             query_from_image(embeddings, args.image, overrides, args.unsafe_model_loading, args.allow_model_mismatch),
             None,
