@@ -1,6 +1,8 @@
 """One place per flag (issue 21): each `run` flag is declared once, in one option view, with its
 default; the JobConfig's defaults are those same declared defaults; and every launch check runs
 before the output folder is claimed, so a refused run leaves an earlier run's folder byte-identical.
+The trainers and the tools build their parsers from a FLAGS table each (`pipeline.command_flags`),
+and a flag the tools share is declared once (`pipeline.tools.flags`).
 """
 
 from __future__ import annotations
