@@ -62,7 +62,7 @@ from transforms.embed.dofns import MAX_DECODE_THREADS
 from transforms.embed.models import MAX_IMAGE_BATCH_SIZE, MAX_TEXT_BATCH_SIZE, NETWORKS
 from transforms.io import fileio
 from transforms.records import IMAGE, TEXT, embedding_schema
-from transforms.results import MANIFEST_NAME, failure_summary, modality_status, run_files
+from transforms.results import MANIFEST_NAME, failure_summary, modality_status, run_files, run_folder_lacks
 from transforms.sinks.folder import WRITE_PROBE_PREFIX
 
 __all__ = [
@@ -680,16 +680,15 @@ def prior_embedding_files(config: JobConfig) -> dict[str, list[str]]:
     Checked at launch, before the output folder is claimed: each folder must hold a finished run
     whose manifest reads and whose listed files all exist; otherwise a ConfigError (exit 2) says
     what is wrong with that folder (a rerun of this command would not help)."""
-    from apache_beam.io.filesystems import FileSystems
-
     files: dict[str, list[str]] = {}
     for folder in config.incremental_from:
         flag = f"--incremental-from {folder!r}"
         manifest_path = fileio.join(folder, MANIFEST_NAME)
         try:
-            if not fileio.is_remote(folder) and not os.path.isdir(folder):
+            lacks = run_folder_lacks(folder)
+            if lacks == "folder":
                 raise ConfigError(f"{flag}: no such folder; give the output folder of an earlier, finished run")
-            if not FileSystems.exists(manifest_path):
+            if lacks:
                 raise ConfigError(
                     f"{flag}: has no {MANIFEST_NAME}, so it is not a finished run of this job (that run did not "
                     "finish, or this is not a run's output folder); give the folder of a finished run"

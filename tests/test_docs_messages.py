@@ -22,7 +22,7 @@ from PIL import Image
 from pipeline.run import format_summary, main
 from pipeline.tools.common import ToolError
 from tests_support import PROJECT_ROOT, run_pipeline
-from transforms.results import IncompleteOutputError, read_manifest
+from transforms.results import MANIFEST_NAME, IncompleteOutputError, read_manifest, run_folder_lacks
 
 DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 
@@ -144,6 +144,20 @@ def test_a_missing_folder_is_named_as_missing_never_as_a_run_to_rerun(tmp_path, 
     assert f"--incremental-from '{gone}': no such folder" in line and "rerun" not in line
     done = run_pipeline("neighbors", "--embeddings", gone, "--id", "a", timeout=300)
     assert "no such folder" in done.stderr and "rerun" not in done.stderr
+
+
+def test_one_predicate_tells_a_missing_folder_from_an_unfinished_run_for_both_readers(tmp_path):
+    """`run_folder_lacks` serves read_manifest and the --incremental-from check (each with its own error):
+    a missing folder, a folder with no manifest (an unfinished run: read_manifest says to rerun), a finished one."""
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / MANIFEST_NAME).write_text('{"status": "complete"}')
+    assert [run_folder_lacks(str(f)) for f in (tmp_path / "gone", unfinished, finished)] == ["folder", "manifest", None]
+    with pytest.raises(IncompleteOutputError, match="did not finish .*rerun the same command"):
+        read_manifest(str(unfinished))
+    assert read_manifest(str(finished)) == {"status": "complete"}
 
 
 # ---- the PCA plot's title stays inside the image ---------------------------------------------------

@@ -1,6 +1,8 @@
 """One place per flag (issue 21): each `run` flag is declared once, in one option view, with its
 default; the JobConfig's defaults are those same declared defaults; and every launch check runs
 before the output folder is claimed, so a refused run leaves an earlier run's folder byte-identical.
+The trainers and the tools build their parsers from a FLAGS table each (`pipeline.command_flags`),
+and a flag the tools share is declared once (`pipeline.tools.flags`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import ast
 import collections
 import dataclasses
 import importlib
+import inspect
 import json
 import pathlib
 import shutil
@@ -18,6 +21,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import checks, cli, options
+from pipeline.tools import TOOL_COMMANDS
 from transforms.results import MANIFEST_NAME
 
 OPTIONS_SOURCE = pathlib.Path(options.__file__)
@@ -159,7 +163,7 @@ def test_every_check_runs_before_the_output_folder_is_claimed(case, earlier, tmp
     assert _tree(out) == before, "a refused run changed the folder of the earlier run"
 
 
-# ---- the trainers' flags (train-text, train-image) -----------------------------------------------
+# ---- the trainers' and the tools' flags (train-text, train-image, neighbors, evaluate, report, ...) -----------------------------------------------
 
 
 def test_train_texts_skipgram_defaults_are_skipgram_settings():
@@ -186,24 +190,84 @@ TRAINERS = {  # command -> (its config dataclass's name, the flags that are requ
 
 
 def _trainer(command: str):
+    """A trainer's or a tool's module and parser."""
     return importlib.import_module(cli.COMMANDS[command][0]), cli.command_parser(command)
 
 
-@pytest.mark.parametrize("command", TRAINERS)
-def test_each_trainer_flag_is_declared_once_in_its_table_and_the_parser_is_that_table(command):
+TOOLS = sorted(TOOL_COMMANDS) + ["report"]  # the commands of pipeline/tools/
+TOOLS_SOURCE = pathlib.Path(cli.__file__).parent / "tools"
+
+
+@pytest.mark.parametrize("command", [*TRAINERS, *TOOLS])
+def test_each_command_flag_is_declared_once_in_its_table_and_the_parser_is_that_table(command):
+    """The trainers and the tools build their parsers from their `FLAGS` table (CommandFlag, the
+    trainers' TrainFlag): each flag once, with the spellings, default and required-ness declared."""
     module, parser = _trainer(command)
     declared = collections.Counter(flag.key for flag in module.FLAGS)
     assert declared and max(declared.values()) == 1, [d for d, n in declared.items() if n > 1]
-    own = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "verbose", "version")]
+    own = [a for a in parser._actions if a.dest not in ("help", "verbose", "version")]
     assert collections.Counter(a.dest for a in own) == declared  # every flag of the parser comes from the table, once
     actions = {a.dest: a for a in own}
     spellings = collections.Counter(s for a in parser._actions for s in a.option_strings)
     assert max(spellings.values()) == 1
     for flag in module.FLAGS:
         action = actions[flag.key]
-        assert action.option_strings == [flag.name, *flag.aliases]
+        assert action.option_strings == ([flag.name, *flag.aliases] if flag.name.startswith("-") else [])
         assert action.default == flag.default and action.required == flag.required
     assert "%(default" not in parser.format_help() and "(default: None)" not in parser.format_help()
+
+
+def test_a_flag_the_tools_share_means_the_same_in_every_tool_and_is_spelled_in_one_place():
+    """A spelling two tools take (--run, --modality, --allow-failed, --json, -k, --seed, --batch-rows,
+    --output, --text-model, ...) takes the same type of value, action and choices in each; and
+    each flag's name is written in one CommandFlag of pipeline/tools/ (the shared ones in flags.py)."""
+    by_spelling = collections.defaultdict(list)
+    for command in TOOLS:
+        for action in cli.command_parser(command)._actions:
+            for spelling in action.option_strings or [action.metavar]:
+                by_spelling[spelling].append((command, action))
+    shared = {
+        s: found for s, found in by_spelling.items() if len(found) > 1 and s not in ("-h", "--help", "--verbose", "--version")
+    }
+    assert {"RUN", "--run", "--modality", "--allow-failed", "--json", "-k", "--seed", "--batch-rows", "--output"} <= set(shared)
+    for spelling, found in shared.items():
+        kinds = {(a.type, type(a).__name__, tuple(a.choices or ()), a.nargs) for _, a in found}  # (report: dest label_column)
+        assert len(kinds) == 1, (spelling, [(c, a.dest, a.type, a.choices) for c, a in found])
+    names = collections.Counter()
+    for path in sorted(TOOLS_SOURCE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_flag = isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("CommandFlag", "switch")
+            if is_flag and node.args and isinstance(node.args[0], ast.Constant):
+                names[node.args[0].value] += 1
+    assert names and max(names.values()) == 1, [n for n, k in names.items() if k > 1]
+
+
+@pytest.mark.parametrize("command", TOOLS)
+def test_each_tools_defaults_are_written_once_and_its_python_functions_share_them(command):
+    """No number is written as a default in a tool's table (a named constant the code uses too, or a
+    shared flag's); a public function of the tool with a parameter named as a flag defaults to the
+    flag's default, so the command and the Python call agree (-k, --seed, --batch-rows, ...)."""
+    module, parser = _trainer(command)
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    [table] = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "FLAGS"]
+    literal = [
+        k.value.value
+        for k in ast.walk(table)
+        if isinstance(k, ast.keyword) and k.arg == "default" and isinstance(k.value, ast.Constant)
+        if type(k.value.value) in (int, float)
+    ]
+    assert literal == [], f"{command}: numeric defaults written in the table: {literal}"
+    defaults = {a.dest: a.default for a in parser._actions}
+    compared = 0
+    for name in module.__all__:
+        function = getattr(module, name)
+        if not inspect.isfunction(function) or name == "main_from_args":
+            continue
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.name in defaults and parameter.default is not inspect.Parameter.empty:
+                assert parameter.default == defaults[parameter.name], (name, parameter.name)
+                compared += 1
+    assert compared or command in ("build-index", "export-word-vectors"), command
 
 
 @pytest.mark.parametrize("command", TRAINERS)

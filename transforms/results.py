@@ -26,6 +26,7 @@ __all__ = [
     "FailedRunError",
     "modality_status",
     "failure_summary",
+    "run_folder_lacks",
     "read_manifest",
     "run_files",
     "read_embeddings",
@@ -63,19 +64,31 @@ def modality_status(manifest: dict, modality: str) -> dict:
     return {"status": "failed", "reason": reason} if reason else {"status": "complete"}
 
 
+def run_folder_lacks(folder: str) -> Optional[str]:
+    """What keeps `folder` from being a finished run's folder: "folder" (a local path that is no
+    folder), "manifest" (no manifest in it: its run did not finish, or it is not a run's folder), or
+    None. Its callers raise their own error for each: `read_manifest` an IncompleteOutputError, the
+    launch check of --incremental-from a ConfigError naming the flag."""
+    if not fileio.is_remote(folder) and not os.path.isdir(folder):
+        return "folder"
+    if not FileSystems.exists(fileio.join(folder, MANIFEST_NAME)):
+        return "manifest"
+    return None
+
+
 def read_manifest(output: str, allow_failed: bool = False, modality: Optional[str] = None) -> dict:
     """The manifest of a finished run; IncompleteOutputError when the run did not finish, and
     FailedRunError when it failed its checks (unless `allow_failed`, or `modality` is given and that
     modality is complete: the run failed on another one)."""
-    path = fileio.join(output, MANIFEST_NAME)
-    if not fileio.is_remote(output) and not os.path.isdir(output):
+    lacks = run_folder_lacks(output)
+    if lacks == "folder":
         raise IncompleteOutputError(f"{output}: no such folder; give the output folder of a finished run")
-    if not FileSystems.exists(path):
+    if lacks:
         raise IncompleteOutputError(
             f"{output} has no {MANIFEST_NAME}: the run that wrote it did not finish (or it is not a job "
             "output folder); rerun the same command to complete it"
         )
-    manifest = json.loads(fileio.read_bytes(path))
+    manifest = json.loads(fileio.read_bytes(fileio.join(output, MANIFEST_NAME)))
     complete = modality is not None and modality_status(manifest, modality)["status"] == "complete"
     if manifest.get("status") == "failed" and not allow_failed and not complete:
         raise FailedRunError(

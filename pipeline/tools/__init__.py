@@ -9,7 +9,9 @@ for `pipeline.cli` (0, or a `transforms.errors.UserError` raised for `pipeline.c
 - `projector` (`export-projector`): TensorBoard Embedding Projector files and a 2-D PCA plot.
 - `word_vectors` (`export-word-vectors`) and `similar_words` (`similar-words`): the text model's word vectors.
 
-Shared pieces: `store` (streaming a run's Parquet), `knn` (cosine top-k arithmetic), `common`.
+Each declares its flags in a `FLAGS` table (`pipeline.command_flags.CommandFlag`); `report` (`report`) too.
+Shared pieces: `store` (streaming a run's Parquet), `knn` (cosine top-k arithmetic), `flags` (the flags
+the tools share, declared once), `common`.
 """
 
 __all__ = ["TOOL_COMMANDS"]

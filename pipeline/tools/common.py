@@ -1,4 +1,5 @@
-"""What the tool commands share: their error class (a `UserError`), `--allow-failed`, output writing and plain-text tables."""
+"""What the tool commands share: their error class (a `UserError`), reading the run folder back from the
+parsed flags, the `--allow-failed` check, output writing and plain-text tables (their shared flags: `pipeline.tools.flags`)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,9 @@ __all__ = [
     "format_fields",
     "print_json_lines",
     "print_json",
-    "add_json_flag",
-    "add_run_argument",
     "run_folder",
-    "ALLOW_FAILED_HELP",
-    "add_allow_failed_flag",
     "check_run_status",
 ]
-
-ALLOW_FAILED_HELP = (
-    "Read a run whose manifest says it failed its checks (a failed modality's embeddings are incomplete);"
-    " a modality that is complete in a failed run is read without it."
-)
 
 
 class ToolError(UserError, ValueError):
@@ -63,29 +55,14 @@ def format_fields(pairs: Sequence[tuple[str, object]]) -> str:
     return "\n".join(f"{label:<{width}}  {_cell(value)}".rstrip() for label, value in pairs)
 
 
-def add_json_flag(parser, what: str = "the result") -> None:
-    """`--json`: machine-readable output instead of the human-readable table."""
-    parser.add_argument("--json", action="store_true", help=f"Print {what} as JSON (for scripts) instead of a table.")
-
-
-def add_run_argument(parser, required: bool = True) -> None:
-    """The run folder, the same way in every tool: `RUN` (positional) or `--run RUN`; `--embeddings` is
-    the older spelling of `--run`. `run_folder(args)` reads it back."""
-    help_ = "A finished run's output folder (local or gs://)"
-    parser.add_argument("run", nargs="?", metavar="RUN", help=help_ + ("." if required else "; or --run."))
-    parser.add_argument(
-        "--run", "--embeddings", dest="run_flag", metavar="RUN", help="The run folder as a flag (--embeddings: the old name)."
-    )
-    parser.set_defaults(run_required=required)
-
-
-def run_folder(args, usage: str = "RUN") -> Optional[str]:
-    """The run folder given as RUN or --run/--embeddings (None when optional and not given)."""
+def run_folder(args, usage: str = "RUN", required: bool = True) -> Optional[str]:
+    """The run folder given as RUN or --run/--embeddings (`pipeline.tools.flags.run_flags`); None when
+    not `required` and not given."""
     run, flag = getattr(args, "run", None), getattr(args, "run_flag", None)
     if run and flag and run != flag:
         raise ToolError("give the run folder once (RUN or --run/--embeddings)")
     found = run or flag
-    if not found and getattr(args, "run_required", True):
+    if not found and required:
         raise ToolError(f"give the run folder: {usage} (or --run RUN)")
     return found
 
@@ -99,11 +76,6 @@ def print_json_lines(rows: Sequence[Mapping]) -> None:
     """One JSON object per line on stdout."""
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
-
-
-def add_allow_failed_flag(parser, help: str = ALLOW_FAILED_HELP) -> None:
-    """`--allow-failed`: every command that reads a run takes it (Python: `allow_failed=True`)."""
-    parser.add_argument("--allow-failed", action="store_true", help=help)
 
 
 def check_run_status(

@@ -31,20 +31,31 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.command_flags import CommandFlag, add_flags
 from pipeline.tools.common import (
     ToolError,
-    add_allow_failed_flag,
-    add_json_flag,
-    add_run_argument,
     format_fields,
     format_table,
     print_json,
     run_folder,
 )
-from pipeline.tools.knn import leave_one_out_neighbours, precision_at_k
+from pipeline.tools.flags import (
+    ALLOW_FAILED_FLAG,
+    MODALITY_FLAG,
+    TEXT_MODEL_FLAG,
+    UNSAFE_MODEL_LOADING_FLAG,
+    batch_rows_flag,
+    json_flag,
+    k_flag,
+    label_field_flag,
+    run_flags,
+    seed_flag,
+)
+from pipeline.tools.knn import DEFAULT_BLOCK_ROWS, DEFAULT_K, leave_one_out_neighbours, precision_at_k
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 
 __all__ = [
+    "DEFAULT_TEST_FRACTION",
     "LabelledVectors",
     "load_labelled_vectors",
     "knn_precision",
@@ -54,9 +65,12 @@ __all__ = [
     "read_word_pairs",
     "spearman",
     "word_similarity",
+    "FLAGS",
     "add_arguments",
     "main_from_args",
 ]
+
+DEFAULT_TEST_FRACTION = 0.2  # rows held out from the linear probe's training (--test-fraction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +130,7 @@ def load_labelled_vectors(
     return LabelledVectors(matrix, codes.astype(np.int64), [str(c) for c in classes], ids, rows, unlabelled, invalid)
 
 
-def knn_precision(vectors: np.ndarray, labels: np.ndarray, k: int = 10, block_rows: int = 1024) -> dict:
+def knn_precision(vectors: np.ndarray, labels: np.ndarray, k: int = DEFAULT_K, block_rows: int = DEFAULT_BLOCK_ROWS) -> dict:
     """Leave-one-out cosine kNN precision@1 and precision@k, and what chance would give."""
     n = len(labels)
     if n < 2:
@@ -154,7 +168,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def linear_probe(
     vectors: np.ndarray,
     labels: np.ndarray,
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
     steps: int = 300,
     learning_rate: float = 0.05,
@@ -206,11 +220,11 @@ def linear_probe(
 def evaluate_embeddings(
     embeddings: EmbeddingSet,
     label_field: str,
-    k: int = 10,
-    test_fraction: float = 0.2,
+    k: int = DEFAULT_K,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
     max_rows: Optional[int] = None,
-    block_rows: int = 1024,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> dict:
     """Every measure of one modality of a run, as a JSON-able dict."""
@@ -379,38 +393,43 @@ def word_similarity(words, pairs: Sequence[tuple[str, str, float]]) -> dict:
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline evaluate`."""
-    add_run_argument(parser, required=False)
-    parser.add_argument("--label-field", help="Passthrough column holding each row's label (with RUN).")
-    parser.add_argument(
+FLAGS = (
+    *run_flags(required=False),
+    label_field_flag("Passthrough column holding each row's label (with RUN)."),
+    CommandFlag(
         "--word-similarity",
+        "Instead: score the word vectors of --text-model on this word1<TAB>word2<TAB>score file (Spearman), e.g. SimLex-999.",
         metavar="FILE",
-        help="Instead: score the word vectors of --text-model on this word1<TAB>word2<TAB>score file (Spearman), e.g. SimLex-999.",
-    )
-    parser.add_argument("--text-model", metavar="PATH", help="The .keras text model whose word vectors --word-similarity scores.")
-    parser.add_argument(
-        "--unsafe-model-loading",
-        action="store_true",
-        help="Allow .keras models with custom Python code (only for files you trust).",
-    )
-    parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
-    add_allow_failed_flag(parser)
-    parser.add_argument("-k", "--k", type=int, default=10, help="k of precision@k, besides precision@1 (default: %(default)s).")
-    parser.add_argument(
-        "--test-fraction", type=float, default=0.2, help="Rows held out from the linear probe's training (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="Seed of the probe's split and of --max-rows' sample (default: %(default)s)."
-    )
-    parser.add_argument("--max-rows", type=int, help="Evaluate a seeded random sample of this many labelled rows (default: all).")
-    parser.add_argument(
-        "--block-rows", type=int, default=1024, help="Query rows per block of the similarity computation (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s)."
-    )
-    add_json_flag(parser, "the full report")
+    ),
+    dataclasses.replace(
+        TEXT_MODEL_FLAG, help="The .keras text model whose word vectors --word-similarity scores.", required=False
+    ),
+    UNSAFE_MODEL_LOADING_FLAG,
+    MODALITY_FLAG,
+    ALLOW_FAILED_FLAG,
+    k_flag("k of precision@k, besides precision@1"),
+    CommandFlag(
+        "--test-fraction",
+        "Rows held out from the linear probe's training (default: %(default)s).",
+        default=DEFAULT_TEST_FRACTION,
+        type=float,
+    ),
+    seed_flag("the probe's split and of --max-rows' sample"),
+    CommandFlag("--max-rows", "Evaluate a seeded random sample of this many labelled rows (default: all).", type=int),
+    CommandFlag(
+        "--block-rows",
+        "Query rows per block of the similarity computation (default: %(default)s).",
+        default=DEFAULT_BLOCK_ROWS,
+        type=int,
+    ),
+    batch_rows_flag("Rows read per Parquet chunk"),
+    json_flag("the full report"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline evaluate`: its `FLAGS`."""
+    add_flags(parser, FLAGS)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -418,7 +437,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     if args.word_similarity or args.text_model:
         if not (args.word_similarity and args.text_model):
             raise ToolError("--word-similarity FILE and --text-model PATH go together")
-        if run_folder(args):
+        if run_folder(args, required=False):
             raise ToolError("give either a run folder RUN (with --label-field) or --word-similarity with --text-model, not both")
         from pipeline.tools.word_vectors import load_word_vectors
 
@@ -441,7 +460,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                 )
             )
         return 0
-    run = run_folder(args)
+    run = run_folder(args, required=False)
     if not run or not args.label_field:
         raise ToolError(
             "give the run folder RUN (or --run RUN) and --label-field NAME (or --word-similarity FILE with --text-model PATH)"

@@ -25,16 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.command_flags import CommandFlag, add_flags
 from pipeline.tools.common import (
     ToolError,
-    add_allow_failed_flag,
-    add_json_flag,
-    add_run_argument,
     format_fields,
     print_json,
     run_folder,
     write_bytes,
 )
+from pipeline.tools.flags import ALLOW_FAILED_FLAG, MODALITY_FLAG, batch_rows_flag, json_flag, run_flags
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.io import fileio
 
@@ -47,6 +46,7 @@ __all__ = [
     "build_index",
     "load_index",
     "format_index_info",
+    "FLAGS",
     "add_arguments",
     "main_from_args",
 ]
@@ -208,19 +208,24 @@ def format_index_info(info: dict) -> str:
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline build-index`."""
-    add_run_argument(parser)
-    parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
-    add_allow_failed_flag(parser)
-    parser.add_argument(
+FLAGS = (
+    *run_flags(),
+    MODALITY_FLAG,
+    ALLOW_FAILED_FLAG,
+    CommandFlag(
         "--kind",
-        choices=INDEX_KINDS,
+        "flat: exact cosine search; hnsw: approximate, faster for millions of rows (default: %(default)s).",
         default="flat",
-        help="flat: exact cosine search; hnsw: approximate, faster for millions of rows (default: %(default)s).",
-    )
-    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per chunk (default: %(default)s).")
-    add_json_flag(parser, "the index's info")
+        choices=INDEX_KINDS,
+    ),
+    batch_rows_flag("Rows read per chunk"),
+    json_flag("the index's info"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline build-index`: its `FLAGS`."""
+    add_flags(parser, FLAGS)
 
 
 def main_from_args(args: argparse.Namespace) -> int:

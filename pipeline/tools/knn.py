@@ -10,7 +10,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["top_k", "RunningTopK", "leave_one_out_neighbours", "precision_at_k"]
+__all__ = ["DEFAULT_K", "DEFAULT_BLOCK_ROWS", "top_k", "RunningTopK", "leave_one_out_neighbours", "precision_at_k"]
+
+DEFAULT_K = 10  # neighbours (-k of neighbors, evaluate, similar-words)
+DEFAULT_BLOCK_ROWS = 1024  # query rows per block of an n x n similarity (evaluate --block-rows)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -51,7 +54,7 @@ class RunningTopK:
         self.rows = [merged_rows[i] for i in order]
 
 
-def leave_one_out_neighbours(unit: np.ndarray, k: int, block_rows: int = 1024) -> np.ndarray:
+def leave_one_out_neighbours(unit: np.ndarray, k: int, block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
     """For each row of an L2-normalised matrix, its k most similar other rows (best first), as (n, k) indices.
 
     The n x n similarity is computed `block_rows` queries at a time: memory is block_rows x n.

@@ -17,9 +17,21 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.tools.common import ToolError, add_allow_failed_flag, add_run_argument, format_table, print_json_lines, run_folder
+from pipeline.command_flags import CommandFlag, add_flags, config_values
+from pipeline.tools.common import ToolError, format_table, print_json_lines, run_folder
+from pipeline.tools.flags import (
+    ALLOW_FAILED_FLAG,
+    MODALITY_FLAG,
+    TEXT_MODEL_FLAG,
+    UNSAFE_MODEL_LOADING_FLAG,
+    batch_rows_flag,
+    json_lines_flag,
+    k_flag,
+    run_flags,
+    switch,
+)
 from pipeline.tools.index import load_index
-from pipeline.tools.knn import RunningTopK
+from pipeline.tools.knn import DEFAULT_K, RunningTopK
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.errors import UserError
 from transforms.io import fileio
@@ -33,6 +45,8 @@ __all__ = [
     "modality_of_id",
     "query_from_text",
     "query_from_image",
+    "IMAGE_MODEL_FLAGS",
+    "FLAGS",
     "add_arguments",
     "main_from_args",
 ]
@@ -51,7 +65,7 @@ class NeighbourSearch:
 def find_neighbours(
     embeddings: EmbeddingSet,
     query: np.ndarray,
-    k: int = 10,
+    k: int = DEFAULT_K,
     exclude_id: Optional[str] = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     use_index: bool = True,
@@ -234,42 +248,50 @@ def query_from_image(
 # Command line
 
 
+# --image-*: the run's image model spec, but for the fields given (`field`: the ImageModelSpec field each sets)
+IMAGE_MODEL_FLAGS = (
+    CommandFlag(
+        "--image-model", "Network name or .keras file (default: the one the run used, from its manifest).", field="model"
+    ),
+    CommandFlag("--image-weights", "imagenet, none or a weights file (default: the run's).", field="weights"),
+    CommandFlag("--image-alpha", "MobileNet width multiplier (default: the run's).", type=float, field="alpha"),
+    CommandFlag("--image-size", "Input size of a named network (default: the run's).", type=int),
+    CommandFlag("--image-layer", "Layer of a .keras classifier to use (default: the run's).", field="layer"),
+    CommandFlag(
+        "--image-preprocess", "Network whose preprocess_input a .keras classifier needs (default: the run's).", field="preprocess"
+    ),
+)
+FLAGS = (
+    *run_flags(),
+    CommandFlag("--id", "Neighbours of this record of the run (it is left out of the answer).", exclusive="query"),
+    CommandFlag("--text", "Neighbours of this text, embedded with the run's text model.", exclusive="query"),
+    CommandFlag(
+        "--image",
+        "Neighbours of this image file (local or gs://), embedded with the run's image model.",
+        metavar="PATH",
+        exclusive="query",
+    ),
+    k_flag("How many neighbours"),
+    dataclasses.replace(MODALITY_FLAG, help="Which embeddings, for --id (default: the one that holds the id)."),
+    ALLOW_FAILED_FLAG,
+    dataclasses.replace(
+        TEXT_MODEL_FLAG,
+        help="The .keras text model (default: the one the run used, from its manifest).",
+        required=False,
+        metavar=None,
+    ),
+    *IMAGE_MODEL_FLAGS,
+    UNSAFE_MODEL_LOADING_FLAG,
+    switch("--allow-model-mismatch", "Search even when the query model is not the run's model."),
+    switch("--brute-force", "Ignore any FAISS index and scan the Parquet files."),
+    batch_rows_flag("Rows per chunk of a brute-force scan"),
+    json_lines_flag("neighbour"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline neighbors`."""
-    add_run_argument(parser)
-    query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--id", help="Neighbours of this record of the run (it is left out of the answer).")
-    query.add_argument("--text", help="Neighbours of this text, embedded with the run's text model.")
-    query.add_argument(
-        "--image", metavar="PATH", help="Neighbours of this image file (local or gs://), embedded with the run's image model."
-    )
-    parser.add_argument("-k", "--k", type=int, default=10, help="How many neighbours (default: %(default)s).")
-    parser.add_argument(
-        "--modality", choices=(TEXT, IMAGE), help="Which embeddings, for --id (default: the one that holds the id)."
-    )
-    add_allow_failed_flag(parser)
-    parser.add_argument("--text-model", help="The .keras text model (default: the one the run used, from its manifest).")
-    parser.add_argument("--image-model", help="Network name or .keras file (default: the one the run used, from its manifest).")
-    parser.add_argument("--image-weights", help="imagenet, none or a weights file (default: the run's).")
-    parser.add_argument("--image-alpha", type=float, help="MobileNet width multiplier (default: the run's).")
-    parser.add_argument("--image-size", type=int, help="Input size of a named network (default: the run's).")
-    parser.add_argument("--image-layer", help="Layer of a .keras classifier to use (default: the run's).")
-    parser.add_argument(
-        "--image-preprocess", help="Network whose preprocess_input a .keras classifier needs (default: the run's)."
-    )
-    parser.add_argument(
-        "--unsafe-model-loading",
-        action="store_true",
-        help="Allow .keras models with custom Python code (only for files you trust).",
-    )
-    parser.add_argument(
-        "--allow-model-mismatch", action="store_true", help="Search even when the query model is not the run's model."
-    )
-    parser.add_argument("--brute-force", action="store_true", help="Ignore any FAISS index and scan the Parquet files.")
-    parser.add_argument(
-        "--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows per chunk of a brute-force scan (default: %(default)s)."
-    )
-    parser.add_argument("--json", action="store_true", help="One JSON object per neighbour instead of a table.")
+    """The flags of `python -m pipeline neighbors`: its `FLAGS` (one of --id, --text and --image)."""
+    add_flags(parser, FLAGS)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -289,14 +311,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             None,
         )
     else:
-        overrides = dict(
-            model=args.image_model,
-            weights=args.image_weights,
-            alpha=args.image_alpha,
-            image_size=args.image_size,
-            layer=args.image_layer,
-            preprocess=args.image_preprocess,
-        )
+        overrides = config_values(IMAGE_MODEL_FLAGS, args)
         query, exclude = (
             query_from_image(embeddings, args.image, overrides, args.unsafe_model_loading, args.allow_model_mismatch),
             None,

@@ -27,15 +27,23 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.command_flags import CommandFlag, add_flags
 from pipeline.tools.common import (
     ToolError,
-    add_allow_failed_flag,
-    add_json_flag,
-    add_run_argument,
     format_fields,
     print_json,
     run_folder,
     write_bytes,
+)
+from pipeline.tools.flags import (
+    ALLOW_FAILED_FLAG,
+    MODALITY_FLAG,
+    batch_rows_flag,
+    json_flag,
+    label_field_flag,
+    output_flag,
+    run_flags,
+    seed_flag,
 )
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, EmbeddingSet, open_embeddings, unit_rows
 from transforms.io import fileio
@@ -49,6 +57,7 @@ __all__ = [
     "draw_scatter",
     "export_projector",
     "format_export_summary",
+    "FLAGS",
     "add_arguments",
     "main_from_args",
 ]
@@ -376,31 +385,27 @@ def format_export_summary(summary: dict) -> str:
 # Command line
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline export-projector`."""
-    add_run_argument(parser)
-    parser.add_argument(
-        "--output",
-        "--out",
-        dest="out",
-        required=True,
-        metavar="DIR2",
-        help="Folder for the projector files and pca.png (local or gs://).",
-    )
-    parser.add_argument("--modality", choices=("text", "image"), help="Which embeddings (default: the run's only modality).")
-    add_allow_failed_flag(parser)
-    parser.add_argument("--label-field", help="Passthrough column to colour the plot by (also the first metadata column).")
-    parser.add_argument(
+FLAGS = (
+    *run_flags(),
+    output_flag("DIR2", "Folder for the projector files and pca.png (local or gs://)."),
+    MODALITY_FLAG,
+    ALLOW_FAILED_FLAG,
+    label_field_flag("Passthrough column to colour the plot by (also the first metadata column)."),
+    CommandFlag(
         "--max-points",
-        type=int,
+        "Export a seeded random sample of at most this many rows (default: %(default)s).",
         default=DEFAULT_MAX_POINTS,
-        help="Export a seeded random sample of at most this many rows (default: %(default)s).",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the sample (default: %(default)s).")
-    parser.add_argument(
-        "--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s)."
-    )
-    add_json_flag(parser, "the summary")
+        type=int,
+    ),
+    seed_flag("the sample"),
+    batch_rows_flag("Rows read per Parquet chunk"),
+    json_flag("the summary"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline export-projector`: its `FLAGS`."""
+    add_flags(parser, FLAGS)
 
 
 def main_from_args(args: argparse.Namespace) -> int:

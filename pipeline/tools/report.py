@@ -42,7 +42,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.common import ToolError, add_json_flag, add_run_argument, format_fields, print_json, run_folder, write_bytes
+from pipeline.command_flags import CommandFlag, add_flags
+from pipeline.tools.common import ToolError, format_fields, print_json, run_folder, write_bytes
+from pipeline.tools.flags import ALLOW_FAILED_FLAG, MODALITY_FLAG, batch_rows_flag, json_flag, k_flag, run_flags, seed_flag
 from pipeline.tools.projector import pca_2d
 from pipeline.tools.store import DEFAULT_BATCH_ROWS, OUTPUT_COLUMNS, EmbeddingSet, unit_rows
 from transforms.io import fileio
@@ -56,6 +58,7 @@ __all__ = [
     "DEFAULT_PRECISION_QUERIES",
     "build_report",
     "default_out",
+    "FLAGS",
     "add_arguments",
     "main_from_args",
 ]
@@ -784,53 +787,50 @@ def build_report(
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline report`."""
-    add_run_argument(parser)
-    parser.add_argument(
+FLAGS = (
+    *run_flags(),
+    CommandFlag(
         "--out",
-        "--output",
-        dest="out",
+        "Where to write the page (local or gs://; default: ./report-RUN_ID.html, never inside the run folder).",
+        aliases=("--output",),
         metavar="FILE.html",
-        help="Where to write the page (local or gs://; default: ./report-RUN_ID.html, never inside the run folder).",
-    )
-    parser.add_argument(
+    ),
+    CommandFlag(
         "--label-column",
-        "--label-field",
-        dest="label_column",
+        "Passthrough column to colour the map and score precision@k by (default: `label` when the run has one).",
+        aliases=("--label-field",),
         metavar="COLUMN",
-        help="Passthrough column to colour the map and score precision@k by (default: `label` when the run has one).",
-    )
-    parser.add_argument("--modality", choices=MODALITIES, help="Report one modality only (default: every modality of the run).")
-    parser.add_argument("--allow-failed", action="store_true", help="Report on a run whose manifest says it failed its checks.")
-    parser.add_argument(
+    ),
+    dataclasses.replace(MODALITY_FLAG, help="Report one modality only (default: every modality of the run)."),
+    dataclasses.replace(ALLOW_FAILED_FLAG, help="Report on a run whose manifest says it failed its checks."),
+    CommandFlag(
         "--map-points",
-        metavar="N",
-        type=int,
+        "Most points on the map, a seeded sample (default: %(default)s).",
         default=DEFAULT_MAP_POINTS,
-        help="Most points on the map, a seeded sample (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--queries", type=int, default=DEFAULT_QUERIES, help="Sampled queries shown with their neighbours (default: %(default)s)."
-    )
-    parser.add_argument(
-        "-k", "--k", type=int, default=DEFAULT_K, help="Neighbours per query, and the k of precision@k (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--precision-queries",
-        metavar="N",
         type=int,
+        metavar="N",
+    ),
+    CommandFlag(
+        "--queries", "Sampled queries shown with their neighbours (default: %(default)s).", default=DEFAULT_QUERIES, type=int
+    ),
+    k_flag("Neighbours per query, and the k of precision@k", default=DEFAULT_K),
+    CommandFlag(
+        "--precision-queries",
+        "Sampled queries behind precision@k (default: %(default)s).",
         default=DEFAULT_PRECISION_QUERIES,
-        help="Sampled queries behind precision@k (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL, help="Thumbnail edge in pixels (default: %(default)s)."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the samples (default: %(default)s).")
-    parser.add_argument(
-        "--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="Rows read per Parquet chunk (default: %(default)s)."
-    )
-    add_json_flag(parser, "the summary")
+        type=int,
+        metavar="N",
+    ),
+    CommandFlag("--thumbnail-size", "Thumbnail edge in pixels (default: %(default)s).", default=DEFAULT_THUMBNAIL, type=int),
+    seed_flag("the samples"),
+    batch_rows_flag("Rows read per Parquet chunk"),
+    json_flag("the summary"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m pipeline report`: its `FLAGS`."""
+    add_flags(parser, FLAGS)
 
 
 def main_from_args(args: argparse.Namespace) -> int:

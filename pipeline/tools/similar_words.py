@@ -12,12 +12,14 @@ import difflib
 
 import numpy as np
 
+from pipeline.command_flags import CommandFlag, add_flags
 from pipeline.tools.common import ToolError, format_table, print_json_lines
-from pipeline.tools.knn import top_k
+from pipeline.tools.flags import TEXT_MODEL_FLAG, UNSAFE_MODEL_LOADING_FLAG, json_lines_flag, k_flag
+from pipeline.tools.knn import DEFAULT_K, top_k
 from pipeline.tools.store import unit_rows
 from pipeline.tools.word_vectors import OOV_INDEX, PADDING_INDEX, WordVectors, load_word_vectors
 
-__all__ = ["UnknownWordError", "word_index", "similar_words", "add_arguments", "main_from_args"]
+__all__ = ["UnknownWordError", "word_index", "similar_words", "FLAGS", "add_arguments", "main_from_args"]
 
 
 class UnknownWordError(ToolError):
@@ -38,7 +40,7 @@ def word_index(words: WordVectors, word: str) -> int:
     return ids[0]
 
 
-def similar_words(words: WordVectors, word: str, k: int = 10) -> list[dict]:
+def similar_words(words: WordVectors, word: str, k: int = DEFAULT_K) -> list[dict]:
     """The k words most similar to `word`, best first: rank, word, score, index."""
     if k < 1:
         raise ToolError(f"-k must be at least 1, got {k}")
@@ -56,19 +58,18 @@ def similar_words(words: WordVectors, word: str, k: int = 10) -> list[dict]:
     ]
 
 
+FLAGS = (
+    TEXT_MODEL_FLAG,
+    CommandFlag("--word", "The word to find neighbours of.", required=True),
+    k_flag("How many words"),
+    json_lines_flag("word"),
+    UNSAFE_MODEL_LOADING_FLAG,
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline similar-words`."""
-    parser.add_argument(
-        "--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://)."
-    )
-    parser.add_argument("--word", required=True, help="The word to find neighbours of.")
-    parser.add_argument("-k", "--k", type=int, default=10, help="How many words (default: %(default)s).")
-    parser.add_argument("--json", action="store_true", help="One JSON object per word instead of a table.")
-    parser.add_argument(
-        "--unsafe-model-loading",
-        action="store_true",
-        help="Allow .keras models with custom Python code (only for files you trust).",
-    )
+    """The flags of `python -m pipeline similar-words`: its `FLAGS`."""
+    add_flags(parser, FLAGS)
 
 
 def main_from_args(args: argparse.Namespace) -> int:

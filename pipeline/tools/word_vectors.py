@@ -23,7 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.tools.common import ToolError, add_json_flag, format_fields, print_json, write_bytes
+from pipeline.command_flags import add_flags
+from pipeline.tools.common import ToolError, format_fields, print_json, write_bytes
+from pipeline.tools.flags import TEXT_MODEL_FLAG, UNSAFE_MODEL_LOADING_FLAG, json_flag, output_flag
 
 __all__ = [
     "PADDING_INDEX",
@@ -33,6 +35,7 @@ __all__ = [
     "load_word_vectors",
     "word_vector_schema",
     "word_vector_table",
+    "FLAGS",
     "add_arguments",
     "main_from_args",
 ]
@@ -131,25 +134,17 @@ def word_vector_table(words: WordVectors) -> pa.Table:
 # Command line
 
 
+FLAGS = (
+    TEXT_MODEL_FLAG,
+    output_flag("FILE.parquet", "Where to write the word vectors (local or gs://)."),
+    UNSAFE_MODEL_LOADING_FLAG,
+    json_flag("the summary"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `python -m pipeline export-word-vectors`."""
-    parser.add_argument(
-        "--text-model", required=True, metavar="PATH", help="A .keras model made by `train-text` (local or gs://)."
-    )
-    parser.add_argument(
-        "--output",
-        "--out",
-        dest="out",
-        required=True,
-        metavar="FILE.parquet",
-        help="Where to write the word vectors (local or gs://).",
-    )
-    parser.add_argument(
-        "--unsafe-model-loading",
-        action="store_true",
-        help="Allow .keras models with custom Python code (only for files you trust).",
-    )
-    add_json_flag(parser, "the summary")
+    """The flags of `python -m pipeline export-word-vectors`: its `FLAGS`."""
+    add_flags(parser, FLAGS)
 
 
 def main_from_args(args: argparse.Namespace) -> int:

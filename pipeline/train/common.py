@@ -5,25 +5,23 @@ Both save an uncompiled `.keras` file (no optimizer state) to a local or gs:// `
 training report beside it as `MODEL.training.json`, and print that report alone on stdout while
 Keras' progress goes to stderr.
 
-Each trainer declares its flags once, in a `FLAGS` table of `TrainFlag`s (as the job's option views
-do with `pipeline.options.Flag`, which does not fit here: the trainers' flags have no underscore
-spellings, keep older aliases and take plain `store_true` switches); its parser is built from the
+Each trainer declares its flags once, in a `FLAGS` table of `TrainFlag`s (`pipeline.command_flags.CommandFlag`,
+which the tools use too; the job's option views use `pipeline.options.Flag`); its parser is built from the
 table (`add_flags`), its config dataclass reads its defaults from it (`flag_default`) and is built
-from the parsed flags through it (`config_values`).
+from the parsed flags through it (`config_values`): all four are re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
+from pipeline.command_flags import CommandFlag, add_flags, config_values, flag_default
 from transforms.io import fileio
 
 __all__ = [
@@ -57,50 +55,7 @@ def report_path_for(model_path: str) -> str:
     return model_path[: -len(MODEL_SUFFIX)] + REPORT_SUFFIX
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainFlag:
-    """One trainer flag, declared once, in its trainer's `FLAGS` table: its name (and the older
-    spellings it still takes, `aliases`), help (argparse fills in `%(default)s`), default and argparse
-    details, and the config field it sets. The field is its `dest` unless `field` says otherwise
-    (`""`: none); `convert` turns the parsed value into the field's (`--no-flip` -> `flip`). The
-    config dataclass reads its defaults from the table (`flag_default`), so a default is written once.
-    `group`: the title of its `--help` group (none: the general one)."""
-
-    name: str
-    help: str
-    default: Any = None
-    aliases: tuple[str, ...] = ()
-    dest: Optional[str] = None
-    type: Optional[Callable] = None
-    choices: Optional[Sequence[str]] = None
-    metavar: Optional[str] = None
-    required: bool = False
-    action: Optional[str] = None  # "append" (repeatable: a list) or "store_true"
-    group: Optional[str] = None
-    field: Optional[str] = None
-    convert: Optional[Callable[[Any], Any]] = None
-
-    @property
-    def key(self) -> str:
-        """Its argparse dest: `dest`, or the name with underscores (`--batch-size` -> batch_size)."""
-        return self.dest or self.name.lstrip("-").replace("-", "_")
-
-    @property
-    def config_field(self) -> str:
-        return self.key if self.field is None else self.field
-
-    def value(self, parsed: Any) -> Any:
-        """The config field's value for the flag's parsed value."""
-        return self.convert(parsed) if self.convert else parsed
-
-    def add_to(self, parser) -> None:
-        kwargs: dict = {"dest": self.key, "default": self.default, "help": self.help}
-        details = (("type", self.type), ("choices", self.choices), ("metavar", self.metavar), ("action", self.action))
-        kwargs.update({k: v for k, v in details if v is not None})
-        if self.required:
-            kwargs["required"] = True
-        parser.add_argument(self.name, *self.aliases, **kwargs)
-
+TrainFlag = CommandFlag  # a trainer's flag: `pipeline.command_flags.CommandFlag`, shared with the tools
 
 OUTPUT_FLAG = TrainFlag(
     "--output",
@@ -108,26 +63,6 @@ OUTPUT_FLAG = TrainFlag(
     required=True,
     metavar=f"MODEL{MODEL_SUFFIX}",
 )
-
-
-def add_flags(parser: argparse.ArgumentParser, flags: Sequence[TrainFlag]) -> None:
-    """Add a trainer's flags to its parser, in table order, each in its `--help` group."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for flag in flags:
-        if flag.group and flag.group not in groups:
-            groups[flag.group] = parser.add_argument_group(flag.group)
-        flag.add_to(groups[flag.group] if flag.group else parser)
-
-
-def flag_default(flags: Sequence[TrainFlag], field: str) -> Any:
-    """The default of the config field `field`: that of the flag setting it, converted."""
-    [flag] = [flag for flag in flags if flag.config_field == field]
-    return flag.value(flag.default)
-
-
-def config_values(flags: Sequence[TrainFlag], args: argparse.Namespace) -> dict:
-    """The config fields the parsed flags set, by field name."""
-    return {flag.config_field: flag.value(getattr(args, flag.key)) for flag in flags if flag.config_field}
 
 
 def training_flags(
