@@ -3,7 +3,7 @@
     Text    ReadTextRecords -> [CheckTextRecords] -> EmbedText -> WriteTextEmbeddings
             ReadTextRecords' line tallies -> LinesPerFile -> ReconcileLines (the manifest's `accounting`)
     Images  MatchImageFiles / ReadImageManifests -> [FindDuplicateImageIds] -> EmbedImages -> WriteImageEmbeddings
-    WriteErrors (every dead letter), SumCounts -> WriteManifest
+    BatchErrors (each step's dead letters, in compressed batches) -> WriteErrors, SumCounts -> WriteManifest
 
 Each modality is one composite step (`Text`, `Images`), built from the public columnar transforms
 (`transforms.embed.api.EmbedTextTables` / `EmbedImageRefs`) and the job's state steps: text tables
@@ -27,12 +27,12 @@ from transforms.embed.devices import requested_workers  # GPU workers: what the 
 from transforms.io import fileio
 from transforms.io.image_read import ListImageFiles, ReadImageManifests, is_manifest
 from transforms.io.text_read import LINES, ReadTextFiles, add_tallies, reconcile_file
-from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema
+from transforms.records import ERRORS, IMAGE, TEXT, embedding_schema, failed_counts
 from transforms.results import read_manifest, run_files
 from transforms.sinks.bigquery import WriteEmbeddingsToBigQuery  # optional BigQuery sink (issue 13)
 from transforms.sinks.folder import release_output
 from transforms.sinks.manifest import TopErrorReasons, WriteManifestFn
-from transforms.sinks.parquet import WriteErrors, WriteTables
+from transforms.sinks.parquet import BatchErrors, WriteErrors, WriteTables
 from transforms.state.carry import CARRIED, CarryRows, with_run_id, without_provenance
 from transforms.state.dedup import CheckTextRecords, FindDuplicateIds
 from transforms.state.incremental import SKIPPED, AttachPriorKeys, ReadPriorKeys
@@ -56,7 +56,7 @@ class ModalityOutput(NamedTuple):
     """What one modality's branch hands on to the dead letters, the manifest and optional sinks."""
 
     tables: beam.PCollection  # this run's embedded tables, as embedded (before --carry-over's run id)
-    errors: tuple  # PCollections of dead letters (records.ErrorRecord)
+    errors: tuple  # PCollections of dead letters (records.ErrorRecord; build_pipeline batches them: ErrorBatch)
     counts: tuple  # PCollections of (counter, n) for the manifest
     files: tuple  # PCollections of (output folder, written file)
     carried: Optional[beam.PCollection] = None  # --carry-over: the earlier rows copied
@@ -353,6 +353,7 @@ class EmbedImageFiles(beam.PTransform):
 
 
 _BIGQUERY_LABELS = {TEXT: "WriteTextToBigQuery", IMAGE: "WriteImagesToBigQuery"}
+_ERROR_LABELS = {TEXT: "Text", IMAGE: "Image"}
 
 
 def build_pipeline(
@@ -366,7 +367,7 @@ def build_pipeline(
 ) -> dict:
     """Wire the job into `p`: each modality's branch, every dead letter to OUTPUT/errors/, then
     the manifest. Returns the main PCollections by name (for tests): a `ModalityOutput` per
-    modality (`text`, `image`), `errors`, `counts` and `manifest`.
+    modality (`text`, `image`), `errors` (`records.ErrorBatch`es), `counts` and `manifest`.
 
     `prior_files` ({modality: Parquet paths of earlier runs}) turns on incremental skipping;
     `listing`: the launcher's listing of the inputs, to list them only once (None: each branch lists
@@ -395,10 +396,16 @@ def build_pipeline(
                 )
             )
 
-    errors = [e for branch in branches.values() for e in branch.errors] | "AllErrors" >> beam.Flatten()
+    # Dead letters gathered into compressed batches where they are made (fused with those steps),
+    # before anything holds them between stages: a few bytes each, not a pickled record (issue 19 (6)).
+    errors = [
+        pcoll | f"Batch{_ERROR_LABELS[modality]}Errors{i}" >> BatchErrors()
+        for modality, branch in branches.items()
+        for i, pcoll in enumerate(branch.errors)
+    ] | "AllErrors" >> beam.Flatten()
     error_files = errors | "WriteErrors" >> WriteErrors(fileio.join(config.output, "errors"))
     files.append(error_files | "ErrorFileNames" >> beam.Map(lambda path: ("errors", path)))
-    counts.append(errors | "CountFailed" >> beam.Map(lambda e: (f"{e.modality}_failed", 1)))
+    counts.append(errors | "CountFailed" >> beam.FlatMap(failed_counts))
     totals = counts | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
     unaccounted = [b.unaccounted for b in branches.values() if b.unaccounted is not None]
     manifest = _write_manifest(p, config, models, started_at, totals, files, errors, unaccounted)

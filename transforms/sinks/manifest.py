@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.io import fileio
-from transforms.records import MODALITIES
+from transforms.records import MODALITIES, ErrorBatch
 from transforms.results import MANIFEST_NAME
 
 __all__ = [
@@ -88,15 +88,23 @@ class _ReasonsFn(beam.CombineFn):
         return {}
 
     def add_input(self, accumulator, error):
-        key = (error.modality, error.stage, error.error_type)
+        if isinstance(error, ErrorBatch):  # a batch: its rows in order, as ErrorRecords one by one
+            columns = [error.table.column(name).to_pylist() for name in ("modality", "stage", "error_type", "id", "message")]
+            for modality, stage, error_type, record_id, message in zip(*columns):
+                self._add(accumulator, (modality, stage, error_type), str(record_id), message)
+        else:
+            self._add(accumulator, (error.modality, error.stage, error.error_type), str(error.id), error.message)
+        return accumulator
+
+    @staticmethod
+    def _add(accumulator: dict, key: tuple, record_id: str, message: str) -> None:
         entry = accumulator.get(key)
         if entry is None:
-            accumulator[key] = [1, str(error.id), error.message]
+            accumulator[key] = [1, record_id, message]
         else:
             entry[0] += 1
-            if str(error.id) < entry[1]:
-                entry[1], entry[2] = str(error.id), error.message
-        return accumulator
+            if record_id < entry[1]:
+                entry[1], entry[2] = record_id, message
 
     def merge_accumulators(self, accumulators):
         merged = {}
@@ -116,7 +124,7 @@ class _ReasonsFn(beam.CombineFn):
 
 
 class TopErrorReasons(beam.PTransform):
-    """ErrorRecords -> one {modality: [reason, ...]} dict, the most frequent kinds first (at most
+    """ErrorRecords (or ErrorBatches) -> one {modality: [reason, ...]} dict, the most frequent kinds first (at most
     TOP_REASONS per modality), each reason `{error_type, stage, count, example_id, example_message}`."""
 
     def expand(self, errors):

@@ -1,5 +1,5 @@
 """The Parquet sink: pyarrow tables to `FOLDER/part-SSSSS-of-NNNNN.parquet` on Beam's file sink,
-and dead letters (`ErrorRecord`s) to `errors/` the same way.
+and dead letters (`ErrorRecord`s, or `ErrorBatch`es of them: `BatchErrors`) to `errors/` the same way.
 
 Row groups of a useful size, dictionary encoding only where it pays, snappy pages. The run's
 manifest is `transforms.sinks.manifest`; the job's output folder (claim, clear, discard) is
@@ -8,16 +8,19 @@ manifest is `transforms.sinks.manifest`; the job's output folder (claim, clear, 
 
 from __future__ import annotations
 
+from typing import Iterator, Optional
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.io import fileio
-from transforms.records import ERROR_SCHEMA, error_table
+from transforms.records import ERROR_SCHEMA, ErrorBatch
 
-__all__ = ["WriteTables", "WriteErrors"]
+__all__ = ["WriteTables", "WriteErrors", "BatchErrors"]
 
 
 class _BufferedWriter:
@@ -101,8 +104,52 @@ class WriteTables(beam.PTransform):
         return tables | "WriteParquet" >> beam.io.iobase.Write(sink)
 
 
+class _BatchErrorsFn(beam.DoFn):
+    """Gathers the ErrorRecords of a bundle (per window) into ErrorBatches of at most `max_rows`;
+    ErrorBatches pass as they are."""
+
+    def __init__(self, max_rows: int):
+        self._max_rows = max_rows
+
+    def start_bundle(self):
+        self._pending: dict = {}
+
+    def process(self, error, window=beam.DoFn.WindowParam) -> Iterator:
+        if isinstance(error, ErrorBatch):
+            yield error
+            return
+        pending = self._pending.setdefault(window, [])
+        pending.append(error)
+        if len(pending) >= self._max_rows:
+            del self._pending[window]
+            yield ErrorBatch.from_records(pending)
+
+    def finish_bundle(self) -> Iterator:
+        for window, pending in self._pending.items():
+            yield WindowedValue(ErrorBatch.from_records(pending), window.max_timestamp(), [window])
+        self._pending = {}
+
+
+class BatchErrors(beam.PTransform):
+    """Dead letters (`ErrorRecord`s or `ErrorBatch`es) in, `ErrorBatch`es out: the records of each
+    bundle gathered into batches of at most `max_rows` rows.
+
+    Applied right after the steps that make dead letters (it fuses with them), so that what
+    crosses a stage boundary (a Flatten, the sink, the manifest's counts) is a few compressed
+    batches, never one pickled record each: a runner that holds a PCollection between stages (the
+    local one does) then holds a few bytes a dead letter (issue 19 (6))."""
+
+    def __init__(self, max_rows: int = 8192, label: Optional[str] = None):
+        super().__init__(label)
+        self._max_rows = max_rows
+
+    def expand(self, errors):
+        return errors | "GatherErrors" >> beam.ParDo(_BatchErrorsFn(self._max_rows))
+
+
 class WriteErrors(beam.PTransform):
-    """ErrorRecords to `errors/` as Parquet (an empty file when the run had none)."""
+    """Dead letters (`ErrorRecord`s or `ErrorBatch`es) to `errors/` as Parquet (an empty file when
+    the run had none)."""
 
     def __init__(self, folder: str):
         super().__init__()
@@ -111,7 +158,7 @@ class WriteErrors(beam.PTransform):
     def expand(self, errors):
         return (
             errors
-            | "BatchErrors" >> beam.BatchElements(min_batch_size=1, max_batch_size=4096)
-            | "ToTable" >> beam.Map(error_table)
+            | "BatchErrors" >> BatchErrors(max_rows=4096)
+            | "ToTable" >> beam.Map(lambda batch: batch.table)
             | "WriteErrorParquet" >> WriteTables(self._folder, ERROR_SCHEMA)
         )

@@ -40,10 +40,10 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms.embed.api import RunBranch, run_branch
 from transforms.io import fileio
-from transforms.records import MODALITIES, TEXT
+from transforms.records import MODALITIES, TEXT, failed_counts
 from transforms.sinks.folder import RUNNING_NAME, OutputInUseError, clear_previous_output
 from transforms.sinks.manifest import DEFAULT_MAX_FAILED_FRACTION, TopErrorReasons, WriteManifestFn
-from transforms.sinks.parquet import WriteErrors, WriteTables
+from transforms.sinks.parquet import BatchErrors, WriteErrors, WriteTables
 from transforms.state.carry import PROVENANCE_COLUMN, with_run_id
 
 __all__ = ["WriteEmbeddingRun"]
@@ -153,13 +153,15 @@ class WriteEmbeddingRun(beam.PTransform):
             written = tables | f"Write{name}Embeddings" >> WriteTables(fileio.join(self._output, modality), schema)
             files.append(written | f"{name}FileNames" >> beam.Map(lambda path, m=modality: (m, path)))
             counts.append(tables | f"Count{name}Rows" >> beam.FlatMap(_table_counts, modality))
-            errors.append(branch.errors | f"{name}ErrorsInOneWindow" >> beam.WindowInto(GlobalWindows()))
+            errors.append(
+                branch.errors
+                | f"{name}ErrorsInOneWindow" >> beam.WindowInto(GlobalWindows())
+                | f"Batch{name}Errors" >> BatchErrors()  # compressed batches before the Flatten (issue 19 (6))
+            )
         all_errors = errors | "AllErrors" >> beam.Flatten()
         error_files = all_errors | "WriteErrors" >> WriteErrors(fileio.join(self._output, "errors"))
         files.append(error_files | "ErrorFileNames" >> beam.Map(lambda path: ("errors", path)))
-        counts.append(
-            all_errors | "CountFailed" >> beam.FlatMap(lambda e: [(f"{e.modality}_failed", 1), (f"{e.modality}_read", 1)])
-        )
+        counts.append(all_errors | "CountFailed" >> beam.FlatMap(_failed_and_read))
         totals = counts | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
         options: dict = {"passthrough": [], "writer": "WriteEmbeddingRun"}
         for branch in branches.values():
@@ -193,6 +195,15 @@ class WriteEmbeddingRun(beam.PTransform):
                 unaccounted=beam.pvalue.AsList(no_lines),
             )
         )
+
+
+def _failed_and_read(errors) -> list:
+    """The counters of an `ErrorBatch` of dead letters: each is failed, and read."""
+    counts = []
+    for key, n in failed_counts(errors):
+        modality = key[: -len("_failed")]
+        counts += [(f"{modality}_failed", n), (f"{modality}_read", n)]
+    return counts
 
 
 def _with_provenance(schema: pa.Schema) -> pa.Schema:

@@ -196,7 +196,7 @@ def check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, firs
         gone = int((~_sorted_member(np.unique(ikeys), np.unique(np.concatenate([p.ikeys for p in prior])))).sum())
         if gone:
             yield beam.pvalue.TaggedOutput(REMOVED_IDS, gone)
-    file_ids = np.asarray(index_of_part, dtype=np.int64)[part_of_row]
+    file_ids = smallest_unsigned(np.asarray(index_of_part, dtype=np.int64))[part_of_row]
 
     if prior and ckeys is not None:
         prior_pairs = np.unique(np.concatenate([_pairs(p.ikeys, p.ckeys) for p in prior]))
@@ -209,17 +209,22 @@ def check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, firs
                 rows, positions = _carried(skip, ikeys, ckeys, file_ids, lines, prior, first_only)
                 yield from _carry_by_group(rows, positions, part_of_row, path_of_part, lines)
 
+    # A bucket may hold every record of one id (all duplicates): as few per-row arrays at once as can be.
     order = np.lexsort((lines, file_ids, ikeys))  # by id hash, then file order, then line
+    del file_ids
     sorted_keys = ikeys[order]
-    later = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) + 1
+    new_run = np.empty(len(order), dtype=bool)
+    new_run[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
+    del sorted_keys
+    later = np.flatnonzero(~new_run)
     if later.size == 0:
         return
-    starts = np.zeros(len(order), dtype=np.int64)
-    new_run = np.ones(len(order), dtype=bool)
-    new_run[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    starts[new_run] = np.flatnonzero(new_run)
-    starts = np.maximum.accumulate(starts)
-    later_rows, first_rows = order[later], order[starts[later]]
+    run_starts = np.flatnonzero(new_run)
+    del new_run
+    later_rows = order[later]
+    first_rows = order[run_starts[np.searchsorted(run_starts, later, side="right") - 1]]
+    del order, later, run_starts
     for key, picked in _by_chunk(None, later_rows, part_of_row, path_of_part, lines, positions=True):
         yield key, _duplicates_entry(later_rows[picked], first_rows[picked], part_of_row, path_of_part, lines)
 
