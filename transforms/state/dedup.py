@@ -198,7 +198,7 @@ def check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, firs
 
 
 _LINE_BITS = 40  # a record's place in file order as one uint64: file index << 40 | line
-_PENDING_ROWS = 1 << 16  # first-occurrence rows gathered before they are merged into the bucket's table
+_PENDING_ROWS = 1 << 16  # rows gathered (16 bytes each) before they are merged into the bucket's table of ids
 _BUFFER_ROWS = 1 << 18  # later occurrences held (10 bytes each) before they go out as DuplicatesEntries
 
 
@@ -234,8 +234,10 @@ def _first_places(ikeys: np.ndarray, places: np.ndarray, twice: Optional[np.ndar
     return keys, np.minimum.reduceat(places[order], starts), repeated
 
 
-def _merged(tables: list) -> tuple:
-    return _first_places(*(np.concatenate([t[i] for t in tables]) for i in range(3)))
+def _merged(table: tuple, pending: list) -> tuple:
+    """`table` with the rows of `pending` ((ikeys, places) of slices) in it."""
+    added = _first_places(np.concatenate([k for k, _ in pending]), np.concatenate([p for _, p in pending]))
+    return _first_places(*(np.concatenate([t, a]) for t, a in zip(table, added)))
 
 
 def _stream_duplicates(parts: Iterable[KeyBatch]) -> Optional[Iterator]:
@@ -256,14 +258,14 @@ def _stream_duplicates(parts: Iterable[KeyBatch]) -> Optional[Iterator]:
             return None
         paths, indexes, _, _, ikeys, places = decoded
         path_of_file.update(zip(indexes, paths))
-        pending.append(_first_places(ikeys, places))
-        pending_rows += len(pending[-1][0])
+        pending.append((ikeys, places))
+        pending_rows += len(ikeys)
         del decoded, ikeys, places
         if pending_rows > max(len(table[0]), _PENDING_ROWS):
-            table = _merged([table, *pending])
+            table = _merged(table, pending)
             pending, pending_rows = [], 0
     if pending:
-        table = _merged([table, *pending])
+        table = _merged(table, pending)
     del pending
     keys, firsts, repeated = table
     del table
@@ -278,17 +280,22 @@ def _later_occurrences(parts: Iterable[KeyBatch], keys: np.ndarray, firsts: np.n
     chunk usually gets one entry."""
     held: dict = {}
     held_rows = 0
+    slots = np.uint64(max(1 << 10, 1 << (16 * len(keys)).bit_length()) - 1)  # a filter of >= 16 slots an id
+    maybe = np.zeros(int(slots) + 1, dtype=bool)  # low bits of the repeated ids (the top ones are the bucket's)
+    maybe[keys & slots] = True
     for part in parts:
         paths, _, part_of_row, lines, ikeys, places = _places(part)
-        at = np.minimum(np.searchsorted(keys, ikeys), len(keys) - 1)
+        rows = np.flatnonzero(maybe[ikeys & slots])  # a few rows besides the repeated ids' ones
+        at = np.minimum(np.searchsorted(keys, ikeys[rows]), len(keys) - 1)
         first_of_row = firsts[at]
-        later = np.flatnonzero((keys[at] == ikeys) & (first_of_row != places))
-        del at, places
+        hit = (keys[at] == ikeys[rows]) & (first_of_row != places[rows])
+        later, first_of_row = rows[hit], first_of_row[hit]
+        del rows, at, hit, places
         if later.size == 0:
             continue
         for key, picked in _by_chunk(None, later, part_of_row, paths, lines, positions=True):
             rows = later[picked]
-            held.setdefault(key, []).append(((lines[rows] & (CHUNK_LINES - 1)).astype(np.uint16), first_of_row[rows]))
+            held.setdefault(key, []).append(((lines[rows] & (CHUNK_LINES - 1)).astype(np.uint16), first_of_row[picked]))
             held_rows += len(rows)
         if held_rows >= _BUFFER_ROWS:
             yield from _held_entries(held, path_of_file)
