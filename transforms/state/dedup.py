@@ -176,13 +176,148 @@ def check_bucket(item: tuple[int, Iterable[KeyBatch]], carry: bool = False, firs
     """Duplicates (main output) and lines to skip (SKIP_LINES) of one bucket.
 
     Main output: ((path, chunk), DuplicatesEntry) for the later occurrences of repeated ids in
-    that chunk. SKIP_LINES: ((path, chunk), uint16 offsets in the chunk) of records an earlier run
-    embedded with the same id, content and model. With `carry` (earlier slices hold positions),
-    CARRY_ROWS: which earlier rows to copy into this run's output (`_carried`), by earlier row group.
-    REMOVED_IDS (incremental runs): the number of distinct earlier ids of the bucket that no current
-    record has (records that left the input), when not 0.
+    that chunk (one or more entries per chunk and bucket). SKIP_LINES: ((path, chunk), uint16
+    offsets in the chunk) of records an earlier run embedded with the same id, content and model.
+    With `carry` (earlier slices hold positions), CARRY_ROWS: which earlier rows to copy into this
+    run's output (`_carried`), by earlier row group. REMOVED_IDS (incremental runs): the number of
+    distinct earlier ids of the bucket that no current record has (records that left the input),
+    when not 0.
+
+    A bucket without earlier slices (every bucket of a run without --incremental-from) is read
+    slice by slice, twice (`_stream_duplicates`; Beam re-iterates a GroupByKey's values): one hot id
+    puts all its records in one bucket, and a worker's memory must not grow with them. With earlier
+    slices, the whole bucket is decoded at once (`_check_whole`: ~73 bytes a row at its peak).
     """
     _, parts = item
+    if iter(parts) is parts:  # a one-shot iterator: the streaming check reads the slices twice
+        parts = list(parts)
+    streamed = _stream_duplicates(parts)
+    if streamed is not None:
+        yield from streamed
+        return
+    yield from _check_whole(parts, carry, first_only)
+
+
+_LINE_BITS = 40  # a record's place in file order as one uint64: file index << 40 | line
+_PENDING_ROWS = 1 << 16  # rows gathered (16 bytes each) before they are merged into the bucket's table of ids
+_BUFFER_ROWS = 1 << 18  # later occurrences held (10 bytes each) before they go out as DuplicatesEntries
+
+
+def _places(batch: CurrentKeys) -> tuple:
+    """(paths, file indexes, path index of each row, lines, ikeys, places) of one slice, or None
+    when a place does not fit in 64 bits (lines from 2**40, files from 2**24: never in practice)."""
+    paths, indexes, part_of_row, lines, ikeys, _ = key_batch_rows(batch)
+    if len(lines) and (int(lines.min()) < 0 or int(lines.max()) >> _LINE_BITS or max(indexes) >> (64 - _LINE_BITS - 1)):
+        return None
+    places = (np.asarray(indexes, dtype=np.uint64) << np.uint64(_LINE_BITS))[part_of_row] | lines.astype(np.uint64)
+    return paths, indexes, part_of_row, lines, ikeys, places
+
+
+def _first_places(ikeys: np.ndarray, places: np.ndarray, twice: Optional[np.ndarray] = None) -> tuple:
+    """(distinct ikeys, sorted; the smallest place of each; whether each occurs more than once).
+
+    With `twice` (merging tables: `ikeys` are sorted runs), a key is repeated when it was in one of
+    them too; a stable sort merges sorted runs in about linear time."""
+    if len(ikeys) == 0:
+        return ikeys, places, np.zeros(0, dtype=bool)
+    order = np.argsort(ikeys, kind=None if twice is None else "stable")
+    sorted_keys = ikeys[order]
+    new_run = np.empty(len(order), dtype=bool)
+    new_run[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
+    starts = np.flatnonzero(new_run)
+    del new_run
+    keys = sorted_keys[starts]
+    del sorted_keys
+    repeated = np.diff(starts, append=len(order)) > 1
+    if twice is not None:
+        repeated |= np.logical_or.reduceat(twice[order], starts)
+    return keys, np.minimum.reduceat(places[order], starts), repeated
+
+
+def _merged(table: tuple, pending: list) -> tuple:
+    """`table` with the rows of `pending` ((ikeys, places) of slices) in it."""
+    added = _first_places(np.concatenate([k for k, _ in pending]), np.concatenate([p for _, p in pending]))
+    return _first_places(*(np.concatenate([t, a]) for t, a in zip(table, added)))
+
+
+def _stream_duplicates(parts: Iterable[KeyBatch]) -> Optional[Iterator]:
+    """The duplicates of a bucket of this run's slices only, in memory for its distinct ids and one
+    slice (never for its rows): pass 1 keeps the first place (file order, then line) of each id and
+    whether it occurs twice, pass 2 gives every row of a repeated id whose place is not its id's
+    first. None when the bucket holds earlier slices (or a place that does not fit in 64 bits): the
+    caller checks it whole."""
+    table = (np.empty(0, np.uint64), np.empty(0, np.uint64), np.zeros(0, dtype=bool))
+    pending: list = []
+    pending_rows = 0
+    path_of_file: dict = {}
+    for part in parts:
+        if not isinstance(part, CurrentKeys):
+            return None
+        decoded = _places(part)
+        if decoded is None:
+            return None
+        paths, indexes, _, _, ikeys, places = decoded
+        path_of_file.update(zip(indexes, paths))
+        pending.append((ikeys, places))
+        pending_rows += len(ikeys)
+        del decoded, ikeys, places
+        if pending_rows > max(len(table[0]), _PENDING_ROWS):
+            table = _merged(table, pending)
+            pending, pending_rows = [], 0
+    if pending:
+        table = _merged(table, pending)
+    del pending
+    keys, firsts, repeated = table
+    del table
+    if not repeated.any():  # no id twice (the usual bucket): nothing more to read
+        return iter(())
+    return _later_occurrences(parts, keys[repeated], firsts[repeated], path_of_file)
+
+
+def _later_occurrences(parts: Iterable[KeyBatch], keys: np.ndarray, firsts: np.ndarray, path_of_file: dict) -> Iterator:
+    """Pass 2: ((path, chunk), DuplicatesEntry) of the rows of repeated ids (`keys`, sorted) that are
+    not their id's first occurrence, gathered per chunk (at most `_BUFFER_ROWS` held) so that a
+    chunk usually gets one entry."""
+    held: dict = {}
+    held_rows = 0
+    slots = np.uint64(max(1 << 10, 1 << (16 * len(keys)).bit_length()) - 1)  # a filter of >= 16 slots an id
+    maybe = np.zeros(int(slots) + 1, dtype=bool)  # low bits of the repeated ids (the top ones are the bucket's)
+    maybe[keys & slots] = True
+    for part in parts:
+        paths, _, part_of_row, lines, ikeys, places = _places(part)
+        rows = np.flatnonzero(maybe[ikeys & slots])  # a few rows besides the repeated ids' ones
+        at = np.minimum(np.searchsorted(keys, ikeys[rows]), len(keys) - 1)
+        first_of_row = firsts[at]
+        hit = (keys[at] == ikeys[rows]) & (first_of_row != places[rows])
+        later, first_of_row = rows[hit], first_of_row[hit]
+        del rows, at, hit, places
+        if later.size == 0:
+            continue
+        for key, picked in _by_chunk(None, later, part_of_row, paths, lines, positions=True):
+            rows = later[picked]
+            held.setdefault(key, []).append(((lines[rows] & (CHUNK_LINES - 1)).astype(np.uint16), first_of_row[picked]))
+            held_rows += len(rows)
+        if held_rows >= _BUFFER_ROWS:
+            yield from _held_entries(held, path_of_file)
+            held, held_rows = {}, 0
+    yield from _held_entries(held, path_of_file)
+
+
+def _held_entries(held: dict, path_of_file: dict) -> Iterator:
+    line_mask = np.uint64((1 << _LINE_BITS) - 1)
+    for key, pieces in held.items():
+        offsets = np.concatenate([o for o, _ in pieces])
+        distinct, which = np.unique(np.concatenate([f for _, f in pieces]), return_inverse=True)
+        first_paths = [path_of_file[int(f)] for f in (distinct >> np.uint64(_LINE_BITS)).tolist()]
+        yield (
+            key,
+            DuplicatesEntry(offsets, first_paths, (distinct & line_mask).astype(np.int64), smallest_unsigned(which.reshape(-1))),
+        )
+
+
+def _check_whole(parts: Iterable[KeyBatch], carry: bool, first_only: bool) -> Iterator:
+    """check_bucket on the whole bucket decoded at once (buckets with earlier runs' slices)."""
     current, prior = [], []
     for part in parts:
         (current if isinstance(part, CurrentKeys) else prior).append(part)
@@ -343,7 +478,7 @@ class LineFlags:
             return found
         for key, rows, lines in self._groups(table):
             offsets = lines & (CHUNK_LINES - 1)
-            for later, first_paths, first_lines, which in self._duplicates[key]:  # one DuplicatesEntry per bucket
+            for later, first_paths, first_lines, which in self._duplicates[key]:  # DuplicatesEntries: one or more per bucket
                 order = np.argsort(later, kind="stable")
                 sorted_later = later[order].astype(np.int64)
                 at = np.minimum(np.searchsorted(sorted_later, offsets), max(len(sorted_later) - 1, 0))
