@@ -18,7 +18,7 @@ from test_tools_support import run_cli
 from pipeline.tools import evaluate, similar_words, word_vectors
 from pipeline.tools.evaluate import spearman
 from pipeline.train import text as train_text
-from pipeline.train.skipgram import SkipgramSettings, epoch_pairs, tokenize_corpus
+from pipeline.train.skipgram import SkipgramSettings, epoch_pairs, tokenize_corpus, train_skipgram
 
 # Planted synonyms: the two words of each pair occur in exactly the same contexts, and each pair in its own.
 _PAIRS = {
@@ -81,6 +81,20 @@ def test_pairs_stay_inside_a_text_and_within_the_window():
         assert (t in "abcdef") == (c in "abcdef")  # never across two texts
         assert 1 <= abs(position[t] - position[c]) <= 2
     assert ("g", "h") in pairs and ("h", "g") in pairs  # the 1-word distance is always inside the window
+
+
+def test_skipgram_runs_with_the_same_seed_give_identical_vectors(corpus):
+    # Subsampling on, several steps per epoch, negatives drawn inside the XLA step: every random draw is seeded.
+    texts = corpus.read_text(encoding="utf-8").splitlines()
+    words = tokenize_corpus(texts, vocab_size=1000)
+
+    def vectors(seed: int) -> np.ndarray:
+        settings = SkipgramSettings(epochs=2, batch_size=512, subsample=1e-2, seed=seed)
+        return train_skipgram(words, 8, settings, progress=lambda _: None)["vectors"]
+
+    first, again, other = vectors(3), vectors(3), vectors(4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
 
 
 def test_skipgram_loss_falls_and_planted_synonyms_are_nearest(skipgram_model, capsys):
