@@ -331,5 +331,8 @@ def test_skipgram_then_classify_fine_tunes_the_pretrained_vectors(corpus, tmp_pa
     assert report["skipgram"]["loss"][-1] < report["skipgram"]["loss"][0]
     assert report["history"]["loss"][-1] < report["history"]["loss"][0]
     assert report["val_accuracy"] > 0.9 and report["label_kind"] == "multiclass"
+    # Fine-tuning starts from the skip-gram vectors scaled to the size of classify's own start (RMS of U(-0.05, 0.05)).
+    scale = report["fine_tune"]
+    assert scale["vector_scale"] * scale["skipgram_rms"] == pytest.approx(0.05 / 3**0.5, rel=1e-4)
     # The vocabulary holds the unlabelled corpus's words too (pre-trained), not only the labelled texts'.
     assert report["words"] > len(set(" ".join(_TOPICS.values()).split()) | set(_SHARED))
