@@ -560,15 +560,16 @@ def build_text_model(
     text = keras.Input(shape=(1,), dtype="string", name=TEXT_INPUT)
     tokens = vectorize(text)
     rows, dim = len(vocabulary), config.embedding_dim
-    initializer = "uniform" if word_vectors is None else keras.initializers.Constant(np.asarray(word_vectors, np.float32))
-    vectors = keras.layers.Embedding(
-        name=WORD_EMBEDDING_LAYER,
-        input_dim=rows,
-        output_dim=dim,
-        mask_zero=True,
-        embeddings_initializer=initializer,
-        trainable=trainable_vectors,
-    )(tokens)
+    # Given values are assigned once the layers are built, never passed as a Constant initializer: that
+    # would be written into the saved config.json (56 MB of JSON for 20,000 x 128 vectors, parsed at every
+    # load: 12 s per load, at launch and in every worker) beside the same values in model.weights.h5.
+    given: list = []
+    word_layer = keras.layers.Embedding(
+        name=WORD_EMBEDDING_LAYER, input_dim=rows, output_dim=dim, mask_zero=True, trainable=trainable_vectors
+    )
+    vectors = word_layer(tokens)
+    if word_vectors is not None:
+        given.append((word_layer, word_vectors))
     if config.pooling == "mean":
         pooled = keras.layers.GlobalAveragePooling1D(name=TEXT_EMBEDDING_LAYER)(vectors)  # masked mean: padding ignored
     else:
@@ -577,27 +578,19 @@ def build_text_model(
         # (Keras's masked Multiply broadcasts and selects on the full tensor several times).
         # `sif_share` gives 1/n per real token: a softmax over the tokens of frozen logits 0 (padding:
         # -inf, hence 0; a text with no token: all -inf, hence NaN, as the mean gives for 0 / 0).
-        share = keras.layers.Embedding(
-            name=SIF_SHARE_LAYER,
-            input_dim=rows,
-            output_dim=1,
-            embeddings_initializer=keras.initializers.Constant(_share_logits(rows)),
-            trainable=False,
-        )(tokens)
-        share = keras.layers.Softmax(axis=1, name="sif_share_softmax")(share)  # (b, 64, 1): 1/n, padding 0
-        weights = keras.layers.Embedding(
-            name=SIF_WEIGHTS_LAYER,
-            input_dim=rows,
-            output_dim=1,
-            embeddings_initializer=keras.initializers.Constant(np.asarray(token_weights, np.float32).reshape(rows, 1)),
-            trainable=False,
-        )(tokens)
+        share_layer = keras.layers.Embedding(name=SIF_SHARE_LAYER, input_dim=rows, output_dim=1, trainable=False)
+        share = keras.layers.Softmax(axis=1, name="sif_share_softmax")(share_layer(tokens))  # (b, 64, 1): 1/n, padding 0
+        weights_layer = keras.layers.Embedding(name=SIF_WEIGHTS_LAYER, input_dim=rows, output_dim=1, trainable=False)
+        weights = weights_layer(tokens)
+        given += [(share_layer, _share_logits(rows)), (weights_layer, np.asarray(token_weights).reshape(rows, 1))]
         token_share = keras.layers.Multiply(name="sif_token_share")([weights, share])  # a/(a+p(w_t)) / n, (b, 64, 1)
         summed = keras.layers.Dot(axes=(1, 1), name="sif_sum")([token_share, vectors])  # (b, 1, d); no mask left
         mean = keras.layers.Flatten(name=SIF_MEAN_LAYER)(summed)  # (1/n) sum a/(a+p(w)) v_w
         pooled = keras.layers.Dense(
             dim, use_bias=False, trainable=False, kernel_initializer="identity", name=TEXT_EMBEDDING_LAYER
         )(mean)  # I - u u^T once u is known (`_remove_first_component`)
+    for layer, values in given:
+        layer.embeddings.assign(np.asarray(values, np.float32))
     if coding is None:
         return keras.Model(text, pooled, name="text_vectors")
     features = keras.layers.Dropout(config.dropout, name="dropout")(pooled) if config.dropout else pooled
