@@ -744,7 +744,7 @@ def _fine_tune_scale(vectors: np.ndarray) -> tuple[np.ndarray, dict]:
     do better."""
     rows = np.asarray(vectors[2:], np.float64)  # padding and [UNK] left out (never pre-trained)
     rms = float(np.sqrt(np.mean(rows**2))) if rows.size else 0.0
-    target = 0.05 / np.sqrt(3.0)  # RMS of keras.initializers.RandomUniform(-0.05, 0.05), the "uniform" start
+    target = 0.05 / 3**0.5  # RMS of keras.initializers.RandomUniform(-0.05, 0.05), the "uniform" start
     factor = target / rms if rms > 0 else 1.0
     return (np.asarray(vectors, np.float32) * np.float32(factor)), {
         "vector_scale": round(factor, 6),
