@@ -8,7 +8,7 @@ Data: ../shared/data (see its README): WikiText-2 train, SimLex-999, AG News dev
   WikiText-2 train, against gensim's Word2Vec (sg=1) with the same dimension, window, negatives,
   epochs, min_count and subsampling on the same tokens (the skip-gram trainer's own tokenisation,
   words below min_count dropped, as gensim does); training wall time of each (gensim with 2
-  workers). Median over `--seeds` seeds.
+  workers).
 - topic: a softmax-regression probe (`pipeline.tools.evaluate.linear_probe`, stratified: 4,000
   train rows, 1,600 test rows) on the text embeddings of AG News dev (title + " " + description)
   as the job computes them (`transforms.embed.models.load_text_embedder`), for: `classify` on
@@ -17,7 +17,10 @@ Data: ../shared/data (see its README): WikiText-2 train, SimLex-999, AG News dev
   `classify` on the probe's 4,000 training rows (AG labels; its validation part comes from them).
 - sentiment: rt-polarity validation accuracy (20 %, seed 0) of `classify` and of
   `skipgram+classify` (skip-gram on WikiText-2 train plus the rt-polarity training texts), both
-  with up to 30 epochs of early-stopped classifier training.
+  with up to 30 epochs of early-stopped classifier training, each pair with the same seed (the
+  same validation split).
+
+`--seeds N` trains every model with seeds 0..N-1; the table gives medians, the JSON every run.
 
 gensim is a benchmark/test-only dependency (requirements-dev.txt).
 """
@@ -191,56 +194,91 @@ def _same_vectors_mean_pooled(source: str, destination: str) -> None:
     save_model(rebuilt.inputs, rebuilt.outputs, rebuilt.name, destination)
 
 
-def topic_part(scratch: str) -> dict:
+def _median_runs(runs: list[dict], key: str) -> dict:
+    """{key: the median over the seeds' runs, "runs": every run} (the table reads `key`)."""
+    return {key: statistics.median(run[key] for run in runs), "runs": runs}
+
+
+def topic_part(scratch: str, seeds: int) -> dict:
+    """Each model trained with `seeds` seeds (the probe's split stays seed 0: the same 1,600 test rows); medians."""
     from pipeline.tools.evaluate import _stratified_split
 
     texts, labels = _ag_news()
-    out = {}
-    rt = os.path.join(scratch, "rt-classify.keras")
-    _train(*_rt_flags(), "--output", rt)
-    out["classify rt-polarity (mean)"] = _probe(rt, texts, labels)
-    sif = os.path.join(scratch, "skipgram-sif-0.keras")
-    report = _train(*_skipgram_flags(0, TOPIC_DIM), "--pooling", "sif", "--output", sif)
-    mean = os.path.join(scratch, "skipgram-mean-same-vectors.keras")
-    _same_vectors_mean_pooled(sif, mean)  # the same word vectors, pooled by a plain mean: pooling alone compared
-    out["skipgram WikiText-2 (mean)"] = _probe(mean, texts, labels)
-    out["skipgram WikiText-2 (sif)"] = {
-        **_probe(sif, texts, labels),
-        "simlex": _simlex(sif),
-        "seconds": report["skipgram"]["seconds"],
-    }
+    runs: dict = {}
+
+    def add(name: str, seed: int, row: dict) -> None:
+        runs.setdefault(name, []).append({"seed": seed, **row})
+        print(f"topic {name} seed {seed}: {row}", file=sys.stderr)
+
     # classify on the probe's own 4,000 training rows (the split linear_probe draws), never its test rows.
     train_rows, _ = _stratified_split(labels, AG_TEST_ROWS / len(labels), 0)
     ag = os.path.join(scratch, "ag-train.jsonl")
     with open(ag, "w", encoding="utf-8") as handle:
         for i in train_rows:
             handle.write(json.dumps({"text": texts[i], "label": int(labels[i]) + 1}) + "\n")
-    ag_model = os.path.join(scratch, "ag-classify.keras")
-    ag_report = _train("--input", ag, "--output", ag_model, "--epochs", "30", "--patience", "3")
-    out["classify AG News 4,000 rows (mean)"] = {**_probe(ag_model, texts, labels), "val_accuracy": ag_report["val_accuracy"]}
-    return out
+    for seed in range(seeds):
+        rt = os.path.join(scratch, f"rt-classify-{seed}.keras")
+        _train(*_rt_flags(), "--seed", str(seed), "--output", rt)
+        add("classify rt-polarity (mean)", seed, _probe(rt, texts, labels))
+        sif = os.path.join(scratch, f"skipgram-sif-{seed}.keras")
+        report = _train(*_skipgram_flags(seed, TOPIC_DIM), "--pooling", "sif", "--output", sif)
+        mean = os.path.join(scratch, f"skipgram-mean-same-vectors-{seed}.keras")
+        _same_vectors_mean_pooled(sif, mean)  # the same word vectors, pooled by a plain mean: pooling alone compared
+        add("skipgram WikiText-2 (mean)", seed, _probe(mean, texts, labels))
+        add(
+            "skipgram WikiText-2 (sif)",
+            seed,
+            {**_probe(sif, texts, labels), "simlex": _simlex(sif), "seconds": report["skipgram"]["seconds"]},
+        )
+        ag_model = os.path.join(scratch, f"ag-classify-{seed}.keras")
+        ag_report = _train("--input", ag, "--output", ag_model, "--epochs", "30", "--patience", "3", "--seed", str(seed))
+        add(
+            "classify AG News 4,000 rows (mean)",
+            seed,
+            {**_probe(ag_model, texts, labels), "val_accuracy": ag_report["val_accuracy"]},
+        )
+    return {name: _median_runs(rows, "accuracy") for name, rows in runs.items()}
 
 
-def sentiment_part(scratch: str) -> dict:
-    out = {}
-    # Both up to 30 epochs (early stopping on validation loss): the fine-tuning of pre-trained vectors takes more.
-    report = _train(*_rt_flags(), "--epochs", "30", "--output", os.path.join(scratch, "rt-classify-s.keras"))
-    out["classify"] = {"val_accuracy": report["val_accuracy"], "seconds": report["elapsed_seconds"]}
-    report = _train(
-        *_rt_flags(),
-        "--objective",
-        "skipgram+classify",
-        "--unlabelled",
-        _wikitext(),
-        "--vocab-size",
-        "1000000",
-        "--epochs",
-        "30",
-        "--output",
-        os.path.join(scratch, "rt-skipgram-classify.keras"),
-    )
-    out["skipgram+classify"] = {"val_accuracy": report["val_accuracy"], "seconds": report["elapsed_seconds"]}
-    return out
+def sentiment_part(scratch: str, seeds: int) -> dict:
+    """Both with the same seed (so the same 20 % validation split) per run; medians over `seeds` seeds."""
+    runs: dict = {"classify": [], "skipgram+classify": []}
+    for seed in range(seeds):
+        # Both up to 30 epochs (early stopping on validation loss).
+        report = _train(
+            *_rt_flags(), "--epochs", "30", "--seed", str(seed), "--output", os.path.join(scratch, "rt-classify-s.keras")
+        )
+        runs["classify"].append({"seed": seed, "val_accuracy": report["val_accuracy"], "seconds": report["elapsed_seconds"]})
+        report = _train(
+            *_rt_flags(),
+            "--objective",
+            "skipgram+classify",
+            "--unlabelled",
+            _wikitext(),
+            "--vocab-size",
+            "1000000",
+            "--epochs",
+            "30",
+            "--seed",
+            str(seed),
+            "--output",
+            os.path.join(scratch, "rt-skipgram-classify.keras"),
+        )
+        runs["skipgram+classify"].append(
+            {
+                "seed": seed,
+                "val_accuracy": report["val_accuracy"],
+                "seconds": report["elapsed_seconds"],
+                "fine_tune": report.get("fine_tune"),
+            }
+        )
+        print(f"sentiment seed {seed}: {runs['classify'][-1]} {runs['skipgram+classify'][-1]}", file=sys.stderr)
+    return {name: _median_runs(rows, "val_accuracy") for name, rows in runs.items()}
+
+
+def _of(row: dict) -> str:
+    n = len(row.get("runs", [])) or 1
+    return f", median of {n} seeds" if n > 1 else ""
 
 
 def table(results: dict) -> str:
@@ -265,37 +303,41 @@ def table(results: dict) -> str:
             target = ""
             if name == "skipgram WikiText-2 (sif)":
                 target = f">= 0.80 and >= {base + 0.25:.3f}"
-            lines.append(f"| AG News topic probe accuracy (1,600 test rows) | {name} | {row['accuracy']:.3f} | {target} |")
+            lines.append(
+                f"| AG News topic probe accuracy (1,600 test rows{_of(row)}) | {name} | {row['accuracy']:.3f} | {target} |"
+            )
     sentiment = results.get("sentiment")
     if sentiment:
         c = sentiment["classify"]["val_accuracy"]
-        lines.append(f"| rt-polarity validation accuracy | classify | {c:.3f} | >= 0.78 |")
-        lines.append(
-            f"| rt-polarity validation accuracy | skipgram+classify | {sentiment['skipgram+classify']['val_accuracy']:.3f} | >= {c:.3f} |"
-        )
+        s = sentiment["skipgram+classify"]
+        lines.append(f"| rt-polarity validation accuracy{_of(sentiment['classify'])} | classify | {c:.3f} | >= 0.78 |")
+        lines.append(f"| rt-polarity validation accuracy{_of(s)} | skipgram+classify | {s['val_accuracy']:.3f} | >= {c:.3f} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="words,topic,sentiment", help="Comma-separated: words, topic, sentiment.")
-    parser.add_argument("--seeds", type=int, default=1, help="Seeds of the word-similarity comparison (median).")
+    parser.add_argument("--seeds", type=int, default=1, help="Seeds (0, 1, ...) of every model of every part; medians.")
     parser.add_argument(
         "--json", default=str(ROOT / "benchmarks" / "results" / "text_quality.json"), help="Results file (merged)."
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    results = json.loads(pathlib.Path(args.json).read_text()) if os.path.exists(args.json) else {}
+    measured = {}
     with tempfile.TemporaryDirectory(prefix="text-quality-") as scratch:
         if "words" in parts:
-            results["words"] = words_part(scratch, args.seeds)
+            measured["words"] = words_part(scratch, args.seeds)
         if "topic" in parts:
-            results["topic"] = topic_part(scratch)
+            measured["topic"] = topic_part(scratch, args.seeds)
         if "sentiment" in parts:
-            results["sentiment"] = sentiment_part(scratch)
-    for run in (results.get("words") or {}).get("keras", []):
+            measured["sentiment"] = sentiment_part(scratch, args.seeds)
+    for run in (measured.get("words") or {}).get("keras", []):
         run.pop("model", None)
+    # Merged into the file as it is now (another run may have written other parts to it meanwhile).
+    results = json.loads(pathlib.Path(args.json).read_text()) if os.path.exists(args.json) else {}
+    results.update(measured)
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import pathlib
 import random
+import zipfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ from test_tools_support import run_cli
 from pipeline.tools import evaluate, similar_words, word_vectors
 from pipeline.tools.evaluate import spearman
 from pipeline.train import text as train_text
-from pipeline.train.skipgram import SkipgramSettings, epoch_pairs, tokenize_corpus
+from pipeline.train.skipgram import SkipgramSettings, epoch_pairs, tokenize_corpus, train_skipgram
 
 # Planted synonyms: the two words of each pair occur in exactly the same contexts, and each pair in its own.
 _PAIRS = {
@@ -81,6 +82,20 @@ def test_pairs_stay_inside_a_text_and_within_the_window():
         assert (t in "abcdef") == (c in "abcdef")  # never across two texts
         assert 1 <= abs(position[t] - position[c]) <= 2
     assert ("g", "h") in pairs and ("h", "g") in pairs  # the 1-word distance is always inside the window
+
+
+def test_skipgram_runs_with_the_same_seed_give_identical_vectors(corpus):
+    # Subsampling on, several steps per epoch, negatives drawn inside the XLA step: every random draw is seeded.
+    texts = corpus.read_text(encoding="utf-8").splitlines()
+    words = tokenize_corpus(texts, vocab_size=1000)
+
+    def vectors(seed: int) -> np.ndarray:
+        settings = SkipgramSettings(epochs=2, batch_size=512, subsample=1e-2, seed=seed)
+        return train_skipgram(words, 8, settings, progress=lambda _: None)["vectors"]
+
+    first, again, other = vectors(3), vectors(3), vectors(4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
 
 
 def test_skipgram_loss_falls_and_planted_synonyms_are_nearest(skipgram_model, capsys):
@@ -227,6 +242,9 @@ def test_sif_model_reloads_in_safe_mode_with_the_same_vectors(corpus, tmp_path):
         _config("--objective", "skipgram", "--pooling", "sif", "--unlabelled", str(corpus), "--output", str(out), *_SKIPGRAM)
     )
     assert report["sif"]["a"] == 1e-3 and 0 < report["sif"]["first_component_variance_share"] <= 1
+    with zipfile.ZipFile(out) as saved:  # the vectors are in model.weights.h5 only, not copied into the JSON
+        config = saved.read("config.json").decode()  # (as a Constant initializer: 56 MB, 12 s a load, for 20,000 x 128)
+    assert "Constant" not in config and "Infinity" not in config
     model = keras.saving.load_model(out, safe_mode=True)
     assert "sif_weights" in [layer.name for layer in model.layers]
     texts = ["the cat purred", "he parked the truck", "!!!"]
@@ -249,6 +267,48 @@ def test_sif_model_reloads_in_safe_mode_with_the_same_vectors(corpus, tmp_path):
     np.testing.assert_allclose(kernel, np.eye(len(kernel)) - np.outer(u, u), atol=1e-5)
     assert abs(first[0] @ u) < 1e-5
     assert weights[vocabulary.index("the")] < weights[vocabulary.index("purred")]  # frequent words weigh less
+
+
+def test_sif_pooling_gives_what_the_multiply_and_masked_mean_construction_gave(tmp_path):
+    # The SIF model sums with one Dot over the tokens (Multiply + masked GlobalAveragePooling1D on the
+    # (batch, 64, d) vectors ran at half the mean model's speed); the vectors are those of the old layers.
+    import keras
+    import tensorflow as tf
+
+    words = ["the", "cat", "purred", "truck", "engine"]
+    vocabulary = ["", "[UNK]", *words]
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(vocabulary), 8)).astype(np.float32)
+    weights = rng.uniform(0.1, 1.0, size=len(vocabulary)).astype(np.float32)
+    config = train_text.TextTrainingConfig(
+        output=str(tmp_path / "m.keras"),
+        unlabelled=("x",),
+        objective="skipgram",
+        pooling="sif",
+        embedding_dim=8,
+        sequence_length=6,
+    )
+    model = train_text.build_text_model(config, vocabulary, vectors, weights)
+    kernel = np.eye(8, dtype=np.float32) - np.outer(vectors[3], vectors[3]) / (vectors[3] @ vectors[3])
+    model.get_layer("text_embedding").kernel.assign(kernel)
+
+    text = keras.Input(shape=(1,), dtype="string")
+    tokens = model.get_layer("vectorize")(text)
+    old_vectors = keras.layers.Embedding(
+        len(vocabulary), 8, mask_zero=True, embeddings_initializer=keras.initializers.Constant(vectors)
+    )
+    old_weights = keras.layers.Embedding(
+        len(vocabulary), 1, mask_zero=True, embeddings_initializer=keras.initializers.Constant(weights[:, None])
+    )
+    weighted = keras.layers.Multiply()([old_vectors(tokens), old_weights(tokens)])
+    pooled = keras.layers.GlobalAveragePooling1D()(weighted)
+    old = keras.Model(text, keras.layers.Dense(8, use_bias=False, kernel_initializer=keras.initializers.Constant(kernel))(pooled))
+
+    texts = ["the cat purred", "truck", "the truck engine, the cat!", "unknown words and the cat", "the " * 9, "", "?!"]
+    batch = tf.constant(texts)[:, None]
+    got, expected = np.asarray(model(batch)), np.asarray(old(batch))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)  # long text cut at 6 tokens, [UNK] weighted too
+    assert np.isnan(got[5:]).all() and np.isfinite(got[:5]).all()  # no word: NaN, as 0 / 0 gave (the job's EmptyText)
 
 
 def test_skipgram_then_classify_fine_tunes_the_pretrained_vectors(corpus, tmp_path):
@@ -275,5 +335,8 @@ def test_skipgram_then_classify_fine_tunes_the_pretrained_vectors(corpus, tmp_pa
     assert report["skipgram"]["loss"][-1] < report["skipgram"]["loss"][0]
     assert report["history"]["loss"][-1] < report["history"]["loss"][0]
     assert report["val_accuracy"] > 0.9 and report["label_kind"] == "multiclass"
+    # Fine-tuning starts from the skip-gram vectors scaled to the size of classify's own start (RMS of U(-0.05, 0.05)).
+    scale = report["fine_tune"]
+    assert scale["vector_scale"] * scale["skipgram_rms"] == pytest.approx(0.05 / 3**0.5, rel=1e-4)
     # The vocabulary holds the unlabelled corpus's words too (pre-trained), not only the labelled texts'.
     assert report["words"] > len(set(" ".join(_TOPICS.values()).split()) | set(_SHARED))
