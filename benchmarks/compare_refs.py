@@ -151,7 +151,7 @@ def _extract(sha: str, parent: pathlib.Path) -> pathlib.Path:
     return folder
 
 
-def _ref_env(ctx_env: dict, work: pathlib.Path, tf_threads: Optional[int], root: pathlib.Path) -> dict:
+def _ref_env(work: pathlib.Path, tf_threads: Optional[int], root: pathlib.Path) -> dict:
     """The harness's environment, with only this ref's folder on the path (its worker, its job)."""
     env = worker_env(work, tf_threads, root)
     env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
@@ -190,7 +190,7 @@ def compare(args: argparse.Namespace) -> dict:
     runs: dict[str, list[dict]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory(prefix="compare-refs-") as tmp:
         roots = {sha: _extract(sha, pathlib.Path(tmp)) for sha in dict.fromkeys(shas)}
-        envs = {sha: _ref_env(ctx.env, ctx.work, args.tf_threads, root) for sha, root in roots.items()}
+        envs = {sha: _ref_env(ctx.work, args.tf_threads, root) for sha, root in roots.items()}
         for k in range(args.repeat):
             for sc in scenarios:
                 _, small, large = MODES[args.mode][sc.key]
