@@ -238,13 +238,7 @@ def _parser() -> argparse.ArgumentParser:
         "--text-model", help="A train-text .keras model for both refs (default: the harness trains or reuses one)."
     )
     parser.add_argument("--tf-threads", type=int, help="TF intra/inter-op threads for every run.")
-    parser.add_argument(
-        "--work-dir", default=str(inputs.DEFAULT_WORK_DIR), help="Derived inputs and run files (default: benchmarks/work)."
-    )
-    parser.add_argument(
-        "--results-dir", default=str(inputs.PROJECT_ROOT / "benchmarks" / "results"), help="Where the JSON and table go."
-    )
-    parser.add_argument("--shared-data", default=str(inputs.DEFAULT_SHARED_DATA), help="The shared data folder.")
+    inputs.add_location_flags(parser, "Derived inputs and run files (default: benchmarks/work).")
     return parser
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "PROJECT_ROOT",
     "DEFAULT_SHARED_DATA",
     "DEFAULT_WORK_DIR",
+    "add_location_flags",
     "IMAGE_WIDTH",
     "IMAGE_HEIGHT",
     "TEXT_SHARDS",
@@ -36,6 +37,15 @@ __all__ = [
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 DEFAULT_WORK_DIR = PROJECT_ROOT / "benchmarks" / "work"
+DEFAULT_RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
+
+
+def add_location_flags(parser, work_help: str = "Derived inputs and outputs (default: benchmarks/work).") -> None:
+    """--work-dir, --results-dir and --shared-data, the same for every harness command."""
+    parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help=work_help)
+    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="Where the JSON and table go.")
+    parser.add_argument("--shared-data", default=str(DEFAULT_SHARED_DATA), help="The shared data folder.")
+
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 500, 375
 JPEG_QUALITY = 90

@@ -830,13 +830,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Measure the job as committed at this git ref (e.g. HEAD, a tag) instead of "
         "the working tree's pipeline/ and transforms/.",
     )
-    parser.add_argument(
-        "--work-dir", default=str(inputs.DEFAULT_WORK_DIR), help="Derived inputs and outputs (default: benchmarks/work)."
-    )
-    parser.add_argument(
-        "--results-dir", default=str(inputs.PROJECT_ROOT / "benchmarks" / "results"), help="Where the JSON and table go."
-    )
-    parser.add_argument("--shared-data", default=str(inputs.DEFAULT_SHARED_DATA), help="The shared data folder.")
+    inputs.add_location_flags(parser)
     return parser
 
 
