@@ -19,7 +19,20 @@ import subprocess
 import sys
 from typing import Optional
 
-__all__ = ["train_text_model", "save_peer_image_model", "save_headless_text_model"]
+__all__ = ["rt_polarity_flags", "train_text_model", "save_peer_image_model", "save_headless_text_model"]
+
+
+def rt_polarity_flags(shared: pathlib.Path) -> list[str]:
+    """train-text's flags for the shared rt-polarity corpus (label 1 positive, 0 negative)."""
+    sentiment = shared / "sentiment"
+    return [
+        "--labelled-lines",
+        f"{sentiment / 'rt-polarity.pos'}=1",
+        "--labelled-lines",
+        f"{sentiment / 'rt-polarity.neg'}=0",
+        "--encoding",
+        "cp1252",
+    ]
 
 
 def train_text_model(shared: pathlib.Path, output: pathlib.Path, epochs: Optional[int] = None) -> str:
@@ -28,21 +41,8 @@ def train_text_model(shared: pathlib.Path, output: pathlib.Path, epochs: Optiona
     from benchmarks.inputs import PROJECT_ROOT
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    sentiment = shared / "sentiment"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "train-text",
-        "--labelled-lines",
-        f"{sentiment / 'rt-polarity.pos'}=1",
-        "--labelled-lines",
-        f"{sentiment / 'rt-polarity.neg'}=0",
-        "--encoding",
-        "cp1252",
-        "--output",
-        str(output),
-    ] + (["--epochs", str(epochs)] if epochs else [])
+    cmd = [sys.executable, "-m", "pipeline", "train-text", *rt_polarity_flags(shared), "--output", str(output)]
+    cmd += ["--epochs", str(epochs)] if epochs else []
     log = output.with_suffix(".log")
     with open(log, "w") as handle:
         done = subprocess.run(

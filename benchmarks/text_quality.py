@@ -140,15 +140,9 @@ def _skipgram_flags(seed: int, dim: int = DIM) -> list[str]:
 
 
 def _rt_flags() -> list[str]:
-    sentiment = SHARED / "sentiment"
-    return [
-        "--labelled-lines",
-        f"{sentiment / 'rt-polarity.pos'}=1",
-        "--labelled-lines",
-        f"{sentiment / 'rt-polarity.neg'}=0",
-        "--encoding",
-        "cp1252",
-    ]
+    from benchmarks.models import rt_polarity_flags
+
+    return rt_polarity_flags(SHARED)
 
 
 def _ag_news() -> tuple[list[str], np.ndarray]:
