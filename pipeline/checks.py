@@ -32,6 +32,7 @@ import logging
 import os
 import posixpath
 import re
+import stat
 import sys
 import threading
 import uuid
@@ -506,8 +507,55 @@ def same_path(a: str, b: str) -> bool:
 
 def is_inside(path: str, folder: str) -> bool:
     """Whether `path` is `folder` or lies under it (`real_path` on both)."""
-    path, folder = real_path(path), real_path(folder)
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
+    return _under(real_path(path), real_path(folder))
+
+
+def _under(real: str, real_folder: str) -> bool:
+    return real == real_folder or real.startswith(real_folder.rstrip("/") + "/")
+
+
+class RealPaths:
+    """`real_path` for many files, exact and cheaper: each folder's real path is resolved once.
+
+    `os.path.realpath` lstat-s every component of a path (and of a symlink's target) on every call:
+    0.045 ms a symlinked file here, 1.5 % of an image's CPU at launch. The real path of `d/name`
+    when `name` is not a symlink is `realpath(d)/name`, so a file costs one `lstat` (and for a
+    symlink, a `readlink` and the same step on its target) with `realpath(d)` kept per folder. A
+    path or link target with `..` parts, a missing file or a long chain of links goes to
+    `os.path.realpath`."""
+
+    _MAX_LINKS = 40
+
+    def __init__(self):
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        if fileio.is_remote(path) or ".." in path.split("/"):
+            return real_path(path)
+        return self._local(os.path.abspath(os.path.expanduser(path)), path, 0)
+
+    def _folder(self, folder: str) -> str:
+        real = self._folders.get(folder)
+        if real is None:
+            real = self._folders[folder] = os.path.realpath(folder)
+        return real
+
+    def _local(self, path: str, given: str, links: int) -> str:
+        """The real path of the absolute, normalised `path` (`given`, as listed, for the fallback)."""
+        folder, name = os.path.split(path)
+        if links > self._MAX_LINKS or not name:
+            return real_path(given)
+        try:
+            mode = os.lstat(path).st_mode
+            target = os.readlink(path) if stat.S_ISLNK(mode) else None
+        except OSError:  # gone, no permission: as os.path.realpath resolves it
+            return real_path(given)
+        real_folder = self._folder(folder)
+        if target is None:
+            return os.path.join(real_folder, name)
+        if ".." in target.split("/"):  # `..` after a link is not lexical
+            return real_path(given)
+        return self._local(os.path.normpath(os.path.join(real_folder, target)), given, links + 1)
 
 
 # Files the job writes in --output, to test an input glob against (`check_inputs_outside_output`).
@@ -541,12 +589,13 @@ def check_inputs_outside_output(config: JobConfig, listing: Optional[fileio.Inpu
 
     listing = fileio.InputListing() if listing is None else listing
     output = real_path(config.output)
+    real = RealPaths()  # every listed file by its real path, each folder resolved once
     samples = [f"{output}/{name}" for name in _OUTPUT_SAMPLES]
     for flag, patterns in (("--text-input", config.text_inputs), ("--image-input", config.image_inputs)):
         for given in patterns:
             pattern = fileio.folder_glob(given) if flag == "--image-input" and fileio.is_folder(given) else given
             inside = is_inside(fileio.glob_root(pattern) or pattern, output) if fileio.has_glob(pattern) else False
-            inside = inside or any(is_inside(path, output) for path, _ in listing.files(given))
+            inside = inside or any(_under(real(path), output) for path, _ in listing.files(given))
             if inside:
                 raise ConfigError(
                     f"{flag} {given!r}: reads inside --output {config.output!r}, the folder this run clears and "

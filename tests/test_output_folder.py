@@ -9,6 +9,7 @@ a finished run's folder holds exactly the files its manifest names.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 
@@ -121,6 +122,55 @@ def test_case1_inputs_inside_the_output_are_refused_before_they_are_read(tmp_pat
     line = _error_line(err)
     assert "--text-input" in line and "--output" in line and "inside" in line
     assert _tree(folder) == before
+
+
+@pytest.mark.parametrize("kind", ["absolute link through a linked folder", "chain of relative links"])
+def test_case1_a_listed_input_linking_into_the_output_is_refused(tmp_path, runs, kind):
+    """The glob lies outside --output, one file it lists resolves into it (each file by its real path)."""
+    out, src = tmp_path / "out", tmp_path / "src"
+    _records(out / "text" / "mine.jsonl", {"m": "inside the output"})
+    _records(src / "a.jsonl", {"a": "good movie"})
+    (tmp_path / "linked").symlink_to(out / "text", target_is_directory=True)
+    if kind.startswith("absolute"):
+        (src / "b.jsonl").symlink_to(tmp_path / "linked" / "mine.jsonl")
+    else:
+        (src / "hop").symlink_to(tmp_path / "linked" / "mine.jsonl")
+        (src / "b.jsonl").symlink_to("hop")
+    before = _tree(tmp_path)
+    code, _, err = _run("--output", out, "--text-input", f"{src}/*.jsonl", *runs["model"])
+    assert code == 2
+    line = _error_line(err)
+    assert "--text-input" in line and "inside --output" in line
+    assert _tree(tmp_path) == before
+
+
+def test_launch_real_paths_are_os_realpath(tmp_path, monkeypatch):
+    """`checks.RealPaths` (each folder resolved once) gives `os.path.realpath` for every kind of path."""
+    from pipeline.checks import RealPaths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "out" / "x").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c" / "f.jpg").write_bytes(b"f")
+    (tmp_path / "out" / "x" / "g.jpg").write_bytes(b"g")
+    links = {
+        "lb": "a/b",
+        "a/upout": "../out",
+        "a/abs.jpg": str(tmp_path / "out" / "x" / "g.jpg"),
+        "a/b/rel.jpg": "c/f.jpg",
+        "a/b/chain.jpg": "rel.jpg",
+        "a/up.jpg": "../out/x/g.jpg",
+        "a/b/dots.jpg": ".//c/./f.jpg",
+        "loop1": "loop2",
+        "loop2": "loop1",
+        "dangling": "missing",
+    }
+    for link, target in links.items():
+        (tmp_path / link).symlink_to(target)
+    paths = [*links, "a/b/c/f.jpg", "lb/c/f.jpg", "lb/chain.jpg", "a/upout/x/g.jpg", "lb/../a/b/c/f.jpg", "./a//b/c/f.jpg"]
+    paths += [str(tmp_path / "lb" / "rel.jpg"), "nope/x", "a/b/c/", "/"]
+    real = RealPaths()
+    assert [real(p) for p in paths] == [os.path.realpath(p) for p in paths]
 
 
 def test_case2_incremental_from_a_symlink_to_the_output_is_refused_untouched(tmp_path, runs):
