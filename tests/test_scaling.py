@@ -257,7 +257,7 @@ def test_dataflow_job_side_inputs_carry_no_per_record_data(request, incremental_
     text_checks = {
         p.split("/")[2] for name, p in seen if name.startswith("Text/ScreenText/") and p.startswith("Text/CheckTextRecords/")
     }
-    assert text_checks == {"CheckBuckets", "SkipBitmaps"}  # duplicates and skips, both multimaps
+    assert text_checks == {"PackDuplicates", "SkipBitmaps"}  # duplicates (packed) and skips, both multimaps
     names = {t.unique_name for t in incremental_job.components.transforms.values()}
     assert {"Text/PriorTextKeys/PriorKeys", "Images/AttachPriorImageKeys/GroupRefBuckets"} <= names  # the joins are shuffles
     carry = {

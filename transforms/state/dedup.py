@@ -12,7 +12,8 @@ record); earlier runs' keys join the same buckets (`transforms.state.incremental
 bucket, with NumPy only:
 
 * repeated `ikey`s: every later occurrence with its first one (exceptional: only duplicates), as
-  2-3 bytes a duplicate plus one (path, line) per distinct first occurrence (`DuplicatesEntry`);
+  2-3 bytes a duplicate plus one (path, line) per distinct first occurrence (`DuplicatesEntry`),
+  compressed for the side input (`PackedDuplicates`: runs of nearby lines cost almost nothing);
 * `(ikey, ckey)` pairs found in an earlier run: the lines to skip, gathered per file and chunk of
   `CHUNK_LINES` lines into bitmaps (1 bit a line, 8 KiB a chunk).
 
@@ -26,6 +27,7 @@ grouped by bucket, and each bucket yields `(id, first occurrence)` for repeated 
 
 from __future__ import annotations
 
+import pickle
 import zlib
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
@@ -49,12 +51,14 @@ __all__ = [
     "CHUNK_LINES",
     "CheckTextRecords",
     "DuplicatesEntry",
+    "PackedDuplicates",
     "FindDuplicateIds",
     "MergeBucketSlices",
     "LineFlags",
     "check_bucket",
     "duplicate_reason",
     "later_occurrence_reason",
+    "unpack_duplicates",
     "OccurrenceKey",
 ]
 
@@ -376,6 +380,48 @@ class DuplicatesEntry(NamedTuple):
     which: np.ndarray  # for each later occurrence, the index of its first one (smallest unsigned type)
 
 
+class PackedDuplicates:
+    """A `DuplicatesEntry` as the `duplicates` side input carries it: offsets delta-coded, zlib'ed.
+
+    The local runner keeps a side input's elements encoded several times over (the PCollection,
+    its per-key grouping, the state it serves) for the rest of the run, and the worker caches what
+    it fetched: at 2-3 bytes a duplicate raw, ~12 bytes a duplicate in all at 1M duplicates (issue 19
+    (6)). The later occurrences of an id are mostly runs of nearby lines, whose deltas compress to
+    almost nothing. Decoded on each `unpack` (a chunk's entries, when a table of that chunk is
+    screened), never kept decoded."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, encoded: bytes):
+        self.encoded = encoded
+
+    @classmethod
+    def pack(cls, entry: DuplicatesEntry) -> PackedDuplicates:
+        deltas = np.diff(entry.offsets.astype(np.uint16), prepend=np.uint16(0))  # mod 2**16: cumsum undoes it
+        payload = (deltas, list(entry.first_paths), entry.first_lines, entry.which)
+        return cls(zlib.compress(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), 1))
+
+    def unpack(self) -> DuplicatesEntry:
+        deltas, first_paths, first_lines, which = pickle.loads(zlib.decompress(self.encoded))
+        return DuplicatesEntry(np.cumsum(deltas, dtype=np.uint16), first_paths, first_lines, which)
+
+    def __reduce__(self):
+        return PackedDuplicates, (self.encoded,)
+
+    def __repr__(self) -> str:
+        return f"PackedDuplicates({len(self.encoded)} bytes)"
+
+
+def unpack_duplicates(entry) -> DuplicatesEntry:
+    """A value of the `duplicates` side input (`PackedDuplicates`, or a `DuplicatesEntry`) decoded."""
+    return entry.unpack() if isinstance(entry, PackedDuplicates) else entry
+
+
+def _packed(item: tuple[tuple[str, int], DuplicatesEntry]) -> tuple[tuple[str, int], PackedDuplicates]:
+    key, entry = item
+    return key, PackedDuplicates.pack(entry)
+
+
 def _duplicates_entry(later_rows: np.ndarray, first_rows: np.ndarray, part_of_row, path_of_part, lines) -> DuplicatesEntry:
     distinct, which = np.unique(first_rows, return_inverse=True)
     offsets = (lines[later_rows] & (CHUNK_LINES - 1)).astype(np.uint16)
@@ -407,10 +453,28 @@ def _bitmap(item: tuple[tuple[str, int], Iterable[np.ndarray]]) -> tuple[tuple[s
     return key, np.packbits(flags).tobytes()
 
 
+class _CheckBucketsFn(beam.DoFn):
+    """`check_bucket` as a DoFn whose `process` takes the element only.
+
+    Not `beam.FlatMap(check_bucket, carry, first_only)`: with extra arguments Beam invokes the
+    function through its per-window invoker, which keeps the last element it was given (the
+    argument list is reused) until the stage's cached bundle processor is used again, i.e. for the
+    rest of a local run. The last element is a whole bucket; with one hot id that is every record's
+    key slices (~9 bytes a record, held while the embedding step and the dead letters' sinks run)."""
+
+    def __init__(self, carry: bool, first_only: bool):
+        self._carry = carry
+        self._first_only = first_only
+
+    def process(self, item: tuple[int, Iterable[KeyBatch]]) -> Iterator:
+        return check_bucket(item, self._carry, self._first_only)
+
+
 class CheckTextRecords(beam.PTransform):
     """Key batches in (`(bucket, KeyBatch)`, current and earlier runs' flattened); two multimaps out:
 
-    * `duplicates`: (path, chunk) -> `DuplicatesEntry` (offsets of later occurrences, their first ones);
+    * `duplicates`: (path, chunk) -> `PackedDuplicates` (a `DuplicatesEntry`: offsets of later
+      occurrences, their first ones; `unpack_duplicates` decodes it);
     * `skips`: (path, chunk) -> bitmap (bytes, CHUNK_LINES bits) of lines an earlier run embedded;
     * with `carry` (earlier keys read with positions): `carry`, a keyed PCollection (not a side
       input) of ((earlier file, row group), (rows, current paths, path of each row, current lines))
@@ -431,12 +495,13 @@ class CheckTextRecords(beam.PTransform):
             | "MergeSlices" >> beam.ParDo(MergeBucketSlices(self._bits))
             | "GroupKeyBuckets" >> beam.GroupByKey()
             | "CheckBuckets"
-            >> beam.FlatMap(check_bucket, self._carry, self._first_only).with_outputs(
+            >> beam.ParDo(_CheckBucketsFn(self._carry, self._first_only)).with_outputs(
                 SKIP_LINES, CARRY_ROWS, REMOVED_IDS, main="duplicates"
             )
         )
         skips = checked[SKIP_LINES] | "GroupSkipChunks" >> beam.GroupByKey() | "SkipBitmaps" >> beam.Map(_bitmap)
-        return {"duplicates": checked.duplicates, "skips": skips, "carry": checked[CARRY_ROWS], "removed": checked[REMOVED_IDS]}
+        duplicates = checked.duplicates | "PackDuplicates" >> beam.Map(_packed)  # fused with the check
+        return {"duplicates": duplicates, "skips": skips, "carry": checked[CARRY_ROWS], "removed": checked[REMOVED_IDS]}
 
 
 class LineFlags:
@@ -478,7 +543,8 @@ class LineFlags:
             return found
         for key, rows, lines in self._groups(table):
             offsets = lines & (CHUNK_LINES - 1)
-            for later, first_paths, first_lines, which in self._duplicates[key]:  # DuplicatesEntries: one or more per bucket
+            for entry in self._duplicates[key]:  # (packed) DuplicatesEntries: one or more per bucket
+                later, first_paths, first_lines, which = unpack_duplicates(entry)
                 order = np.argsort(later, kind="stable")
                 sorted_later = later[order].astype(np.int64)
                 at = np.minimum(np.searchsorted(sorted_later, offsets), max(len(sorted_later) - 1, 0))

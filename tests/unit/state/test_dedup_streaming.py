@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.state.dedup import CHUNK_BITS, CHUNK_LINES, DuplicatesEntry, LineFlags, check_bucket
+from transforms.state.dedup import CHUNK_BITS, CHUNK_LINES, DuplicatesEntry, LineFlags, PackedDuplicates, check_bucket
 from transforms.state.keys import PriorKeys, key_batch_rows, merge_key_batches, smallest_unsigned, text_key_batch
 
 
@@ -108,6 +108,9 @@ def test_streamed_duplicates_are_the_whole_bucket_check_ones(seed, small_buffers
         return found
 
     assert lookups(got) == lookups(expected)
+    assert lookups([(key, PackedDuplicates.pack(entry)) for key, entry in got]) == lookups(
+        expected
+    )  # as the side input holds them
 
 
 def test_a_bucket_of_unique_ids_gives_nothing_and_a_one_shot_iterator_is_read_twice():
@@ -118,3 +121,25 @@ def test_a_bucket_of_unique_ids_gives_nothing_and_a_one_shot_iterator_is_read_tw
     total = sum(len(p.ikeys) for p in one_id)
     assert len(_normalised(check_bucket((0, iter(one_id))))) == total - 1  # a generator of slices: still every later one
     assert _normalised(check_bucket((0, iter(one_id)))) == _normalised(_reference(one_id))
+
+
+def test_packed_duplicates_give_back_the_entry_and_a_run_of_one_id_costs_almost_nothing():
+    """The `duplicates` side input holds entries packed (issue 19 (6)): every later occurrence and the
+    first one it names come back exactly, in any order of offsets; one id's run of lines packs to a
+    few hundred bytes, not 3 bytes a duplicate."""
+    rng = np.random.default_rng(3)
+    offsets = rng.permutation(CHUNK_LINES)[:5000].astype(np.uint16)  # unsorted: deltas wrap around
+    which = rng.integers(0, 300, size=5000).astype(np.uint16)
+    entry = DuplicatesEntry(offsets, [f"f{i}.jsonl" for i in range(300)], rng.integers(0, 1 << 40, 300), which)
+    back = PackedDuplicates.pack(entry).unpack()
+    assert back.offsets.dtype == np.uint16 and np.array_equal(back.offsets, offsets)
+    assert np.array_equal(back.which, which) and back.first_paths == entry.first_paths
+    assert np.array_equal(back.first_lines, entry.first_lines)
+
+    run = DuplicatesEntry(
+        np.arange(1, CHUNK_LINES, dtype=np.uint16), ["a.jsonl"], np.array([0]), np.zeros(CHUNK_LINES - 1, np.uint8)
+    )
+    packed = PackedDuplicates.pack(run)
+    assert len(packed.encoded) < 2048  # ~1 KB; raw: 3 bytes a duplicate, ~196 KB
+    table = pa.table({"source": ["a.jsonl"] * 3, "line": pa.array([0, 1, CHUNK_LINES - 1], pa.int64())})
+    assert LineFlags(duplicates={("a.jsonl", 0): [packed]}).first_occurrences(table) == {1: ("a.jsonl", 0), 2: ("a.jsonl", 0)}

@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.state import incremental, keys
-from transforms.state.dedup import CheckTextRecords, FindDuplicateIds, LineFlags, later_occurrence_reason
+from transforms.state.dedup import CheckTextRecords, FindDuplicateIds, LineFlags, later_occurrence_reason, unpack_duplicates
 
 BITS = 4
 
@@ -94,7 +94,8 @@ def test_check_text_records_finds_a_planted_duplicate_and_the_lines_an_earlier_r
     prior = _prior(["x", "z", "gone"], [_sha("1"), _sha("changed"), _sha("9")], model)
 
     def duplicates_rows(item):
-        (path, chunk), entry = item
+        (path, chunk), packed = item
+        entry = unpack_duplicates(packed)
         for offset, which in zip(entry.offsets.tolist(), entry.which.tolist()):
             yield path, chunk * (1 << 16) + offset, entry.first_paths[which], int(entry.first_lines[which])
 
