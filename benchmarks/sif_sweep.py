@@ -20,10 +20,11 @@ trainer's own parts (`build_text_model`, `sif_weights`, `_remove_first_component
 - plain mean pooling of the same vectors, as a reference row (not a SIF setting: never chosen).
 
 Each model is saved and embedded with the job's embedder (`load_text_embedder`), as text_quality's
-`_probe` does. CV: stratified 5-fold, repeated with 4 fold seeds, each fold trained as
-`linear_probe` trains (features standardised on the fold's training part, softmax regression,
-full-batch Adam, 300 steps, lr 0.05, l2 1e-4); the choice is the highest mean CV accuracy. The
-replica is checked against `linear_probe` itself on the default setting's held-out split.
+`_probe` does. CV: stratified 5-fold, repeated with 4 fold seeds, each fold trained by
+`linear_probe`'s own trainer (`evaluate.fit_softmax_probe`: features standardised on the fold's
+training part, softmax regression, full-batch Adam, 300 steps, lr 0.05, l2 1e-4); the choice is
+the highest mean CV accuracy. The CV's rows are checked against `linear_probe`'s own split on the
+default setting's held-out rows.
 
 Result (2026-12-04, benchmarks/results/sif-sweep-20261204.json): CV picks a=1e-2 without removal
 (0.805 vs the default's 0.803, a paired +0.002 with a fold-to-fold spread of 0.009: within noise);
@@ -94,32 +95,12 @@ def _embed(path: str, texts: list[str]) -> np.ndarray:
     return np.asarray(load_text_embedder(TextModelSpec(path, batch_size=256)).embed(texts), np.float64)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _fit_score(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, classes: int) -> float:
-    """Accuracy on `test` of a softmax regression trained on `train` exactly as `linear_probe` trains it."""
-    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
-    std[std < 1e-8] = 1.0
-    z = (x - mean) / std
-    xt, yt = z[train], np.eye(classes)[y[train]]
-    params = [np.zeros((x.shape[1], classes)), np.zeros(classes)]
-    moments = [np.zeros_like(p) for p in params]
-    squares = [np.zeros_like(p) for p in params]
-    beta1, beta2, eps, lr, l2 = 0.9, 0.999, 1e-8, 0.05, 1e-4
-    for step in range(1, 301):
-        error = (_softmax(xt @ params[0] + params[1]) - yt) / len(train)
-        grads = [xt.T @ error + l2 * params[0], error.sum(axis=0)]
-        for p, g, m, v in zip(params, grads, moments, squares):
-            m *= beta1
-            m += (1 - beta1) * g
-            v *= beta2
-            v += (1 - beta2) * g * g
-            p -= lr * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + eps)
-    return float((np.argmax(z[test] @ params[0] + params[1], axis=1) == y[test]).mean())
+    """Accuracy on `test` of `linear_probe`'s softmax regression trained on `train`."""
+    from pipeline.tools.evaluate import fit_softmax_probe
+
+    z, weights, bias = fit_softmax_probe(x, y, train, classes)
+    return float((np.argmax(z[test] @ weights + bias, axis=1) == y[test]).mean())
 
 
 def _folds(labels: np.ndarray, seed: int) -> list[np.ndarray]:

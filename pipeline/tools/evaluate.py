@@ -59,6 +59,7 @@ __all__ = [
     "LabelledVectors",
     "load_labelled_vectors",
     "knn_precision",
+    "fit_softmax_probe",
     "linear_probe",
     "evaluate_embeddings",
     "format_evaluation",
@@ -165,22 +166,18 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def linear_probe(
+def fit_softmax_probe(
     vectors: np.ndarray,
     labels: np.ndarray,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    seed: int = 0,
+    train: np.ndarray,
+    classes: int,
     steps: int = 300,
     learning_rate: float = 0.05,
     l2: float = 1e-4,
-) -> dict:
-    """Held-out accuracy of a softmax regression on standardised vectors (full-batch Adam; deterministic)."""
-    if not 0 < test_fraction < 1:
-        raise ToolError(f"--test-fraction must be in (0, 1), got {test_fraction}")
-    classes = int(labels.max()) + 1 if len(labels) else 0
-    train, test = _stratified_split(labels, test_fraction, seed)
-    if len(test) == 0 or len(np.unique(labels[train])) < 2:
-        raise ToolError("the linear probe needs two labels with at least two rows each")
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the vectors standardised on the `train` rows, weights, bias) of a softmax regression fitted
+    on those rows: full-batch Adam, deterministic. `linear_probe`'s trainer, for callers that pick
+    their own rows (e.g. cross-validation)."""
     x = np.asarray(vectors, dtype=np.float64)
     mean, std = x[train].mean(axis=0), x[train].std(axis=0)
     std[std < 1e-8] = 1.0
@@ -201,6 +198,27 @@ def linear_probe(
             v *= beta2
             v += (1 - beta2) * g * g
             p -= learning_rate * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + eps)
+    return x, weights, bias
+
+
+def linear_probe(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    steps: int = 300,
+    learning_rate: float = 0.05,
+    l2: float = 1e-4,
+) -> dict:
+    """Held-out accuracy of a softmax regression on standardised vectors (full-batch Adam; deterministic)."""
+    if not 0 < test_fraction < 1:
+        raise ToolError(f"--test-fraction must be in (0, 1), got {test_fraction}")
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    train, test = _stratified_split(labels, test_fraction, seed)
+    if len(test) == 0 or len(np.unique(labels[train])) < 2:
+        raise ToolError("the linear probe needs two labels with at least two rows each")
+    x, weights, bias = fit_softmax_probe(vectors, labels, train, classes, steps, learning_rate, l2)
+    xt = x[train]
     predicted = np.argmax(x[test] @ weights + bias, axis=1)
     train_predicted = np.argmax(xt @ weights + bias, axis=1)
     majority = np.bincount(labels[train], minlength=classes).argmax()
