@@ -188,11 +188,15 @@ class ErrorBatch:
         return f"ErrorBatch({self.num_rows} dead letters)"
 
 
-def failed_counts(element) -> list[tuple[str, int]]:
-    """[(f"{modality}_failed", n)] of one dead letter (`ErrorRecord`) or `ErrorBatch`: the manifest's counters."""
+def failed_counts(element, counters: Sequence[str] = ("failed",)) -> list[tuple[str, int]]:
+    """[(f"{modality}_{counter}", n)] of one dead letter (`ErrorRecord`) or `ErrorBatch`, for each
+    of `counters`: the manifest's counters ("failed"; a writer that never counted the records it
+    read also adds "read")."""
     if isinstance(element, ErrorBatch):
-        return [(f"{modality}_failed", n) for modality, n in sorted(element.modality_counts().items())]
-    return [(f"{element.modality}_failed", 1)]
+        by_modality = sorted(element.modality_counts().items())
+    else:
+        by_modality = [(element.modality, 1)]
+    return [(f"{modality}_{counter}", n) for modality, n in by_modality for counter in counters]
 
 
 def embedding_schema(

@@ -161,7 +161,7 @@ class WriteEmbeddingRun(beam.PTransform):
         all_errors = errors | "AllErrors" >> beam.Flatten()
         error_files = all_errors | "WriteErrors" >> WriteErrors(fileio.join(self._output, "errors"))
         files.append(error_files | "ErrorFileNames" >> beam.Map(lambda path: ("errors", path)))
-        counts.append(all_errors | "CountFailed" >> beam.FlatMap(_failed_and_read))
+        counts.append(all_errors | "CountFailed" >> beam.FlatMap(failed_counts, ("failed", "read")))
         totals = counts | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
         options: dict = {"passthrough": [], "writer": "WriteEmbeddingRun"}
         for branch in branches.values():
@@ -195,15 +195,6 @@ class WriteEmbeddingRun(beam.PTransform):
                 unaccounted=beam.pvalue.AsList(no_lines),
             )
         )
-
-
-def _failed_and_read(errors) -> list:
-    """The counters of an `ErrorBatch` of dead letters: each is failed, and read."""
-    counts = []
-    for key, n in failed_counts(errors):
-        modality = key[: -len("_failed")]
-        counts += [(f"{modality}_failed", n), (f"{modality}_read", n)]
-    return counts
 
 
 def _with_provenance(schema: pa.Schema) -> pa.Schema:
