@@ -217,6 +217,14 @@ def _places(batch: CurrentKeys) -> tuple:
     return paths, indexes, part_of_row, lines, ikeys, places
 
 
+def _new_runs(sorted_keys: np.ndarray) -> np.ndarray:
+    """True where a run of equal keys begins in `sorted_keys` (not empty)."""
+    new_run = np.empty(len(sorted_keys), dtype=bool)
+    new_run[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
+    return new_run
+
+
 def _first_places(ikeys: np.ndarray, places: np.ndarray, twice: Optional[np.ndarray] = None) -> tuple:
     """(distinct ikeys, sorted; the smallest place of each; whether each occurs more than once).
 
@@ -226,9 +234,7 @@ def _first_places(ikeys: np.ndarray, places: np.ndarray, twice: Optional[np.ndar
         return ikeys, places, np.zeros(0, dtype=bool)
     order = np.argsort(ikeys, kind=None if twice is None else "stable")
     sorted_keys = ikeys[order]
-    new_run = np.empty(len(order), dtype=bool)
-    new_run[0] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
+    new_run = _new_runs(sorted_keys)
     starts = np.flatnonzero(new_run)
     del new_run
     keys = sorted_keys[starts]
@@ -351,11 +357,7 @@ def _check_whole(parts: Iterable[KeyBatch], carry: bool, first_only: bool) -> It
     # A bucket may hold every record of one id (all duplicates): as few per-row arrays at once as can be.
     order = np.lexsort((lines, file_ids, ikeys))  # by id hash, then file order, then line
     del file_ids
-    sorted_keys = ikeys[order]
-    new_run = np.empty(len(order), dtype=bool)
-    new_run[0] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
-    del sorted_keys
+    new_run = _new_runs(ikeys[order])
     later = np.flatnonzero(~new_run)
     if later.size == 0:
         return
