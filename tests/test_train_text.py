@@ -227,6 +227,31 @@ def test_vocabulary_comes_from_the_train_part_only(tmp_path):
     assert "zebra" not in vocabulary
 
 
+def test_min_count_leaves_rare_words_out_of_a_classifier(tmp_path):
+    """--min-count applies to classify too (it used to be read by the skip-gram objectives only)."""
+    import keras
+
+    rows = [{"text": t, "label": y} for t, y in _synthetic(100)]
+    order = np.random.default_rng(0).permutation(100)  # the train part is order[20:]
+    rows[order[-1]]["text"] += " yak"  # once in the train part
+    rows[order[-2]]["text"] += " okapi okapi"  # twice
+    made = tmp_path / "r.jsonl"
+    _write_jsonl(made, rows)
+
+    def vocabulary(*flags: str) -> list[str]:
+        config = _config("--input", str(made), "--output", str(tmp_path / "m.keras"), "--epochs", "1", *flags)
+        train_text_model(config)
+        return keras.saving.load_model(config.output, safe_mode=True).get_layer("vectorize").get_vocabulary()
+
+    every = vocabulary()
+    assert "yak" in every and "okapi" in every
+    twice = vocabulary("--min-count", "2")
+    assert "yak" not in twice and "okapi" in twice
+    assert twice == [w for w in every if w != "yak"]  # the synthetic words all occur often: only "yak" goes
+    with pytest.raises(TrainingDataError, match="--min-count 1000"):
+        vocabulary("--min-count", "1000")
+
+
 # --- other formats ------------------------------------------------------------------------------
 
 

@@ -696,10 +696,19 @@ def _check_records(records: TrainingRecords, config: TextTrainingConfig) -> Opti
 
 
 def _adapted_vocabulary(config: TextTrainingConfig, texts: Sequence[str]) -> list[str]:
-    """The vocabulary a `vectorize` layer adapted on `texts` has (padding and [UNK] first)."""
+    """The vocabulary a `vectorize` layer adapted on `texts` has (padding and [UNK] first), without the
+    words seen fewer than --min-count times."""
     import keras
     import tensorflow as tf
 
+    if config.effective_min_count > 1:
+        # the skip-gram's counting: the same standardisation and order, cut where counts fall below min_count
+        vocabulary = list(tokenize_corpus(texts, config.vocab_size, config.effective_min_count).vocabulary)
+        if len(vocabulary) <= 2:
+            raise TrainingDataError(
+                f"no word occurs --min-count {config.effective_min_count} times in the {len(texts)} training texts"
+            )
+        return vocabulary
     probe = keras.layers.TextVectorization(max_tokens=config.vocab_size, standardize="lower_and_strip_punctuation")
     probe.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(list(texts))).batch(1024))
     return [str(w) for w in probe.get_vocabulary()]
