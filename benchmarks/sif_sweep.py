@@ -9,8 +9,8 @@ script chooses them the honest way: by k-fold cross-validation inside the probe'
 rows only (the split `linear_probe` draws: `_stratified_split(labels, 1600/len, 0)`), and reports
 the held-out accuracy on the 1,600 test rows only for the setting CV picks and for today's default.
 
-What: ONE skip-gram model (128-d, WikiText-2 train, the exact flags of text_quality's topic part,
-seed 0; `--model` reuses one already trained with them). Its vocabulary, word vectors and the
+What: ONE skip-gram model (128-d, WikiText-2 train, the flags of text_quality's topic part as they
+were on 2026-12-04: window 5, not today's 10; seed 0; `--model` reuses one already trained with them). Its vocabulary, word vectors and the
 corpus's token counts are then pooled again for every setting, without retraining, with the
 trainer's own parts (`build_text_model`, `sif_weights`, `_remove_first_component`):
 
@@ -46,7 +46,7 @@ import time
 
 import numpy as np
 
-from benchmarks.text_quality import AG_TEST_ROWS, ROOT, TOPIC_DIM, _ag_news, _skipgram_flags
+from benchmarks.text_quality import AG_TEST_ROWS, ROOT, TOPIC_DIM, WINDOW, _ag_news, _skipgram_flags
 
 A_VALUES = (1e-2, 1e-3, 3e-4, 1e-4, 3e-5)
 DEFAULT_A = 1e-3
@@ -58,7 +58,7 @@ def _config(output: str):
 
     parser = argparse.ArgumentParser()
     train_text.add_arguments(parser)
-    flags = [*_skipgram_flags(0, TOPIC_DIM), "--pooling", "sif", "--output", output]
+    flags = [*_skipgram_flags(0, TOPIC_DIM, WINDOW), "--pooling", "sif", "--output", output]
     return dataclasses.replace(train_text.config_from_args(parser.parse_args(flags)), verbose=0)
 
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         if not source:
             source = os.path.join(scratch, "skipgram-sif-0.keras")
             started = time.monotonic()
-            _train(*_skipgram_flags(0, TOPIC_DIM), "--pooling", "sif", "--output", source)
+            _train(*_skipgram_flags(0, TOPIC_DIM, WINDOW), "--pooling", "sif", "--output", source)
             out["training_seconds"] = round(time.monotonic() - started, 1)
         config = _config(source)
         trained = keras.saving.load_model(source, safe_mode=True)
