@@ -217,6 +217,9 @@ def test_similar_words_of_a_pairs_model_are_words(pairs_model, capsys):
     assert not any(" " in row["word"] for row in every)
     assert run_cli(similar_words, ["--text-model", str(path), "--word", "great", "-k", "5", "--json"]) == 0
     assert not any(" " in json.loads(line)["word"] for line in capsys.readouterr().out.splitlines())
+    assert words.token_ids("Good film!") == [words.vocabulary.index("good"), words.vocabulary.index("film")]  # not the pair
+    assert run_cli(similar_words, ["--text-model", str(path), "--word", "good film"]) == 2
+    assert "is 2 words to this model; give one word" in capsys.readouterr().err
 
 
 # --- 5: the job embeds a pairs model as it is ----------------------------------------------------

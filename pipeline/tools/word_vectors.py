@@ -96,11 +96,15 @@ class WordVectors:
         return int(self.vectors.shape[1])
 
     def token_ids(self, text: str) -> list[int]:
-        """The ids the model gives the words of `text` (after its own standardisation), padding dropped."""
+        """The ids the model gives the words of `text` (after its own standardisation), padding dropped;
+        the words only with an `--ngrams 2` model (its layer gives the n words, then the n - 1 pairs)."""
         import tensorflow as tf
 
         ids = np.asarray(self.vectorize(tf.constant([text]))).reshape(-1)
-        return [int(i) for i in ids if i != PADDING_INDEX]
+        ids = [int(i) for i in ids if i != PADDING_INDEX]
+        if getattr(self.vectorize, "get_config", dict)().get("ngrams") == 2:
+            ids = ids[: (len(ids) + 1) // 2]
+        return ids
 
 
 def _contract_layer(model, name: str):
