@@ -758,7 +758,7 @@ def _ngrams(ngrams: int) -> Optional[int]:
 
 def _adapted_vocabulary(config: TextTrainingConfig, texts: Sequence[str]) -> list[str]:
     """The vocabulary a `vectorize` layer adapted on `texts` has (padding and [UNK] first), without the
-    words seen fewer than --min-count times."""
+    words seen fewer than --min-count times; with --ngrams 2 the words and pairs, the rare pairs left out too."""
     import keras
     import tensorflow as tf
 
