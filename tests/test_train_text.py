@@ -122,7 +122,7 @@ def test_saved_model_loads_in_safe_mode_with_the_contract_layers(trained):
         "sentiment",
     ]
     # One row per vocabulary entry (padding and [UNK] included), no unused rows up to --vocab-size.
-    assert model.get_layer("embedding").input_dim == model.get_layer("vectorize").vocabulary_size() <= config.vocab_size
+    assert model.get_layer("embedding").input_dim == model.get_layer("vectorize").vocabulary_size() <= config.effective_vocab_size
     assert model.get_layer("embedding").output_dim == 16
     assert model.get_layer("embedding").mask_zero is True
     assert model.inputs[0].dtype == "string" and tuple(model.inputs[0].shape) == (None, 1)
@@ -466,7 +466,14 @@ def test_some_training_data_is_required(tmp_path):
 
 def test_defaults():
     args = _args("--output", "m.keras")
-    assert (args.vocab_size, args.sequence_length, args.embedding_dim, args.epochs, args.batch_size) == (20000, 64, 64, 10, 64)
+    assert (args.ngrams, args.vocab_size, args.sequence_length) == (1, None, None)  # None: set by --ngrams
+    config = TextTrainingConfig(output="m.keras", inputs=("x.jsonl",))
+    assert (config.effective_vocab_size, config.effective_sequence_length) == (20000, 64)
+    pairs = TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), ngrams=2)
+    assert (pairs.effective_vocab_size, pairs.effective_sequence_length) == (train_text.PAIRS_VOCAB_SIZE, 128)
+    given = TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), ngrams=2, vocab_size=500, sequence_length=9)
+    assert (given.effective_vocab_size, given.effective_sequence_length) == (500, 9)
+    assert (args.embedding_dim, args.epochs, args.batch_size) == (64, 10, 64)
     assert (args.validation_split, args.seed, args.encoding, args.text_field, args.label_field) == (
         0.2,
         0,

@@ -383,9 +383,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 def word_similarity(words, pairs: Sequence[tuple[str, str, float]]) -> dict:
     """Spearman of cosine(word1, word2) against the human score, over the pairs the vocabulary covers."""
     from pipeline.tools.store import unit_rows
-    from pipeline.tools.word_vectors import OOV_INDEX
 
-    index = {word: i for i, word in enumerate(words.vocabulary) if i > OOV_INDEX}
+    index = {word: i for i, (word, is_word) in enumerate(zip(words.vocabulary, words.word_rows)) if is_word}  # no pair
     unit, valid = unit_rows(words.vectors)
     model, human, missing = [], [], []
     for first, second, score in pairs:

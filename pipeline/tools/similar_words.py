@@ -1,8 +1,8 @@
 """The `similar-words` command: the words whose vectors in a text model are closest (cosine) to a word's.
 
 The word is standardised and tokenised by the model's own `vectorize` layer (so `Great!` finds
-`great`); a word outside the vocabulary is an error that suggests close spellings. Padding and
-`[UNK]` are never answers.
+`great`); a word outside the vocabulary is an error that suggests close spellings. Padding,
+`[UNK]` and the pairs of words of an `--ngrams 2` model (`WordVectors.word_rows`) are never answers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pipeline.tools.common import ToolError, format_table, print_json_lines
 from pipeline.tools.flags import TEXT_MODEL_FLAG, UNSAFE_MODEL_LOADING_FLAG, json_lines_flag, k_flag
 from pipeline.tools.knn import DEFAULT_K, top_k
 from pipeline.tools.store import unit_rows
-from pipeline.tools.word_vectors import OOV_INDEX, PADDING_INDEX, WordVectors, load_word_vectors
+from pipeline.tools.word_vectors import OOV_INDEX, WordVectors, load_word_vectors
 
 __all__ = ["UnknownWordError", "word_index", "similar_words", "FLAGS", "add_arguments", "main_from_args"]
 
@@ -34,7 +34,8 @@ def word_index(words: WordVectors, word: str) -> int:
     if len(ids) > 1:
         raise ToolError(f"--word {word!r} is {len(ids)} words to this model; give one word")
     if ids[0] == OOV_INDEX:
-        close = difflib.get_close_matches(word.lower(), words.vocabulary[OOV_INDEX + 1 :], n=5)
+        vocabulary = [w for w, is_word in zip(words.vocabulary, words.word_rows) if is_word]
+        close = difflib.get_close_matches(word.lower(), vocabulary, n=5)
         hint = f"; close words in the vocabulary: {', '.join(close)}" if close else ""
         raise UnknownWordError(f"--word {word!r} is not in the model's vocabulary ({words.words:,} words){hint}")
     return ids[0]
@@ -49,8 +50,8 @@ def similar_words(words: WordVectors, word: str, k: int = DEFAULT_K) -> list[dic
     if not valid[index]:
         raise ToolError(f"--word {word!r}: its vector is zero, so it has no direction to compare")
     scores = (unit @ unit[index]).astype(np.float64)
-    scores[~valid] = -np.inf
-    scores[[PADDING_INDEX, OOV_INDEX, index]] = -np.inf
+    scores[~(valid & words.word_rows)] = -np.inf  # padding, [UNK] and pairs are not words
+    scores[index] = -np.inf
     best = top_k(scores, k)
     return [
         {"rank": rank, "word": words.vocabulary[i], "score": float(scores[i]), "index": int(i)}

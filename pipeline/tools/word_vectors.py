@@ -9,8 +9,16 @@ the words seen) are never used and are left out too.
 The vocabulary size is reported the same way everywhere (`train-text`'s report, `export-word-vectors`,
 `similar-words`): `words`, the vocabulary entries without padding and `[UNK]` (`word_count`).
 
+A model trained with `train-text --ngrams 2` also has a vector per pair of adjacent words, a
+vocabulary entry holding a space ("the movie", `is_pair`). They are not words: `WordVectors`
+tells them apart (`word_rows`, `pairs`), and every word-vector tool uses words only: `export-word-vectors`
+leaves the pairs out and says how many (the word2vec text format could not hold a token with a
+space anyway), `similar-words` never answers a pair, `evaluate --word-similarity` looks up words only.
+`words` counts the words, not the pairs.
+
 `export-word-vectors` writes them as Parquet: `token` (string), `index` (int32, the token's id
-in the model, i.e. its row of the Embedding weights) and `vector` (fixed_size_list<float32>[d]).
+in the model, i.e. its row of the Embedding weights) and `vector` (fixed_size_list<float32>[d]);
+with pairs left out, the indices have gaps (they stay the model's own ids).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ __all__ = [
     "OOV_INDEX",
     "WordVectors",
     "word_count",
+    "is_pair",
     "load_word_vectors",
     "word_vector_schema",
     "word_vector_table",
@@ -42,11 +51,17 @@ __all__ = [
 
 PADDING_INDEX = 0
 OOV_INDEX = 1
+PAIR_SEPARATOR = " "  # TextVectorization's ngram separator; a word never holds one (the split is on whitespace)
 
 
 def word_count(vocabulary_size: int) -> int:
     """The vocabulary's words: its entries (a TextVectorization `vocabulary_size()`) less padding and [UNK]."""
     return max(int(vocabulary_size) - 2, 0)
+
+
+def is_pair(token: str) -> bool:
+    """Whether a vocabulary entry is a pair of words (`train-text --ngrams 2`), not a word."""
+    return PAIR_SEPARATOR in token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +76,35 @@ class WordVectors:
 
     @property
     def words(self) -> int:
-        """How many words the vocabulary holds, padding and [UNK] left out (`word_count`)."""
-        return word_count(len(self.vocabulary))
+        """How many words the vocabulary holds, padding, [UNK] and pairs left out (`word_count`)."""
+        return word_count(len(self.vocabulary)) - self.pairs
+
+    @property
+    def pairs(self) -> int:
+        """How many entries are pairs of words (`--ngrams 2` models; 0 otherwise)."""
+        return sum(is_pair(token) for token in self.vocabulary)
+
+    @property
+    def word_rows(self) -> np.ndarray:
+        """(len(vocabulary),) bool: the rows that are words (padding, [UNK] and pairs are not)."""
+        rows = np.asarray([not is_pair(token) for token in self.vocabulary], dtype=bool)
+        rows[: OOV_INDEX + 1] = False
+        return rows
 
     @property
     def dimension(self) -> int:
         return int(self.vectors.shape[1])
 
     def token_ids(self, text: str) -> list[int]:
-        """The ids the model gives the words of `text` (after its own standardisation), padding dropped."""
+        """The ids the model gives the words of `text` (after its own standardisation), padding dropped;
+        the words only with an `--ngrams 2` model (its layer gives the n words, then the n - 1 pairs)."""
         import tensorflow as tf
 
         ids = np.asarray(self.vectorize(tf.constant([text]))).reshape(-1)
-        return [int(i) for i in ids if i != PADDING_INDEX]
+        ids = [int(i) for i in ids if i != PADDING_INDEX]
+        if getattr(self.vectorize, "get_config", dict)().get("ngrams") == 2:
+            ids = ids[: (len(ids) + 1) // 2]
+        return ids
 
 
 def _contract_layer(model, name: str):
@@ -113,8 +144,10 @@ def word_vector_schema(dimension: int, metadata: dict | None = None) -> pa.Schem
 
 
 def word_vector_table(words: WordVectors) -> pa.Table:
-    """Every token but padding, with its index and vector, in index order."""
-    indices = np.arange(PADDING_INDEX + 1, len(words.vocabulary), dtype=np.int32)
+    """[UNK] and every word (pairs left out), with its index and vector, in index order."""
+    rows = words.word_rows
+    rows[OOV_INDEX] = True
+    indices = np.flatnonzero(rows).astype(np.int32)
     flat = pa.array(words.vectors[indices].reshape(-1), type=pa.float32())
     schema = word_vector_schema(
         words.dimension,
@@ -160,6 +193,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         "out": args.out,
         "words": words.words,
         "rows": table.num_rows,  # the words and [UNK]
+        "pairs_left_out": words.pairs,  # --ngrams 2 models: the pairs of words are not word vectors
         "dimension": words.dimension,
         "model": args.text_model,
         "model_sha256": words.model_sha256,
@@ -172,6 +206,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                 [
                     ("wrote", args.out),
                     ("words", f"{summary['words']:,} (and a row for [UNK])"),
+                    *([("pairs left out", f"{words.pairs:,} (pairs of words of an --ngrams 2 model)")] if words.pairs else []),
                     ("dimension", summary["dimension"]),
                     ("model", f"{args.text_model} (sha256 {words.model_sha256[:12]})"),
                 ]

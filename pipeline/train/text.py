@@ -28,6 +28,16 @@ its speed), and a frozen bias-free Dense named `text_embedding` with the kernel 
 the first principal component u of the training texts' weighted averages. All built-in layers:
 the weights live in the saved model.
 
+`--ngrams 2` (classify only) makes every pair of adjacent words a token too, fastText-style: the
+`vectorize` layer is a TextVectorization with `ngrams=2` (each text's words, then its pairs, e.g.
+"not good" beside "not" and "good"), so the mean pools word and pair vectors and the classifier can
+tell "dog bites man" from "man bites dog". Defaults then: --sequence-length PAIRS_SEQUENCE_LENGTH
+(the tokens count words and pairs), --vocab-size PAIRS_VOCAB_SIZE; --min-count counts pairs as words.
+The saved model keeps the contract: the job embeds it unchanged. Skip-gram learns word vectors only,
+so --ngrams 2 with --objective skipgram or skipgram+classify is refused; --init-vectors starts the
+words from the file and the pairs at random. The word-vector tools leave the pairs out
+(`pipeline.tools.word_vectors`).
+
 `--init-vectors FILE` starts the `embedding` layer from pretrained vectors (`pipeline.train.vectors`).
 
 A text with no token after standardisation (empty, or punctuation only) has nothing to average:
@@ -51,7 +61,7 @@ from typing import Optional, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.word_vectors import word_count
+from pipeline.tools.word_vectors import is_pair, word_count
 from pipeline.train.common import (
     OUTPUT_FLAG,
     TrainFlag,
@@ -112,6 +122,14 @@ _TRUE = ("1", "true")
 _FALSE = ("0", "false")
 _SIF_TEXTS = 20000  # texts whose weighted averages give the first principal component
 _SKIPGRAM = SkipgramSettings()  # the defaults of the skip-gram flags (--window, --negatives, ..., --skipgram-*)
+NGRAMS = (1, 2)
+# --vocab-size and --sequence-length when not given: words (--ngrams 1), and words and pairs (--ngrams 2).
+# Measured on rt-polarity (seeds kept out of the reported ones): pairs with 128 tokens and 200,000
+# entries lift the validation accuracy from 0.767 to 0.778 (five splits, each better).
+WORDS_VOCAB_SIZE = 20000
+PAIRS_VOCAB_SIZE = 200000
+WORDS_SEQUENCE_LENGTH = 64
+PAIRS_SEQUENCE_LENGTH = 128  # the tokens count the words and the pairs: a text of n words has 2n - 1
 
 
 class TrainingConfigError(UserError, ValueError):
@@ -201,9 +219,17 @@ FLAGS = (
         dest="encoding",
     ),
     TrainFlag(
+        "--ngrams",
+        "1: words; 2: words and pairs of adjacent words as tokens (fastText-style bigrams; classify only) "
+        "(default: %(default)s).",
+        default=1,
+        type=int,
+        choices=NGRAMS,
+    ),
+    TrainFlag(
         "--vocab-size",
-        "Most vocabulary entries, padding and [UNK] included: at most this less 2 words (default: %(default)s).",
-        default=20000,
+        "Most vocabulary entries, padding and [UNK] included: at most this less 2 words (and pairs) "
+        f"(default: {WORDS_VOCAB_SIZE:,}; {PAIRS_VOCAB_SIZE:,} with --ngrams 2).",
         type=int,
     ),
     TrainFlag(
@@ -211,7 +237,12 @@ FLAGS = (
         "Leave out of the vocabulary the words seen fewer times (default: 5 for skipgram, 1 for classify and skipgram+classify).",
         type=int,
     ),
-    TrainFlag("--sequence-length", "Tokens kept per text (default: %(default)s).", default=64, type=int),
+    TrainFlag(
+        "--sequence-length",
+        "Tokens kept per text; with --ngrams 2 the words, then the pairs, count "
+        f"(default: {WORDS_SEQUENCE_LENGTH}; {PAIRS_SEQUENCE_LENGTH} with --ngrams 2).",
+        type=int,
+    ),
     TrainFlag("--embedding-dim", "Size of the text embedding (default: %(default)s).", default=64, type=int),
     TrainFlag(
         "--dropout",
@@ -298,9 +329,10 @@ class TextTrainingConfig:
     text_field: str = _default("text_field")
     label_field: str = _default("label_field")
     encoding: str = _default("encoding")
-    vocab_size: int = _default("vocab_size")
+    ngrams: int = _default("ngrams")
+    vocab_size: Optional[int] = _default("vocab_size")  # None: WORDS_VOCAB_SIZE, or PAIRS_VOCAB_SIZE with --ngrams 2
     min_count: Optional[int] = _default("min_count")  # None: 5 for skipgram, 1 for classify and skipgram+classify
-    sequence_length: int = _default("sequence_length")
+    sequence_length: Optional[int] = _default("sequence_length")  # None: WORDS_/PAIRS_SEQUENCE_LENGTH
     embedding_dim: int = _default("embedding_dim")
     dropout: float = _default("dropout")
     epochs: int = _default("epochs")
@@ -350,10 +382,19 @@ class TextTrainingConfig:
             codecs.lookup(self.encoding)
         except LookupError:
             raise TrainingConfigError(f"--text-encoding {self.encoding!r} is not an encoding Python knows") from None
-        _at_least("--vocab-size", self.vocab_size, 3)  # padding, [UNK] and one word
+        if self.ngrams not in NGRAMS:
+            raise TrainingConfigError(f"--ngrams must be 1 or 2, got {self.ngrams!r}")
+        if self.ngrams > 1 and self.pretrains:
+            raise TrainingConfigError(
+                f"--ngrams {self.ngrams} is for --objective classify, not --objective {self.objective} "
+                "(skip-gram learns word vectors only)"
+            )
+        if self.vocab_size is not None:
+            _at_least("--vocab-size", self.vocab_size, 3)  # padding, [UNK] and one word
         if self.min_count is not None:
             _at_least("--min-count", self.min_count, 1)
-        _at_least("--sequence-length", self.sequence_length, 1)
+        if self.sequence_length is not None:
+            _at_least("--sequence-length", self.sequence_length, 1)
         _at_least("--embedding-dim", self.embedding_dim, 1)
         _at_least("--epochs", self.epochs, 1)
         _at_least("--patience", self.patience, 0)
@@ -389,6 +430,18 @@ class TextTrainingConfig:
         return self.objective in ("classify", "skipgram+classify")
 
     @property
+    def effective_vocab_size(self) -> int:
+        if self.vocab_size is not None:
+            return self.vocab_size
+        return PAIRS_VOCAB_SIZE if self.ngrams > 1 else WORDS_VOCAB_SIZE
+
+    @property
+    def effective_sequence_length(self) -> int:
+        if self.sequence_length is not None:
+            return self.sequence_length
+        return PAIRS_SEQUENCE_LENGTH if self.ngrams > 1 else WORDS_SEQUENCE_LENGTH
+
+    @property
     def effective_min_count(self) -> int:
         # skipgram+classify keeps the rare words: the classifier learns them (rt-polarity: 0.767 with 5, 0.779 with 1)
         return self.min_count if self.min_count is not None else (5 if self.objective == "skipgram" else 1)
@@ -411,6 +464,8 @@ class TextTrainingConfig:
         settings["unlabelled"] = list(self.unlabelled)
         settings["labelled_lines"] = {path: label for path, label in self.labelled_lines}
         settings["min_count"] = self.effective_min_count
+        settings["vocab_size"] = self.effective_vocab_size
+        settings["sequence_length"] = self.effective_sequence_length
         return settings
 
 
@@ -695,21 +750,31 @@ def _check_records(records: TrainingRecords, config: TextTrainingConfig) -> Opti
 # The model
 
 
+def _ngrams(ngrams: int) -> Optional[int]:
+    """TextVectorization's `ngrams` for --ngrams: None for words (the layer's default: a model
+    trained before --ngrams existed has the same config), 2 for words and pairs."""
+    return ngrams if ngrams > 1 else None
+
+
 def _adapted_vocabulary(config: TextTrainingConfig, texts: Sequence[str]) -> list[str]:
     """The vocabulary a `vectorize` layer adapted on `texts` has (padding and [UNK] first), without the
-    words seen fewer than --min-count times."""
+    words seen fewer than --min-count times; with --ngrams 2 the words and pairs, the rare pairs left out too."""
     import keras
     import tensorflow as tf
 
     if config.effective_min_count > 1:
         # the skip-gram's counting: the same standardisation and order, cut where counts fall below min_count
-        vocabulary = list(tokenize_corpus(texts, config.vocab_size, config.effective_min_count).vocabulary)
+        vocabulary = list(
+            tokenize_corpus(texts, config.effective_vocab_size, config.effective_min_count, ngrams=config.ngrams).vocabulary
+        )
         if len(vocabulary) <= 2:
             raise TrainingDataError(
                 f"no word occurs --min-count {config.effective_min_count} times in the {len(texts)} training texts"
             )
         return vocabulary
-    probe = keras.layers.TextVectorization(max_tokens=config.vocab_size, standardize="lower_and_strip_punctuation")
+    probe = keras.layers.TextVectorization(
+        max_tokens=config.effective_vocab_size, standardize="lower_and_strip_punctuation", ngrams=_ngrams(config.ngrams)
+    )
     probe.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(list(texts))).batch(1024))
     return [str(w) for w in probe.get_vocabulary()]
 
@@ -731,8 +796,9 @@ def build_text_model(
     vectorize = keras.layers.TextVectorization(
         name=TEXT_VECTORIZE_LAYER,
         vocabulary=list(vocabulary[2:]),
-        output_sequence_length=config.sequence_length,
+        output_sequence_length=config.effective_sequence_length,
         standardize="lower_and_strip_punctuation",
+        ngrams=_ngrams(config.ngrams),
     )
     text = keras.Input(shape=(1,), dtype="string", name=TEXT_INPUT)
     tokens = vectorize(text)
@@ -882,7 +948,7 @@ def _initial_vectors(
 
 def _pretrain(config: TextTrainingConfig, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
     """Skip-gram vectors for the vocabulary of `texts`: (vocabulary, counts, vectors, report part)."""
-    corpus = tokenize_corpus(texts, config.vocab_size, config.effective_min_count)
+    corpus = tokenize_corpus(texts, config.effective_vocab_size, config.effective_min_count)
     if len(corpus.vocabulary) <= 2:
         raise TrainingDataError(
             f"no word occurs --min-count {config.effective_min_count} times in the {len(texts)} training texts"
@@ -929,13 +995,13 @@ def _fine_tune_scale(vectors: np.ndarray) -> tuple[np.ndarray, dict]:
     }
 
 
-def _token_counts(vocabulary: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-    """How often each vocabulary id occurs in `texts` (as the vectorize layer splits them)."""
+def _token_counts(vocabulary: Sequence[str], texts: Sequence[str], ngrams: int = 1) -> np.ndarray:
+    """How often each vocabulary id (word, or pair with --ngrams 2) occurs in `texts` (as the vectorize layer splits them)."""
     import keras
     import tensorflow as tf
 
     layer = keras.layers.TextVectorization(
-        vocabulary=list(vocabulary[2:]), ragged=True, standardize="lower_and_strip_punctuation"
+        vocabulary=list(vocabulary[2:]), ragged=True, standardize="lower_and_strip_punctuation", ngrams=_ngrams(ngrams)
     )
     counts = np.zeros(len(vocabulary), np.int64)
     for i in range(0, len(texts), 4096):
@@ -976,7 +1042,7 @@ def train_text_model(config: TextTrainingConfig) -> dict:
         vectors, covered, init_report = _initial_vectors(config, vocabulary)
         if init_report:
             report["init_vectors"] = init_report
-        counts = _token_counts(vocabulary, train_texts) if config.pooling == "sif" else None
+        counts = _token_counts(vocabulary, train_texts, config.ngrams) if config.pooling == "sif" else None
         sif_texts = train_texts
     token_weights = sif_weights(counts, config.sif_a) if config.pooling == "sif" else None
     trainable = (
@@ -1029,14 +1095,18 @@ def train_text_model(config: TextTrainingConfig) -> dict:
     else:
         report["train_records"] = len(records.texts) + len(records.unlabelled)
     save_model(model.inputs, model.outputs, model.name, config.output)
+    model_vocabulary = model.get_layer(TEXT_VECTORIZE_LAYER).get_vocabulary()
+    pairs = sum(is_pair(str(token)) for token in model_vocabulary)
     report.update(
         {
             "bad_records": records.bad_records,
             "bad_examples": list(records.bad_examples),
-            # the number export-word-vectors and similar-words report too: padding and [UNK] left out
-            "words": word_count(model.get_layer(TEXT_VECTORIZE_LAYER).vocabulary_size()),
+            # the number export-word-vectors and similar-words report too: padding, [UNK] and pairs left out
+            "words": word_count(len(model_vocabulary)) - pairs,
         }
     )
+    if config.ngrams > 1:
+        report["pairs"] = pairs  # vocabulary entries that are pairs of adjacent words
     if history is not None:
         report.update(
             {

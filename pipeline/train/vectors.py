@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
+from pipeline.tools.word_vectors import is_pair
 from transforms.errors import UserError
 
 __all__ = ["VectorFileError", "PretrainedVectors", "read_word_vectors", "initial_embeddings", "sif_weights"]
@@ -134,7 +135,11 @@ def initial_embeddings(
     vocabulary: Sequence[str], pretrained: PretrainedVectors, dimension: int, seed: int, counts: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """The Embedding weights to start from: the file's vector for each covered word, small random
-    vectors (Keras' default, uniform +-0.05) for the others; (weights, covered rows, coverage report)."""
+    vectors (Keras' default, uniform +-0.05) for the others; (weights, covered rows, coverage report).
+
+    The pairs of words of an `--ngrams 2` vocabulary ("the movie") are never looked up (a word-vector
+    file holds words): they start random, and the coverage figures count words only (`pairs`: how many
+    entries were left out of them)."""
     if pretrained.dimension != dimension:
         raise VectorFileError(
             f"--init-vectors {pretrained.path}:1: the vectors have {pretrained.dimension} dimensions but --embedding-dim is "
@@ -143,20 +148,21 @@ def initial_embeddings(
     rng = np.random.default_rng(seed)
     weights = rng.uniform(-0.05, 0.05, size=(len(vocabulary), dimension)).astype(np.float32)
     covered = np.zeros(len(vocabulary), dtype=bool)
+    is_word = np.asarray([i >= 2 and not is_pair(w) for i, w in enumerate(vocabulary)], dtype=bool)  # padding, [UNK]: no
     for index, word in enumerate(vocabulary):
-        if index < 2:
-            continue  # padding and [UNK]
+        if not is_word[index]:
+            continue  # padding, [UNK] and pairs
         row = pretrained.words.get(word)
         if row is not None:
             weights[index] = pretrained.matrix[row]
             covered[index] = True
-    words = len(vocabulary) - 2
+    words = int(is_word.sum())
     if not covered.any():
         raise VectorFileError(
             f"--init-vectors {pretrained.path}: none of its {pretrained.lines:,} words is in the model's vocabulary of {words:,} "
-            f"(e.g. {', '.join(list(vocabulary[2:7]))}); is it a word-vector file for this language?"
+            f"(e.g. {', '.join([w for i, w in enumerate(vocabulary) if is_word[i]][:5])}); is it a word-vector file for this language?"
         )
-    missing = [w for i, w in enumerate(vocabulary) if i >= 2 and not covered[i]]
+    missing = [w for i, w in enumerate(vocabulary) if is_word[i] and not covered[i]]
     report = {
         "file": pretrained.path,
         "file_vectors": pretrained.lines,
@@ -166,9 +172,12 @@ def initial_embeddings(
         "covered_fraction": round(float(covered.sum()) / max(words, 1), 4),
         "missing_examples": missing[:20],  # the most frequent words without a vector
     }
+    pairs = len(vocabulary) - 2 - words
+    if pairs:
+        report["pairs"] = pairs  # --ngrams 2: pairs of words, not in any word-vector file: random start
     if counts is not None:
         counts = np.asarray(counts, dtype=np.float64)
-        total = counts[2:].sum()
+        total = counts[is_word].sum()
         report["covered_token_fraction"] = round(float(counts[covered].sum() / total), 4) if total else 0.0
     return weights, covered, report
 
