@@ -7,8 +7,9 @@ Four models of `--dim` dimensions, all made by `train-text` (`--models`: the let
 - A `classify`: today's model, mean pooling, trained on rt-polarity (the sentiment model);
 - B `skipgram` mean: word vectors trained on WikiText-2 train, mean pooling;
 - C `skipgram` sif: the same word vectors as B with SIF pooling (B is C's vectors re-pooled);
-- D `classify --ngrams 2`: A with pairs of adjacent words as tokens too (twice the tokens per text,
-  --sequence-length 128, a vocabulary of up to 200,000 words and pairs).
+- D `classify --ngrams 2`: A with pairs of adjacent words as tokens too (the same 64 tokens hold a
+  text's words, then its pairs; a vocabulary of up to 200,000 words and pairs). The results of
+  2026-12-05T00:45 and T00:50 were measured with the 128 tokens --ngrams 2 had at first.
 
 Speed does not depend on how well the vectors are trained, so B/C train one skip-gram epoch only
 (`--skipgram-epochs 1`); the vocabulary is the full one (min_count 5: ~20,000 words, as the quality

@@ -466,13 +466,13 @@ def test_some_training_data_is_required(tmp_path):
 
 def test_defaults():
     args = _args("--output", "m.keras")
-    assert (args.ngrams, args.vocab_size, args.sequence_length) == (1, None, None)  # None: set by --ngrams
+    assert (args.ngrams, args.vocab_size, args.sequence_length) == (1, None, 64)  # --vocab-size None: set by --ngrams
     config = TextTrainingConfig(output="m.keras", inputs=("x.jsonl",))
-    assert (config.effective_vocab_size, config.effective_sequence_length) == (20000, 64)
+    assert (config.effective_vocab_size, config.sequence_length) == (20000, 64)
     pairs = TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), ngrams=2)
-    assert (pairs.effective_vocab_size, pairs.effective_sequence_length) == (train_text.PAIRS_VOCAB_SIZE, 128)
+    assert (pairs.effective_vocab_size, pairs.sequence_length) == (train_text.PAIRS_VOCAB_SIZE, 64)
     given = TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), ngrams=2, vocab_size=500, sequence_length=9)
-    assert (given.effective_vocab_size, given.effective_sequence_length) == (500, 9)
+    assert (given.effective_vocab_size, given.sequence_length) == (500, 9)
     assert (args.embedding_dim, args.epochs, args.batch_size) == (64, 10, 64)
     assert (args.validation_split, args.seed, args.encoding, args.text_field, args.label_field) == (
         0.2,

@@ -92,13 +92,13 @@ def test_a_pairs_model_has_pairs_in_its_vocabulary_and_the_report_says_so(pairs_
     model = keras.saving.load_model(path, safe_mode=True)
     vectorize = model.get_layer("vectorize")
     assert vectorize.get_config()["ngrams"] == 2
-    assert vectorize.get_config()["output_sequence_length"] == train_text.PAIRS_SEQUENCE_LENGTH == 128
+    assert vectorize.get_config()["output_sequence_length"] == 64  # words, then pairs, share the 64 tokens
     tokens = _tokens(path)
     pairs = [t for t in tokens if " " in t]
     assert pairs and "the" in tokens
     assert report["pairs"] == len(pairs) and report["words"] == len(tokens) - 2 - len(pairs)
     settings = report["settings"]
-    assert (settings["ngrams"], settings["sequence_length"], settings["vocab_size"]) == (2, 128, train_text.PAIRS_VOCAB_SIZE)
+    assert (settings["ngrams"], settings["sequence_length"], settings["vocab_size"]) == (2, 64, train_text.PAIRS_VOCAB_SIZE)
     # The words of a text, then its pairs: "good film" is 3 tokens
     ids = np.asarray(vectorize(np.array(["good film"])))[0]
     assert [tokens[i] for i in ids[:3]] == ["good", "film", "good film"] and not ids[3:].any()
@@ -107,7 +107,7 @@ def test_a_pairs_model_has_pairs_in_its_vocabulary_and_the_report_says_so(pairs_
 def test_the_default_is_words_as_before(tmp_path):
     config = TextTrainingConfig(output=str(tmp_path / "m.keras"), inputs=("x.jsonl",))
     assert config.ngrams == 1 and config.describe()["ngrams"] == 1
-    assert (config.effective_vocab_size, config.effective_sequence_length) == (20000, 64)
+    assert (config.effective_vocab_size, config.sequence_length) == (20000, 64)
     # the words' layer is configured as before --ngrams existed (ngrams=None), so its models are the same
     model = train_text.build_text_model(config, ["", "[UNK]", "good", "bad"])
     assert model.get_layer("vectorize").get_config()["ngrams"] is None
@@ -240,7 +240,7 @@ def test_the_job_embeds_a_pairs_model_as_the_model_does(pairs_model, tmp_path):
     direct = keras.Model(model.inputs, model.get_layer("text_embedding").output)
     expected = np.concatenate([np.asarray(direct(tf.constant(texts[i : i + 8])[:, None])) for i in range(0, len(texts), 8)])
     np.testing.assert_array_equal(embedder.embed(texts), expected)
-    assert embedder.sequence_length == 128
+    assert embedder.sequence_length == 64
 
     records = _write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": t} for i, t in enumerate(texts)])
     output = tmp_path / "out"
