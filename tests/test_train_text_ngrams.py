@@ -6,6 +6,7 @@ embeds it as it is), and the word-vector tools see its words only."""
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import json
@@ -22,6 +23,7 @@ from pipeline.tools.word_vectors import load_word_vectors
 from pipeline.train import text as train_text
 from pipeline.train.skipgram import tokenize_corpus
 from pipeline.train.text import TextTrainingConfig, TrainingConfigError, train_text_model
+from pipeline.train.vectors import sif_weights
 
 _ANIMALS = ("dog", "cat", "wolf", "fox", "bear", "lion")
 _PEOPLE = ("man", "woman", "boy", "girl", "child", "king")
@@ -62,13 +64,17 @@ def pairs_model(tmp_path_factory):
 # --- 6: pairs learn word order, words cannot -----------------------------------------------------
 
 
-def test_pairs_learn_word_order_that_words_cannot(tmp_path):
+def _word_order_rows() -> list[dict]:
     """Label 1: an animal does something to a person ("dog bites man"); 0: the same words the other way
     round ("man bites dog"). Every text's bag of words is also the bag of a text of the other label."""
     rows = []
     for animal, verb, person in itertools.product(_ANIMALS, _VERBS, _PEOPLE):
         rows += [{"text": f"{animal} {verb} {person}", "label": 1}, {"text": f"{person} {verb} {animal}", "label": 0}]
-    data = _write_jsonl(tmp_path / "order.jsonl", rows)  # 360 texts
+    return rows  # 360 texts
+
+
+def test_pairs_learn_word_order_that_words_cannot(tmp_path):
+    data = _write_jsonl(tmp_path / "order.jsonl", _word_order_rows())
 
     def accuracy(ngrams: str) -> float:
         config = _config(
@@ -113,18 +119,18 @@ def test_the_default_is_words_as_before(tmp_path):
     assert model.get_layer("vectorize").get_config()["ngrams"] is None
 
 
-def test_ngrams_is_for_classify_only():
-    for objective in ("skipgram", "skipgram+classify"):
-        with pytest.raises(TrainingConfigError) as caught:
-            TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), objective=objective, ngrams=2)
-        message = str(caught.value)
-        assert "--ngrams" in message and f"--objective {objective}" in message and "\n" not in message
-        assert (
-            exit_status(
-                "train-text", lambda o=objective: TextTrainingConfig(output="m.keras", inputs=("x",), objective=o, ngrams=2)
-            )
-            == 2
-        )
+def test_ngrams_is_refused_with_skipgram_alone():
+    with pytest.raises(TrainingConfigError) as caught:
+        TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), objective="skipgram", ngrams=2)
+    message = str(caught.value)
+    assert "--ngrams" in message and "--objective skipgram" in message and "\n" not in message
+    assert (
+        exit_status("train-text", lambda: TextTrainingConfig(output="m.keras", inputs=("x",), objective="skipgram", ngrams=2))
+        == 2
+    )
+    # skipgram+classify takes pairs; its words keep the words' default cap
+    config = TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), objective="skipgram+classify", ngrams=2)
+    assert config.effective_vocab_size == train_text.WORDS_VOCAB_SIZE
     with pytest.raises(SystemExit):
         _args("--output", "m.keras", "--ngrams", "3")  # argparse: invalid choice
 
@@ -252,3 +258,156 @@ def test_the_job_embeds_a_pairs_model_as_the_model_does(pairs_model, tmp_path):
         rows.update(zip(batch.column("id").to_pylist(), batch.column("embedding").to_pylist()))
     written = np.asarray([rows[f"r{i}"] for i in range(len(texts))], np.float32)
     np.testing.assert_array_equal(written, expected)  # the job's rows are the model's own embeddings
+
+
+# --- skipgram+classify --ngrams 2: the skip-gram words, the training texts' pairs ----------------
+
+_UNLABELLED_ONLY = "quartz lizard"  # a pair (and words) of the unlabelled text only
+
+
+def _unlabelled_file(folder: pathlib.Path) -> pathlib.Path:
+    rng = np.random.default_rng(3)
+    words = _ANIMALS + _PEOPLE + _VERBS + ("the", "a", "near", "often")
+    lines = [" ".join(rng.choice(words, 8)) for _ in range(300)] + [f"the {_UNLABELLED_ONLY} sleeps"] * 3
+    path = folder / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _adjacent_pairs(texts) -> list[str]:
+    return [f"{a} {b}" for text in texts for a, b in zip(text.split(), text.split()[1:])]
+
+
+def _train_seeing_skipgram(config: TextTrainingConfig) -> tuple[dict, dict]:
+    """Train, keeping what the skip-gram stage returned (its texts, vocabulary and vectors)."""
+    seen: dict = {}
+    real = train_text._pretrain
+
+    def pretrain(config, texts):
+        out = real(config, texts)
+        seen.update(texts=list(texts), vocabulary=list(out[0]), vectors=np.array(out[2]))
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_text, "_pretrain", pretrain)
+        report = train_text_model(config)
+    return report, seen
+
+
+@pytest.fixture(scope="module")
+def sg_pairs_model(tmp_path_factory):
+    """skipgram+classify --ngrams 2 with fine-tuning a no-op (1 epoch at a learning rate of 1e-9); labelled
+    texts of unique pairs ("zulu3 yankee3") land in both parts."""
+    folder = tmp_path_factory.mktemp("sgpairs")
+    rows = _word_order_rows() + [{"text": f"zulu{i} yankee{i}", "label": i % 2} for i in range(40)]
+    data = _write_jsonl(folder / "order.jsonl", rows)
+    config = _config(
+        "--objective", "skipgram+classify", "--unlabelled", str(_unlabelled_file(folder)), "--input", str(data),
+        "--output", str(folder / "sgpairs.keras"), "--ngrams", "2", "--embedding-dim", "8", "--skipgram-epochs", "1",
+        "--epochs", "1", "--learning-rate", "1e-9",
+    )  # fmt: skip
+    report, seen = _train_seeing_skipgram(config)
+    return pathlib.Path(config.output), report, seen, [r["text"] for r in rows]
+
+
+def test_skipgram_classify_with_pairs_learns_word_order_that_words_cannot(tmp_path):
+    data = _write_jsonl(tmp_path / "order.jsonl", _word_order_rows())
+    corpus = _unlabelled_file(tmp_path)
+
+    def accuracy(ngrams: str) -> float:
+        config = _config(
+            "--objective", "skipgram+classify", "--unlabelled", str(corpus), "--input", str(data),
+            "--output", str(tmp_path / f"n{ngrams}.keras"), "--ngrams", ngrams, "--embedding-dim", "8", "--skipgram-epochs", "2",
+        )  # fmt: skip
+        config = dataclasses.replace(config, epochs=30, patience=30, batch_size=16, learning_rate=0.01, dropout=0.0)
+        report = train_text_model(config)
+        assert "vector_scale" in report["fine_tune"]
+        return report["val_accuracy"]
+
+    words, pairs = accuracy("1"), accuracy("2")
+    assert words <= 0.7, words
+    assert pairs >= 0.9, pairs
+
+
+def test_skipgram_classify_words_are_the_scaled_skipgram_vectors_and_pairs_the_train_parts(sg_pairs_model):
+    import keras
+
+    path, report, seen, labelled = sg_pairs_model
+    model = keras.saving.load_model(path, safe_mode=True)
+    tokens = [str(t) for t in model.get_layer("vectorize").get_vocabulary()]
+    words = seen["vocabulary"]
+    n = len(words)
+    assert tokens[:n] == words and len(set(tokens)) == len(tokens)  # the skip-gram's words, then pairs: no collision
+    pairs = tokens[n:]
+    assert pairs and all(" " in p for p in pairs) and not any(" " in w for w in words)
+    assert (report["words"], report["pairs"]) == (n - 2, len(pairs))
+    assert report["settings"]["vocab_size"] == train_text.WORDS_VOCAB_SIZE
+
+    # The words' rows: the skip-gram vectors scaled as the report says (fine-tuning was a no-op)
+    weights = model.get_layer("embedding").get_weights()[0]
+    scaled, scale = train_text._fine_tune_scale(seen["vectors"])
+    assert report["fine_tune"] == scale and scale["vector_scale"] != 1
+    np.testing.assert_allclose(weights[:n], scaled, atol=1e-6)
+    # The pairs' rows: the Embedding layer's own random start, uniform in [-0.05, 0.05]
+    assert np.abs(weights[n:]).max() <= 0.05 + 1e-6 and abs(weights[n:].std() - 0.05 / 3**0.5) < 0.004
+
+    # The pairs: every pair of the labelled training texts (--min-count 1), most frequent first, and no other
+    train_texts = seen["texts"][-(len(labelled) - report["val_records"]) :]
+    assert len(train_texts) == report["train_records"] and not collections.Counter(train_texts) - collections.Counter(labelled)
+    val_texts = list((collections.Counter(labelled) - collections.Counter(train_texts)).elements())
+    assert len(val_texts) == report["val_records"]
+    counts = collections.Counter(_adjacent_pairs(train_texts))
+    assert set(pairs) == set(counts)
+    assert [counts[p] for p in pairs] == sorted((counts[p] for p in pairs), reverse=True)
+    val_only = set(_adjacent_pairs(val_texts)) - set(counts)
+    assert val_only and not val_only & set(tokens)  # a pair seen in a validation text only is absent
+    assert "quartz" in words and _UNLABELLED_ONLY not in tokens  # a word of the unlabelled text, not its pair
+
+    # The vectorize layer maps a text's words, then its pairs, to their rows
+    text = train_texts[0]
+    ids = np.asarray(model.get_layer("vectorize")(np.array([text])))[0]
+    expected = text.split() + _adjacent_pairs([text])
+    assert [tokens[i] for i in ids[: len(expected)]] == expected and not ids[len(expected) :].any()
+
+
+def test_skipgram_classify_pairs_cap_and_sif_counts(tmp_path, monkeypatch):
+    rows = _word_order_rows() + [{"text": f"zulu{i} yankee{i}", "label": i % 2} for i in range(40)]
+    data = _write_jsonl(tmp_path / "order.jsonl", rows)
+    monkeypatch.setattr(train_text, "PAIRS_VOCAB_SIZE", 7)
+    config = _config(
+        "--objective", "skipgram+classify", "--unlabelled", str(_unlabelled_file(tmp_path)), "--input", str(data),
+        "--output", str(tmp_path / "sif.keras"), "--ngrams", "2", "--pooling", "sif", "--embedding-dim", "8",
+        "--skipgram-epochs", "1", "--epochs", "1",
+    )  # fmt: skip
+    report, seen = _train_seeing_skipgram(config)
+    tokens = _tokens(config.output)
+    n = len(seen["vocabulary"])
+    assert report["pairs"] == 7 == len(tokens) - n  # at most PAIRS_VOCAB_SIZE pairs
+    train_texts = seen["texts"][-report["train_records"] :]
+    counts = collections.Counter(_adjacent_pairs(train_texts))
+    kept = tokens[n:]
+    assert min(counts[p] for p in kept) >= max(c for p, c in counts.items() if p not in kept)  # the most frequent
+    # SIF weights cover the pairs: counted in the same texts as the words (the unlabelled and training texts)
+    import keras
+
+    model = keras.saving.load_model(config.output, safe_mode=True)
+    weights = model.get_layer("sif_weights").get_weights()[0].reshape(-1)
+    expected = sif_weights(train_text._token_counts(tokens, seen["texts"], ngrams=2), config.sif_a)
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    assert (weights[n:] < 1).all()  # every pair was seen: a/(a + p) < 1
+    assert np.isfinite(report["val_loss"]) and report["sif"]["texts"] > 0
+
+
+def test_the_job_embedder_embeds_a_skipgram_classify_pairs_model_as_the_model_does(sg_pairs_model):
+    import keras
+    import tensorflow as tf
+
+    from transforms.embed.models import TextModelSpec, load_text_embedder
+
+    path, _, _, labelled = sg_pairs_model
+    texts = labelled[:20] + ["zulu1 yankee1 and a dog bites man", "quartz lizard", "king"]
+    embedder = load_text_embedder(TextModelSpec(str(path), batch_size=8))
+    model = keras.saving.load_model(path, safe_mode=True)
+    direct = keras.Model(model.inputs, model.get_layer("text_embedding").output)
+    expected = np.concatenate([np.asarray(direct(tf.constant(texts[i : i + 8])[:, None])) for i in range(0, len(texts), 8)])
+    np.testing.assert_array_equal(embedder.embed(texts), expected)

@@ -85,7 +85,7 @@ class Corpus:
 def tokenize_corpus(texts: Sequence[str], vocab_size: int, min_count: int = 1, batch: int = 4096, ngrams: int = 1) -> Corpus:
     """Standardise, split and count `texts` as the model's `vectorize` layer will; see the module docstring.
 
-    `ngrams=2` (train-text --ngrams 2, classify only): the tokens are the words and the pairs of
+    `ngrams=2` (train-text --ngrams 2: classify's vocabulary, skipgram+classify's pairs): the tokens are the words and the pairs of
     adjacent words ("the movie"), each text's words then its pairs, as a `vectorize` layer with
     `ngrams=2` gives them; `min_count` and `vocab_size` then apply to pairs as to words (skip-gram
     never trains on such a corpus: its windows would mix words and pairs)."""

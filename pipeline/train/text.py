@@ -16,7 +16,8 @@ Objectives (`--objective`):
   unit per label. The report gives precision, recall and F1 per class on the validation part.
 - `skipgram`: word2vec skip-gram with negative sampling on unlabelled text (`pipeline.train.skipgram`):
   no labels, no head; the saved model is `vectorize` -> `embedding` -> pooling.
-- `skipgram+classify`: the skip-gram vectors, then `classify` fine-tunes them on the labels.
+- `skipgram+classify`: the skip-gram vectors, then `classify` fine-tunes them on the labels (with
+  --ngrams 2, and pairs of words that start at random).
 
 Pooling (`--pooling`): `mean` is the masked mean of the word vectors (GlobalAveragePooling1D named
 `text_embedding`). `sif` is Arora et al. (2017)'s smooth inverse frequency: a second, frozen
@@ -28,15 +29,19 @@ its speed), and a frozen bias-free Dense named `text_embedding` with the kernel 
 the first principal component u of the training texts' weighted averages. All built-in layers:
 the weights live in the saved model.
 
-`--ngrams 2` (classify only) makes every pair of adjacent words a token too, fastText-style: the
+`--ngrams 2` (classify, skipgram+classify) makes every pair of adjacent words a token too, fastText-style: the
 `vectorize` layer is a TextVectorization with `ngrams=2` (each text's words, then its pairs, e.g.
 "not good" beside "not" and "good"), so the mean pools word and pair vectors and the classifier can
 tell "dog bites man" from "man bites dog". --vocab-size then defaults to PAIRS_VOCAB_SIZE;
 --sequence-length (64) counts words and pairs (a text's words come first: 64 tokens hold all of a
 text of up to 32 words, the first 64 words of a longer one); --min-count counts pairs as words.
-The saved model keeps the contract: the job embeds it unchanged. Skip-gram learns word vectors only,
-so --ngrams 2 with --objective skipgram or skipgram+classify is refused; --init-vectors starts the
-words from the file and the pairs at random. The word-vector tools leave the pairs out
+The saved model keeps the contract: the job embeds it unchanged. Skip-gram learns word vectors only:
+--ngrams 2 with --objective skipgram is refused (no classifier to use pairs); with skipgram+classify
+the words are the skip-gram's (vocabulary, vectors scaled by `_fine_tune_scale`; --vocab-size caps
+them as without pairs) and the pairs are those of the labelled training texts (never the validation
+part; --min-count applies, most frequent first, at most PAIRS_VOCAB_SIZE), starting at random as the
+Embedding layer's own start (`_training_pairs`); fine-tuning then learns both. --init-vectors starts
+the words from the file and the pairs at random. The word-vector tools leave the pairs out
 (`pipeline.tools.word_vectors`).
 
 `--init-vectors FILE` starts the `embedding` layer from pretrained vectors (`pipeline.train.vectors`).
@@ -56,6 +61,7 @@ import codecs
 import dataclasses
 import logging
 import os
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -221,8 +227,8 @@ FLAGS = (
     ),
     TrainFlag(
         "--ngrams",
-        "1: words; 2: words and pairs of adjacent words as tokens (fastText-style bigrams; classify only) "
-        "(default: %(default)s).",
+        "1: words; 2: words and pairs of adjacent words as tokens (fastText-style bigrams; classify and "
+        "skipgram+classify, whose pairs start at random) (default: %(default)s).",
         default=1,
         type=int,
         choices=NGRAMS,
@@ -230,7 +236,8 @@ FLAGS = (
     TrainFlag(
         "--vocab-size",
         "Most vocabulary entries, padding and [UNK] included: at most this less 2 words (and pairs) "
-        f"(default: {WORDS_VOCAB_SIZE:,}; {PAIRS_VOCAB_SIZE:,} with --ngrams 2).",
+        f"(default: {WORDS_VOCAB_SIZE:,}; {PAIRS_VOCAB_SIZE:,} with --ngrams 2). skipgram+classify --ngrams 2: "
+        f"this caps the skip-gram words; the {PAIRS_VOCAB_SIZE:,} most frequent pairs at most are added.",
         type=int,
     ),
     TrainFlag(
@@ -331,7 +338,7 @@ class TextTrainingConfig:
     label_field: str = _default("label_field")
     encoding: str = _default("encoding")
     ngrams: int = _default("ngrams")
-    vocab_size: Optional[int] = _default("vocab_size")  # None: WORDS_VOCAB_SIZE, or PAIRS_VOCAB_SIZE with --ngrams 2
+    vocab_size: Optional[int] = _default("vocab_size")  # None: WORDS_VOCAB_SIZE, or PAIRS_VOCAB_SIZE with classify --ngrams 2
     min_count: Optional[int] = _default("min_count")  # None: 5 for skipgram, 1 for classify and skipgram+classify
     sequence_length: int = _default("sequence_length")
     embedding_dim: int = _default("embedding_dim")
@@ -385,10 +392,10 @@ class TextTrainingConfig:
             raise TrainingConfigError(f"--text-encoding {self.encoding!r} is not an encoding Python knows") from None
         if self.ngrams not in NGRAMS:
             raise TrainingConfigError(f"--ngrams must be 1 or 2, got {self.ngrams!r}")
-        if self.ngrams > 1 and self.pretrains:
+        if self.ngrams > 1 and not self.classifies:
             raise TrainingConfigError(
-                f"--ngrams {self.ngrams} is for --objective classify, not --objective {self.objective} "
-                "(skip-gram learns word vectors only)"
+                f"--ngrams {self.ngrams} is for --objective classify or skipgram+classify, not --objective {self.objective} "
+                "(skip-gram learns word vectors only, and it has no classifier to use pairs)"
             )
         if self.vocab_size is not None:
             _at_least("--vocab-size", self.vocab_size, 3)  # padding, [UNK] and one word
@@ -433,7 +440,8 @@ class TextTrainingConfig:
     def effective_vocab_size(self) -> int:
         if self.vocab_size is not None:
             return self.vocab_size
-        return PAIRS_VOCAB_SIZE if self.ngrams > 1 else WORDS_VOCAB_SIZE
+        # skipgram+classify: --vocab-size caps the skip-gram words; the pairs are capped apart (`_training_pairs`)
+        return PAIRS_VOCAB_SIZE if self.ngrams > 1 and not self.pretrains else WORDS_VOCAB_SIZE
 
     @property
     def effective_min_count(self) -> int:
@@ -988,6 +996,20 @@ def _fine_tune_scale(vectors: np.ndarray) -> tuple[np.ndarray, dict]:
     }
 
 
+def _training_pairs(config: TextTrainingConfig, train_texts: Sequence[str]) -> list[str]:
+    """skipgram+classify --ngrams 2: the pairs of adjacent words of the labelled training texts (never the
+    validation part, nor --unlabelled), counted and cut as classify's (--min-count; most frequent first),
+    at most PAIRS_VOCAB_SIZE of them. A pair holds a space and a word never does: they cannot collide."""
+    corpus = tokenize_corpus(train_texts, sys.maxsize, config.effective_min_count, ngrams=config.ngrams)
+    return [token for token in corpus.vocabulary[2:] if is_pair(token)][:PAIRS_VOCAB_SIZE]
+
+
+def _random_rows(rows: int, dim: int, seed: int) -> np.ndarray:
+    """Rows that start at random as the Embedding layer's own (uniform in [-0.05, 0.05]), seeded, as
+    --init-vectors starts the tokens its file lacks."""
+    return np.random.default_rng(seed).uniform(-0.05, 0.05, size=(rows, dim)).astype(np.float32)
+
+
 def _token_counts(vocabulary: Sequence[str], texts: Sequence[str], ngrams: int = 1) -> np.ndarray:
     """How often each vocabulary id (word, or pair with --ngrams 2) occurs in `texts` (as the vectorize layer splits them)."""
     import keras
@@ -1030,6 +1052,12 @@ def train_text_model(config: TextTrainingConfig) -> dict:
         sif_texts = corpus_texts
         if coding is not None:
             vectors, report["fine_tune"] = _fine_tune_scale(vectors)
+        if config.ngrams > 1:  # skipgram+classify: the skip-gram words, then the training texts' pairs, at random
+            pairs = _training_pairs(config, train_texts)
+            vocabulary = list(vocabulary) + pairs
+            vectors = np.concatenate([vectors, _random_rows(len(pairs), config.embedding_dim, config.seed)])
+            if config.pooling == "sif":  # the words' and the pairs' shares of the same texts' tokens
+                counts = _token_counts(vocabulary, corpus_texts, config.ngrams)
     else:
         vocabulary = _adapted_vocabulary(config, train_texts)  # the vocabulary comes from the train part only
         vectors, covered, init_report = _initial_vectors(config, vocabulary)
