@@ -135,6 +135,13 @@ def test_ngrams_is_refused_with_skipgram_alone():
         _args("--output", "m.keras", "--ngrams", "3")  # argparse: invalid choice
 
 
+def test_frozen_vectors_are_refused_with_pairs():
+    """--freeze-vectors freezes the whole Embedding layer: the pairs (no file has them) would stay random."""
+    with pytest.raises(TrainingConfigError, match="--freeze-vectors cannot go with --ngrams 2"):
+        TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), ngrams=2, init_vectors="v.txt", freeze_vectors=True)
+    TextTrainingConfig(output="m.keras", inputs=("x.jsonl",), ngrams=2, init_vectors="v.txt")  # trainable: fine
+
+
 def test_min_count_applies_to_pairs(tmp_path):
     corpus = tokenize_corpus(["good film", "good film", "good plot"], vocab_size=100, min_count=2, ngrams=2)
     assert corpus.vocabulary == ["", "[UNK]", "good", "good film", "film"]  # "plot" and "good plot" once: out

@@ -378,6 +378,11 @@ class TextTrainingConfig:
             raise TrainingConfigError("--unlabelled text is for --objective skipgram or skipgram+classify, not classify")
         if self.freeze_vectors and not self.init_vectors:
             raise TrainingConfigError("--freeze-vectors needs --init-vectors FILE")
+        if self.freeze_vectors and self.ngrams > 1:
+            # the whole Embedding layer is frozen: the pairs, which no file has, would keep their random start
+            raise TrainingConfigError(
+                "--freeze-vectors cannot go with --ngrams 2: the pairs' vectors start at random and must learn"
+            )
         if self.multi_label and not self.label_separator:
             raise TrainingConfigError("--label-separator must not be empty")
         for path, label in self.labelled_lines:
