@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import gzip
 import json
 import pathlib
@@ -24,6 +22,7 @@ from pipeline.train.text import (
     load_training_records,
     train_text_model,
 )
+from tests_support import train_text_args, train_text_config
 
 REPORT_KEYS = {
     "train_accuracy",
@@ -61,15 +60,7 @@ def _write_jsonl(path: pathlib.Path, rows) -> pathlib.Path:
     return path
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    train_text.add_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-def _config(*argv: str, **changes) -> TextTrainingConfig:
-    """A validated config from flags, quiet unless asked."""
-    return dataclasses.replace(train_text.config_from_args(_args(*argv)), **{"verbose": 0, **changes})
+_args, _config = train_text_args, train_text_config
 
 
 def _embedder(model):

@@ -5,7 +5,6 @@ embeds it as it is), and the word-vector tools see its words only."""
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import itertools
@@ -24,20 +23,14 @@ from pipeline.train import text as train_text
 from pipeline.train.skipgram import tokenize_corpus
 from pipeline.train.text import TextTrainingConfig, TrainingConfigError, train_text_model
 from pipeline.train.vectors import sif_weights
+from tests_support import train_text_args, train_text_config
 
 _ANIMALS = ("dog", "cat", "wolf", "fox", "bear", "lion")
 _PEOPLE = ("man", "woman", "boy", "girl", "child", "king")
 _VERBS = ("bites", "chases", "sees", "follows", "scares")
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    train_text.add_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-def _config(*argv: str, **changes) -> TextTrainingConfig:
-    return dataclasses.replace(train_text.config_from_args(_args(*argv)), **{"verbose": 0, **changes})
+_args, _config = train_text_args, train_text_config
 
 
 def _write_jsonl(path: pathlib.Path, rows) -> pathlib.Path:

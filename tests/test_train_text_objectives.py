@@ -4,7 +4,6 @@ on a skip-gram model. Tiny corpora written by the tests."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -20,6 +19,7 @@ from pipeline.tools import evaluate, similar_words, word_vectors
 from pipeline.tools.evaluate import spearman
 from pipeline.train import text as train_text
 from pipeline.train.skipgram import SkipgramSettings, epoch_pairs, tokenize_corpus, train_skipgram
+from tests_support import train_text_config
 
 # Planted synonyms: the two words of each pair occur in exactly the same contexts, and each pair in its own.
 _PAIRS = {
@@ -43,11 +43,7 @@ def _write_corpus(path: pathlib.Path, lines_per_word: int = 60, seed: int = 0) -
     return path
 
 
-def _config(*argv: str, **changes) -> train_text.TextTrainingConfig:
-    parser = argparse.ArgumentParser()
-    train_text.add_arguments(parser)
-    config = train_text.config_from_args(parser.parse_args(list(argv)))
-    return dataclasses.replace(config, **{"verbose": 0, **changes})
+_config = train_text_config
 
 
 _SKIPGRAM = ("--embedding-dim", "16", "--skipgram-batch-size", "256", "--skipgram-epochs", "15", "--subsample", "0")

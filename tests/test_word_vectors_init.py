@@ -18,6 +18,7 @@ from pipeline.cli import exit_status
 from pipeline.tools import word_vectors
 from pipeline.train import text as train_text
 from pipeline.train.vectors import VectorFileError, read_word_vectors
+from tests_support import train_text_config
 
 _WORDS = "good great bad awful film movie plot the a was".split()
 
@@ -55,10 +56,7 @@ def _corpus(path: pathlib.Path, count: int = 120) -> pathlib.Path:
     return path
 
 
-def _config(*argv: str) -> train_text.TextTrainingConfig:
-    parser = argparse.ArgumentParser()
-    train_text.add_arguments(parser)
-    return dataclasses.replace(train_text.config_from_args(parser.parse_args(list(argv))), verbose=0)
+_config = train_text_config
 
 
 @pytest.mark.parametrize("name, header", [("vectors.vec", True), ("glove.txt", False), ("vectors.vec.gz", True)])

@@ -157,3 +157,23 @@ def pipeline_do_fns(pipeline, prefix: str) -> dict:
             payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
             found[transform.unique_name] = pickler.loads(payload.do_fn.payload)[0]
     return found
+
+
+def train_text_args(*argv: str):
+    """`train-text`'s flags parsed as its command line does (argparse.Namespace)."""
+    import argparse
+
+    from pipeline.train import text as train_text
+
+    parser = argparse.ArgumentParser()
+    train_text.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def train_text_config(*argv: str, **changes):
+    """A validated `TextTrainingConfig` from `train-text` flags, quiet unless asked (`changes` replace fields)."""
+    import dataclasses
+
+    from pipeline.train import text as train_text
+
+    return dataclasses.replace(train_text.config_from_args(train_text_args(*argv)), **{"verbose": 0, **changes})
