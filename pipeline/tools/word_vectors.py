@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +42,7 @@ __all__ = [
     "WordVectors",
     "word_count",
     "is_pair",
+    "word_rows",
     "load_word_vectors",
     "word_vector_schema",
     "word_vector_table",
@@ -62,6 +64,13 @@ def word_count(vocabulary_size: int) -> int:
 def is_pair(token: str) -> bool:
     """Whether a vocabulary entry is a pair of words (`train-text --ngrams 2`), not a word."""
     return PAIR_SEPARATOR in token
+
+
+def word_rows(vocabulary: Sequence[str]) -> np.ndarray:
+    """(len(vocabulary),) bool: the entries that are words (padding, [UNK] and pairs are not)."""
+    rows = np.asarray([not is_pair(str(token)) for token in vocabulary], dtype=bool)
+    rows[: OOV_INDEX + 1] = False
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +95,8 @@ class WordVectors:
 
     @property
     def word_rows(self) -> np.ndarray:
-        """(len(vocabulary),) bool: the rows that are words (padding, [UNK] and pairs are not)."""
-        rows = np.asarray([not is_pair(token) for token in self.vocabulary], dtype=bool)
-        rows[: OOV_INDEX + 1] = False
-        return rows
+        """(len(vocabulary),) bool: the rows that are words (`word_rows`)."""
+        return word_rows(self.vocabulary)
 
     @property
     def dimension(self) -> int:

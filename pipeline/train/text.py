@@ -68,7 +68,7 @@ from typing import Optional, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.tools.word_vectors import is_pair, word_count
+from pipeline.tools.word_vectors import is_pair, word_count, word_rows
 from pipeline.train.common import (
     OUTPUT_FLAG,
     TrainFlag,
@@ -87,7 +87,7 @@ from pipeline.train.common import (
     write_report,
 )
 from pipeline.train.skipgram import SkipgramSettings, tokenize_corpus, train_skipgram
-from pipeline.train.vectors import initial_embeddings, read_word_vectors, sif_weights
+from pipeline.train.vectors import initial_embeddings, random_rows, read_word_vectors, sif_weights
 from transforms.embed.models import (
     TEXT_EMBEDDING_LAYER,
     TEXT_INPUT,
@@ -1009,12 +1009,6 @@ def _training_pairs(config: TextTrainingConfig, train_texts: Sequence[str]) -> l
     return [token for token in corpus.vocabulary[2:] if is_pair(token)][:PAIRS_VOCAB_SIZE]
 
 
-def _random_rows(rows: int, dim: int, seed: int) -> np.ndarray:
-    """Rows that start at random as the Embedding layer's own (uniform in [-0.05, 0.05]), seeded, as
-    --init-vectors starts the tokens its file lacks."""
-    return np.random.default_rng(seed).uniform(-0.05, 0.05, size=(rows, dim)).astype(np.float32)
-
-
 def _token_counts(vocabulary: Sequence[str], texts: Sequence[str], ngrams: int = 1) -> np.ndarray:
     """How often each vocabulary id (word, or pair with --ngrams 2) occurs in `texts` (as the vectorize layer splits them)."""
     import keras
@@ -1060,7 +1054,7 @@ def train_text_model(config: TextTrainingConfig) -> dict:
         if config.ngrams > 1:  # skipgram+classify: the skip-gram words, then the training texts' pairs, at random
             pairs = _training_pairs(config, train_texts)
             vocabulary = list(vocabulary) + pairs
-            vectors = np.concatenate([vectors, _random_rows(len(pairs), config.embedding_dim, config.seed)])
+            vectors = np.concatenate([vectors, random_rows(len(pairs), config.embedding_dim, config.seed)])
             if config.pooling == "sif":  # the words' and the pairs' shares of the same texts' tokens
                 counts = _token_counts(vocabulary, corpus_texts, config.ngrams)
     else:
@@ -1122,13 +1116,14 @@ def train_text_model(config: TextTrainingConfig) -> dict:
         report["train_records"] = len(records.texts) + len(records.unlabelled)
     save_model(model.inputs, model.outputs, model.name, config.output)
     model_vocabulary = model.get_layer(TEXT_VECTORIZE_LAYER).get_vocabulary()
-    pairs = sum(is_pair(str(token)) for token in model_vocabulary)
+    words = int(word_rows(model_vocabulary).sum())
+    pairs = word_count(len(model_vocabulary)) - words
     report.update(
         {
             "bad_records": records.bad_records,
             "bad_examples": list(records.bad_examples),
             # the number export-word-vectors and similar-words report too: padding, [UNK] and pairs left out
-            "words": word_count(len(model_vocabulary)) - pairs,
+            "words": words,
         }
     )
     if config.ngrams > 1:

@@ -25,10 +25,10 @@ from typing import Sequence
 import numpy as np
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
-from pipeline.tools.word_vectors import is_pair
+from pipeline.tools.word_vectors import word_rows
 from transforms.errors import UserError
 
-__all__ = ["VectorFileError", "PretrainedVectors", "read_word_vectors", "initial_embeddings", "sif_weights"]
+__all__ = ["VectorFileError", "PretrainedVectors", "read_word_vectors", "initial_embeddings", "random_rows", "sif_weights"]
 
 
 class VectorFileError(UserError, ValueError):
@@ -131,6 +131,12 @@ def _is_number(value: str) -> bool:
     return True
 
 
+def random_rows(rows: int, dimension: int, seed: int) -> np.ndarray:
+    """Rows that start at random as the Embedding layer's own ("uniform": in [-0.05, 0.05]), seeded: the
+    tokens a word-vector file lacks, and skipgram+classify's pairs."""
+    return np.random.default_rng(seed).uniform(-0.05, 0.05, size=(rows, dimension)).astype(np.float32)
+
+
 def initial_embeddings(
     vocabulary: Sequence[str], pretrained: PretrainedVectors, dimension: int, seed: int, counts: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -145,10 +151,9 @@ def initial_embeddings(
             f"--init-vectors {pretrained.path}:1: the vectors have {pretrained.dimension} dimensions but --embedding-dim is "
             f"{dimension}; pass --embedding-dim {pretrained.dimension}"
         )
-    rng = np.random.default_rng(seed)
-    weights = rng.uniform(-0.05, 0.05, size=(len(vocabulary), dimension)).astype(np.float32)
+    weights = random_rows(len(vocabulary), dimension, seed)
     covered = np.zeros(len(vocabulary), dtype=bool)
-    is_word = np.asarray([i >= 2 and not is_pair(w) for i, w in enumerate(vocabulary)], dtype=bool)  # padding, [UNK]: no
+    is_word = word_rows(vocabulary)
     for index, word in enumerate(vocabulary):
         if not is_word[index]:
             continue  # padding, [UNK] and pairs
