@@ -66,6 +66,12 @@ def _word_order_rows() -> list[dict]:
     return rows  # 360 texts
 
 
+def _word_order_and_unique_pair_rows() -> list[dict]:
+    """`_word_order_rows` and 40 texts of a pair seen once each ("zulu3 yankee3"): some land in the
+    validation part only."""
+    return _word_order_rows() + [{"text": f"zulu{i} yankee{i}", "label": i % 2} for i in range(40)]
+
+
 def test_pairs_learn_word_order_that_words_cannot(tmp_path):
     data = _write_jsonl(tmp_path / "order.jsonl", _word_order_rows())
 
@@ -299,7 +305,7 @@ def sg_pairs_model(tmp_path_factory):
     """skipgram+classify --ngrams 2 with fine-tuning a no-op (1 epoch at a learning rate of 1e-9); labelled
     texts of unique pairs ("zulu3 yankee3") land in both parts."""
     folder = tmp_path_factory.mktemp("sgpairs")
-    rows = _word_order_rows() + [{"text": f"zulu{i} yankee{i}", "label": i % 2} for i in range(40)]
+    rows = _word_order_and_unique_pair_rows()
     data = _write_jsonl(folder / "order.jsonl", rows)
     config = _config(
         "--objective", "skipgram+classify", "--unlabelled", str(_unlabelled_file(folder)), "--input", str(data),
@@ -371,7 +377,7 @@ def test_skipgram_classify_words_are_the_scaled_skipgram_vectors_and_pairs_the_t
 
 
 def test_skipgram_classify_pairs_cap_and_sif_counts(tmp_path, monkeypatch):
-    rows = _word_order_rows() + [{"text": f"zulu{i} yankee{i}", "label": i % 2} for i in range(40)]
+    rows = _word_order_and_unique_pair_rows()
     data = _write_jsonl(tmp_path / "order.jsonl", rows)
     monkeypatch.setattr(train_text, "PAIRS_VOCAB_SIZE", 7)
     config = _config(
