@@ -120,7 +120,7 @@ def words_part(scratch: str, seeds: int) -> dict:
     return out
 
 
-def _skipgram_flags(seed: int, dim: int = DIM, window: int = WINDOW) -> list[str]:
+def _skipgram_flags(seed: int, dim: int = DIM, window: int = WINDOW, epochs: int = EPOCHS) -> list[str]:
     return [
         "--objective",
         "skipgram",
@@ -137,7 +137,7 @@ def _skipgram_flags(seed: int, dim: int = DIM, window: int = WINDOW) -> list[str
         "--negatives",
         str(NEGATIVES),
         "--skipgram-epochs",
-        str(EPOCHS),
+        str(epochs),
         "--subsample",
         str(SAMPLE),
         "--seed",

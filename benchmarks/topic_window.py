@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                 row = {"window": window, "epochs": epochs, "seed": seed}
                 if not os.path.exists(path):
                     started = time.monotonic()
-                    flags = [*_skipgram_flags(seed, TOPIC_DIM, window), "--skipgram-epochs", str(epochs)]
+                    flags = _skipgram_flags(seed, TOPIC_DIM, window, epochs)
                     _train(*flags, "--pooling", "sif", "--output", path)
                     row["training_seconds"] = round(time.monotonic() - started, 1)
                 x = _embed(path, texts)[train_rows]
